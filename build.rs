@@ -1,0 +1,14 @@
+//! Compiles proto/weir.proto for both builds: madsim-tonic-build emits the real
+//! tonic code and the simulator's, and `tonic::include_proto!` picks one.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("PROTOC").is_none() {
+        // A fresh machine may have no protoc; the vendored one keeps
+        // `cargo run` a single command.
+        let protoc = protoc_bin_vendored::protoc_bin_path()?;
+        std::env::set_var("PROTOC", protoc);
+    }
+    println!("cargo:rerun-if-changed=proto/weir.proto");
+    tonic_build::configure().compile_protos(&["proto/weir.proto"], &["proto"])?;
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! The partition log: an ordered, durable sequence of record batches, cut
+//! into segments.
+//!
+//! Guarantees a caller (the broker, later the Raft log storage) builds on:
+//! - `append` assigns offsets in order and leaves no holes: the batch gets
+//!   the log end offset as its base, and the end moves past its records.
+//! - `flushed_offset` never exceeds what an fsync has made durable; it only
+//!   moves backwards through `truncate`.
+//! - A reopened log holds a prefix of what was appended that includes
+//!   everything flushed (barring bytes damaged at rest, which are reported).
+//! - A failed write or fsync poisons the log: every later call fails with
+//!   [`LogError::Failed`] until it is reopened, because after a failed fsync
+//!   the kernel may have dropped data that reads would still return.
+//!   Running out of space is not fatal: the append fails with
+//!   [`LogError::NoSpace`] and the log stays usable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::batch::Batch;
+use super::checkpoint::Checkpoint;
+use super::config::{FlushPolicy, LogConfig};
+use super::error::{LogError, LogResult};
+use super::recovery::{recover, RecoveryReport};
+use super::segment::Segment;
+use crate::sys::clock::Clock;
+use crate::sys::disk::Disk;
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub next_offset: u64,
+}
+
+pub struct PartitionLog {
+    dir: PathBuf,
+    disk: Arc<dyn Disk>,
+    clock: Arc<dyn Clock>,
+    config: LogConfig,
+    /// By base offset; contiguous; the last one is active.
+    segments: BTreeMap<u64, Segment>,
+    log_start_offset: u64,
+    /// As written in the checkpoint on disk.
+    recovery_point: u64,
+    flushed_offset: u64,
+    flushed: watch::Sender<u64>,
+    last_flush_ms: i64,
+    failed: Option<String>,
+    recovery: RecoveryReport,
+}
+
+impl std::fmt::Debug for PartitionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionLog")
+            .field("dir", &self.dir)
+            .field("log_start_offset", &self.log_start_offset)
+            .field("log_end_offset", &self.log_end_offset())
+            .field("flushed_offset", &self.flushed_offset)
+            .field("segments", &self.segments.len())
+            .finish()
+    }
+}
+
+impl PartitionLog {
+    /// Opens the log in `dir`, creating it if empty and recovering it if it
+    /// was not closed cleanly.
+    pub fn open(disk: Arc<dyn Disk>, dir: &Path, config: LogConfig, clock: Arc<dyn Clock>) -> LogResult<Self> {
+        config.validate()?;
+        let now_ms = clock.now_ms();
+        let recovered = recover(disk.as_ref(), dir, &config, now_ms)?;
+        let mut log = Self {
+            dir: dir.to_path_buf(),
+            disk,
+            clock,
+            config,
+            segments: recovered.segments,
+            log_start_offset: recovered.log_start_offset,
+            recovery_point: 0,
+            flushed_offset: 0,
+            flushed: watch::channel(0).0,
+            last_flush_ms: now_ms,
+            failed: None,
+            recovery: recovered.report,
+        };
+        if !log.recovery.clean {
+            tracing::info!(dir = %dir.display(), report = ?log.recovery, "partition log recovered after an unclean shutdown");
+        }
+        // What recovery read may still sit only in the page cache.
+        log.active().sync()?;
+        log.flushed_offset = log.log_end_offset();
+        log.flushed.send_replace(log.flushed_offset);
+        log.write_checkpoint(log.active().base_offset(), false)?;
+        log.validate();
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start_offset
+    }
+
+    /// The offset the next appended record gets.
+    pub fn log_end_offset(&self) -> u64 {
+        self.active().next_offset()
+    }
+
+    /// Every record below this offset is durable.
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed_offset
+    }
+
+    /// Follows `flushed_offset`: wait with `receiver.wait_for(|f| *f >= offset)`.
+    pub fn subscribe_flushed(&self) -> watch::Receiver<u64> {
+        self.flushed.subscribe()
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(Segment::size).sum()
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
+    }
+
+    fn check_usable(&self) -> LogResult<()> {
+        match &self.failed {
+            Some(reason) => Err(LogError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Poisons the log on any I/O failure but running out of space.
+    fn fail(&mut self, error: LogError) -> LogError {
+        if matches!(error, LogError::Io { .. } | LogError::Corrupt { .. }) {
+            tracing::error!(dir = %self.dir.display(), %error, "partition log failed; it must be reopened");
+            self.failed = Some(error.to_string());
+        }
+        error
+    }
+
+    fn write_checkpoint(&mut self, recovery_point: u64, clean: bool) -> LogResult<()> {
+        let checkpoint = Checkpoint { log_start_offset: self.log_start_offset, recovery_point, clean };
+        checkpoint.write(self.disk.as_ref(), &self.dir)?;
+        self.recovery_point = recovery_point;
+        Ok(())
+    }
+
+    fn set_flushed(&mut self, offset: u64) {
+        self.flushed_offset = offset;
+        self.flushed.send_replace(offset);
+    }
+
+    /// Appends a batch at the log end, unreplicated (term 0).
+    pub fn append(&mut self, batch: Batch) -> LogResult<Appended> {
+        self.append_in_term(batch, 0)
+    }
+
+    /// Appends a batch at the log end, stamped with a Raft term. Durable on
+    /// return only under [`FlushPolicy::EveryBatch`].
+    pub fn append_in_term(&mut self, batch: Batch, term: u64) -> LogResult<Appended> {
+        self.check_usable()?;
+        let now_ms = self.clock.now_ms();
+        let base_offset = self.log_end_offset();
+        let batch = batch.placed(base_offset, term);
+        if self.active().should_roll(&batch, &self.config, now_ms) {
+            self.roll(now_ms).map_err(|e| self.fail(e))?;
+        }
+        self.active_mut().append(&batch).map_err(|e| self.fail(e))?;
+        match self.config.flush {
+            FlushPolicy::EveryBatch => {
+                self.flush()?;
+            }
+            FlushPolicy::Interval { .. } => self.flush_if_due()?,
+            FlushPolicy::Explicit => {}
+        }
+        Ok(Appended { base_offset, next_offset: batch.next_offset() })
+    }
+
+    /// Seals the active segment and starts a new one at the log end.
+    fn roll(&mut self, now_ms: i64) -> LogResult<()> {
+        let end = self.log_end_offset();
+        self.active_mut().seal()?;
+        self.set_flushed(end);
+        let segment = Segment::open(self.disk.as_ref(), &self.dir, end, &self.config, now_ms, true)?;
+        self.disk.sync_dir(&self.dir).map_err(|e| LogError::io(&self.dir, e))?;
+        self.segments.insert(end, segment);
+        self.write_checkpoint(end, false)
+    }
+
+    /// Makes everything appended so far durable; returns the flushed offset.
+    pub fn flush(&mut self) -> LogResult<u64> {
+        self.check_usable()?;
+        let end = self.log_end_offset();
+        if self.flushed_offset < end {
+            self.active().sync().map_err(|e| self.fail(e))?;
+            self.set_flushed(end);
+        }
+        self.last_flush_ms = self.clock.now_ms();
+        Ok(end)
+    }
+
+    /// Flushes if the interval policy says it is time.
+    pub fn flush_if_due(&mut self) -> LogResult<()> {
+        if let FlushPolicy::Interval { interval_ms } = self.config.flush {
+            if self.clock.now_ms().saturating_sub(self.last_flush_ms) >= interval_ms {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whole batches from the one holding `offset`, up to `max_bytes` (but at
+    /// least one batch), ending at or before `limit` (e.g. a high watermark)
+    /// and the log end. Reads stop at a segment boundary. Every batch returned
+    /// passed its CRC checks.
+    pub fn read(&self, offset: u64, max_bytes: usize, limit: u64) -> LogResult<Vec<Batch>> {
+        self.check_usable()?;
+        let end = self.log_end_offset();
+        if offset < self.log_start_offset || offset > end {
+            return Err(LogError::OffsetOutOfRange { offset, start: self.log_start_offset, end });
+        }
+        let limit = limit.min(end);
+        let Some((_, segment)) = self.segments.range(..=offset).next_back() else {
+            return Err(LogError::OffsetOutOfRange { offset, start: self.log_start_offset, end });
+        };
+        if offset >= segment.next_offset() {
+            return Ok(Vec::new());
+        }
+        segment.read(offset, max_bytes, limit)
+    }
+
+    /// The first offset whose record's timestamp is at or after
+    /// `timestamp_ms`; `None` if every record is older.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> LogResult<Option<u64>> {
+        self.check_usable()?;
+        for segment in self.segments.values() {
+            if segment.next_offset() <= self.log_start_offset || segment.max_timestamp_ms() < timestamp_ms {
+                continue;
+            }
+            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms)? {
+                return Ok(Some(offset.max(self.log_start_offset)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes every record at or after `end`, which must be a batch
+    /// boundary in `[log_start_offset, log_end_offset]`. Durable on return.
+    /// Raft uses this when a new leader overrides a follower's tail.
+    pub fn truncate(&mut self, end: u64) -> LogResult<()> {
+        self.check_usable()?;
+        let log_end = self.log_end_offset();
+        if end == log_end {
+            return Ok(());
+        }
+        if end < self.log_start_offset || end > log_end {
+            return Err(LogError::OffsetOutOfRange { offset: end, start: self.log_start_offset, end: log_end });
+        }
+        let first = *self.segments.keys().next().expect("a log always has a segment");
+        let keep_base = *self.segments.range(..end).next_back().map_or(&first, |(base, _)| base);
+        let doomed: Vec<u64> = self.segments.range(keep_base + 1..).map(|(base, _)| *base).collect();
+        if keep_base > first || end > first {
+            self.check_boundary(keep_base, end)?;
+        }
+        // Lower the recovery point first: the segment that now ends at `end`
+        // is about to change and must be scanned by a recovery.
+        let recovery_point = self.recovery_point.min(keep_base);
+        self.write_checkpoint(recovery_point, false).map_err(|e| self.fail(e))?;
+        for base in doomed {
+            let segment = self.segments.remove(&base).expect("listed above");
+            segment.delete(self.disk.as_ref()).map_err(|e| self.fail(e))?;
+        }
+        let kept = self.segments.get_mut(&keep_base).expect("kept segment");
+        let truncated = kept.truncate_to(end);
+        kept.unseal();
+        truncated.map_err(|e| self.fail(e))?;
+        self.disk.sync_dir(&self.dir).map_err(|e| self.fail(LogError::io(&self.dir, e)))?;
+        let flushed = self.flushed_offset.min(end);
+        self.set_flushed(flushed);
+        self.validate();
+        Ok(())
+    }
+
+    /// Fails with `NotBatchBoundary` unless a batch of segment `base` starts
+    /// at `end`, or `end` is that segment's end.
+    fn check_boundary(&self, base: u64, end: u64) -> LogResult<()> {
+        let segment = &self.segments[&base];
+        if end == segment.next_offset() || end == base {
+            return Ok(());
+        }
+        match segment.read(end, 0, u64::MAX)?.first() {
+            Some(batch) if batch.base_offset() == end => Ok(()),
+            _ => Err(LogError::NotBatchBoundary { offset: end }),
+        }
+    }
+
+    /// Deletes the oldest segments that retention (size, age) no longer
+    /// keeps, never the active one and never one reaching past `upper` (e.g.
+    /// what consumers or replicas still need). Returns how many it deleted.
+    pub fn apply_retention(&mut self, upper: u64) -> LogResult<usize> {
+        self.check_usable()?;
+        let now_ms = self.clock.now_ms();
+        let mut total = self.size_bytes();
+        let mut deleted = 0;
+        while self.segments.len() > 1 {
+            let (&base, oldest) = self.segments.iter().next().expect("more than one segment");
+            if oldest.next_offset() > upper {
+                break;
+            }
+            let by_size = self.config.retention_bytes.is_some_and(|limit| total - oldest.size() >= limit);
+            let by_age = self
+                .config
+                .retention_ms
+                .is_some_and(|age| now_ms.saturating_sub(oldest.max_timestamp_ms()) > age);
+            if !by_size && !by_age {
+                break;
+            }
+            let segment = self.segments.remove(&base).expect("oldest segment");
+            total -= segment.size();
+            segment.delete(self.disk.as_ref()).map_err(|e| self.fail(e))?;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            self.disk.sync_dir(&self.dir).map_err(|e| self.fail(LogError::io(&self.dir, e)))?;
+            let first = *self.segments.keys().next().expect("active segment remains");
+            self.log_start_offset = self.log_start_offset.max(first);
+            let recovery_point = self.recovery_point;
+            self.write_checkpoint(recovery_point, false).map_err(|e| self.fail(e))?;
+            self.validate();
+        }
+        Ok(deleted)
+    }
+
+    /// Flushes, seals the active segment and records a clean shutdown, so
+    /// the next open trusts the indexes instead of scanning.
+    pub fn close(mut self) -> LogResult<()> {
+        self.flush()?;
+        self.active_mut().seal().map_err(|e| self.fail(e))?;
+        let end = self.log_end_offset();
+        self.write_checkpoint(end, true)
+    }
+
+    /// Checks the log's invariants; panics on a violation (a bug).
+    pub fn validate(&self) {
+        let end = self.log_end_offset();
+        assert!(self.log_start_offset <= self.flushed_offset, "log start above flushed: {self:?}");
+        assert!(self.flushed_offset <= end, "flushed past the log end: {self:?}");
+        let mut expected = None;
+        for (base, segment) in &self.segments {
+            assert_eq!(*base, segment.base_offset());
+            if let Some(expected) = expected {
+                assert_eq!(*base, expected, "segments not contiguous: {self:?}");
+            }
+            assert!(segment.next_offset() >= *base);
+            expected = Some(segment.next_offset());
+        }
+        let first = self.segments.values().next().expect("a log always has a segment");
+        assert!(first.base_offset() <= self.log_start_offset, "log start below the first segment: {self:?}");
+    }
+}

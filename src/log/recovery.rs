@@ -1,0 +1,164 @@
+//! Opening a log directory after a clean shutdown or a crash.
+//!
+//! Trust what the checkpoint vouches for (segments below the recovery point,
+//! and the last segment's indexes after a clean close), scan and CRC-check
+//! everything else, cut a torn or corrupt tail, drop whatever lies beyond a
+//! cut, and rebuild any index that cannot be trusted. Bad bytes are reported
+//! in the [`RecoveryReport`], never a panic.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::checkpoint::{Checkpoint, CHECKPOINT_TMP_FILE};
+use super::config::LogConfig;
+use super::error::{LogError, LogResult};
+use super::segment::{Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use crate::sys::disk::Disk;
+
+/// What recovery found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The checkpoint said the log was closed cleanly.
+    pub clean: bool,
+    /// Why an existing checkpoint was not used.
+    pub checkpoint_ignored: Option<String>,
+    pub segments_trusted: usize,
+    pub segments_scanned: usize,
+    pub batches_scanned: u64,
+    /// Where the log was cut, and why.
+    pub cut: Option<(PathBuf, u64, String)>,
+    pub bytes_cut: u64,
+    /// Segments deleted because they lay beyond a cut or below the log start.
+    pub segments_dropped: usize,
+}
+
+pub(super) struct Recovered {
+    pub segments: BTreeMap<u64, Segment>,
+    pub log_start_offset: u64,
+    pub report: RecoveryReport,
+}
+
+fn segment_bases(disk: &dyn Disk, dir: &Path) -> LogResult<Vec<u64>> {
+    let names = disk.list_dir(dir).map_err(|e| LogError::io(dir, e))?;
+    let mut bases = Vec::new();
+    for name in &names {
+        let path = dir.join(name);
+        if name.ends_with(".tmp") || name == CHECKPOINT_TMP_FILE {
+            disk.remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+            continue;
+        }
+        let index_of = |suffix: &str| name.strip_suffix(suffix).and_then(|stem| stem.parse::<u64>().ok());
+        if let Some(base) = index_of(LOG_SUFFIX) {
+            bases.push(base);
+        } else if let Some(base) = index_of(INDEX_SUFFIX).or_else(|| index_of(TIME_INDEX_SUFFIX)) {
+            // An index whose segment is gone (a crash during deletion).
+            if !names.contains(&format!("{}{LOG_SUFFIX}", super::segment::file_stem(base))) {
+                disk.remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+            }
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+fn delete_files(disk: &dyn Disk, dir: &Path, base_offset: u64) -> LogResult<()> {
+    for path in Segment::paths(dir, base_offset) {
+        match disk.remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig, now_ms: i64) -> LogResult<Recovered> {
+    disk.create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+    let mut report = RecoveryReport::default();
+    let checkpoint = match Checkpoint::read(disk, dir)? {
+        Ok(checkpoint) => checkpoint,
+        Err(reason) => {
+            report.checkpoint_ignored = Some(reason);
+            None
+        }
+    };
+    let checkpoint = checkpoint.unwrap_or(Checkpoint { log_start_offset: 0, recovery_point: 0, clean: false });
+    report.clean = checkpoint.clean;
+
+    let mut bases = segment_bases(disk, dir)?;
+    // Whole segments below the log start: retention deleted them, the crash
+    // came before the directory was synced.
+    while bases.len() > 1 && bases[1] <= checkpoint.log_start_offset {
+        delete_files(disk, dir, bases.remove(0))?;
+        report.segments_dropped += 1;
+    }
+
+    let mut segments = BTreeMap::new();
+    if bases.is_empty() {
+        let segment = Segment::open(disk, dir, checkpoint.log_start_offset, config, now_ms, true)?;
+        segments.insert(segment.base_offset(), segment);
+        disk.sync_dir(dir).map_err(|e| LogError::io(dir, e))?;
+        return Ok(Recovered { segments, log_start_offset: checkpoint.log_start_offset, report });
+    }
+
+    let mut dropped_from = None;
+    for (i, &base) in bases.iter().enumerate() {
+        let next_base = bases.get(i + 1).copied();
+        let mut segment = Segment::open(disk, dir, base, config, now_ms, false)?;
+        let trusted = match next_base {
+            Some(next_base) => next_base <= checkpoint.recovery_point,
+            None => checkpoint.clean && base <= checkpoint.recovery_point,
+        };
+        let loaded = if trusted { segment.load_trusted(next_base)? } else { None };
+        let scanned = loaded.is_none();
+        let outcome = match loaded {
+            Some(outcome) => {
+                report.segments_trusted += 1;
+                outcome
+            }
+            None => {
+                report.segments_scanned += 1;
+                segment.scan()?
+            }
+        };
+        report.batches_scanned += outcome.batches;
+        report.bytes_cut += outcome.bytes_cut;
+        if let Some((position, reason)) = outcome.cut {
+            report.cut = Some((segment.path().to_path_buf(), position, reason));
+        }
+        let broken = match next_base {
+            Some(next_base) if segment.next_offset() != next_base => {
+                if report.cut.is_none() {
+                    let reason = format!("segment ends at {} but the next starts at {next_base}", segment.next_offset());
+                    report.cut = Some((segment.path().to_path_buf(), segment.size(), reason));
+                }
+                true
+            }
+            _ => false,
+        };
+        if scanned && next_base.is_some() && !broken {
+            // A scanned segment below the active one is sealed now, so the
+            // next recovery may trust it.
+            segment.seal()?;
+        }
+        segments.insert(base, segment);
+        if broken {
+            dropped_from = Some(i + 1);
+            break;
+        }
+    }
+    if let Some(from) = dropped_from {
+        for &base in &bases[from..] {
+            delete_files(disk, dir, base)?;
+            report.segments_dropped += 1;
+        }
+        disk.sync_dir(dir).map_err(|e| LogError::io(dir, e))?;
+    }
+
+    let first = *segments.keys().next().expect("at least one segment");
+    let log_start_offset = checkpoint.log_start_offset.max(first);
+    let last = segments.values_mut().next_back().expect("at least one segment");
+    last.unseal();
+    let log_start_offset = log_start_offset.min(last.next_offset());
+    Ok(Recovered { segments, log_start_offset, report })
+}

@@ -1,0 +1,119 @@
+//! [`Disk`] on the host's file system: std files, positional I/O, fdatasync,
+//! directory fsync, and memmap2 maps.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use memmap2::MmapMut;
+
+use super::{Disk, DiskFile, DiskMap};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealDisk;
+
+#[derive(Debug)]
+struct RealFile {
+    file: File,
+}
+
+impl DiskFile for RealFile {
+    fn read_at(&self, position: u64, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.file.read_at(buf, position) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn write_at(&self, position: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, position)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        // fdatasync also persists a changed file length, which appends need.
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+}
+
+struct RealMap {
+    map: MmapMut,
+    file: File,
+}
+
+impl DiskMap for RealMap {
+    fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.map.flush()?;
+        self.file.sync_all()
+    }
+}
+
+impl Disk for RealDisk {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(path)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                if let Some(name) = entry.file_name().to_str() {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn DiskFile>> {
+        let file = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)?;
+        Ok(Box::new(RealFile { file }))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn map(&self, path: &Path, len_min: u64) -> io::Result<Box<dyn DiskMap>> {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        if file.metadata()?.len() < len_min {
+            file.set_len(len_min)?;
+        }
+        // SAFETY: weir owns its data directory; nothing else truncates an index
+        // file while it is mapped, and weir itself only resizes unmapped files.
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        Ok(Box::new(RealMap { map, file }))
+    }
+}

@@ -1,0 +1,561 @@
+//! A simulated disk: in memory, crashable, faulty on command.
+//!
+//! Every file keeps two images: what reads see now, and what would survive a
+//! crash (the image at its last successful `sync`), plus the list of writes
+//! and length changes since that sync. The namespace (which name points at
+//! which file) is kept the same way against `sync_dir`.
+//!
+//! [`SimDisk::crash`] keeps exactly the durable state, then, chosen by a seed:
+//! a prefix of the unsynced namespace operations, and for each file a prefix
+//! of its unsynced writes in order, the last of which may be torn (only part
+//! of its bytes arrived, the rest of the range zeroes or garbage). Writes
+//! within one file are assumed to reach the platter in order; reordering
+//! between syncs is not modelled.
+//!
+//! Faults: the next N writes or syncs can be made to fail with an I/O error,
+//! or each with a probability; a capacity makes writes that grow the disk past
+//! it fail with `StorageFull`. A failed sync also drops that file's unsynced
+//! writes from what can become durable, as Linux drops dirty pages after a
+//! failed fsync: later reads still see them, a crash does not.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{Disk, DiskFile, DiskMap};
+use crate::sys::rng::SeededRng;
+
+/// Faults the simulated disk injects. Counters are consumed as they fire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimDiskFaults {
+    /// The next this-many `write_at` / `set_len` calls fail with an I/O error.
+    pub fail_writes: u32,
+    /// The next this-many `sync` calls fail with an I/O error.
+    pub fail_syncs: u32,
+    /// Total bytes the disk holds; growth past it fails with `StorageFull`.
+    pub capacity_bytes: Option<u64>,
+    /// Each write fails with this probability, in parts per million.
+    pub write_error_ppm: u32,
+    /// Each sync fails with this probability, in parts per million.
+    pub sync_error_ppm: u32,
+}
+
+/// A simulated disk. Clones share the same disk; give each simulated node its
+/// own.
+#[derive(Clone)]
+pub struct SimDisk {
+    state: Arc<Mutex<State>>,
+}
+
+impl fmt::Debug for SimDisk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("SimDisk").field("epoch", &state.epoch).field("files", &state.names.len()).finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum FileOp {
+    Write { position: u64, bytes: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Clone)]
+enum NamespaceOp {
+    Create { path: PathBuf, inode: u64 },
+    Remove { path: PathBuf },
+    Rename { from: PathBuf, to: PathBuf },
+}
+
+impl NamespaceOp {
+    fn dir(&self) -> &Path {
+        let path = match self {
+            NamespaceOp::Create { path, .. } | NamespaceOp::Remove { path } => path,
+            NamespaceOp::Rename { to, .. } => to,
+        };
+        path.parent().unwrap_or(Path::new(""))
+    }
+
+    fn apply(&self, names: &mut BTreeMap<PathBuf, u64>) {
+        match self {
+            NamespaceOp::Create { path, inode } => {
+                names.insert(path.clone(), *inode);
+            }
+            NamespaceOp::Remove { path } => {
+                names.remove(path);
+            }
+            NamespaceOp::Rename { from, to } => {
+                if let Some(inode) = names.remove(from) {
+                    names.insert(to.clone(), inode);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inode {
+    /// What reads see.
+    data: Vec<u8>,
+    /// What survives a crash for certain.
+    durable: Vec<u8>,
+    /// Writes and length changes since the last sync, in order.
+    pending: Vec<FileOp>,
+    /// Open handles and maps; an unlinked inode lives while this is non-zero.
+    handles: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Bumped by every crash; handles from an older epoch are dead.
+    epoch: u64,
+    inode_next: u64,
+    inodes: BTreeMap<u64, Inode>,
+    names: BTreeMap<PathBuf, u64>,
+    names_durable: BTreeMap<PathBuf, u64>,
+    names_pending: Vec<NamespaceOp>,
+    dirs: BTreeSet<PathBuf>,
+    faults: SimDiskFaults,
+    rng: SeededRng,
+}
+
+fn apply_op(data: &mut Vec<u8>, op: &FileOp) {
+    match op {
+        FileOp::Write { position, bytes } => write_into(data, *position, bytes),
+        FileOp::SetLen(len) => data.resize(to_usize(*len), 0),
+    }
+}
+
+fn write_into(data: &mut Vec<u8>, position: u64, bytes: &[u8]) {
+    let start = to_usize(position);
+    let end = start + bytes.len();
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    data[start..end].copy_from_slice(bytes);
+}
+
+fn to_usize(value: u64) -> usize {
+    usize::try_from(value).expect("simulated file larger than memory")
+}
+
+fn injected(what: &str) -> io::Error {
+    io::Error::other(format!("simulated {what} error"))
+}
+
+fn stale() -> io::Error {
+    io::Error::other("simulated crash: this handle belongs to a process that died")
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file or directory", path.display()))
+}
+
+impl State {
+    fn live(&self, epoch: u64) -> io::Result<()> {
+        if epoch == self.epoch {
+            Ok(())
+        } else {
+            Err(stale())
+        }
+    }
+
+    fn inode(&mut self, inode: u64) -> &mut Inode {
+        self.inodes.get_mut(&inode).expect("open handle to a freed inode")
+    }
+
+    fn check_dir(&self, path: &Path) -> io::Result<()> {
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if parent.as_os_str().is_empty() || self.dirs.contains(parent) {
+            Ok(())
+        } else {
+            Err(not_found(parent))
+        }
+    }
+
+    fn write_fault(&mut self) -> io::Result<()> {
+        if self.faults.fail_writes > 0 {
+            self.faults.fail_writes -= 1;
+            return Err(injected("write"));
+        }
+        let ppm = u64::from(self.faults.write_error_ppm);
+        if ppm > 0 && self.rng.chance(ppm, 1_000_000) {
+            return Err(injected("write"));
+        }
+        Ok(())
+    }
+
+    fn sync_fault(&mut self) -> io::Result<()> {
+        if self.faults.fail_syncs > 0 {
+            self.faults.fail_syncs -= 1;
+            return Err(injected("fsync"));
+        }
+        let ppm = u64::from(self.faults.sync_error_ppm);
+        if ppm > 0 && self.rng.chance(ppm, 1_000_000) {
+            return Err(injected("fsync"));
+        }
+        Ok(())
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.inodes.values().map(|inode| inode.data.len() as u64).sum()
+    }
+
+    fn check_space(&self, growth: u64) -> io::Result<()> {
+        match self.faults.capacity_bytes {
+            Some(capacity) if growth > 0 && self.used_bytes() + growth > capacity => Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("simulated disk full ({capacity} bytes)"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Frees an inode nothing refers to any more.
+    fn collect(&mut self, inode: u64) {
+        let Some(node) = self.inodes.get(&inode) else { return };
+        let referenced = node.handles > 0
+            || self.names.values().any(|&i| i == inode)
+            || self.names_durable.values().any(|&i| i == inode)
+            || self.names_pending.iter().any(|op| matches!(op, NamespaceOp::Create { inode: i, .. } if *i == inode));
+        if !referenced {
+            self.inodes.remove(&inode);
+        }
+    }
+}
+
+impl SimDisk {
+    /// An empty disk. `seed` drives the probabilistic faults.
+    pub fn new(seed: u64) -> Self {
+        let state = State {
+            epoch: 0,
+            inode_next: 1,
+            inodes: BTreeMap::new(),
+            names: BTreeMap::new(),
+            names_durable: BTreeMap::new(),
+            names_pending: Vec::new(),
+            dirs: BTreeSet::new(),
+            faults: SimDiskFaults::default(),
+            rng: SeededRng::new(seed),
+        };
+        Self { state: Arc::new(Mutex::new(state)) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn set_faults(&self, faults: SimDiskFaults) {
+        self.lock().faults = faults;
+    }
+
+    pub fn faults(&self) -> SimDiskFaults {
+        self.lock().faults.clone()
+    }
+
+    pub fn fail_next_writes(&self, count: u32) {
+        self.lock().faults.fail_writes = count;
+    }
+
+    pub fn fail_next_syncs(&self, count: u32) {
+        self.lock().faults.fail_syncs = count;
+    }
+
+    pub fn set_capacity(&self, capacity_bytes: Option<u64>) {
+        self.lock().faults.capacity_bytes = capacity_bytes;
+    }
+
+    /// Bytes held by all files, including unlinked ones still open.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes()
+    }
+
+    /// Simulates power loss: every handle dies, and what remains is the
+    /// durable state plus a seed-chosen prefix of the unsynced operations,
+    /// possibly with a torn last write per file. One-shot faults are cleared.
+    pub fn crash(&self, seed: u64) {
+        let mut rng = SeededRng::new(seed);
+        let mut state = self.lock();
+        let state = &mut *state;
+
+        let kept = rng.below(state.names_pending.len() as u64 + 1) as usize;
+        let mut names = state.names_durable.clone();
+        for op in &state.names_pending[..kept] {
+            op.apply(&mut names);
+        }
+
+        let survivors: BTreeSet<u64> = names.values().copied().collect();
+        state.inodes.retain(|inode, _| survivors.contains(inode));
+        for inode in state.inodes.values_mut() {
+            let mut data = std::mem::take(&mut inode.durable);
+            let kept = rng.below(inode.pending.len() as u64 + 1) as usize;
+            for op in &inode.pending[..kept] {
+                apply_op(&mut data, op);
+            }
+            if let Some(FileOp::Write { position, bytes }) = inode.pending.get(kept) {
+                if !bytes.is_empty() && rng.chance(1, 2) {
+                    tear(&mut data, *position, bytes, &mut rng);
+                }
+            }
+            inode.durable = data.clone();
+            inode.data = data;
+            inode.pending.clear();
+            inode.handles = 0;
+        }
+
+        state.names_durable = names.clone();
+        state.names = names;
+        state.names_pending.clear();
+        state.epoch += 1;
+        state.faults.fail_writes = 0;
+        state.faults.fail_syncs = 0;
+    }
+
+    /// XORs one stored byte with `mask`, in what reads see and in what
+    /// survives a crash: bit rot. Fails if the file or position does not exist.
+    pub fn corrupt_byte(&self, path: &Path, position: u64, mask: u8) -> io::Result<()> {
+        let mut state = self.lock();
+        let inode = *state.names.get(path).ok_or_else(|| not_found(path))?;
+        let node = state.inode(inode);
+        let index = to_usize(position);
+        if index >= node.data.len() || index >= node.durable.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "corrupt_byte past end of file"));
+        }
+        node.data[index] ^= mask;
+        node.durable[index] ^= mask;
+        Ok(())
+    }
+
+    /// The length reads see, if the file exists.
+    pub fn file_len(&self, path: &Path) -> Option<u64> {
+        let state = self.lock();
+        let inode = state.names.get(path)?;
+        Some(state.inodes[inode].data.len() as u64)
+    }
+}
+
+/// Applies part of a write: a random strict prefix of its bytes, and maybe the
+/// rest of its range as zeroes or garbage (the length reached the disk, the
+/// data did not).
+fn tear(data: &mut Vec<u8>, position: u64, bytes: &[u8], rng: &mut SeededRng) {
+    let arrived = rng.below(bytes.len() as u64) as usize;
+    let mut torn = bytes[..arrived].to_vec();
+    match rng.below(3) {
+        0 => {}
+        1 => torn.resize(bytes.len(), 0),
+        _ => torn.extend((arrived..bytes.len()).map(|_| rng.next_u64() as u8)),
+    }
+    write_into(data, position, &torn);
+}
+
+struct SimFile {
+    state: Arc<Mutex<State>>,
+    inode: u64,
+    epoch: u64,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SimFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SimFile({})", self.path.display())
+    }
+}
+
+impl SimFile {
+    fn lock(&self) -> io::Result<MutexGuard<'_, State>> {
+        let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.live(self.epoch)?;
+        Ok(state)
+    }
+}
+
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.epoch != self.epoch {
+            return;
+        }
+        state.inode(self.inode).handles -= 1;
+        state.collect(self.inode);
+    }
+}
+
+impl DiskFile for SimFile {
+    fn read_at(&self, position: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut state = self.lock()?;
+        let data = &state.inode(self.inode).data;
+        let start = to_usize(position).min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
+    }
+
+    fn write_at(&self, position: u64, buf: &[u8]) -> io::Result<()> {
+        let mut state = self.lock()?;
+        state.write_fault()?;
+        let len = state.inode(self.inode).data.len() as u64;
+        state.check_space((position + buf.len() as u64).saturating_sub(len))?;
+        let inode = state.inode(self.inode);
+        write_into(&mut inode.data, position, buf);
+        inode.pending.push(FileOp::Write { position, bytes: buf.to_vec() });
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut state = self.lock()?;
+        let failed = state.sync_fault();
+        let inode = state.inode(self.inode);
+        if failed.is_ok() {
+            for op in &inode.pending {
+                apply_op(&mut inode.durable, op);
+            }
+        }
+        inode.pending.clear();
+        failed
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        let mut state = self.lock()?;
+        Ok(state.inode(self.inode).data.len() as u64)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut state = self.lock()?;
+        state.write_fault()?;
+        let current = state.inode(self.inode).data.len() as u64;
+        state.check_space(len.saturating_sub(current))?;
+        let inode = state.inode(self.inode);
+        inode.data.resize(to_usize(len), 0);
+        inode.pending.push(FileOp::SetLen(len));
+        Ok(())
+    }
+}
+
+struct SimMap {
+    file: SimFile,
+    buf: Vec<u8>,
+}
+
+impl DiskMap for SimMap {
+    fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut state = self.file.lock()?;
+        state.sync_fault()?;
+        let inode = state.inode(self.file.inode);
+        inode.data.clone_from(&self.buf);
+        inode.durable.clone_from(&self.buf);
+        inode.pending.clear();
+        Ok(())
+    }
+}
+
+impl Disk for SimDisk {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        for dir in path.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+            state.dirs.insert(dir.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let state = self.lock();
+        if !state.dirs.contains(path) {
+            return Err(not_found(path));
+        }
+        Ok(state
+            .names
+            .keys()
+            .filter(|name| name.parent() == Some(path))
+            .filter_map(|name| name.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn DiskFile>> {
+        let mut state = self.lock();
+        state.check_dir(path)?;
+        let inode = match state.names.get(path) {
+            Some(&inode) => inode,
+            None if create => {
+                let inode = state.inode_next;
+                state.inode_next += 1;
+                state.inodes.insert(inode, Inode::default());
+                state.names.insert(path.to_path_buf(), inode);
+                state.names_pending.push(NamespaceOp::Create { path: path.to_path_buf(), inode });
+                inode
+            }
+            None => return Err(not_found(path)),
+        };
+        state.inode(inode).handles += 1;
+        let file = SimFile { state: self.state.clone(), inode, epoch: state.epoch, path: path.to_path_buf() };
+        Ok(Box::new(file))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        let inode = state.names.remove(path).ok_or_else(|| not_found(path))?;
+        state.names_pending.push(NamespaceOp::Remove { path: path.to_path_buf() });
+        state.collect(inode);
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if from.parent() != to.parent() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "simulated rename across directories"));
+        }
+        let mut state = self.lock();
+        let inode = state.names.remove(from).ok_or_else(|| not_found(from))?;
+        let replaced = state.names.insert(to.to_path_buf(), inode);
+        state.names_pending.push(NamespaceOp::Rename { from: from.to_path_buf(), to: to.to_path_buf() });
+        if let Some(replaced) = replaced {
+            state.collect(replaced);
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        if !state.dirs.contains(path) {
+            return Err(not_found(path));
+        }
+        state.sync_fault()?;
+        let state = &mut *state;
+        let (in_dir, others): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut state.names_pending).into_iter().partition(|op| op.dir() == path);
+        for op in &in_dir {
+            op.apply(&mut state.names_durable);
+        }
+        state.names_pending = others;
+        let dropped: Vec<u64> = state.inodes.keys().copied().collect();
+        for inode in dropped {
+            state.collect(inode);
+        }
+        Ok(())
+    }
+
+    fn map(&self, path: &Path, len_min: u64) -> io::Result<Box<dyn DiskMap>> {
+        let file = self.open(path, true)?;
+        if file.len()? < len_min {
+            file.set_len(len_min)?;
+        }
+        let len = to_usize(file.len()?);
+        let mut buf = vec![0; len];
+        file.read_exact_at(0, &mut buf)?;
+        // Reopen as the concrete type: the map flushes through the same inode.
+        drop(file);
+        let mut state = self.lock();
+        let inode = *state.names.get(path).ok_or_else(|| not_found(path))?;
+        state.inode(inode).handles += 1;
+        let file = SimFile { state: self.state.clone(), inode, epoch: state.epoch, path: path.to_path_buf() };
+        Ok(Box::new(SimMap { file, buf }))
+    }
+}

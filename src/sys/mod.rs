@@ -1,0 +1,12 @@
+//! The seam: the only place in weir that touches the world.
+//!
+//! Time, randomness, the file system, the async runtime and the network enter
+//! weir here, so the same broker code runs on real hosts and, built with
+//! `RUSTFLAGS="--cfg madsim"`, inside the deterministic simulator. clippy's
+//! `disallowed-methods` / `disallowed-types` (clippy.toml) forbid the direct
+//! routes everywhere else.
+
+pub mod clock;
+pub mod disk;
+pub mod raft_runtime;
+pub mod rng;
