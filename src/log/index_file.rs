@@ -45,9 +45,7 @@ impl IndexFile {
         if map.bytes().len() < HEADER + entry_bytes as usize {
             return Err(LogError::corrupt(path, 0, "index file too small for its header"));
         }
-        let mut index = Self { path: path.to_path_buf(), map, magic, entry_bytes: entry_bytes as usize, entry_count: 0 };
-        index.write_header(false);
-        Ok(index)
+        Ok(Self { path: path.to_path_buf(), map, magic, entry_bytes: entry_bytes as usize, entry_count: 0 })
     }
 
     /// Trusts the stored entries if the index was sealed and its CRC matches;

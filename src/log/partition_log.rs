@@ -204,7 +204,17 @@ impl PartitionLog {
         let end = self.log_end_offset();
         self.active_mut().seal()?;
         self.set_flushed(end);
-        let segment = Segment::open(self.disk.as_ref(), &self.dir, end, &self.config, now_ms, true)?;
+        let segment = match Segment::open(self.disk.as_ref(), &self.dir, end, &self.config, now_ms, true) {
+            Ok(segment) => segment,
+            Err(error) => {
+                // Leave no half-made segment behind (e.g. the disk filled
+                // between its files); the append is retried later.
+                for path in Segment::paths(&self.dir, end) {
+                    let _ = self.disk.remove_file(&path);
+                }
+                return Err(error);
+            }
+        };
         self.disk.sync_dir(&self.dir).map_err(|e| LogError::io(&self.dir, e))?;
         self.segments.insert(end, segment);
         self.write_checkpoint(end, false)
