@@ -57,8 +57,8 @@ impl IndexFile {
         let count = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
         let trusted = sealed && count <= self.capacity() && crc32c::crc32c(self.entries_bytes(count)) == crc;
+        // The header stays as it is: a sealed segment stays sealed on disk.
         self.entry_count = if trusted { count } else { 0 };
-        self.write_header(false);
         trusted
     }
 

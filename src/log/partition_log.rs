@@ -200,24 +200,41 @@ impl PartitionLog {
     }
 
     /// Seals the active segment and starts a new one at the log end.
+    ///
+    /// The checkpoint moves before the new segment exists, so a failure at
+    /// any step (the disk may fill between files) leaves a state that the
+    /// next append retries and a recovery trusts: every sealed segment below
+    /// the recovery point.
     fn roll(&mut self, now_ms: i64) -> LogResult<()> {
         let end = self.log_end_offset();
         self.active_mut().seal()?;
         self.set_flushed(end);
+        self.write_checkpoint(end, false)?;
         let segment = match Segment::open(self.disk.as_ref(), &self.dir, end, &self.config, now_ms, true) {
             Ok(segment) => segment,
             Err(error) => {
-                // Leave no half-made segment behind (e.g. the disk filled
-                // between its files); the append is retried later.
-                for path in Segment::paths(&self.dir, end) {
-                    let _ = self.disk.remove_file(&path);
-                }
+                // Leave no half-made segment behind, durably: a crash must
+                // not resurrect it behind the active segment's later appends.
+                // If even that fails, the error poisons the log.
+                self.remove_segment_files(end)?;
                 return Err(error);
             }
         };
         self.disk.sync_dir(&self.dir).map_err(|e| LogError::io(&self.dir, e))?;
         self.segments.insert(end, segment);
-        self.write_checkpoint(end, false)
+        Ok(())
+    }
+
+    fn remove_segment_files(&self, base_offset: u64) -> LogResult<()> {
+        for path in Segment::paths(&self.dir, base_offset) {
+            match self.disk.remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(LogError::Io { path, source: e });
+                }
+                _ => {}
+            }
+        }
+        self.disk.sync_dir(&self.dir).map_err(|e| LogError::Io { path: self.dir.clone(), source: e })
     }
 
     /// Makes everything appended so far durable; returns the flushed offset.

@@ -12,6 +12,9 @@
 //! within one file are assumed to reach the platter in order; reordering
 //! between syncs is not modelled.
 //!
+//! A map's bytes are durable after `flush`; unflushed changes reach the file
+//! (as an unsynced write) when the map is dropped, as dirty pages would.
+//!
 //! Faults: the next N writes or syncs can be made to fail with an I/O error,
 //! or each with a probability; a capacity makes writes that grow the disk past
 //! it fail with `StorageFull`. A failed sync also drops that file's unsynced
@@ -438,6 +441,19 @@ struct SimMap {
     buf: Vec<u8>,
 }
 
+/// Unmapping leaves unflushed changes in the page cache: later opens see
+/// them, and a crash may or may not keep them (a pending write).
+impl Drop for SimMap {
+    fn drop(&mut self) {
+        let Ok(mut state) = self.file.lock() else { return };
+        let inode = state.inode(self.file.inode);
+        if inode.data != self.buf {
+            inode.data.clone_from(&self.buf);
+            inode.pending.push(FileOp::Write { position: 0, bytes: self.buf.clone() });
+        }
+    }
+}
+
 impl DiskMap for SimMap {
     fn bytes(&self) -> &[u8] {
         &self.buf
@@ -557,5 +573,159 @@ impl Disk for SimDisk {
         state.inode(inode).handles += 1;
         let file = SimFile { state: self.state.clone(), inode, epoch: state.epoch, path: path.to_path_buf() };
         Ok(Box::new(SimMap { file, buf }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIR: &str = "/d";
+
+    fn disk_with_dir() -> SimDisk {
+        let disk = SimDisk::new(0);
+        disk.create_dir_all(Path::new(DIR)).unwrap();
+        disk
+    }
+
+    fn path(name: &str) -> PathBuf {
+        Path::new(DIR).join(name)
+    }
+
+    fn contents(disk: &SimDisk, name: &str) -> Option<Vec<u8>> {
+        let file = disk.open(&path(name), false).ok()?;
+        let mut buf = vec![0; file.len().unwrap() as usize];
+        file.read_exact_at(0, &mut buf).unwrap();
+        Some(buf)
+    }
+
+    /// A synced file with `synced`, then an unsynced append of `pending`.
+    fn setup(synced: &[u8], pending: &[u8]) -> SimDisk {
+        let disk = disk_with_dir();
+        let file = disk.open(&path("f"), true).unwrap();
+        file.write_at(0, synced).unwrap();
+        file.sync().unwrap();
+        disk.sync_dir(Path::new(DIR)).unwrap();
+        file.write_at(synced.len() as u64, pending).unwrap();
+        disk
+    }
+
+    #[test]
+    fn crash_keeps_synced_data_and_a_possibly_torn_prefix_of_the_rest() {
+        let (synced, pending) = (b"durable|".to_vec(), b"maybe-lost".to_vec());
+        let mut outcomes = BTreeSet::new();
+        for seed in 0..200 {
+            let disk = setup(&synced, &pending);
+            disk.crash(seed);
+            let got = contents(&disk, "f").expect("a synced, dir-synced file survives");
+            assert_eq!(got[..synced.len()], synced[..], "seed {seed} lost synced bytes");
+            assert!(got.len() <= synced.len() + pending.len());
+            let tail = &got[synced.len()..];
+            let arrived = tail.iter().zip(&pending).take_while(|(a, b)| a == b).count();
+            outcomes.insert((tail.len(), arrived == tail.len()));
+        }
+        assert!(outcomes.contains(&(0, true)), "some crash loses the whole unsynced write");
+        assert!(outcomes.contains(&(pending.len(), true)), "some crash keeps all of it");
+        assert!(outcomes.iter().any(|&(len, _)| len > 0 && len < pending.len()), "some crash tears it");
+        assert!(outcomes.contains(&(pending.len(), false)), "some tear leaves junk in the range");
+    }
+
+    #[test]
+    fn names_need_a_directory_sync() {
+        let mut vanished = false;
+        for seed in 0..50 {
+            let disk = disk_with_dir();
+            let file = disk.open(&path("new"), true).unwrap();
+            file.write_at(0, b"x").unwrap();
+            file.sync().unwrap();
+            disk.crash(seed);
+            vanished |= contents(&disk, "new").is_none();
+        }
+        assert!(vanished, "an unsynced create can be lost");
+
+        for seed in 0..50 {
+            let disk = setup(b"x", b"");
+            disk.remove_file(&path("f")).unwrap();
+            disk.crash(seed);
+            if contents(&disk, "f").is_some() {
+                return; // an unsynced remove can be undone by a crash
+            }
+        }
+        panic!("an unsynced remove always survived");
+    }
+
+    #[test]
+    fn rename_is_atomic_across_crashes() {
+        for seed in 0..50 {
+            let disk = setup(b"old", b"");
+            let tmp = disk.open(&path("tmp"), true).unwrap();
+            tmp.write_at(0, b"new").unwrap();
+            tmp.sync().unwrap();
+            disk.rename(&path("tmp"), &path("f")).unwrap();
+            disk.crash(seed);
+            let got = contents(&disk, "f").expect("target always exists");
+            assert!(got == b"old" || got == b"new", "seed {seed}: {got:?}");
+        }
+        let disk = setup(b"old", b"");
+        let tmp = disk.open(&path("tmp"), true).unwrap();
+        tmp.write_at(0, b"new").unwrap();
+        tmp.sync().unwrap();
+        disk.rename(&path("tmp"), &path("f")).unwrap();
+        disk.sync_dir(Path::new(DIR)).unwrap();
+        disk.crash(3);
+        assert_eq!(contents(&disk, "f").unwrap(), b"new");
+        assert!(contents(&disk, "tmp").is_none());
+    }
+
+    #[test]
+    fn a_failed_fsync_loses_the_data_even_if_a_later_one_succeeds() {
+        for seed in 0..30 {
+            let disk = setup(b"ok|", b"lost");
+            let file = disk.open(&path("f"), false).unwrap();
+            disk.fail_next_syncs(1);
+            assert!(file.sync().is_err());
+            assert_eq!(contents(&disk, "f").unwrap(), b"ok|lost", "reads still see the data");
+            file.sync().unwrap();
+            disk.crash(seed);
+            assert_eq!(contents(&disk, "f").unwrap(), b"ok|", "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn injected_write_errors_and_full_disk() {
+        let disk = setup(b"abc", b"");
+        let file = disk.open(&path("f"), false).unwrap();
+        disk.fail_next_writes(1);
+        assert!(file.write_at(3, b"d").is_err());
+        file.write_at(3, b"d").unwrap();
+        disk.set_capacity(Some(disk.used_bytes() + 2));
+        let full = file.write_at(4, b"efg").unwrap_err();
+        assert!(crate::sys::disk::is_no_space(&full));
+        file.write_at(4, b"ef").unwrap();
+        file.write_at(0, b"growing past the capacity fails").unwrap_err();
+        file.write_at(0, b"AB").unwrap();
+        assert_eq!(contents(&disk, "f").unwrap(), b"ABcdef");
+    }
+
+    #[test]
+    fn handles_die_with_the_crash() {
+        let disk = setup(b"abc", b"");
+        let file = disk.open(&path("f"), false).unwrap();
+        disk.crash(0);
+        assert!(file.read_at(0, &mut [0; 3]).is_err());
+        assert!(file.write_at(0, b"x").is_err());
+        assert!(disk.open(&path("f"), false).is_ok());
+    }
+
+    #[test]
+    fn maps_are_durable_only_after_flush() {
+        let disk = disk_with_dir();
+        let mut map = disk.map(&path("idx"), 8).unwrap();
+        disk.sync_dir(Path::new(DIR)).unwrap();
+        map.bytes_mut()[0] = 7;
+        map.flush().unwrap();
+        map.bytes_mut()[1] = 9;
+        disk.crash(5);
+        assert_eq!(contents(&disk, "idx").unwrap(), vec![7, 0, 0, 0, 0, 0, 0, 0]);
     }
 }
