@@ -3,6 +3,7 @@
 //! See DESIGN.md in the project's shared notes and README.md for the picture;
 //! modules are named after the concepts they hold.
 
+pub mod cli;
 pub mod log;
 pub mod sys;
 

@@ -1,1 +1,13 @@
-fn main() {}
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    let cli = weir::cli::Cli::parse();
+    if let Err(error) = weir::cli::run(cli).await {
+        eprintln!("weir: {error}");
+        std::process::exit(1); // seam: the CLI process reports failure through its exit code
+    }
+}

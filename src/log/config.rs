@@ -11,7 +11,7 @@ pub const INDEX_HEADER_BYTES: u64 = 16;
 pub const OFFSET_INDEX_ENTRY_BYTES: u64 = 8;
 pub const TIME_INDEX_ENTRY_BYTES: u64 = 12;
 
-const _: () = assert!(INDEX_HEADER_BYTES % 4 == 0);
+const _: () = assert!(INDEX_HEADER_BYTES.is_multiple_of(4));
 
 /// When appended data is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

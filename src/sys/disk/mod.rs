@@ -34,6 +34,7 @@ pub use real::RealDisk;
 pub use sim::{SimDisk, SimDiskFaults};
 
 /// A file opened for reading and writing at explicit positions.
+#[allow(clippy::len_without_is_empty)] // a file length, not a collection
 pub trait DiskFile: Send + Sync + Debug {
     /// Reads up to `buf.len()` bytes at `position`; fewer only at end of file.
     fn read_at(&self, position: u64, buf: &mut [u8]) -> io::Result<usize>;
