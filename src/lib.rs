@@ -3,8 +3,11 @@
 //! See DESIGN.md in the project's shared notes and README.md for the picture;
 //! modules are named after the concepts they hold.
 
+pub mod broker;
 pub mod cli;
+pub mod client;
 pub mod log;
+pub mod meta;
 pub mod sys;
 
 /// The public gRPC API, generated from `proto/weir.proto`.

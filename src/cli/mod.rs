@@ -1,10 +1,18 @@
-//! The `weir` command line.
+//! The `weir` command line: run a broker (`dev`, `server`) or talk to one
+//! (`topic`, `produce`, `consume`). Settings come from flags, `WEIR_*`
+//! environment variables and, for `server`, a TOML config file.
 
-mod dev;
+mod consume;
+mod produce;
+mod run;
+mod topic;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::client::BROKER_DEFAULT;
 
 #[derive(Debug, Parser)]
 #[command(name = "weir", version, about = "weir: a Raft-replicated, deterministically simulated message queue")]
@@ -13,35 +21,62 @@ pub struct Cli {
     pub command: Command,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct BrokerArgs {
+    /// The broker to talk to.
+    #[arg(long, env = "WEIR_BROKER", default_value = BROKER_DEFAULT, global = true)]
+    pub broker: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Runs weir on this machine with its embedded defaults, no etcd needed.
-    ///
-    /// Until the broker lands (issue "Single-node broker"), this drives the
-    /// partition log end to end: durable appends, reads by offset and by
-    /// time, a clean close and a reopen, on the real disk.
+    /// Runs a single-node broker with the embedded metadata store: no etcd.
     Dev(DevArgs),
+    /// Runs a broker from a TOML config file (flags override it).
+    Server(ServerArgs),
+    /// Creates, lists, describes and deletes topics.
+    Topic {
+        #[command(subcommand)]
+        command: topic::TopicCommand,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Produces the lines of standard input, one message per line.
+    Produce(produce::ProduceArgs),
+    /// Prints messages of a topic, one per line.
+    Consume(consume::ConsumeArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Where weir keeps its data; kept between runs.
-    #[arg(long, default_value = "weir-data")]
+    /// Where the broker keeps its data; kept between runs.
+    #[arg(long, env = "WEIR_DATA_DIR", default_value = "weir-data")]
     pub data_dir: PathBuf,
-    /// Messages to append in this run.
-    #[arg(long, default_value_t = 100_000)]
-    pub messages: u64,
-    /// Size of each message value in bytes.
-    #[arg(long, default_value_t = 1024)]
-    pub message_bytes: usize,
-    /// Messages per record batch (one fsync per batch).
-    #[arg(long, default_value_t = 64)]
-    pub batch_messages: u64,
+    /// The address to serve gRPC on.
+    #[arg(long, env = "WEIR_LISTEN", default_value = crate::broker::config::LISTEN_DEFAULT)]
+    pub listen: SocketAddr,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// A TOML file with the broker's settings (see `BrokerConfig`).
+    #[arg(long, env = "WEIR_CONFIG")]
+    pub config: PathBuf,
+    #[arg(long, env = "WEIR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "WEIR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+}
+
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
 /// Runs a parsed command line; the error is printed by `main`.
-pub async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(cli: Cli) -> CliResult {
     match cli.command {
-        Command::Dev(args) => dev::run(args).await,
+        Command::Dev(args) => run::dev(args).await,
+        Command::Server(args) => run::server(args).await,
+        Command::Topic { command, broker } => topic::run(command, &broker.broker).await,
+        Command::Produce(args) => produce::run(args).await,
+        Command::Consume(args) => consume::run(args).await,
     }
 }

@@ -9,5 +9,6 @@
 
 pub mod clock;
 pub mod disk;
+pub mod net;
 pub mod raft_runtime;
 pub mod rng;

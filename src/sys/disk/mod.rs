@@ -75,10 +75,15 @@ pub trait Disk: Send + Sync + Debug + 'static {
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     /// The names of the regular files in a directory, sorted.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// The names of the directories in a directory, sorted.
+    fn list_subdirs(&self, path: &Path) -> io::Result<Vec<String>>;
     /// Opens a file for reading and writing; creates it (empty) if `create`
     /// and it does not exist, otherwise fails with `NotFound`.
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn DiskFile>>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a directory and everything in it (durable after `sync_dir`
+    /// of its parent). A missing directory is not an error.
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Atomically replaces `to` with `from`; both in the same directory.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes creations, removals and renames in `path` durable.
@@ -96,4 +101,10 @@ pub fn real_disk() -> Arc<dyn Disk> {
 /// Whether an I/O error means the device is full.
 pub fn is_no_space(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::StorageFull || error.raw_os_error() == Some(28)
+}
+
+/// Reads a small text file from the host (a config file) before any disk is
+/// chosen.
+pub fn read_to_string(path: &Path) -> io::Result<String> {
+    std::fs::read_to_string(path)
 }

@@ -308,6 +308,13 @@ impl SimDisk {
             inode.handles = 0;
         }
 
+        // Directories are durable once made; a file that a crash brought back
+        // brings back the directories above it.
+        for name in names.keys() {
+            for dir in name.ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
+                state.dirs.insert(dir.to_path_buf());
+            }
+        }
         state.names_durable = names.clone();
         state.names = names;
         state.names_pending.clear();
@@ -496,6 +503,19 @@ impl Disk for SimDisk {
             .collect())
     }
 
+    fn list_subdirs(&self, path: &Path) -> io::Result<Vec<String>> {
+        let state = self.lock();
+        if !state.dirs.contains(path) {
+            return Err(not_found(path));
+        }
+        Ok(state
+            .dirs
+            .iter()
+            .filter(|dir| dir.parent() == Some(path))
+            .filter_map(|dir| dir.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn DiskFile>> {
         let mut state = self.lock();
         state.check_dir(path)?;
@@ -521,6 +541,18 @@ impl Disk for SimDisk {
         let inode = state.names.remove(path).ok_or_else(|| not_found(path))?;
         state.names_pending.push(NamespaceOp::Remove { path: path.to_path_buf() });
         state.collect(inode);
+        Ok(())
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        let doomed: Vec<PathBuf> = state.names.keys().filter(|name| name.starts_with(path)).cloned().collect();
+        for name in doomed {
+            let inode = state.names.remove(&name).expect("listed above");
+            state.names_pending.push(NamespaceOp::Remove { path: name });
+            state.collect(inode);
+        }
+        state.dirs.retain(|dir| !dir.starts_with(path));
         Ok(())
     }
 

@@ -1,0 +1,43 @@
+//! Broker settings, from a TOML-free plain struct: the CLI fills it from a
+//! config file, flags and the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:9092";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub broker_id: u64,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Largest key + value + headers of one message.
+    pub message_bytes_max: usize,
+    /// Fetch byte budget when a request gives none.
+    pub fetch_bytes_default: usize,
+    pub fetch_bytes_max: usize,
+    /// Cap on a long poll's wait.
+    pub fetch_wait_ms_max: u32,
+    /// acks=none writes become durable and visible within this long.
+    pub flush_interval_ms: i64,
+    pub retention_check_interval_ms: i64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            broker_id: 1,
+            data_dir: PathBuf::from("weir-data"),
+            listen: LISTEN_DEFAULT.parse().expect("valid default address"),
+            message_bytes_max: 1 << 20,
+            fetch_bytes_default: 1 << 20,
+            fetch_bytes_max: 16 << 20,
+            fetch_wait_ms_max: 30_000,
+            flush_interval_ms: 50,
+            retention_check_interval_ms: 60_000,
+        }
+    }
+}

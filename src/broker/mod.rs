@@ -1,0 +1,12 @@
+//! The broker: topics and partitions on this node, served over gRPC.
+
+pub mod config;
+mod core;
+pub mod error;
+pub mod partition;
+pub mod server;
+mod service;
+
+pub use config::BrokerConfig;
+pub use core::Broker;
+pub use error::{BrokerError, BrokerResult, ErrorCode};

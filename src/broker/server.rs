@@ -1,0 +1,64 @@
+//! Running a broker: open the metadata store and the partitions, serve gRPC,
+//! run background maintenance, and shut down cleanly.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::config::BrokerConfig;
+use super::core::Broker;
+use super::error::{BrokerError, BrokerResult, ErrorCode};
+use super::service::BrokerService;
+use crate::log::batch::BATCH_BYTES_MAX;
+use crate::meta::{EmbeddedStore, MetaStore};
+use crate::proto::{admin_server::AdminServer, consumer_server::ConsumerServer, producer_server::ProducerServer};
+use crate::sys::clock::Clock;
+use crate::sys::disk::Disk;
+
+/// Requests may carry a whole batch plus framing.
+const GRPC_MESSAGE_BYTES_MAX: usize = BATCH_BYTES_MAX + (1 << 20);
+
+/// Stops a background task when the server future ends or is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Opens a single-node broker on the embedded metadata store in
+/// `<data_dir>/meta`.
+pub async fn open_single_node(config: BrokerConfig, disk: Arc<dyn Disk>, clock: Arc<dyn Clock>) -> BrokerResult<Arc<Broker>> {
+    let meta_dir = config.data_dir.join("meta");
+    let store = EmbeddedStore::open(disk.clone(), &meta_dir, clock.clone())
+        .map_err(|e| BrokerError::new(ErrorCode::MetadataUnavailable, e.to_string()))?;
+    let store: Arc<dyn MetaStore> = Arc::new(store);
+    Broker::open(config, store, disk, clock).await
+}
+
+/// Serves `broker` on its configured address until `shutdown` completes,
+/// then closes every partition cleanly.
+pub async fn serve(broker: Arc<Broker>, shutdown: impl Future<Output = ()>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let listen = broker.config().listen;
+    let service = BrokerService::new(broker.clone());
+    let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));
+    tracing::info!(%listen, "weir broker serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(AdminServer::new(service.clone()).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX))
+        .add_service(
+            ProducerServer::new(service.clone())
+                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            ConsumerServer::new(service)
+                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+        )
+        .serve_with_shutdown(listen, shutdown)
+        .await;
+    drop(maintenance);
+    broker.shutdown().await?;
+    tracing::info!("weir broker stopped");
+    served.map_err(Into::into)
+}

@@ -1,0 +1,72 @@
+//! `weir topic create|list|describe|delete`.
+
+use clap::Subcommand;
+
+use super::CliResult;
+use crate::client::Client;
+use crate::proto;
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Creates a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Delete data older than this many milliseconds (default 7 days).
+        #[arg(long)]
+        retention_ms: Option<i64>,
+        /// Keep at most about this many bytes per partition.
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        #[arg(long)]
+        segment_bytes: Option<u64>,
+    },
+    /// Lists topics with their partitions.
+    List,
+    /// Shows a topic's config and partitions.
+    Describe { name: String },
+    /// Deletes a topic and its data.
+    Delete { name: String },
+}
+
+fn print_topic(topic: &proto::TopicDescription) {
+    let config = topic.config.clone().unwrap_or_default();
+    let retention = match (config.retention_ms, config.retention_bytes) {
+        (None, None) => "default".to_owned(),
+        (ms, bytes) => format!(
+            "{}{}",
+            ms.map(|ms| format!("{ms} ms ")).unwrap_or_default(),
+            bytes.map(|b| format!("{b} bytes")).unwrap_or_default()
+        ),
+    };
+    println!("{}  partitions={}  retention={}", topic.name, config.partitions, retention.trim());
+    for p in &topic.partitions {
+        println!(
+            "  partition {:>3}  start={} high_watermark={} end={} bytes={} segments={}",
+            p.partition, p.log_start_offset, p.high_watermark, p.log_end_offset, p.size_bytes, p.segments
+        );
+    }
+}
+
+pub async fn run(command: TopicCommand, broker: &str) -> CliResult {
+    let client = Client::connect(broker).await?;
+    match command {
+        TopicCommand::Create { name, partitions, retention_ms, retention_bytes, segment_bytes } => {
+            let config = proto::TopicConfig { partitions, retention_ms, retention_bytes, segment_bytes };
+            let topic = client.create_topic(&name, config).await?;
+            println!("created topic {} with {} partition(s)", topic.name, topic.partitions.len());
+        }
+        TopicCommand::List => {
+            for topic in client.list_topics().await? {
+                println!("{}\t{} partition(s)", topic.name, topic.partitions.len());
+            }
+        }
+        TopicCommand::Describe { name } => print_topic(&client.describe_topic(&name).await?),
+        TopicCommand::Delete { name } => {
+            client.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}

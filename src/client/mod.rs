@@ -1,0 +1,153 @@
+//! The Rust client: a connection to a broker with typed calls for
+//! administration, producing and consuming.
+//!
+//! This first cut is the direct API the CLI and tests use; the batching
+//! producer and the group consumer build on it.
+
+mod partitioner;
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::broker::error::BrokerError;
+use crate::log::Batch;
+use crate::proto::{self, admin_client::AdminClient, consumer_client::ConsumerClient, producer_client::ProducerClient};
+
+pub use partitioner::partition_for_key;
+
+/// The address a client connects to when none is given.
+pub const BROKER_DEFAULT: &str = "http://127.0.0.1:9092";
+const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the broker at {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("{0}")]
+    Broker(BrokerError),
+    #[error("the broker sent an invalid reply: {0}")]
+    InvalidReply(String),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        ClientError::Broker(BrokerError::from_status(&status))
+    }
+}
+
+impl ClientError {
+    /// The weir error code, if the broker answered with one.
+    pub fn code(&self) -> Option<proto::ErrorCode> {
+        match self {
+            ClientError::Broker(error) => Some(error.code),
+            _ => None,
+        }
+    }
+}
+
+pub type ClientResult<T> = Result<T, ClientError>;
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    admin: AdminClient<Channel>,
+    producer: ProducerClient<Channel>,
+    consumer: ConsumerClient<Channel>,
+}
+
+impl Client {
+    /// Connects to a broker at `address` (`host:port` or `http://host:port`).
+    pub async fn connect(address: &str) -> ClientResult<Self> {
+        let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
+        let connect_error = |reason: String| ClientError::Connect { address: address.to_owned(), reason };
+        let endpoint = Endpoint::from_shared(uri).map_err(|e| connect_error(e.to_string()))?;
+        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await.map_err(|e| connect_error(e.to_string()))?;
+        Ok(Self {
+            admin: AdminClient::new(channel.clone()),
+            producer: ProducerClient::new(channel.clone())
+                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+            consumer: ConsumerClient::new(channel).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+        })
+    }
+
+    pub async fn create_topic(&self, name: &str, config: proto::TopicConfig) -> ClientResult<proto::TopicDescription> {
+        let request = proto::CreateTopicRequest { name: name.to_owned(), config: Some(config) };
+        Ok(self.admin.clone().create_topic(request).await?.into_inner())
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> ClientResult<()> {
+        self.admin.clone().delete_topic(proto::DeleteTopicRequest { name: name.to_owned() }).await?;
+        Ok(())
+    }
+
+    pub async fn list_topics(&self) -> ClientResult<Vec<proto::TopicDescription>> {
+        Ok(self.admin.clone().list_topics(proto::ListTopicsRequest {}).await?.into_inner().topics)
+    }
+
+    pub async fn describe_topic(&self, name: &str) -> ClientResult<proto::TopicDescription> {
+        Ok(self.admin.clone().describe_topic(proto::DescribeTopicRequest { name: name.to_owned() }).await?.into_inner())
+    }
+
+    pub async fn describe_broker(&self) -> ClientResult<proto::BrokerDescription> {
+        Ok(self.admin.clone().describe_broker(proto::DescribeBrokerRequest {}).await?.into_inner())
+    }
+
+    /// Produces records as one batch; the broker stamps missing timestamps.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<proto::Record>,
+        acks: proto::Acks,
+    ) -> ClientResult<proto::ProduceResponse> {
+        let request =
+            proto::ProduceRequest { topic: topic.to_owned(), partition, acks: acks as i32, records, batch: Vec::new() };
+        Ok(self.producer.clone().produce(request).await?.into_inner())
+    }
+
+    /// Produces a batch already encoded by [`crate::log::BatchBuilder`].
+    pub async fn produce_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: &Batch,
+        acks: proto::Acks,
+    ) -> ClientResult<proto::ProduceResponse> {
+        let request = proto::ProduceRequest {
+            topic: topic.to_owned(),
+            partition,
+            acks: acks as i32,
+            records: Vec::new(),
+            batch: batch.as_bytes().to_vec(),
+        };
+        Ok(self.producer.clone().produce(request).await?.into_inner())
+    }
+
+    /// Fetches from `offset`, waiting up to `max_wait` for data (long poll).
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait: Duration,
+    ) -> ClientResult<proto::FetchResponse> {
+        let request = proto::FetchRequest {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            max_bytes,
+            max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
+            encoded: false,
+        };
+        Ok(self.consumer.clone().fetch(request).await?.into_inner())
+    }
+
+    /// Resolves a seek target to an offset.
+    pub async fn list_offset(&self, topic: &str, partition: u32, spec: proto::OffsetSpec, timestamp_ms: i64) -> ClientResult<u64> {
+        let request = proto::ListOffsetRequest { topic: topic.to_owned(), partition, spec: spec as i32, timestamp_ms };
+        Ok(self.consumer.clone().list_offset(request).await?.into_inner().offset)
+    }
+}

@@ -1,0 +1,10 @@
+//! Cluster metadata: topic configs and partition assignments behind the
+//! [`MetaStore`] trait, with an embedded, file-backed store for a single
+//! node (`weir dev`) and, with replication, etcd.
+
+mod embedded;
+mod store;
+pub mod topics;
+
+pub use embedded::EmbeddedStore;
+pub use store::{LeaseId, MetaError, MetaResult, MetaStore, Versioned};
