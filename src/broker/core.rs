@@ -35,14 +35,7 @@ pub struct Broker {
     open: RwLock<BTreeMap<String, Arc<TopicState>>>,
 }
 
-fn blocking_failed(error: tokio::task::JoinError) -> BrokerError {
-    BrokerError::new(ErrorCode::Internal, format!("storage task failed: {error}"))
-}
-
-/// Runs blocking storage work off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> BrokerResult<T> + Send + 'static) -> BrokerResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(blocking_failed)?
-}
+use crate::sys::task::blocking;
 
 fn to_proto_config(config: &TopicConfig) -> proto::TopicConfig {
     proto::TopicConfig {
@@ -78,7 +71,7 @@ impl Broker {
     ) -> BrokerResult<Arc<Self>> {
         let broker = Arc::new(Self { config, topics: Topics::new(store), disk, clock, open: RwLock::new(BTreeMap::new()) });
         let records = broker.topics.list().await?;
-        let wanted: Vec<String> = records.iter().map(|r| Self::topic_dir_name(r)).collect();
+        let wanted: Vec<String> = records.iter().map(Self::topic_dir_name).collect();
         let topics_dir = broker.config.data_dir.join("topics");
         let disk = broker.disk.clone();
         blocking(move || {
@@ -90,7 +83,7 @@ impl Broker {
                 }
             }
             let _ = disk.sync_dir(&topics_dir);
-            Ok(())
+            Ok::<(), BrokerError>(())
         })
         .await?;
         for record in records {
@@ -187,7 +180,7 @@ impl Broker {
             if let Some(parent) = dir.parent() {
                 let _ = disk.sync_dir(parent);
             }
-            Ok(())
+            Ok::<(), BrokerError>(())
         })
         .await?;
         tracing::info!(topic = name, "topic deleted");
@@ -343,7 +336,8 @@ impl Broker {
             if bounds.high_watermark != partition.high_watermark() {
                 continue;
             }
-            if tokio::time::timeout_at(deadline, high_watermark.changed()).await.is_err() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if tokio::time::timeout(left, high_watermark.changed()).await.is_err() {
                 return fetch_response(offset, Vec::new(), bounds, request.encoded);
             }
         }

@@ -31,7 +31,7 @@ pub enum TopicCommand {
 }
 
 fn print_topic(topic: &proto::TopicDescription) {
-    let config = topic.config.clone().unwrap_or_default();
+    let config = topic.config.unwrap_or_default();
     let retention = match (config.retention_ms, config.retention_bytes) {
         (None, None) => "default".to_owned(),
         (ms, bytes) => format!(

@@ -12,3 +12,4 @@ pub mod disk;
 pub mod net;
 pub mod raft_runtime;
 pub mod rng;
+pub mod task;

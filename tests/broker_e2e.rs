@@ -1,0 +1,271 @@
+//! The single-node broker end to end, over real gRPC: on loopback with
+//! tokio, and between simulated nodes inside madsim.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{connect, TestBroker};
+use weir::client::ClientError;
+use weir::log::{BatchBuilder, Record};
+use weir::proto::{self, Acks, ErrorCode, OffsetSpec};
+
+const PRODUCERS: usize = 4;
+const BATCHES_PER_PRODUCER: usize = 25;
+
+fn topic_config(partitions: u32) -> proto::TopicConfig {
+    proto::TopicConfig { partitions, ..proto::TopicConfig::default() }
+}
+
+fn record(value: String) -> proto::Record {
+    proto::Record { key: None, value: Some(value.into_bytes()), ..proto::Record::default() }
+}
+
+fn value(record: &proto::Record) -> String {
+    String::from_utf8(record.value.clone().unwrap_or_default()).unwrap()
+}
+
+/// Reads a partition from `offset` to its high watermark.
+async fn read_all(client: &weir::client::Client, topic: &str, partition: u32, mut offset: u64) -> Vec<proto::Record> {
+    let mut records = Vec::new();
+    loop {
+        let response = client.fetch(topic, partition, offset, 4096, Duration::ZERO).await.expect("fetch");
+        records.extend(response.records);
+        if response.next_offset >= response.high_watermark {
+            return records;
+        }
+        offset = response.next_offset;
+    }
+}
+
+fn code(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
+    match result {
+        Err(error) => error.code().unwrap_or_else(|| panic!("no weir error code in {error}")),
+        Ok(value) => panic!("expected an error, got {value:?}"),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_producers_each_partition_in_order() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            tracing::info!("set up: a topic with 3 partitions");
+            let client = connect(&address).await;
+            client.create_topic("orders", topic_config(3)).await.unwrap();
+
+            tracing::info!("act: producers write numbered batches to every partition at once");
+            let mut tasks = Vec::new();
+            for producer in 0..PRODUCERS {
+                let client = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    for n in 0..BATCHES_PER_PRODUCER {
+                        let partition = (n % 3) as u32;
+                        let records = (0..3).map(|i| record(format!("p{producer}-n{n}-r{i}"))).collect();
+                        client.produce("orders", partition, records, Acks::All).await.unwrap();
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+
+            tracing::info!("check: every record exactly once, each producer's records in order per partition");
+            let mut total = 0;
+            for partition in 0..3 {
+                let records = read_all(&client, "orders", partition, 0).await;
+                for (i, r) in records.iter().enumerate() {
+                    assert_eq!(r.offset, i as u64, "offsets are dense");
+                }
+                total += records.len();
+                for producer in 0..PRODUCERS {
+                    let mine: Vec<String> =
+                        records.iter().map(value).filter(|v| v.starts_with(&format!("p{producer}-"))).collect();
+                    let expected: Vec<String> = (0..BATCHES_PER_PRODUCER)
+                        .filter(|n| n % 3 == partition as usize)
+                        .flat_map(|n| (0..3).map(move |i| format!("p{producer}-n{n}-r{i}")))
+                        .collect();
+                    assert_eq!(mine, expected, "producer {producer} on partition {partition}");
+                }
+            }
+            assert_eq!(total, PRODUCERS * BATCHES_PER_PRODUCER * 3);
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn encoded_batches_round_trip_with_keys_headers_and_timestamps() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("events", topic_config(1)).await.unwrap();
+            let mut builder = BatchBuilder::new();
+            for i in 0..10i64 {
+                builder.push(&Record {
+                    timestamp_ms: 1_000 + i,
+                    key: Some(format!("k{i}").into()),
+                    value: Some(format!("v{i}").into()),
+                    headers: vec![weir::log::RecordHeader { key: "trace".into(), value: Some("t".into()) }],
+                    ..Record::default()
+                });
+            }
+            let produced = client.produce_batch("events", 0, &builder.build().unwrap(), Acks::Leader).await.unwrap();
+            assert_eq!((produced.base_offset, produced.record_count), (0, 10));
+
+            let fetched = client.fetch("events", 0, 4, 1 << 20, Duration::ZERO).await.unwrap();
+            assert_eq!(fetched.records.len(), 6, "records before the requested offset are not returned");
+            let first = &fetched.records[0];
+            assert_eq!((first.offset, first.timestamp_ms), (4, 1_004));
+            assert_eq!(first.key.as_deref(), Some(&b"k4"[..]));
+            assert_eq!(first.headers[0].key, "trace");
+            assert_eq!(fetched.next_offset, 10);
+
+            tracing::info!("seek: beginning, end and by time");
+            assert_eq!(client.list_offset("events", 0, OffsetSpec::Earliest, 0).await.unwrap(), 0);
+            assert_eq!(client.list_offset("events", 0, OffsetSpec::Latest, 0).await.unwrap(), 10);
+            assert_eq!(client.list_offset("events", 0, OffsetSpec::Timestamp, 1_007).await.unwrap(), 7);
+            assert_eq!(client.list_offset("events", 0, OffsetSpec::Timestamp, 9_999).await.unwrap(), 10);
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn long_poll_answers_as_soon_as_data_arrives() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("idle", topic_config(1)).await.unwrap();
+
+            tracing::info!("an idle long poll waits out its max_wait and answers empty");
+            let started = tokio::time::Instant::now();
+            let empty = client.fetch("idle", 0, 0, 1 << 20, Duration::from_millis(300)).await.unwrap();
+            assert!(empty.records.is_empty());
+            assert!(started.elapsed() >= Duration::from_millis(300), "answered before max_wait without data");
+
+            tracing::info!("a long poll with a long max_wait answers when a message is produced");
+            let waiting = tokio::spawn({
+                let client = client.clone();
+                async move { client.fetch("idle", 0, 0, 1 << 20, Duration::from_secs(15)).await.unwrap() }
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!waiting.is_finished(), "the poll is waiting");
+            let started = tokio::time::Instant::now();
+            client.produce("idle", 0, vec![record("wake".into())], Acks::All).await.unwrap();
+            let woke = waiting.await.unwrap();
+            assert_eq!(woke.records.iter().map(value).collect::<Vec<_>>(), ["wake"]);
+            assert!(started.elapsed() < Duration::from_secs(15), "the poll answered with the data, not at its deadline");
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_a_restart_with_power_loss() {
+    let mut broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("durable", topic_config(2)).await.unwrap();
+            for i in 0..20 {
+                client.produce("durable", i % 2, vec![record(format!("m{i}"))], Acks::All).await.unwrap();
+            }
+        })
+        .await;
+
+    for seed in 0..3 {
+        broker.restart(seed).await;
+        let address = broker.address.clone();
+        broker
+            .run(async move {
+                let client = connect(&address).await;
+                let mut seen = Vec::new();
+                for partition in 0..2 {
+                    seen.extend(read_all(&client, "durable", partition, 0).await.iter().map(value));
+                }
+                seen.sort();
+                let mut expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+                expected.sort();
+                assert_eq!(seen, expected, "after restart {seed}");
+                assert_eq!(client.list_topics().await.unwrap().len(), 1, "the topic survives too");
+            })
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_typed_errors_and_loses_nothing() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("good", topic_config(2)).await.unwrap();
+            client.produce("good", 0, vec![record("keep me".into())], Acks::All).await.unwrap();
+
+            let table: Vec<(&str, ErrorCode, Result<(), ClientError>)> = vec![
+                ("unknown topic", ErrorCode::UnknownTopic, client.produce("nope", 0, vec![record("x".into())], Acks::All).await.map(drop)),
+                ("unknown partition", ErrorCode::UnknownPartition, client.fetch("good", 7, 0, 100, Duration::ZERO).await.map(drop)),
+                ("invalid name", ErrorCode::InvalidTopicName, client.create_topic("no/slashes", topic_config(1)).await.map(drop)),
+                ("reserved name", ErrorCode::InvalidTopicName, client.create_topic("__mine", topic_config(1)).await.map(drop)),
+                ("zero partitions", ErrorCode::InvalidTopicConfig, client.create_topic("empty", topic_config(0)).await.map(drop)),
+                ("duplicate", ErrorCode::TopicAlreadyExists, client.create_topic("good", topic_config(2)).await.map(drop)),
+                ("oversize message", ErrorCode::MessageTooLarge, client.produce("good", 0, vec![record("x".repeat(70_000))], Acks::All).await.map(drop)),
+                ("no records", ErrorCode::InvalidRequest, client.produce("good", 0, vec![], Acks::All).await.map(drop)),
+                ("future offset", ErrorCode::OffsetOutOfRange, client.fetch("good", 0, 99, 100, Duration::ZERO).await.map(drop)),
+                ("unknown topic to delete", ErrorCode::UnknownTopic, client.delete_topic("nope").await),
+            ];
+            for (case, expected, result) in table {
+                assert_eq!(code(result), expected, "{case}");
+            }
+
+            tracing::info!("garbage bytes as a batch, and a batch with one flipped byte");
+            let garbage = proto::ProduceRequest { topic: "good".into(), partition: 0, batch: vec![0xAB; 100], ..Default::default() };
+            let mut raw = weir::proto::producer_client::ProducerClient::connect(format!("http://{address}")).await.unwrap();
+            let status = raw.produce(garbage).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert_eq!(status.metadata().get("weir-error").unwrap(), "INVALID_BATCH");
+            let mut builder = BatchBuilder::new();
+            builder.push(&Record { value: Some("v".into()), ..Record::default() });
+            let mut flipped = builder.build().unwrap().into_bytes().to_vec();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 1;
+            let damaged = proto::ProduceRequest { topic: "good".into(), partition: 0, batch: flipped, ..Default::default() };
+            assert_eq!(raw.produce(damaged).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+            tracing::info!("nothing was lost and the broker keeps serving");
+            client.produce("good", 0, vec![record("still here".into())], Acks::All).await.unwrap();
+            let values: Vec<String> = read_all(&client, "good", 0, 0).await.iter().map(value).collect();
+            assert_eq!(values, ["keep me", "still here"]);
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn deleted_topics_are_gone_and_can_be_recreated_empty() {
+    let mut broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("temp", topic_config(1)).await.unwrap();
+            client.produce("temp", 0, vec![record("old".into())], Acks::All).await.unwrap();
+            client.delete_topic("temp").await.unwrap();
+            assert_eq!(code(client.describe_topic("temp").await), ErrorCode::UnknownTopic);
+            client.create_topic("temp", topic_config(1)).await.unwrap();
+            assert!(read_all(&client, "temp", 0, 0).await.is_empty(), "a recreated topic starts empty");
+        })
+        .await;
+    broker.restart(7).await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            assert!(read_all(&client, "temp", 0, 0).await.is_empty(), "and stays empty after a restart");
+        })
+        .await;
+}
