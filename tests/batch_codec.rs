@@ -11,9 +11,8 @@ fn optional_bytes() -> impl Strategy<Value = Option<Bytes>> {
 
 fn record() -> impl Strategy<Value = Record> {
     let header = ("[a-z]{0,8}", optional_bytes()).prop_map(|(key, value)| RecordHeader { key, value });
-    (any::<i64>(), optional_bytes(), optional_bytes(), prop::collection::vec(header, 0..4)).prop_map(
-        |(timestamp_ms, key, value, headers)| Record { offset: 0, timestamp_ms, key, value, headers },
-    )
+    (any::<i64>(), optional_bytes(), optional_bytes(), prop::collection::vec(header, 0..4))
+        .prop_map(|(timestamp_ms, key, value, headers)| Record { offset: 0, timestamp_ms, key, value, headers })
 }
 
 fn build(records: &[Record], producer: Option<(i64, i16, i32)>) -> Batch {

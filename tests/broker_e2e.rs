@@ -158,7 +158,10 @@ async fn long_poll_answers_as_soon_as_data_arrives() {
             client.produce("idle", 0, vec![record("wake".into())], Acks::All).await.unwrap();
             let woke = waiting.await.unwrap();
             assert_eq!(woke.records.iter().map(value).collect::<Vec<_>>(), ["wake"]);
-            assert!(started.elapsed() < Duration::from_secs(15), "the poll answered with the data, not at its deadline");
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "the poll answered with the data, not at its deadline"
+            );
         })
         .await;
 }
@@ -208,15 +211,47 @@ async fn bad_input_gets_typed_errors_and_loses_nothing() {
             client.produce("good", 0, vec![record("keep me".into())], Acks::All).await.unwrap();
 
             let table: Vec<(&str, ErrorCode, Result<(), ClientError>)> = vec![
-                ("unknown topic", ErrorCode::UnknownTopic, client.produce("nope", 0, vec![record("x".into())], Acks::All).await.map(drop)),
-                ("unknown partition", ErrorCode::UnknownPartition, client.fetch("good", 7, 0, 100, Duration::ZERO).await.map(drop)),
-                ("invalid name", ErrorCode::InvalidTopicName, client.create_topic("no/slashes", topic_config(1)).await.map(drop)),
-                ("reserved name", ErrorCode::InvalidTopicName, client.create_topic("__mine", topic_config(1)).await.map(drop)),
-                ("zero partitions", ErrorCode::InvalidTopicConfig, client.create_topic("empty", topic_config(0)).await.map(drop)),
-                ("duplicate", ErrorCode::TopicAlreadyExists, client.create_topic("good", topic_config(2)).await.map(drop)),
-                ("oversize message", ErrorCode::MessageTooLarge, client.produce("good", 0, vec![record("x".repeat(70_000))], Acks::All).await.map(drop)),
+                (
+                    "unknown topic",
+                    ErrorCode::UnknownTopic,
+                    client.produce("nope", 0, vec![record("x".into())], Acks::All).await.map(drop),
+                ),
+                (
+                    "unknown partition",
+                    ErrorCode::UnknownPartition,
+                    client.fetch("good", 7, 0, 100, Duration::ZERO).await.map(drop),
+                ),
+                (
+                    "invalid name",
+                    ErrorCode::InvalidTopicName,
+                    client.create_topic("no/slashes", topic_config(1)).await.map(drop),
+                ),
+                (
+                    "reserved name",
+                    ErrorCode::InvalidTopicName,
+                    client.create_topic("__mine", topic_config(1)).await.map(drop),
+                ),
+                (
+                    "zero partitions",
+                    ErrorCode::InvalidTopicConfig,
+                    client.create_topic("empty", topic_config(0)).await.map(drop),
+                ),
+                (
+                    "duplicate",
+                    ErrorCode::TopicAlreadyExists,
+                    client.create_topic("good", topic_config(2)).await.map(drop),
+                ),
+                (
+                    "oversize message",
+                    ErrorCode::MessageTooLarge,
+                    client.produce("good", 0, vec![record("x".repeat(70_000))], Acks::All).await.map(drop),
+                ),
                 ("no records", ErrorCode::InvalidRequest, client.produce("good", 0, vec![], Acks::All).await.map(drop)),
-                ("future offset", ErrorCode::OffsetOutOfRange, client.fetch("good", 0, 99, 100, Duration::ZERO).await.map(drop)),
+                (
+                    "future offset",
+                    ErrorCode::OffsetOutOfRange,
+                    client.fetch("good", 0, 99, 100, Duration::ZERO).await.map(drop),
+                ),
                 ("unknown topic to delete", ErrorCode::UnknownTopic, client.delete_topic("nope").await),
             ];
             for (case, expected, result) in table {
@@ -224,8 +259,14 @@ async fn bad_input_gets_typed_errors_and_loses_nothing() {
             }
 
             tracing::info!("garbage bytes as a batch, and a batch with one flipped byte");
-            let garbage = proto::ProduceRequest { topic: "good".into(), partition: 0, batch: vec![0xAB; 100], ..Default::default() };
-            let mut raw = weir::proto::producer_client::ProducerClient::connect(format!("http://{address}")).await.unwrap();
+            let garbage = proto::ProduceRequest {
+                topic: "good".into(),
+                partition: 0,
+                batch: vec![0xAB; 100],
+                ..Default::default()
+            };
+            let mut raw =
+                weir::proto::producer_client::ProducerClient::connect(format!("http://{address}")).await.unwrap();
             let status = raw.produce(garbage).await.unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
             assert_eq!(status.metadata().get("weir-error").unwrap(), "INVALID_BATCH");
@@ -234,7 +275,8 @@ async fn bad_input_gets_typed_errors_and_loses_nothing() {
             let mut flipped = builder.build().unwrap().into_bytes().to_vec();
             let last = flipped.len() - 1;
             flipped[last] ^= 1;
-            let damaged = proto::ProduceRequest { topic: "good".into(), partition: 0, batch: flipped, ..Default::default() };
+            let damaged =
+                proto::ProduceRequest { topic: "good".into(), partition: 0, batch: flipped, ..Default::default() };
             assert_eq!(raw.produce(damaged).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
             tracing::info!("nothing was lost and the broker keeps serving");

@@ -51,7 +51,9 @@ fn filled_disk() -> (SimDisk, Vec<Record>) {
             builder.push(r);
         });
         let appended = log.append(builder.build().unwrap()).unwrap();
-        all.extend(records.into_iter().enumerate().map(|(i, r)| Record { offset: appended.base_offset + i as u64, ..r }));
+        all.extend(
+            records.into_iter().enumerate().map(|(i, r)| Record { offset: appended.base_offset + i as u64, ..r }),
+        );
     }
     assert!(log.segment_count() > 3, "the test wants several segments");
     log.close().unwrap();
@@ -59,7 +61,12 @@ fn filled_disk() -> (SimDisk, Vec<Record>) {
 }
 
 fn files(disk: &SimDisk, suffix: &str) -> Vec<PathBuf> {
-    disk.list_dir(Path::new(DIR)).unwrap().into_iter().filter(|n| n.ends_with(suffix)).map(|n| Path::new(DIR).join(n)).collect()
+    disk.list_dir(Path::new(DIR))
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(suffix))
+        .map(|n| Path::new(DIR).join(n))
+        .collect()
 }
 
 /// Reads from the start until the end or the first error.

@@ -27,14 +27,14 @@ use std::time::Duration;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
-    AnyError, AsyncRuntime, BasicNode, Config, Entry, EntryPayload, LogId, LogState,
-    OptionalSend, Raft, RaftLogReader, RaftNetwork, RaftNetworkFactory, RaftSnapshotBuilder,
-    ServerState, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+    AnyError, AsyncRuntime, BasicNode, Config, Entry, EntryPayload, LogId, LogState, OptionalSend, Raft, RaftLogReader,
+    RaftNetwork, RaftNetworkFactory, RaftSnapshotBuilder, ServerState, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 use weir::sys::raft_runtime::WeirRuntime;
@@ -98,9 +98,7 @@ async fn single_node_group() {
     let config = Arc::new(config.validate().expect("valid raft config"));
     let log = MemLog::default();
     let sm = MemStateMachine::default();
-    let raft = Raft::<C>::new(NODE_ID, config, NoNetwork, log.clone(), sm.clone())
-        .await
-        .expect("raft node starts");
+    let raft = Raft::<C>::new(NODE_ID, config, NoNetwork, log.clone(), sm.clone()).await.expect("raft node starts");
 
     // --- act --------------------------------------------------------------------
     tracing::info!("act: initialize a one-member cluster and wait for leadership");
@@ -114,10 +112,7 @@ async fn single_node_group() {
     assert_eq!(metrics.current_leader, Some(NODE_ID));
 
     tracing::info!("act: client_write one entry");
-    let put = Put {
-        key: "greeting".to_string(),
-        value: "hello".to_string(),
-    };
+    let put = Put { key: "greeting".to_string(), value: "hello".to_string() };
     let written = raft.client_write(put).await.expect("client_write");
     tracing::info!(log_id = %written.log_id, "write committed");
 
@@ -131,11 +126,7 @@ async fn single_node_group() {
     assert_eq!(written.data, PutResponse { previous: None });
     assert_eq!(written.membership, None);
 
-    let metrics = raft
-        .wait(Some(STEP_TIMEOUT))
-        .applied_index(Some(2), "write applied")
-        .await
-        .expect("write applied");
+    let metrics = raft.wait(Some(STEP_TIMEOUT)).applied_index(Some(2), "write applied").await.expect("write applied");
     assert_eq!(metrics.current_leader, Some(NODE_ID));
     assert_eq!(metrics.state, ServerState::Leader);
     assert_eq!(metrics.last_log_index, Some(2));
@@ -156,10 +147,7 @@ async fn single_node_group() {
 
     // A snapshot built now carries the applied state.
     raft.trigger().snapshot().await.expect("trigger snapshot");
-    raft.wait(Some(STEP_TIMEOUT))
-        .snapshot(written.log_id, "snapshot at the write")
-        .await
-        .expect("snapshot built");
+    raft.wait(Some(STEP_TIMEOUT)).snapshot(written.log_id, "snapshot at the write").await.expect("snapshot built");
     let (meta, data) = sm.current_snapshot().expect("snapshot stored");
     assert_eq!(meta.last_log_id, Some(written.log_id));
     let map: BTreeMap<String, String> = serde_json::from_slice(&data).expect("snapshot is JSON");
@@ -237,10 +225,7 @@ impl RaftLogStorage<C> for MemLog {
     async fn get_log_state(&mut self) -> StorageResult<LogState<C>> {
         let inner = self.inner();
         let last_log_id = inner.entries.values().next_back().map(|e| e.log_id).or(inner.last_purged);
-        Ok(LogState {
-            last_purged_log_id: inner.last_purged,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -336,8 +321,8 @@ impl MemStateMachine {
 impl RaftSnapshotBuilder<C> for MemStateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<C>> {
         let mut inner = self.inner();
-        let data = serde_json::to_vec(&inner.data)
-            .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
+        let data =
+            serde_json::to_vec(&inner.data).map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
         inner.snapshots_built += 1;
         let snapshot_id = match inner.last_applied {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, inner.snapshots_built),
@@ -349,19 +334,14 @@ impl RaftSnapshotBuilder<C> for MemStateMachine {
             snapshot_id,
         };
         inner.snapshot = Some((meta.clone(), data.clone()));
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
 impl RaftStateMachine<C> for MemStateMachine {
     type SnapshotBuilder = MemStateMachine;
 
-    async fn applied_state(
-        &mut self,
-    ) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>)> {
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>)> {
         let inner = self.inner();
         Ok((inner.last_applied, inner.last_membership.clone()))
     }
@@ -403,9 +383,8 @@ impl RaftStateMachine<C> for MemStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let bytes = snapshot.into_inner();
-        let data: BTreeMap<String, String> = serde_json::from_slice(&bytes).map_err(|e| {
-            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
-        })?;
+        let data: BTreeMap<String, String> = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
         let mut inner = self.inner();
         inner.data = data;
         inner.last_applied = meta.last_log_id;
@@ -415,10 +394,7 @@ impl RaftStateMachine<C> for MemStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<C>>> {
-        Ok(self.inner().snapshot.clone().map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        Ok(self.inner().snapshot.clone().map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
@@ -449,10 +425,7 @@ impl RaftNetwork<C> for NoNetwork {
         &mut self,
         _rpc: InstallSnapshotRequest<C>,
         _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
-    > {
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
         unreachable!("a single-node group sends no RPCs")
     }
 

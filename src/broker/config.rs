@@ -1,7 +1,7 @@
 //! Broker settings, from a TOML-free plain struct: the CLI fills it from a
 //! config file, flags and the environment.
 
-use std::net::SocketAddr;
+use crate::sys::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};

@@ -69,7 +69,8 @@ impl Broker {
         disk: Arc<dyn Disk>,
         clock: Arc<dyn Clock>,
     ) -> BrokerResult<Arc<Self>> {
-        let broker = Arc::new(Self { config, topics: Topics::new(store), disk, clock, open: RwLock::new(BTreeMap::new()) });
+        let broker =
+            Arc::new(Self { config, topics: Topics::new(store), disk, clock, open: RwLock::new(BTreeMap::new()) });
         let records = broker.topics.list().await?;
         let wanted: Vec<String> = records.iter().map(Self::topic_dir_name).collect();
         let topics_dir = broker.config.data_dir.join("topics");
@@ -120,13 +121,21 @@ impl Broker {
     async fn open_topic(&self, record: TopicRecord) -> BrokerResult<Arc<TopicState>> {
         let dir = self.topic_dir(&record);
         let log_config = self.log_config(&record.config);
-        let (disk, clock, name, partitions) = (self.disk.clone(), self.clock.clone(), record.name.clone(), record.config.partitions);
+        let (disk, clock, name, partitions) =
+            (self.disk.clone(), self.clock.clone(), record.name.clone(), record.config.partitions);
         let opened = blocking(move || {
             (0..partitions)
                 .map(|index| {
-                    Partition::open(&name, index, &dir.join(index.to_string()), disk.clone(), log_config.clone(), clock.clone())
-                        .map(Arc::new)
-                        .map_err(BrokerError::from)
+                    Partition::open(
+                        &name,
+                        index,
+                        &dir.join(index.to_string()),
+                        disk.clone(),
+                        log_config.clone(),
+                        clock.clone(),
+                    )
+                    .map(Arc::new)
+                    .map_err(BrokerError::from)
                 })
                 .collect::<BrokerResult<Vec<_>>>()
         })
@@ -137,7 +146,12 @@ impl Broker {
     }
 
     fn topic(&self, name: &str) -> BrokerResult<Arc<TopicState>> {
-        self.open.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned().ok_or_else(|| BrokerError::unknown_topic(name))
+        self.open
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::unknown_topic(name))
     }
 
     pub fn partition(&self, topic: &str, partition: u32) -> BrokerResult<Arc<Partition>> {
@@ -189,7 +203,8 @@ impl Broker {
 
     async fn describe_state(&self, state: &Arc<TopicState>) -> BrokerResult<proto::TopicDescription> {
         let partitions = state.partitions.clone();
-        let described = blocking(move || partitions.iter().map(|p| p.describe()).collect::<BrokerResult<Vec<_>>>()).await?;
+        let described =
+            blocking(move || partitions.iter().map(|p| p.describe()).collect::<BrokerResult<Vec<_>>>()).await?;
         Ok(proto::TopicDescription {
             name: state.record.name.clone(),
             config: Some(to_proto_config(&state.record.config)),
@@ -204,7 +219,8 @@ impl Broker {
     }
 
     pub async fn list_topics(&self) -> BrokerResult<Vec<proto::TopicDescription>> {
-        let states: Vec<Arc<TopicState>> = self.open.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let states: Vec<Arc<TopicState>> =
+            self.open.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         let mut topics = Vec::with_capacity(states.len());
         for state in &states {
             topics.push(self.describe_state(state).await?);
@@ -354,7 +370,9 @@ impl Broker {
             proto::OffsetSpec::Timestamp => {
                 Ok(partition.offset_for_timestamp(timestamp_ms)?.unwrap_or_else(|| partition.high_watermark()))
             }
-            proto::OffsetSpec::Unspecified => Err(BrokerError::invalid("offset spec must be EARLIEST, LATEST or TIMESTAMP")),
+            proto::OffsetSpec::Unspecified => {
+                Err(BrokerError::invalid("offset spec must be EARLIEST, LATEST or TIMESTAMP"))
+            }
         })
         .await
     }

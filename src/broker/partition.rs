@@ -108,7 +108,11 @@ impl Partition {
     pub fn bounds(&self) -> BrokerResult<Bounds> {
         let high_watermark = self.high_watermark();
         self.with_log(|log| {
-            Ok(Bounds { log_start_offset: log.log_start_offset(), high_watermark, log_end_offset: log.log_end_offset() })
+            Ok(Bounds {
+                log_start_offset: log.log_start_offset(),
+                high_watermark,
+                log_end_offset: log.log_end_offset(),
+            })
         })
     }
 
@@ -117,8 +121,11 @@ impl Partition {
         let high_watermark = self.high_watermark();
         self.with_log(|log| {
             let batches = log.read(offset, max_bytes, high_watermark)?;
-            let bounds =
-                Bounds { log_start_offset: log.log_start_offset(), high_watermark, log_end_offset: log.log_end_offset() };
+            let bounds = Bounds {
+                log_start_offset: log.log_start_offset(),
+                high_watermark,
+                log_end_offset: log.log_end_offset(),
+            };
             Ok((batches, bounds))
         })
     }

@@ -28,7 +28,11 @@ impl Drop for AbortOnDrop {
 
 /// Opens a single-node broker on the embedded metadata store in
 /// `<data_dir>/meta`.
-pub async fn open_single_node(config: BrokerConfig, disk: Arc<dyn Disk>, clock: Arc<dyn Clock>) -> BrokerResult<Arc<Broker>> {
+pub async fn open_single_node(
+    config: BrokerConfig,
+    disk: Arc<dyn Disk>,
+    clock: Arc<dyn Clock>,
+) -> BrokerResult<Arc<Broker>> {
     let meta_dir = config.data_dir.join("meta");
     let store = EmbeddedStore::open(disk.clone(), &meta_dir, clock.clone())
         .map_err(|e| BrokerError::new(ErrorCode::MetadataUnavailable, e.to_string()))?;
@@ -38,7 +42,10 @@ pub async fn open_single_node(config: BrokerConfig, disk: Arc<dyn Disk>, clock: 
 
 /// Serves `broker` on its configured address until `shutdown` completes,
 /// then closes every partition cleanly.
-pub async fn serve(broker: Arc<Broker>, shutdown: impl Future<Output = ()>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn serve(
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let listen = broker.config().listen;
     let service = BrokerService::new(broker.clone());
     let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));

@@ -27,10 +27,16 @@ fn reply<T>(result: Result<T, BrokerError>) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl admin_server::Admin for BrokerService {
-    async fn create_topic(&self, request: Request<proto::CreateTopicRequest>) -> Result<Response<proto::TopicDescription>, Status> {
+    async fn create_topic(
+        &self,
+        request: Request<proto::CreateTopicRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
         let request = request.into_inner();
         let Some(config) = request.config else {
-            return reply(Err(BrokerError::new(proto::ErrorCode::InvalidTopicConfig, "a topic needs a config with partitions")));
+            return reply(Err(BrokerError::new(
+                proto::ErrorCode::InvalidTopicConfig,
+                "a topic needs a config with partitions",
+            )));
         };
         let config = TopicConfig {
             partitions: config.partitions,
@@ -41,26 +47,41 @@ impl admin_server::Admin for BrokerService {
         reply(self.broker.create_topic(&request.name, config).await)
     }
 
-    async fn delete_topic(&self, request: Request<proto::DeleteTopicRequest>) -> Result<Response<proto::DeleteTopicResponse>, Status> {
+    async fn delete_topic(
+        &self,
+        request: Request<proto::DeleteTopicRequest>,
+    ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
         reply(self.broker.delete_topic(&request.into_inner().name).await.map(|()| proto::DeleteTopicResponse {}))
     }
 
-    async fn list_topics(&self, _: Request<proto::ListTopicsRequest>) -> Result<Response<proto::ListTopicsResponse>, Status> {
+    async fn list_topics(
+        &self,
+        _: Request<proto::ListTopicsRequest>,
+    ) -> Result<Response<proto::ListTopicsResponse>, Status> {
         reply(self.broker.list_topics().await.map(|topics| proto::ListTopicsResponse { topics }))
     }
 
-    async fn describe_topic(&self, request: Request<proto::DescribeTopicRequest>) -> Result<Response<proto::TopicDescription>, Status> {
+    async fn describe_topic(
+        &self,
+        request: Request<proto::DescribeTopicRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
         reply(self.broker.describe_topic(&request.into_inner().name).await)
     }
 
-    async fn describe_broker(&self, _: Request<proto::DescribeBrokerRequest>) -> Result<Response<proto::BrokerDescription>, Status> {
+    async fn describe_broker(
+        &self,
+        _: Request<proto::DescribeBrokerRequest>,
+    ) -> Result<Response<proto::BrokerDescription>, Status> {
         reply(Ok(self.broker.describe_broker()))
     }
 }
 
 #[tonic::async_trait]
 impl producer_server::Producer for BrokerService {
-    async fn produce(&self, request: Request<proto::ProduceRequest>) -> Result<Response<proto::ProduceResponse>, Status> {
+    async fn produce(
+        &self,
+        request: Request<proto::ProduceRequest>,
+    ) -> Result<Response<proto::ProduceResponse>, Status> {
         reply(self.broker.produce(request.into_inner()).await)
     }
 }
@@ -71,7 +92,10 @@ impl consumer_server::Consumer for BrokerService {
         reply(self.broker.fetch(request.into_inner()).await)
     }
 
-    async fn list_offset(&self, request: Request<proto::ListOffsetRequest>) -> Result<Response<proto::ListOffsetResponse>, Status> {
+    async fn list_offset(
+        &self,
+        request: Request<proto::ListOffsetRequest>,
+    ) -> Result<Response<proto::ListOffsetResponse>, Status> {
         reply(self.broker.list_offset(request.into_inner()).await.map(|offset| proto::ListOffsetResponse { offset }))
     }
 }

@@ -42,7 +42,11 @@ async fn start_offset(client: &Client, topic: &str, partition: u32, from: &str) 
             let ms = time[1..].parse::<i64>().map_err(|_| format!("--from {time}: expected @MILLISECONDS"))?;
             (proto::OffsetSpec::Timestamp, ms)
         }
-        offset => return Ok(offset.parse::<u64>().map_err(|_| format!("--from {offset}: expected beginning, end, an offset or @TIME"))?),
+        offset => {
+            return Ok(offset
+                .parse::<u64>()
+                .map_err(|_| format!("--from {offset}: expected beginning, end, an offset or @TIME"))?)
+        }
     };
     Ok(client.list_offset(topic, partition, spec, timestamp_ms).await?)
 }
@@ -51,7 +55,9 @@ pub async fn run(args: ConsumeArgs) -> CliResult {
     let client = Client::connect(&args.broker.broker).await?;
     let partitions = client.describe_topic(&args.topic).await?.partitions.len() as u32;
     let chosen: Vec<u32> = match args.partition {
-        Some(p) if p >= partitions => return Err(format!("topic {} has partitions 0..{partitions}, not {p}", args.topic).into()),
+        Some(p) if p >= partitions => {
+            return Err(format!("topic {} has partitions 0..{partitions}, not {p}", args.topic).into())
+        }
         Some(p) => vec![p],
         None => (0..partitions).collect(),
     };

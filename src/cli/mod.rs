@@ -7,7 +7,7 @@ mod produce;
 mod run;
 mod topic;
 
-use std::net::SocketAddr;
+use crate::sys::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

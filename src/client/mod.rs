@@ -62,7 +62,8 @@ impl Client {
         let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
         let connect_error = |reason: String| ClientError::Connect { address: address.to_owned(), reason };
         let endpoint = Endpoint::from_shared(uri).map_err(|e| connect_error(e.to_string()))?;
-        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await.map_err(|e| connect_error(e.to_string()))?;
+        let channel =
+            endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await.map_err(|e| connect_error(e.to_string()))?;
         Ok(Self {
             admin: AdminClient::new(channel.clone()),
             producer: ProducerClient::new(channel.clone())
@@ -146,7 +147,13 @@ impl Client {
     }
 
     /// Resolves a seek target to an offset.
-    pub async fn list_offset(&self, topic: &str, partition: u32, spec: proto::OffsetSpec, timestamp_ms: i64) -> ClientResult<u64> {
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: proto::OffsetSpec,
+        timestamp_ms: i64,
+    ) -> ClientResult<u64> {
         let request = proto::ListOffsetRequest { topic: topic.to_owned(), partition, spec: spec as i32, timestamp_ms };
         Ok(self.consumer.clone().list_offset(request).await?.into_inner().offset)
     }

@@ -358,10 +358,8 @@ impl PartitionLog {
                 break;
             }
             let by_size = self.config.retention_bytes.is_some_and(|limit| total - oldest.size() >= limit);
-            let by_age = self
-                .config
-                .retention_ms
-                .is_some_and(|age| now_ms.saturating_sub(oldest.max_timestamp_ms()) > age);
+            let by_age =
+                self.config.retention_ms.is_some_and(|age| now_ms.saturating_sub(oldest.max_timestamp_ms()) > age);
             if !by_size && !by_age {
                 break;
             }

@@ -129,7 +129,8 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig, now_ms: i
         let broken = match next_base {
             Some(next_base) if segment.next_offset() != next_base => {
                 if report.cut.is_none() {
-                    let reason = format!("segment ends at {} but the next starts at {next_base}", segment.next_offset());
+                    let reason =
+                        format!("segment ends at {} but the next starts at {next_base}", segment.next_offset());
                     report.cut = Some((segment.path().to_path_buf(), segment.size(), reason));
                 }
                 true

@@ -137,7 +137,8 @@ impl Segment {
         }
         let too_big = self.size + batch.len() as u64 > config.segment_bytes_max;
         let too_old = config.segment_age_ms_max.is_some_and(|age| now_ms.saturating_sub(self.created_ms) >= age);
-        let offsets_overflow = self.next_offset + u64::from(batch.record_count()) - self.base_offset > u64::from(u32::MAX);
+        let offsets_overflow =
+            self.next_offset + u64::from(batch.record_count()) - self.base_offset > u64::from(u32::MAX);
         too_big || too_old || offsets_overflow || self.offset_index.is_full() || self.time_index.is_full()
     }
 

@@ -182,8 +182,12 @@ impl State {
 
     fn encode(&self) -> Vec<u8> {
         let payload = serde_json::to_string(self).expect("metadata state always serializes to JSON");
-        let envelope =
-            Envelope { format: FORMAT.to_owned(), version: FORMAT_VERSION, crc32c: crc32c::crc32c(payload.as_bytes()), payload };
+        let envelope = Envelope {
+            format: FORMAT.to_owned(),
+            version: FORMAT_VERSION,
+            crc32c: crc32c::crc32c(payload.as_bytes()),
+            payload,
+        };
         let mut bytes = serde_json::to_vec_pretty(&envelope).expect("an envelope always serializes to JSON");
         bytes.push(b'\n');
         bytes
@@ -196,7 +200,10 @@ impl State {
             return Err(format!("format is {:?}, expected {FORMAT:?}", envelope.format));
         }
         if envelope.version != FORMAT_VERSION {
-            return Err(format!("format version {} is not supported (this build reads {FORMAT_VERSION})", envelope.version));
+            return Err(format!(
+                "format version {} is not supported (this build reads {FORMAT_VERSION})",
+                envelope.version
+            ));
         }
         let crc = crc32c::crc32c(envelope.payload.as_bytes());
         if crc != envelope.crc32c {
@@ -344,7 +351,8 @@ fn read_state(disk: &dyn Disk, path: &Path) -> MetaResult<State> {
         Err(e) => return Err(unavailable("opening", path, e)),
     };
     let len = file.len().map_err(|e| unavailable("reading", path, e))?;
-    let len = usize::try_from(len).map_err(|_| MetaError::Corrupt(format!("{}: {len} bytes is too large", path.display())))?;
+    let len = usize::try_from(len)
+        .map_err(|_| MetaError::Corrupt(format!("{}: {len} bytes is too large", path.display())))?;
     let mut bytes = vec![0; len];
     file.read_exact_at(0, &mut bytes).map_err(|e| unavailable("reading", path, e))?;
     State::decode(&bytes).map_err(|reason| MetaError::Corrupt(format!("{}: {reason}", path.display())))

@@ -105,7 +105,13 @@ impl Topics {
         &self.store
     }
 
-    pub async fn create(&self, name: &str, config: TopicConfig, now_ms: i64, internal: bool) -> Result<TopicRecord, TopicError> {
+    pub async fn create(
+        &self,
+        name: &str,
+        config: TopicConfig,
+        now_ms: i64,
+        internal: bool,
+    ) -> Result<TopicRecord, TopicError> {
         validate_name(name, internal)?;
         validate_config(name, &config)?;
         let key = key(name);

@@ -76,17 +76,11 @@ impl AsyncRuntime for WeirRuntime {
         tokio::time::sleep_until(deadline.0)
     }
 
-    fn timeout<R, F: Future<Output = R> + OptionalSend>(
-        duration: Duration,
-        future: F,
-    ) -> Self::Timeout<R, F> {
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
         Timeout::new(future, tokio::time::sleep(duration))
     }
 
-    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
-        deadline: Self::Instant,
-        future: F,
-    ) -> Self::Timeout<R, F> {
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
         Timeout::new(future, tokio::time::sleep_until(deadline.0))
     }
 
@@ -192,10 +186,7 @@ pub struct Timeout<F> {
 
 impl<F> Timeout<F> {
     fn new(future: F, sleep: tokio::time::Sleep) -> Self {
-        Timeout {
-            future: Box::pin(future),
-            sleep: Box::pin(sleep),
-        }
+        Timeout { future: Box::pin(future), sleep: Box::pin(sleep) }
     }
 }
 

@@ -64,7 +64,8 @@ mod imp {
     impl TestBroker {
         pub async fn start() -> Self {
             let listen = weir::sys::net::free_loopback_addr().expect("a free port");
-            let mut broker = Self { disk: SimDisk::new(1), address: listen.to_string(), listen, stop: None, task: None };
+            let mut broker =
+                Self { disk: SimDisk::new(1), address: listen.to_string(), listen, stop: None, task: None };
             broker.boot().await;
             broker
         }
@@ -148,7 +149,8 @@ mod imp {
                 .init(move || {
                     let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
                     async move {
-                        let broker = open_single_node(config(listen), disk, system_clock()).await.expect("broker opens");
+                        let broker =
+                            open_single_node(config(listen), disk, system_clock()).await.expect("broker opens");
                         serve(broker, std::future::pending()).await.expect("broker serves");
                     }
                 })

@@ -208,10 +208,9 @@ impl State {
 
     fn check_space(&self, growth: u64) -> io::Result<()> {
         match self.faults.capacity_bytes {
-            Some(capacity) if growth > 0 && self.used_bytes() + growth > capacity => Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!("simulated disk full ({capacity} bytes)"),
-            )),
+            Some(capacity) if growth > 0 && self.used_bytes() + growth > capacity => {
+                Err(io::Error::new(io::ErrorKind::StorageFull, format!("simulated disk full ({capacity} bytes)")))
+            }
             _ => Ok(()),
         }
     }
