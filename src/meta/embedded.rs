@@ -498,10 +498,8 @@ mod tests {
 
         tracing::info!("act: a CAS on the stale version and a create of an existing key are refused");
         let stale = store.put("topics/a", b"three".to_vec(), Some(v1), None).await.unwrap_err();
-        assert!(
-            matches!(&stale, MetaError::Conflict { key, expected: Some(e), found: Some(f) } if key == "topics/a" && *e == v1 && *f == v2),
-            "{stale:?}"
-        );
+        let MetaError::Conflict { key, expected, found } = &stale else { panic!("{stale:?}") };
+        assert_eq!((key.as_str(), *expected, *found), ("topics/a", Some(v1), Some(v2)));
         let exists = store.put("topics/a", b"four".to_vec(), None, None).await.unwrap_err();
         assert!(matches!(exists, MetaError::Conflict { expected: None, found: Some(f), .. } if f == v2), "{exists:?}");
         let absent = store.put("topics/b", b"x".to_vec(), Some(v2), None).await.unwrap_err();
