@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::set_var("PROTOC", protoc);
     }
     println!("cargo:rerun-if-changed=proto/weir.proto");
-    tonic_build::configure().compile_protos(&["proto/weir.proto"], &["proto"])?;
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("weir_descriptor.bin");
+    tonic_build::configure().file_descriptor_set_path(descriptors).compile_protos(&["proto/weir.proto"], &["proto"])?;
     Ok(())
 }

@@ -13,4 +13,7 @@ pub mod sys;
 /// The public gRPC API, generated from `proto/weir.proto`.
 pub mod proto {
     tonic::include_proto!("weir.v1");
+
+    /// The compiled `weir.proto`, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/weir_descriptor.bin"));
 }

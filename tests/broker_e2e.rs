@@ -311,3 +311,32 @@ async fn deleted_topics_are_gone_and_can_be_recreated_empty() {
         })
         .await;
 }
+
+/// grpcurl and friends list weir's services by reflection (real network only:
+/// the simulator's transport carries no reflection service).
+#[cfg(not(madsim))]
+#[tokio::test]
+async fn services_are_listed_by_reflection() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let broker = TestBroker::start().await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", broker.address)).unwrap().connect().await.unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client.server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
+    let response = responses.message().await.unwrap().expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["weir.v1.Admin", "weir.v1.Producer", "weir.v1.Consumer"] {
+        assert!(names.iter().any(|n| n == service), "{service} missing from {names:?}");
+    }
+}

@@ -13,6 +13,7 @@ use crate::meta::{EmbeddedStore, MetaStore};
 use crate::proto::{admin_server::AdminServer, consumer_server::ConsumerServer, producer_server::ProducerServer};
 use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
+use crate::sys::reflection::with_reflection;
 
 /// Requests may carry a whole batch plus framing.
 const GRPC_MESSAGE_BYTES_MAX: usize = BATCH_BYTES_MAX + (1 << 20);
@@ -50,7 +51,7 @@ pub async fn serve(
     let service = BrokerService::new(broker.clone());
     let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));
     tracing::info!(%listen, "weir broker serving");
-    let served = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(AdminServer::new(service.clone()).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX))
         .add_service(
             ProducerServer::new(service.clone())
@@ -61,9 +62,8 @@ pub async fn serve(
             ConsumerServer::new(service)
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
-        )
-        .serve_with_shutdown(listen, shutdown)
-        .await;
+        );
+    let served = with_reflection(router).serve_with_shutdown(listen, shutdown).await;
     drop(maintenance);
     broker.shutdown().await?;
     tracing::info!("weir broker stopped");

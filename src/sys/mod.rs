@@ -11,5 +11,6 @@ pub mod clock;
 pub mod disk;
 pub mod net;
 pub mod raft_runtime;
+pub mod reflection;
 pub mod rng;
 pub mod task;
