@@ -340,3 +340,102 @@ async fn services_are_listed_by_reflection() {
         assert!(names.iter().any(|n| n == service), "{service} missing from {names:?}");
     }
 }
+
+/// Receives pushes until `count` records arrived; fails if more arrive.
+async fn receive(subscription: &mut weir::client::Subscription, count: usize) -> Vec<proto::Record> {
+    let mut records = Vec::new();
+    while records.len() < count {
+        let push = subscription.next().await.unwrap().expect("the stream stays open");
+        records.extend(push.records);
+    }
+    assert_eq!(records.len(), count, "the broker sent past the credit");
+    records
+}
+
+/// Asserts that nothing is pushed for a while.
+async fn assert_silent(subscription: &mut weir::client::Subscription) {
+    let quiet = tokio::time::timeout(Duration::from_millis(300), subscription.next()).await;
+    assert!(quiet.is_err(), "a push arrived without credit: {quiet:?}");
+}
+
+#[tokio::test]
+async fn push_never_exceeds_the_granted_credit() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("pushed", topic_config(1)).await.unwrap();
+            let records: Vec<proto::Record> = (0..50).map(|i| record(format!("m{i:02}"))).collect();
+            client.produce("pushed", 0, records, Acks::All).await.unwrap();
+
+            tracing::info!("a subscriber that granted 10 messages gets 10, then nothing");
+            let mut slow = client.subscribe("pushed", 0, 0, proto::Credit { messages: 10, bytes: 0 }).await.unwrap();
+            let first = receive(&mut slow, 10).await;
+            assert_eq!(first.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+            assert_silent(&mut slow).await;
+
+            tracing::info!("a stalled subscriber does not hold anyone else back");
+            let mut fast = client.subscribe("pushed", 0, 0, proto::Credit { messages: 1_000, bytes: 0 }).await.unwrap();
+            assert_eq!(receive(&mut fast, 50).await.len(), 50);
+            let fetched = client.fetch("pushed", 0, 0, 1 << 20, Duration::ZERO).await.unwrap();
+            assert_eq!(fetched.records.len(), 50);
+
+            tracing::info!("more credit, more records, in order, including ones produced later");
+            slow.grant(15, 0).await.unwrap();
+            let next = receive(&mut slow, 15).await;
+            assert_eq!(next[0].offset, 10);
+            assert_silent(&mut slow).await;
+            slow.grant(100, 0).await.unwrap();
+            assert_eq!(receive(&mut slow, 25).await.last().unwrap().offset, 49);
+            client.produce("pushed", 0, vec![record("late".into())], Acks::All).await.unwrap();
+            let late = receive(&mut slow, 1).await;
+            assert_eq!((late[0].offset, value(&late[0]).as_str()), (50, "late"));
+            assert_eq!(receive(&mut fast, 1).await[0].offset, 50, "every subscriber gets the new record");
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn push_honours_byte_credit() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("sized", topic_config(1)).await.unwrap();
+            let records: Vec<proto::Record> = (0..10).map(|i| record(format!("{i:0>100}"))).collect();
+            client.produce("sized", 0, records, Acks::All).await.unwrap();
+            let credit = proto::Credit { messages: 100, bytes: 350 };
+            let mut subscription = client.subscribe("sized", 0, 0, credit).await.unwrap();
+            assert_eq!(receive(&mut subscription, 3).await.len(), 3, "350 bytes hold three 100-byte records");
+            assert_silent(&mut subscription).await;
+            subscription.grant(0, 50).await.unwrap();
+            assert_eq!(
+                receive(&mut subscription, 1).await[0].offset,
+                3,
+                "the rest of the credit plus 50 bytes fit one more"
+            );
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn subscriptions_report_bad_starts_as_statuses() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("subs", topic_config(1)).await.unwrap();
+            for (topic, offset, expected) in
+                [("nope", 0, ErrorCode::UnknownTopic), ("subs", 5, ErrorCode::OffsetOutOfRange)]
+            {
+                let mut subscription =
+                    client.subscribe(topic, 0, offset, proto::Credit { messages: 1, bytes: 0 }).await.unwrap();
+                let error = subscription.next().await.expect_err("the stream ends with a status");
+                assert_eq!(error.code(), Some(expected), "{topic}@{offset}");
+            }
+        })
+        .await;
+}

@@ -46,7 +46,7 @@ fn to_proto_config(config: &TopicConfig) -> proto::TopicConfig {
     }
 }
 
-fn to_proto_record(record: Record) -> proto::Record {
+pub(super) fn to_proto_record(record: Record) -> proto::Record {
     proto::Record {
         offset: record.offset,
         timestamp_ms: record.timestamp_ms,

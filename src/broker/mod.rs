@@ -6,6 +6,7 @@ pub mod error;
 pub mod partition;
 pub mod server;
 mod service;
+pub mod subscription;
 
 pub use config::BrokerConfig;
 pub use core::Broker;

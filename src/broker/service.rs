@@ -1,7 +1,11 @@
 //! The gRPC face of the broker: thin adapters from requests to [`Broker`]
 //! calls and from [`BrokerError`]s to statuses.
 
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::mpsc;
 
 use tonic::{Request, Response, Status};
 
@@ -9,6 +13,10 @@ use super::core::Broker;
 use super::error::BrokerError;
 use crate::meta::topics::TopicConfig;
 use crate::proto::{self, admin_server, consumer_server, producer_server};
+
+/// Responses a subscription may have in flight beyond what the transport
+/// buffers: small, so a subscriber's pace reaches the broker quickly.
+const SUBSCRIBE_QUEUE: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct BrokerService {
@@ -90,6 +98,20 @@ impl producer_server::Producer for BrokerService {
 impl consumer_server::Consumer for BrokerService {
     async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
         reply(self.broker.fetch(request.into_inner()).await)
+    }
+
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<proto::SubscribeResponse, Status>> + Send>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<tonic::Streaming<proto::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let (outbound, responses) = mpsc::channel(SUBSCRIBE_QUEUE);
+        tokio::spawn(self.broker.clone().subscribe(request.into_inner(), outbound));
+        let stream = futures::stream::unfold(responses, |mut responses| async move {
+            responses.recv().await.map(|response| (response, responses))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_offset(

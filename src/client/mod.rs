@@ -8,6 +8,7 @@ mod partitioner;
 
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::broker::error::BrokerError;
@@ -15,6 +16,32 @@ use crate::log::Batch;
 use crate::proto::{self, admin_client::AdminClient, consumer_client::ConsumerClient, producer_client::ProducerClient};
 
 pub use partitioner::partition_for_key;
+
+/// Credit grants a subscription may queue before `grant` waits.
+const SUBSCRIPTION_CREDITS_QUEUE: usize = 16;
+
+/// A push subscription: records arrive as the broker has them, within the
+/// credit granted so far.
+#[derive(Debug)]
+pub struct Subscription {
+    credits: mpsc::Sender<proto::SubscribeRequest>,
+    responses: tonic::Streaming<proto::SubscribeResponse>,
+}
+
+impl Subscription {
+    /// Allows the broker to send `messages` more records and, if non-zero,
+    /// `bytes` more bytes of keys, values and headers.
+    pub async fn grant(&mut self, messages: u64, bytes: u64) -> ClientResult<()> {
+        let credit = proto::Credit { messages, bytes };
+        let request = proto::SubscribeRequest { request: Some(proto::subscribe_request::Request::Credit(credit)) };
+        self.credits.send(request).await.map_err(|_| ClientError::InvalidReply("the subscription has ended".into()))
+    }
+
+    /// The next push from the broker; `None` when the stream ends.
+    pub async fn next(&mut self) -> ClientResult<Option<proto::SubscribeResponse>> {
+        Ok(self.responses.message().await?)
+    }
+}
 
 /// The address a client connects to when none is given.
 pub const BROKER_DEFAULT: &str = "http://127.0.0.1:9092";
@@ -144,6 +171,25 @@ impl Client {
             encoded: false,
         };
         Ok(self.consumer.clone().fetch(request).await?.into_inner())
+    }
+
+    /// Opens a push subscription from `offset` with an initial credit.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        credit: proto::Credit,
+    ) -> ClientResult<Subscription> {
+        let (credits, outbound) = mpsc::channel(SUBSCRIPTION_CREDITS_QUEUE);
+        let start = proto::SubscribeStart { topic: topic.to_owned(), partition, offset, credit: Some(credit) };
+        let first = proto::SubscribeRequest { request: Some(proto::subscribe_request::Request::Start(start)) };
+        credits.send(first).await.expect("the receiver is alive");
+        let requests = futures::stream::unfold(outbound, |mut outbound| async move {
+            outbound.recv().await.map(|request| (request, outbound))
+        });
+        let responses = self.consumer.clone().subscribe(requests).await?.into_inner();
+        Ok(Subscription { credits, responses })
     }
 
     /// Resolves a seek target to an offset.
