@@ -24,6 +24,10 @@ pub struct BrokerConfig {
     /// acks=none writes become durable and visible within this long.
     pub flush_interval_ms: i64,
     pub retention_check_interval_ms: i64,
+    /// Committed offsets are snapshotted and older segments dropped once
+    /// their partition outgrows this.
+    pub offsets_bytes_max: u64,
+    pub offsets_segment_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -38,6 +42,8 @@ impl Default for BrokerConfig {
             fetch_wait_ms_max: 30_000,
             flush_interval_ms: 50,
             retention_check_interval_ms: 60_000,
+            offsets_bytes_max: 64 << 20,
+            offsets_segment_bytes: 16 << 20,
         }
     }
 }

@@ -13,7 +13,7 @@ use super::error::{BrokerError, BrokerResult, ErrorCode};
 use super::partition::Partition;
 use crate::log::batch::BATCH_BYTES_MAX;
 use crate::log::{Batch, BatchBuilder, FlushPolicy, LogConfig, Record, RecordHeader};
-use crate::meta::topics::{TopicConfig, TopicRecord, Topics};
+use crate::meta::topics::{TopicConfig, TopicError, TopicRecord, Topics, INTERNAL_TOPIC_PREFIX};
 use crate::meta::MetaStore;
 use crate::proto;
 use crate::sys::clock::Clock;
@@ -97,6 +97,10 @@ impl Broker {
         &self.config
     }
 
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     fn topic_dir_name(record: &TopicRecord) -> String {
         format!("{}-{:016x}", record.name, record.id)
     }
@@ -105,12 +109,15 @@ impl Broker {
         self.config.data_dir.join("topics").join(Self::topic_dir_name(record))
     }
 
-    fn log_config(&self, config: &TopicConfig) -> LogConfig {
+    fn log_config(&self, record: &TopicRecord) -> LogConfig {
         let defaults = LogConfig::default();
+        let config = &record.config;
+        // weir's own topics keep what they hold until weir deletes it.
+        let internal = record.name.starts_with(INTERNAL_TOPIC_PREFIX);
         LogConfig {
             segment_bytes_max: config.segment_bytes.unwrap_or(defaults.segment_bytes_max),
-            retention_bytes: config.retention_bytes,
-            retention_ms: config.retention_ms.or(defaults.retention_ms),
+            retention_bytes: if internal { None } else { config.retention_bytes },
+            retention_ms: if internal { None } else { config.retention_ms.or(defaults.retention_ms) },
             // acks=all/leader flush before answering; this bounds how long
             // an acks=none write waits to become durable and visible.
             flush: FlushPolicy::Interval { interval_ms: self.config.flush_interval_ms },
@@ -120,7 +127,7 @@ impl Broker {
 
     async fn open_topic(&self, record: TopicRecord) -> BrokerResult<Arc<TopicState>> {
         let dir = self.topic_dir(&record);
-        let log_config = self.log_config(&record.config);
+        let log_config = self.log_config(&record);
         let (disk, clock, name, partitions) =
             (self.disk.clone(), self.clock.clone(), record.name.clone(), record.config.partitions);
         let opened = blocking(move || {
@@ -162,6 +169,34 @@ impl Broker {
                 format!("topic {topic:?} has partitions 0..{}, not {partition}", state.partitions.len()),
             )
         })
+    }
+
+    /// How many partitions `topic` has, if it exists.
+    pub fn partition_count(&self, topic: &str) -> Option<u32> {
+        self.topic(topic).ok().map(|state| state.partitions.len() as u32)
+    }
+
+    /// Partition 0 of one of weir's own single-partition topics, created on
+    /// first use.
+    pub async fn internal_partition(&self, name: &str, segment_bytes: u64) -> BrokerResult<Arc<Partition>> {
+        if let Ok(partition) = self.partition(name, 0) {
+            return Ok(partition);
+        }
+        let config = TopicConfig {
+            partitions: 1,
+            retention_ms: None,
+            retention_bytes: None,
+            segment_bytes: Some(segment_bytes),
+        };
+        let record = match self.topics.create(name, config, self.clock.now_ms(), true).await {
+            Ok(record) => record,
+            Err(TopicError::AlreadyExists(_)) => {
+                self.topics.get(name).await?.ok_or_else(|| BrokerError::unknown_topic(name))?
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let state = self.open_topic(record).await?;
+        Ok(state.partitions[0].clone())
     }
 
     /// Every open partition, in topic and partition order.

@@ -44,12 +44,17 @@ impl BrokerError {
     /// The gRPC status code for a weir error code.
     pub fn grpc_code(code: ErrorCode) -> Code {
         match code {
-            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => Code::NotFound,
+            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => Code::NotFound,
+            ErrorCode::UnknownMember | ErrorCode::IllegalGeneration | ErrorCode::NotAssigned => {
+                Code::FailedPrecondition
+            }
+            ErrorCode::RebalanceInProgress => Code::Aborted,
             ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
             ErrorCode::InvalidTopicName
             | ErrorCode::InvalidTopicConfig
             | ErrorCode::InvalidBatch
             | ErrorCode::MessageTooLarge
+            | ErrorCode::InvalidGroup
             | ErrorCode::InvalidRequest => Code::InvalidArgument,
             ErrorCode::OffsetOutOfRange => Code::OutOfRange,
             ErrorCode::StorageFull => Code::ResourceExhausted,

@@ -105,6 +105,16 @@ impl Partition {
         })
     }
 
+    /// Makes everything appended durable and visible.
+    pub fn flush(&self) -> BrokerResult<()> {
+        self.with_log(|log| log.flush().map(drop))
+    }
+
+    /// Deletes the whole segments below `offset` (not the active one).
+    pub fn delete_before(&self, offset: u64) -> BrokerResult<usize> {
+        self.with_log(|log| log.delete_before(offset))
+    }
+
     pub fn bounds(&self) -> BrokerResult<Bounds> {
         let high_watermark = self.high_watermark();
         self.with_log(|log| {

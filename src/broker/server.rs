@@ -8,9 +8,14 @@ use super::config::BrokerConfig;
 use super::core::Broker;
 use super::error::{BrokerError, BrokerResult, ErrorCode};
 use super::service::BrokerService;
+use crate::group::offsets::OffsetStore;
+use crate::group::GroupCoordinator;
 use crate::log::batch::BATCH_BYTES_MAX;
 use crate::meta::{EmbeddedStore, MetaStore};
-use crate::proto::{admin_server::AdminServer, consumer_server::ConsumerServer, producer_server::ProducerServer};
+use crate::proto::admin_server::AdminServer;
+use crate::proto::consumer_server::ConsumerServer;
+use crate::proto::groups_server::GroupsServer;
+use crate::proto::producer_server::ProducerServer;
 use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
 use crate::sys::reflection::with_reflection;
@@ -41,6 +46,17 @@ pub async fn open_single_node(
     Broker::open(config, store, disk, clock).await
 }
 
+/// The internal topic that holds committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The group coordinator, with the committed offsets read back.
+pub async fn open_groups(broker: &Arc<Broker>) -> BrokerResult<Arc<GroupCoordinator>> {
+    let config = broker.config();
+    let partition = broker.internal_partition(OFFSETS_TOPIC, config.offsets_segment_bytes).await?;
+    let offsets = OffsetStore::load(partition, config.offsets_bytes_max).await?;
+    Ok(Arc::new(GroupCoordinator::new(broker.clone(), offsets, broker.clock())))
+}
+
 /// Serves `broker` on its configured address until `shutdown` completes,
 /// then closes every partition cleanly.
 pub async fn serve(
@@ -48,8 +64,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let listen = broker.config().listen;
-    let service = BrokerService::new(broker.clone());
+    let groups = open_groups(&broker).await?;
+    let service = BrokerService::new(broker.clone(), groups.clone());
     let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));
+    let group_ticks = AbortOnDrop(tokio::spawn(groups.run()));
     tracing::info!(%listen, "weir broker serving");
     let router = tonic::transport::Server::builder()
         .add_service(AdminServer::new(service.clone()).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX))
@@ -58,13 +76,14 @@ pub async fn serve(
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         )
+        .add_service(GroupsServer::new(service.clone()))
         .add_service(
             ConsumerServer::new(service)
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         );
     let served = with_reflection(router).serve_with_shutdown(listen, shutdown).await;
-    drop(maintenance);
+    drop((maintenance, group_ticks));
     broker.shutdown().await?;
     tracing::info!("weir broker stopped");
     served.map_err(Into::into)

@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status};
 
 use super::core::Broker;
 use super::error::BrokerError;
+use crate::group::GroupCoordinator;
 use crate::meta::topics::TopicConfig;
-use crate::proto::{self, admin_server, consumer_server, producer_server};
+use crate::proto::{self, admin_server, consumer_server, groups_server, producer_server};
 
 /// Responses a subscription may have in flight beyond what the transport
 /// buffers: small, so a subscriber's pace reaches the broker quickly.
@@ -21,11 +22,12 @@ const SUBSCRIBE_QUEUE: usize = 2;
 #[derive(Debug, Clone)]
 pub struct BrokerService {
     broker: Arc<Broker>,
+    groups: Arc<GroupCoordinator>,
 }
 
 impl BrokerService {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+    pub fn new(broker: Arc<Broker>, groups: Arc<GroupCoordinator>) -> Self {
+        Self { broker, groups }
     }
 }
 
@@ -119,5 +121,64 @@ impl consumer_server::Consumer for BrokerService {
         request: Request<proto::ListOffsetRequest>,
     ) -> Result<Response<proto::ListOffsetResponse>, Status> {
         reply(self.broker.list_offset(request.into_inner()).await.map(|offset| proto::ListOffsetResponse { offset }))
+    }
+}
+
+#[tonic::async_trait]
+impl groups_server::Groups for BrokerService {
+    async fn join_group(
+        &self,
+        request: Request<proto::JoinGroupRequest>,
+    ) -> Result<Response<proto::JoinGroupResponse>, Status> {
+        reply(self.groups.join(request.into_inner()).await)
+    }
+
+    async fn sync_group(
+        &self,
+        request: Request<proto::SyncGroupRequest>,
+    ) -> Result<Response<proto::SyncGroupResponse>, Status> {
+        reply(self.groups.sync(request.get_ref()).map(|assignment| proto::SyncGroupResponse { assignment }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        reply(self.groups.heartbeat(request.get_ref()).map(|()| proto::HeartbeatResponse {}))
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<proto::LeaveGroupRequest>,
+    ) -> Result<Response<proto::LeaveGroupResponse>, Status> {
+        reply(self.groups.leave(request.get_ref()).map(|()| proto::LeaveGroupResponse {}))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<proto::CommitOffsetsRequest>,
+    ) -> Result<Response<proto::CommitOffsetsResponse>, Status> {
+        reply(self.groups.commit(request.into_inner()).await.map(|()| proto::CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<proto::FetchOffsetsRequest>,
+    ) -> Result<Response<proto::FetchOffsetsResponse>, Status> {
+        reply(self.groups.fetch_offsets(request.get_ref()).map(|offsets| proto::FetchOffsetsResponse { offsets }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<proto::DescribeGroupRequest>,
+    ) -> Result<Response<proto::GroupDescription>, Status> {
+        reply(self.groups.describe(&request.get_ref().group))
+    }
+
+    async fn list_groups(
+        &self,
+        _: Request<proto::ListGroupsRequest>,
+    ) -> Result<Response<proto::ListGroupsResponse>, Status> {
+        reply(self.groups.list().map(|groups| proto::ListGroupsResponse { groups }))
     }
 }

@@ -4,6 +4,7 @@
 //! This first cut is the direct API the CLI and tests use; the batching
 //! producer and the group consumer build on it.
 
+pub mod consumer;
 mod partitioner;
 
 use std::time::Duration;
@@ -13,8 +14,13 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::broker::error::BrokerError;
 use crate::log::Batch;
-use crate::proto::{self, admin_client::AdminClient, consumer_client::ConsumerClient, producer_client::ProducerClient};
+use crate::proto::admin_client::AdminClient;
+use crate::proto::consumer_client::ConsumerClient;
+use crate::proto::groups_client::GroupsClient;
+use crate::proto::producer_client::ProducerClient;
+use crate::proto::{self};
 
+pub use consumer::{Consumed, ConsumerConfig, GroupConsumer, OffsetReset};
 pub use partitioner::partition_for_key;
 
 /// Credit grants a subscription may queue before `grant` waits.
@@ -78,6 +84,7 @@ pub type ClientResult<T> = Result<T, ClientError>;
 
 #[derive(Debug, Clone)]
 pub struct Client {
+    groups: GroupsClient<Channel>,
     admin: AdminClient<Channel>,
     producer: ProducerClient<Channel>,
     consumer: ConsumerClient<Channel>,
@@ -92,6 +99,7 @@ impl Client {
         let channel =
             endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await.map_err(|e| connect_error(e.to_string()))?;
         Ok(Self {
+            groups: GroupsClient::new(channel.clone()),
             admin: AdminClient::new(channel.clone()),
             producer: ProducerClient::new(channel.clone())
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
@@ -190,6 +198,49 @@ impl Client {
         });
         let responses = self.consumer.clone().subscribe(requests).await?.into_inner();
         Ok(Subscription { credits, responses })
+    }
+
+    pub async fn join_group(&self, request: proto::JoinGroupRequest) -> ClientResult<proto::JoinGroupResponse> {
+        Ok(self.groups.clone().join_group(request).await?.into_inner())
+    }
+
+    pub async fn sync_group(&self, request: proto::SyncGroupRequest) -> ClientResult<Vec<proto::TopicPartition>> {
+        Ok(self.groups.clone().sync_group(request).await?.into_inner().assignment)
+    }
+
+    pub async fn heartbeat(&self, request: proto::HeartbeatRequest) -> ClientResult<()> {
+        self.groups.clone().heartbeat(request).await?;
+        Ok(())
+    }
+
+    pub async fn leave_group(&self, group: &str, member_id: &str) -> ClientResult<()> {
+        let request = proto::LeaveGroupRequest { group: group.to_owned(), member_id: member_id.to_owned() };
+        self.groups.clone().leave_group(request).await?;
+        Ok(())
+    }
+
+    pub async fn commit_offsets(&self, request: proto::CommitOffsetsRequest) -> ClientResult<()> {
+        self.groups.clone().commit_offsets(request).await?;
+        Ok(())
+    }
+
+    /// Committed offsets of `group` (all of them if `partitions` is empty).
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        partitions: Vec<proto::TopicPartition>,
+    ) -> ClientResult<Vec<proto::PartitionOffset>> {
+        let request = proto::FetchOffsetsRequest { group: group.to_owned(), partitions };
+        Ok(self.groups.clone().fetch_offsets(request).await?.into_inner().offsets)
+    }
+
+    pub async fn describe_group(&self, group: &str) -> ClientResult<proto::GroupDescription> {
+        let request = proto::DescribeGroupRequest { group: group.to_owned() };
+        Ok(self.groups.clone().describe_group(request).await?.into_inner())
+    }
+
+    pub async fn list_groups(&self) -> ClientResult<Vec<proto::GroupDescription>> {
+        Ok(self.groups.clone().list_groups(proto::ListGroupsRequest {}).await?.into_inner().groups)
     }
 
     /// Resolves a seek target to an offset.

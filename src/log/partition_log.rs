@@ -348,19 +348,30 @@ impl PartitionLog {
     /// keeps, never the active one and never one reaching past `upper` (e.g.
     /// what consumers or replicas still need). Returns how many it deleted.
     pub fn apply_retention(&mut self, upper: u64) -> LogResult<usize> {
-        self.check_usable()?;
         let now_ms = self.clock.now_ms();
+        let (retention_bytes, retention_ms) = (self.config.retention_bytes, self.config.retention_ms);
+        self.delete_oldest(upper, |segment, total| {
+            let by_size = retention_bytes.is_some_and(|limit| total - segment.size() >= limit);
+            let by_age = retention_ms.is_some_and(|age| now_ms.saturating_sub(segment.max_timestamp_ms()) > age);
+            by_size || by_age
+        })
+    }
+
+    /// Deletes every whole segment below `upper` but the active one, e.g.
+    /// once a snapshot at `upper` makes what came before redundant.
+    pub fn delete_before(&mut self, upper: u64) -> LogResult<usize> {
+        self.delete_oldest(upper, |_, _| true)
+    }
+
+    /// Deletes segments from the oldest while `doomed(segment, total bytes)`
+    /// says so, none reaching past `upper`, never the active one.
+    fn delete_oldest(&mut self, upper: u64, doomed: impl Fn(&Segment, u64) -> bool) -> LogResult<usize> {
+        self.check_usable()?;
         let mut total = self.size_bytes();
         let mut deleted = 0;
         while self.segments.len() > 1 {
             let (&base, oldest) = self.segments.iter().next().expect("more than one segment");
-            if oldest.next_offset() > upper {
-                break;
-            }
-            let by_size = self.config.retention_bytes.is_some_and(|limit| total - oldest.size() >= limit);
-            let by_age =
-                self.config.retention_ms.is_some_and(|age| now_ms.saturating_sub(oldest.max_timestamp_ms()) > age);
-            if !by_size && !by_age {
+            if oldest.next_offset() > upper || !doomed(oldest, total) {
                 break;
             }
             let segment = self.segments.remove(&base).expect("oldest segment");

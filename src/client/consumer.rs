@@ -1,0 +1,295 @@
+//! A consumer in a group: joins, heartbeats in the background, pulls from
+//! its assigned partitions with long polls, commits offsets (automatically
+//! or by hand), and rejoins when the group rebalances.
+//!
+//! Delivery is at least once: with auto-commit, the records a `poll`
+//! returned are committed at the start of the next `poll` (or on `close`),
+//! so a consumer that dies redelivers from the last commit, never skips.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Client, ClientError, ClientResult};
+use crate::proto::{self, ErrorCode, OffsetSpec};
+
+/// Where a partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub group: String,
+    pub topics: Vec<String>,
+    pub session_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    /// "range", "roundrobin" or "sticky".
+    pub assignor: String,
+    pub auto_commit: bool,
+    pub reset: OffsetReset,
+    pub fetch_bytes_max: u32,
+}
+
+impl ConsumerConfig {
+    pub fn new(group: &str, topics: &[&str]) -> Self {
+        Self {
+            group: group.to_owned(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
+            assignor: "range".to_owned(),
+            auto_commit: true,
+            reset: OffsetReset::Earliest,
+            fetch_bytes_max: 1 << 20,
+        }
+    }
+}
+
+/// A record with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Consumed {
+    pub topic: String,
+    pub partition: u32,
+    pub record: proto::Record,
+}
+
+#[derive(Debug, Default)]
+struct Membership {
+    member_id: String,
+    generation: u64,
+    /// Set by the heartbeat when the group moved on without us.
+    rejoin: bool,
+    /// Set when the broker no longer knows our member id.
+    forgotten: bool,
+}
+
+#[derive(Debug)]
+pub struct GroupConsumer {
+    client: Client,
+    config: ConsumerConfig,
+    membership: Arc<Mutex<Membership>>,
+    /// Next offset to fetch, per assigned partition.
+    positions: BTreeMap<(String, u32), u64>,
+    /// What the records handed out so far allow committing.
+    uncommitted: bool,
+    next_partition: usize,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.abort();
+        }
+    }
+}
+
+fn wants_rejoin(error: &ClientError) -> bool {
+    matches!(
+        error.code(),
+        Some(ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration | ErrorCode::UnknownMember)
+    )
+}
+
+impl GroupConsumer {
+    /// Joins the group and starts heartbeating.
+    pub async fn join(client: Client, config: ConsumerConfig) -> ClientResult<Self> {
+        let mut consumer = Self {
+            client,
+            config,
+            membership: Arc::new(Mutex::new(Membership::default())),
+            positions: BTreeMap::new(),
+            uncommitted: false,
+            next_partition: 0,
+            heartbeat: None,
+        };
+        consumer.rejoin().await?;
+        consumer.start_heartbeat();
+        Ok(consumer)
+    }
+
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        self.membership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn member_id(&self) -> String {
+        self.membership().member_id.clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.membership().generation
+    }
+
+    /// The partitions this member owns in its generation.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.positions.keys().cloned().collect()
+    }
+
+    fn start_heartbeat(&mut self) {
+        let (client, group, interval) =
+            (self.client.clone(), self.config.group.clone(), self.config.heartbeat_interval);
+        let membership = self.membership.clone();
+        self.heartbeat = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let (member_id, generation) = {
+                    let m = membership.lock().unwrap_or_else(|p| p.into_inner());
+                    (m.member_id.clone(), m.generation)
+                };
+                let request = proto::HeartbeatRequest { group: group.clone(), member_id, generation };
+                if let Err(error) = client.heartbeat(request).await {
+                    let mut m = membership.lock().unwrap_or_else(|p| p.into_inner());
+                    if wants_rejoin(&error) {
+                        m.rejoin = true;
+                        m.forgotten |= error.code() == Some(ErrorCode::UnknownMember);
+                    }
+                }
+            }
+        }));
+    }
+
+    /// (Re)joins the group and positions every assigned partition at its
+    /// committed offset, or per the reset policy.
+    async fn rejoin(&mut self) -> ClientResult<()> {
+        let member_id = {
+            let mut m = self.membership();
+            m.rejoin = false;
+            if m.forgotten {
+                m.member_id.clear();
+                m.forgotten = false;
+            }
+            m.member_id.clone()
+        };
+        let request = proto::JoinGroupRequest {
+            group: self.config.group.clone(),
+            member_id,
+            topics: self.config.topics.clone(),
+            session_timeout_ms: u32::try_from(self.config.session_timeout.as_millis()).unwrap_or(u32::MAX),
+            assignor: self.config.assignor.clone(),
+        };
+        let joined = match self.client.join_group(request.clone()).await {
+            Err(error) if error.code() == Some(ErrorCode::UnknownMember) => {
+                self.client.join_group(proto::JoinGroupRequest { member_id: String::new(), ..request }).await?
+            }
+            other => other?,
+        };
+        {
+            let mut m = self.membership();
+            m.member_id = joined.member_id.clone();
+            m.generation = joined.generation;
+        }
+        let partitions: Vec<proto::TopicPartition> = joined.assignment;
+        let committed = self.client.fetch_offsets(&self.config.group, partitions.clone()).await?;
+        let committed: BTreeMap<(String, u32), u64> =
+            committed.into_iter().map(|o| ((o.topic, o.partition), o.offset)).collect();
+        self.positions.clear();
+        for tp in partitions {
+            let key = (tp.topic.clone(), tp.partition);
+            let offset = match committed.get(&key) {
+                Some(offset) => *offset,
+                None => {
+                    let spec = match self.config.reset {
+                        OffsetReset::Earliest => OffsetSpec::Earliest,
+                        OffsetReset::Latest => OffsetSpec::Latest,
+                    };
+                    self.client.list_offset(&tp.topic, tp.partition, spec, 0).await?
+                }
+            };
+            self.positions.insert(key, offset);
+        }
+        self.uncommitted = false;
+        Ok(())
+    }
+
+    /// Commits the position of every assigned partition: everything handed
+    /// out so far counts as processed.
+    pub async fn commit(&mut self) -> ClientResult<()> {
+        let (member_id, generation) = {
+            let m = self.membership();
+            (m.member_id.clone(), m.generation)
+        };
+        let offsets = self
+            .positions
+            .iter()
+            .map(|((topic, partition), offset)| proto::PartitionOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                metadata: String::new(),
+            })
+            .collect();
+        let request = proto::CommitOffsetsRequest { group: self.config.group.clone(), member_id, generation, offsets };
+        self.client.commit_offsets(request).await?;
+        self.uncommitted = false;
+        Ok(())
+    }
+
+    /// Moves this member's position in one of its partitions.
+    pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) -> ClientResult<()> {
+        match self.positions.get_mut(&(topic.to_owned(), partition)) {
+            Some(position) => {
+                *position = offset;
+                Ok(())
+            }
+            None => Err(ClientError::InvalidReply(format!("{topic}/{partition} is not assigned to this member"))),
+        }
+    }
+
+    /// Up to one fetch's worth of records from the next assigned partition
+    /// that has some, waiting up to `max_wait` in all.
+    pub async fn poll(&mut self, max_wait: Duration) -> ClientResult<Vec<Consumed>> {
+        if self.config.auto_commit && self.uncommitted {
+            match self.commit().await {
+                Err(error) if wants_rejoin(&error) => self.membership().rejoin = true,
+                other => other?,
+            }
+        }
+        if self.membership().rejoin {
+            self.rejoin().await?;
+        }
+        if self.positions.is_empty() {
+            tokio::time::sleep(max_wait).await;
+            return Ok(Vec::new());
+        }
+        let partitions: Vec<(String, u32)> = self.positions.keys().cloned().collect();
+        let wait = max_wait / partitions.len() as u32;
+        for _ in 0..partitions.len() {
+            self.next_partition = (self.next_partition + 1) % partitions.len();
+            let (topic, partition) = partitions[self.next_partition].clone();
+            let offset = self.positions[&(topic.clone(), partition)];
+            let response = match self.client.fetch(&topic, partition, offset, self.config.fetch_bytes_max, wait).await {
+                // The topic went away or shrank: the next rebalance drops it.
+                Err(error) if matches!(error.code(), Some(ErrorCode::UnknownTopic | ErrorCode::UnknownPartition)) => {
+                    continue
+                }
+                other => other?,
+            };
+            self.positions.insert((topic.clone(), partition), response.next_offset);
+            if !response.records.is_empty() {
+                self.uncommitted = true;
+                return Ok(response
+                    .records
+                    .into_iter()
+                    .map(|record| Consumed { topic: topic.clone(), partition, record })
+                    .collect());
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Commits (with auto-commit) and leaves the group, so the others
+    /// rebalance at once instead of after the session timeout.
+    pub async fn close(mut self) -> ClientResult<()> {
+        if self.config.auto_commit && self.uncommitted {
+            let _ = self.commit().await;
+        }
+        let member_id = self.member_id();
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.abort();
+        }
+        self.client.leave_group(&self.config.group, &member_id).await
+    }
+}

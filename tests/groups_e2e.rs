@@ -1,0 +1,337 @@
+//! Consumer groups end to end over gRPC, in both builds: the queue and the
+//! broadcast patterns, rebalances when members leave or die, fenced commits,
+//! and offsets that survive a restart.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{connect, TestBroker};
+use weir::client::{Client, Consumed, ConsumerConfig, GroupConsumer};
+use weir::proto::{self, Acks, ErrorCode};
+
+const SESSION: Duration = Duration::from_millis(1_000);
+const HEARTBEAT: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(100);
+/// Bounds every wait loop: the tests never spin forever.
+const ROUNDS_MAX: usize = 600;
+
+fn config(group: &str, topics: &[&str]) -> ConsumerConfig {
+    ConsumerConfig { session_timeout: SESSION, heartbeat_interval: HEARTBEAT, ..ConsumerConfig::new(group, topics) }
+}
+
+async fn produce_numbered(client: &Client, topic: &str, partitions: u32, count: u32) {
+    for i in 0..count {
+        let record = proto::Record { value: Some(format!("{i}").into_bytes()), ..proto::Record::default() };
+        client.produce(topic, i % partitions, vec![record], Acks::All).await.unwrap();
+    }
+}
+
+fn number(consumed: &Consumed) -> u32 {
+    String::from_utf8(consumed.record.value.clone().unwrap()).unwrap().parse().unwrap()
+}
+
+/// Waits until the group is stable with `members` members that all own
+/// something.
+async fn wait_stable(client: &Client, group: &str, members: usize) -> proto::GroupDescription {
+    for _ in 0..ROUNDS_MAX {
+        if let Ok(description) = client.describe_group(group).await {
+            let settled = description.state == "stable"
+                && description.members.len() == members
+                && description.members.iter().all(|m| !m.assignment.is_empty());
+            if settled {
+                return description;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("group {group} never settled with {members} members");
+}
+
+type Received = Arc<Mutex<Vec<Consumed>>>;
+
+/// A consumer that polls in the background until stopped, recording what
+/// it receives.
+fn spawn_consumer(
+    client: Client,
+    config: ConsumerConfig,
+    stop: Arc<Mutex<bool>>,
+) -> (Received, tokio::task::JoinHandle<()>) {
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    let task = tokio::spawn(async move {
+        let mut consumer = GroupConsumer::join(client, config).await.unwrap();
+        for _ in 0..ROUNDS_MAX * 10 {
+            if *stop.lock().unwrap() {
+                break;
+            }
+            let records = consumer.poll(POLL).await.unwrap();
+            sink.lock().unwrap().extend(records);
+        }
+        consumer.close().await.unwrap();
+    });
+    (received, task)
+}
+
+async fn wait_for_count(received: &[&Received], count: usize) {
+    for _ in 0..ROUNDS_MAX {
+        if received.iter().map(|r| r.lock().unwrap().len()).sum::<usize>() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("only {} of {count} records arrived", received.iter().map(|r| r.lock().unwrap().len()).sum::<usize>());
+}
+
+/// Each partition's records, as one consumer saw them, are in offset order.
+fn assert_partition_order(received: &[Consumed]) {
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    for consumed in received {
+        if let Some(previous) = last.insert(consumed.partition, consumed.record.offset) {
+            assert!(consumed.record.offset > previous, "partition {} went backwards", consumed.partition);
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_group_shares_the_partitions() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            tracing::info!("set up: two members of one group, settled before any data");
+            let client = connect(&address).await;
+            client.create_topic("jobs", proto::TopicConfig { partitions: 4, ..Default::default() }).await.unwrap();
+            let stop = Arc::new(Mutex::new(false));
+            let (first, first_task) = spawn_consumer(client.clone(), config("workers", &["jobs"]), stop.clone());
+            let (second, second_task) = spawn_consumer(client.clone(), config("workers", &["jobs"]), stop.clone());
+            let description = wait_stable(&client, "workers", 2).await;
+            assert!(description.members.iter().all(|m| m.assignment.len() == 2), "range gives 2 + 2");
+
+            tracing::info!("act: produce 200 numbered messages");
+            produce_numbered(&client, "jobs", 4, 200).await;
+            wait_for_count(&[&first, &second], 200).await;
+            *stop.lock().unwrap() = true;
+            first_task.await.unwrap();
+            second_task.await.unwrap();
+
+            tracing::info!("check: disjoint, complete, each partition in order");
+            let first = first.lock().unwrap().clone();
+            let second = second.lock().unwrap().clone();
+            let a: BTreeSet<u32> = first.iter().map(number).collect();
+            let b: BTreeSet<u32> = second.iter().map(number).collect();
+            assert!(a.is_disjoint(&b), "a message went to both members");
+            assert_eq!(a.len() + b.len(), 200, "duplicates within a member");
+            assert_eq!(a.union(&b).copied().collect::<BTreeSet<_>>(), (0..200).collect());
+            assert!(!a.is_empty() && !b.is_empty(), "both members worked");
+            assert_partition_order(&first);
+            assert_partition_order(&second);
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn separate_groups_each_get_everything() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("news", proto::TopicConfig { partitions: 3, ..Default::default() }).await.unwrap();
+            produce_numbered(&client, "news", 3, 90).await;
+            let stop = Arc::new(Mutex::new(false));
+            let (audit, audit_task) = spawn_consumer(client.clone(), config("audit", &["news"]), stop.clone());
+            let (search, search_task) = spawn_consumer(client.clone(), config("search", &["news"]), stop.clone());
+            wait_for_count(&[&audit], 90).await;
+            wait_for_count(&[&search], 90).await;
+            *stop.lock().unwrap() = true;
+            audit_task.await.unwrap();
+            search_task.await.unwrap();
+            for received in [audit, search] {
+                let numbers: Vec<u32> = received.lock().unwrap().iter().map(number).collect();
+                assert_eq!(numbers.len(), 90, "exactly once each within a group");
+                assert_eq!(numbers.into_iter().collect::<BTreeSet<_>>(), (0..90).collect());
+            }
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_dead_members_partitions_resume_from_its_last_commit() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("tasks", proto::TopicConfig { partitions: 2, ..Default::default() }).await.unwrap();
+            let manual = |group| ConsumerConfig { auto_commit: false, ..config(group, &["tasks"]) };
+
+            tracing::info!("two members, one partition each, settled");
+            let mut survivor = GroupConsumer::join(client.clone(), manual("crew")).await.unwrap();
+            let joining = tokio::spawn({
+                let client = client.clone();
+                async move { GroupConsumer::join(client, manual("crew")).await.unwrap() }
+            });
+            let mut victim = None;
+            for _ in 0..ROUNDS_MAX {
+                survivor.poll(POLL).await.unwrap();
+                if joining.is_finished() {
+                    victim = Some(joining.await.unwrap());
+                    break;
+                }
+            }
+            let mut victim = victim.expect("the second member joined");
+            survivor.poll(POLL).await.unwrap(); // picks up the new generation
+            assert_eq!(survivor.assignment().len(), 1);
+            assert_eq!(victim.assignment().len(), 1);
+            let (lost_topic, lost_partition) = victim.assignment()[0].clone();
+
+            tracing::info!("the victim reads 20, commits after 10, and dies without leaving");
+            produce_numbered(&client, "tasks", 2, 40).await;
+            let mut seen = Vec::new();
+            for _ in 0..ROUNDS_MAX {
+                seen.extend(victim.poll(POLL).await.unwrap());
+                if seen.len() >= 10 {
+                    break;
+                }
+            }
+            let committed_at = seen[9].record.offset + 1;
+            victim.seek(&lost_topic, lost_partition, committed_at).unwrap();
+            victim.commit().await.unwrap();
+            drop(victim); // no leave: the broker finds out by the session timeout
+
+            tracing::info!("the survivor takes over from the last commit, skipping nothing");
+            let mut taken_over = Vec::new();
+            for _ in 0..ROUNDS_MAX {
+                let records = survivor.poll(POLL).await.unwrap();
+                taken_over.extend(records.into_iter().filter(|c| c.partition == lost_partition));
+                if taken_over.len() as u64 >= 20 - committed_at {
+                    break;
+                }
+            }
+            assert_eq!(survivor.assignment().len(), 2, "the survivor owns both partitions now");
+            let offsets: Vec<u64> = taken_over.iter().map(|c| c.record.offset).collect();
+            assert_eq!(offsets, (committed_at..20).collect::<Vec<_>>(), "resumed exactly at the commit");
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn commits_are_fenced_by_generation_and_ownership() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("ledger", proto::TopicConfig { partitions: 2, ..Default::default() }).await.unwrap();
+            produce_numbered(&client, "ledger", 2, 10).await;
+            let join = |member_id: String| proto::JoinGroupRequest {
+                group: "fenced".into(),
+                member_id,
+                topics: vec!["ledger".into()],
+                session_timeout_ms: 5_000,
+                assignor: "range".into(),
+            };
+            let first = client.join_group(join(String::new())).await.unwrap();
+            assert_eq!((first.generation, first.assignment.len()), (1, 2));
+
+            tracing::info!("a second member joins; the first rejoins: generation 2, one partition each");
+            let second = tokio::spawn({
+                let client = client.clone();
+                let request = join(String::new());
+                async move { client.join_group(request).await.unwrap() }
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let heartbeat =
+                proto::HeartbeatRequest { group: "fenced".into(), member_id: first.member_id.clone(), generation: 1 };
+            assert_eq!(client.heartbeat(heartbeat).await.unwrap_err().code(), Some(ErrorCode::RebalanceInProgress));
+            let rejoined = client.join_group(join(first.member_id.clone())).await.unwrap();
+            let second = second.await.unwrap();
+            assert_eq!((rejoined.generation, second.generation), (2, 2));
+            assert_eq!(rejoined.assignment.len() + second.assignment.len(), 2);
+
+            let commit = |member_id: &str, generation, tp: &proto::TopicPartition| proto::CommitOffsetsRequest {
+                group: "fenced".into(),
+                member_id: member_id.into(),
+                generation,
+                offsets: vec![proto::PartitionOffset {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset: 3,
+                    metadata: String::new(),
+                }],
+            };
+            let mine = &rejoined.assignment[0];
+            let theirs = &second.assignment[0];
+            let stale = client.commit_offsets(commit(&first.member_id, 1, mine)).await.unwrap_err();
+            assert_eq!(stale.code(), Some(ErrorCode::IllegalGeneration), "a stale generation's commit is refused");
+            let foreign = client.commit_offsets(commit(&first.member_id, 2, theirs)).await.unwrap_err();
+            assert_eq!(foreign.code(), Some(ErrorCode::NotAssigned));
+            let stranger = client.commit_offsets(commit("member-nobody", 2, mine)).await.unwrap_err();
+            assert_eq!(stranger.code(), Some(ErrorCode::UnknownMember));
+            let outsider = client.commit_offsets(commit("", 0, mine)).await.unwrap_err();
+            assert_eq!(outsider.code(), Some(ErrorCode::UnknownMember), "no commits from outside while members exist");
+            client.commit_offsets(commit(&first.member_id, 2, mine)).await.unwrap();
+
+            let offsets = client.fetch_offsets("fenced", vec![]).await.unwrap();
+            assert_eq!(offsets.len(), 1, "only the accepted commit is stored");
+            assert_eq!(
+                (offsets[0].topic.as_str(), offsets[0].partition, offsets[0].offset),
+                (mine.topic.as_str(), mine.partition, 3)
+            );
+            let description = client.describe_group("fenced").await.unwrap();
+            let lag = description.partitions.iter().find(|p| p.partition == mine.partition).unwrap();
+            assert_eq!((lag.committed_offset, lag.high_watermark, lag.lag), (Some(3), 5, 2));
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn committed_offsets_survive_a_restart() {
+    let mut broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("kept", proto::TopicConfig { partitions: 3, ..Default::default() }).await.unwrap();
+            produce_numbered(&client, "kept", 3, 30).await;
+            for partition in 0..3 {
+                let request = proto::CommitOffsetsRequest {
+                    group: "durable".into(),
+                    member_id: String::new(),
+                    generation: 0,
+                    offsets: vec![proto::PartitionOffset {
+                        topic: "kept".into(),
+                        partition,
+                        offset: partition as u64 + 4,
+                        metadata: "m".into(),
+                    }],
+                };
+                client.commit_offsets(request).await.unwrap();
+            }
+        })
+        .await;
+    broker.restart(11).await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            let offsets = client.fetch_offsets("durable", vec![]).await.unwrap();
+            let got: Vec<(u32, u64)> = offsets.iter().map(|o| (o.partition, o.offset)).collect();
+            assert_eq!(got, [(0, 4), (1, 5), (2, 6)]);
+            let mut consumer = GroupConsumer::join(client.clone(), config("durable", &["kept"])).await.unwrap();
+            let mut first_offsets = BTreeMap::new();
+            for _ in 0..ROUNDS_MAX {
+                for consumed in consumer.poll(POLL).await.unwrap() {
+                    first_offsets.entry(consumed.partition).or_insert(consumed.record.offset);
+                }
+                if first_offsets.len() == 3 {
+                    break;
+                }
+            }
+            assert_eq!(first_offsets, BTreeMap::from([(0, 4), (1, 5), (2, 6)]), "a new member starts at the commits");
+        })
+        .await;
+}
