@@ -3,6 +3,7 @@
 //! environment variables and, for `server`, a TOML config file.
 
 mod consume;
+mod group;
 mod produce;
 mod run;
 mod topic;
@@ -41,6 +42,13 @@ pub enum Command {
         #[command(flatten)]
         broker: BrokerArgs,
     },
+    /// Lists and describes consumer groups, with lag.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
     /// Produces the lines of standard input, one message per line.
     Produce(produce::ProduceArgs),
     /// Prints messages of a topic, one per line.
@@ -76,6 +84,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Dev(args) => run::dev(args).await,
         Command::Server(args) => run::server(args).await,
         Command::Topic { command, broker } => topic::run(command, &broker.broker).await,
+        Command::Group { command, broker } => group::run(command, &broker.broker).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
     }

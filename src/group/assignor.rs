@@ -6,7 +6,7 @@
 //! assignors, so clients moving from Kafka see the partitions they expect.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// A partition of a topic.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -30,8 +30,8 @@ pub enum Assignor {
     Range,
     /// All partitions dealt in turn: balanced when subscriptions are equal.
     RoundRobin,
-    /// Balanced like RoundRobin, but members keep what they had, so a
-    /// rebalance moves (and re-reads) as few partitions as it can.
+    /// As balanced as the subscriptions allow, but members keep what they
+    /// had, so a rebalance moves (and re-reads) as few partitions as it can.
     Sticky,
 }
 
@@ -140,7 +140,7 @@ fn assign_round_robin(members: &Members, partitions: &BTreeMap<String, u32>, sub
             next = (next + 1) % ids.len();
         }
         assignment.get_mut(ids[next]).expect("ids are members").push(tp);
-        next = 0;
+        next = (next + 1) % ids.len();
     }
     assignment
 }
@@ -178,64 +178,116 @@ fn claim_previous<'a>(
     owned
 }
 
-/// Gives each unclaimed partition to its least loaded subscriber. Partitions
-/// with the fewest possible owners go first, while those owners still have
-/// room, as Kafka's sticky assignor does.
+/// Gives each unclaimed partition, in order, to its least loaded subscriber;
+/// `balance` then repairs what this short-sighted choice gets wrong when
+/// subscriptions differ.
 fn hand_out(subscribers: &Subscribers, owned: &mut Owned, unclaimed: BTreeSet<TopicPartition>) {
-    let mut order: Vec<TopicPartition> = unclaimed.into_iter().collect();
-    // Stable: equal candidates stay in (topic, partition) order.
-    order.sort_by_key(|tp| subscribers[tp.topic.as_str()].len());
-    for tp in order {
+    for tp in unclaimed {
         let member = least_loaded(owned, &subscribers[tp.topic.as_str()]);
         owned.get_mut(member).expect("subscribers are members").insert(tp);
     }
-}
-
-/// Moves partitions from loaded members to light ones until no move would
-/// make a pair of loads differ by less. A move takes from a load at least two
-/// above the receiver's, so it lowers the sum of squared loads and the loop
-/// ends.
-fn balance(subscribers: &Subscribers, owned: &mut Owned) {
-    while let Some((from, to, tp)) = find_move(subscribers, owned) {
-        let taken = owned.get_mut(from).expect("from is a member").remove(&tp);
-        assert!(taken, "find_move picks a partition `from` holds");
-        owned.get_mut(to).expect("to is a member").insert(tp);
-    }
-}
-
-/// The first worthwhile move: from the most loaded member (ties by id), its
-/// first partition (in order) that some subscriber holds at least two fewer
-/// than it does, to the least loaded such subscriber (ties by id).
-fn find_move<'a>(subscribers: &Subscribers<'a>, owned: &Owned<'a>) -> Option<(&'a str, &'a str, TopicPartition)> {
-    let load_min = owned.values().map(BTreeSet::len).min()?;
-    let mut sources: Vec<&str> = owned.keys().copied().collect();
-    // Stable: equal loads stay in id order.
-    sources.sort_by_key(|member| Reverse(owned[member].len()));
-    for from in sources {
-        let load = owned[from].len();
-        if load <= load_min + 1 {
-            return None;
-        }
-        // The receiver depends only on the topic: look once per topic.
-        let mut topic_last = None;
-        for tp in &owned[from] {
-            if topic_last == Some(tp.topic.as_str()) {
-                continue;
-            }
-            topic_last = Some(tp.topic.as_str());
-            let to = least_loaded(owned, &subscribers[tp.topic.as_str()]);
-            if load > owned[to].len() + 1 {
-                return Some((from, to, tp.clone()));
-            }
-        }
-    }
-    None
 }
 
 /// The candidate holding the fewest partitions; `candidates` are sorted by
 /// id and `min_by_key` keeps the first of equals, so ties go to the lowest id.
 fn least_loaded<'a>(owned: &Owned, candidates: &[&'a str]) -> &'a str {
     candidates.iter().copied().min_by_key(|member| owned[member].len()).expect("a subscribed topic has a subscriber")
+}
+
+/// One partition changing hands during balancing.
+struct Move<'a> {
+    from: &'a str,
+    to: &'a str,
+    tp: TopicPartition,
+}
+
+/// Shifts load from members to ones holding at least two fewer, by single
+/// moves while there are any, then along chains of moves (a gives to b, b
+/// gives to c, ...), until no such chain exists. Then the loads are as even
+/// as the subscriptions allow: no other assignment has a lower maximum or a
+/// lower sum of squares (a "semi-matching without cost-reducing paths",
+/// Harvey, Ladner, Lovász, Tamir 2003). Each step lowers the sum of squared
+/// loads, so the loop ends. With identical subscriptions every step is a
+/// single move from a most to a least loaded member, which moves no more
+/// partitions than balance requires.
+fn balance(subscribers: &Subscribers, owned: &mut Owned) {
+    while let Some(chain) = find_chain(subscribers, owned) {
+        for Move { from, to, tp } in chain {
+            let taken = owned.get_mut(from).expect("from is a member").remove(&tp);
+            assert!(taken, "a chain moves partitions their giver holds");
+            owned.get_mut(to).expect("to is a member").insert(tp);
+        }
+    }
+}
+
+/// The next step for `balance`, from the most loaded member (ties by id)
+/// that has one. Single moves are tried first because they are cheap to find
+/// and move one partition instead of several.
+fn find_chain<'a>(subscribers: &Subscribers<'a>, owned: &Owned<'a>) -> Option<Vec<Move<'a>>> {
+    let sources = overloaded(owned);
+    let single = sources.iter().find_map(|from| single_move(subscribers, owned, from));
+    single.map(|step| vec![step]).or_else(|| sources.iter().find_map(|from| chain_from(subscribers, owned, from)))
+}
+
+/// Members holding at least two more than the least loaded, most loaded
+/// first, ties by id: the only ones `balance` takes from.
+fn overloaded<'a>(owned: &Owned<'a>) -> Vec<&'a str> {
+    let Some(load_min) = owned.values().map(BTreeSet::len).min() else { return Vec::new() };
+    let mut sources: Vec<&str> = owned.keys().copied().filter(|member| owned[member].len() > load_min + 1).collect();
+    // Stable: equal loads stay in id order.
+    sources.sort_by_key(|member| Reverse(owned[member].len()));
+    sources
+}
+
+/// From `from`, its first partition (in order) whose least loaded
+/// subscriber holds at least two fewer, to that subscriber.
+fn single_move<'a>(subscribers: &Subscribers<'a>, owned: &Owned<'a>, from: &'a str) -> Option<Move<'a>> {
+    first_of_each_topic(&owned[from]).find_map(|tp| {
+        let to = least_loaded(owned, &subscribers[tp.topic.as_str()]);
+        (owned[from].len() >= owned[to].len() + 2).then(|| Move { from, to, tp: tp.clone() })
+    })
+}
+
+/// Breadth-first from `from` over "holds a partition of a topic the next
+/// member subscribes to", each step giving away the giver's first such
+/// partition. The chain ends at the first member reached that holds at least
+/// two fewer than `from`: the shortest chain, so the fewest partitions move.
+fn chain_from<'a>(subscribers: &Subscribers<'a>, owned: &Owned<'a>, from: &'a str) -> Option<Vec<Move<'a>>> {
+    let mut reached_by: BTreeMap<&str, Option<Move>> = BTreeMap::from([(from, None)]);
+    let mut queue = VecDeque::from([from]);
+    while let Some(giver) = queue.pop_front() {
+        for tp in first_of_each_topic(&owned[giver]) {
+            for &taker in &subscribers[tp.topic.as_str()] {
+                if reached_by.contains_key(taker) {
+                    continue;
+                }
+                reached_by.insert(taker, Some(Move { from: giver, to: taker, tp: tp.clone() }));
+                if owned[taker].len() + 2 <= owned[from].len() {
+                    return Some(unwind(reached_by, taker));
+                }
+                queue.push_back(taker);
+            }
+        }
+    }
+    None
+}
+
+/// The first partition (in order) of each topic in `held`.
+fn first_of_each_topic(held: &BTreeSet<TopicPartition>) -> impl Iterator<Item = &TopicPartition> {
+    let mut topic_last = None;
+    held.iter().filter(move |tp| topic_last.replace(tp.topic.as_str()) != Some(tp.topic.as_str()))
+}
+
+/// The moves that reached `end`. Their order does not matter: each moves a
+/// different partition.
+fn unwind<'a>(mut reached_by: BTreeMap<&'a str, Option<Move<'a>>>, end: &'a str) -> Vec<Move<'a>> {
+    let mut chain = Vec::new();
+    let mut member = end;
+    while let Some(step) = reached_by.remove(member).flatten() {
+        member = step.from;
+        chain.push(step);
+    }
+    chain
 }
 
 /// Why `assignment` breaks the contract of [`Assignor::assign`], if it does:
@@ -423,7 +475,7 @@ mod tests {
             expected: &[("a", &["t/1", "t/2"]), ("b", &["t/4", "t/5"]), ("c", &["t/0", "t/3"])],
         },
         StickyCase {
-            name: "fresh, unequal subscriptions: y (only b) is handed out first, so x goes to a",
+            name: "fresh, unequal subscriptions: b gets x/1 and all of y, then gives x/1 to a",
             members: &[("a", &["x"]), ("b", &["x", "y"])],
             partitions: &[("x", 2), ("y", 2)],
             previous: &[],
@@ -435,6 +487,37 @@ mod tests {
             partitions: &[("x", 2), ("y", 2)],
             previous: &[("a", &["x/0", "y/0", "x/5"]), ("b", &["x/0", "y/1"]), ("gone", &["y/0"])],
             expected: &[("a", &["x/0", "x/1"]), ("b", &["y/0", "y/1"])],
+        },
+        StickyCase {
+            name: "a chain: a can give only to b, who passes a y partition on to c",
+            members: &[("a", &["x"]), ("b", &["x", "y"]), ("c", &["y"])],
+            partitions: &[("x", 2), ("y", 1)],
+            previous: &[("a", &["x/0", "x/1"]), ("b", &["y/0"])],
+            expected: &[("a", &["x/1"]), ("b", &["x/0"]), ("c", &["y/0"])],
+        },
+        StickyCase {
+            name: "no single move helps and a (alone on w) is stuck: b's chain through d reaches c",
+            members: &[("a", &["w"]), ("b", &["x"]), ("c", &["y"]), ("d", &["x", "y"])],
+            partitions: &[("w", 3), ("x", 3), ("y", 3)],
+            previous: &[
+                ("a", &["w/0", "w/1", "w/2"]),
+                ("b", &["x/0", "x/1", "x/2"]),
+                ("c", &["y/2"]),
+                ("d", &["y/0", "y/1"]),
+            ],
+            expected: &[
+                ("a", &["w/0", "w/1", "w/2"]),
+                ("b", &["x/1", "x/2"]),
+                ("c", &["y/0", "y/2"]),
+                ("d", &["x/0", "y/1"]),
+            ],
+        },
+        StickyCase {
+            name: "a stuck member (the only one on x) does not stop b from giving to c",
+            members: &[("a", &["x"]), ("b", &["y", "z"]), ("c", &["z"])],
+            partitions: &[("x", 3), ("y", 1), ("z", 2)],
+            previous: &[("a", &["x/0", "x/1", "x/2"]), ("b", &["y/0", "z/0", "z/1"])],
+            expected: &[("a", &["x/0", "x/1", "x/2"]), ("b", &["y/0", "z/1"]), ("c", &["z/0"])],
         },
         StickyCase {
             name: "overloaded by its previous partitions: only the excess moves",
@@ -554,6 +637,52 @@ mod tests {
         counts.iter().enumerate().map(|(i, count)| (*count).min(share + usize::from(i < extra))).sum()
     }
 
+    /// Small enough to try every assignment. Members on one or two of three
+    /// topics, all of which exist, often need chains to balance.
+    fn members_few() -> impl Strategy<Value = Members> {
+        let topic = (0..3u8).prop_map(|i| format!("t{i}"));
+        vec(btree_set(topic, 1..=2), 3).prop_map(|subscriptions| {
+            subscriptions.into_iter().enumerate().map(|(i, topics)| (format!("m{i}"), topics)).collect()
+        })
+    }
+
+    fn partitions_few() -> impl Strategy<Value = BTreeMap<String, u32>> {
+        vec(1..=3u32, 3).prop_map(|counts| counts.into_iter().enumerate().map(|(i, n)| (format!("t{i}"), n)).collect())
+    }
+
+    /// Dense, so members start far from balanced.
+    fn previous_few() -> impl Strategy<Value = Assignment> {
+        let tp = ((0..3u8).prop_map(|i| format!("t{i}")), 0..3u32).prop_map(|(t, p)| TopicPartition::new(t, p));
+        btree_map((0..3usize).prop_map(|i| format!("m{i}")), vec(tp, 0..9), 0..=3)
+    }
+
+    fn squares(assignment: &Assignment) -> usize {
+        loads(assignment).iter().map(|load| load * load).sum()
+    }
+
+    /// The lowest sum of squared loads of any valid assignment, by trying them all.
+    fn squares_min(members: &Members, partitions: &BTreeMap<String, u32>) -> usize {
+        let subscribers = subscribers_by_topic(members, partitions);
+        let takers: Vec<&[&str]> = assignable_partitions(partitions, &subscribers)
+            .map(|tp| subscribers[tp.topic.as_str()].as_slice())
+            .collect();
+        let mut loads: BTreeMap<&str, usize> = members.keys().map(|member| (member.as_str(), 0)).collect();
+        squares_min_from(&takers, &mut loads)
+    }
+
+    fn squares_min_from<'a>(takers: &[&[&'a str]], loads: &mut BTreeMap<&'a str, usize>) -> usize {
+        let Some((first, rest)) = takers.split_first() else {
+            return loads.values().map(|load| load * load).sum();
+        };
+        let mut best = usize::MAX;
+        for member in *first {
+            *loads.get_mut(member).expect("a member") += 1;
+            best = best.min(squares_min_from(rest, loads));
+            *loads.get_mut(member).expect("a member") -= 1;
+        }
+        best
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -603,6 +732,29 @@ mod tests {
             let kept: usize =
                 claimed.iter().map(|(m, held)| held.iter().filter(|tp| assignment[*m].contains(tp)).count()).sum();
             prop_assert_eq!(kept, keepable_max(&claimed, total));
+        }
+
+        #[test]
+        fn sticky_balances_as_evenly_as_subscriptions_allow(
+            members in members_few(), partitions in partitions_few(), previous in previous_few()
+        ) {
+            let assignment = Assignor::Sticky.assign(&members, &partitions, &previous);
+            prop_assert_eq!(squares(&assignment), squares_min(&members, &partitions), "{:?}", assignment);
+        }
+
+        #[test]
+        fn sticky_balances_members_with_equal_subscriptions(
+            members in members(), partitions in partitions(), previous in previous()
+        ) {
+            let assignment = Assignor::Sticky.assign(&members, &partitions, &previous);
+            let mut loads_by_topics: BTreeMap<&BTreeSet<String>, Vec<usize>> = BTreeMap::new();
+            for (member, topics) in &members {
+                loads_by_topics.entry(topics).or_default().push(assignment[member].len());
+            }
+            for (topics, loads) in loads_by_topics {
+                let spread = loads.iter().max().unwrap() - loads.iter().min().unwrap();
+                prop_assert!(spread <= 1, "members on {:?} hold {:?}", topics, loads);
+            }
         }
 
         #[test]
