@@ -253,9 +253,16 @@ impl Broker {
         self.describe_state(&state).await
     }
 
+    /// Every topic but weir's own (`__`-prefixed; describe them by name).
     pub async fn list_topics(&self) -> BrokerResult<Vec<proto::TopicDescription>> {
-        let states: Vec<Arc<TopicState>> =
-            self.open.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let states: Vec<Arc<TopicState>> = self
+            .open
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|state| !state.record.name.starts_with(INTERNAL_TOPIC_PREFIX))
+            .cloned()
+            .collect();
         let mut topics = Vec::with_capacity(states.len());
         for state in &states {
             topics.push(self.describe_state(state).await?);
