@@ -439,3 +439,78 @@ async fn subscriptions_report_bad_starts_as_statuses() {
         })
         .await;
 }
+
+/// Counts the record batches stored in a partition.
+async fn stored_batches(address: &str, topic: &str, partition: u32) -> usize {
+    let mut raw = weir::proto::consumer_client::ConsumerClient::connect(format!("http://{address}")).await.unwrap();
+    let mut batches = 0;
+    let mut offset = 0;
+    loop {
+        let request = proto::FetchRequest {
+            topic: topic.into(),
+            partition,
+            offset,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+            encoded: true,
+        };
+        let response = raw.fetch(request).await.unwrap().into_inner();
+        batches += response.batches.len();
+        if response.next_offset >= response.high_watermark {
+            return batches;
+        }
+        offset = response.next_offset;
+    }
+}
+
+#[tokio::test]
+async fn the_producer_batches_by_size_and_linger_and_keeps_key_order() {
+    use weir::client::{Producer, ProducerConfig};
+
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("batched", topic_config(2)).await.unwrap();
+            client.create_topic("single", topic_config(1)).await.unwrap();
+
+            tracing::info!("batched: 300 records queued back to back, 10 keys");
+            let config =
+                ProducerConfig { linger: Duration::from_millis(20), batch_bytes_max: 4 << 10, ..Default::default() };
+            let producer = Producer::new(client.clone(), config);
+            let mut deliveries = Vec::new();
+            for i in 0..300u32 {
+                let key = format!("key-{}", i % 10);
+                let record = weir::client::producer::record(Some(key.as_bytes()), format!("{i}").as_bytes(), 1_000);
+                deliveries.push((key, producer.send("batched", None, record).await.unwrap()));
+            }
+            let mut last_offset_per_key: std::collections::BTreeMap<String, (u32, u64)> = Default::default();
+            for (key, delivery) in deliveries {
+                let delivered = delivery.wait().await.unwrap();
+                if let Some((partition, offset)) =
+                    last_offset_per_key.insert(key.clone(), (delivered.partition, delivered.offset))
+                {
+                    assert_eq!(partition, delivered.partition, "a key stays on one partition");
+                    assert!(delivered.offset > offset, "{key}: sent later, stored later");
+                }
+            }
+            let batches = stored_batches(&address, "batched", 0).await + stored_batches(&address, "batched", 1).await;
+            assert!(batches < 300 / 4, "300 records went out in {batches} batches");
+
+            tracing::info!("one by one: every record its own batch");
+            let config = ProducerConfig { batch_bytes_max: 0, ..Default::default() };
+            let producer = Producer::new(client.clone(), config);
+            for i in 0..20u32 {
+                let record = weir::client::producer::record(None, format!("{i}").as_bytes(), 1_000);
+                producer.send("single", Some(0), record).await.unwrap().wait().await.unwrap();
+            }
+            assert_eq!(stored_batches(&address, "single", 0).await, 20);
+
+            tracing::info!("a non-retriable error fails the delivery with its code");
+            let record = weir::client::producer::record(None, b"x", 1_000);
+            let failed = producer.send("single", Some(9), record).await.unwrap().wait().await.unwrap_err();
+            assert_eq!(failed.code(), Some(ErrorCode::UnknownPartition));
+        })
+        .await;
+}

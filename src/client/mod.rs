@@ -6,6 +6,7 @@
 
 pub mod consumer;
 mod partitioner;
+pub mod producer;
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::proto::{self};
 
 pub use consumer::{Consumed, ConsumerConfig, GroupConsumer, OffsetReset};
 pub use partitioner::partition_for_key;
+pub use producer::{Delivered, Delivery, Producer, ProducerConfig};
 
 /// Credit grants a subscription may queue before `grant` waits.
 const SUBSCRIPTION_CREDITS_QUEUE: usize = 16;
@@ -54,7 +56,7 @@ pub const BROKER_DEFAULT: &str = "http://127.0.0.1:9092";
 const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the broker at {address}: {reason}")]
     Connect { address: String, reason: String },
