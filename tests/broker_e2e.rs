@@ -514,3 +514,54 @@ async fn the_producer_batches_by_size_and_linger_and_keeps_key_order() {
         })
         .await;
 }
+
+/// `GET path` over plain TCP; returns the whole response.
+async fn http_get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: weir\r\n\r\n").as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    String::from_utf8(response).unwrap()
+}
+
+#[tokio::test]
+async fn prometheus_metrics_count_traffic_and_lag() {
+    let broker = TestBroker::start().await;
+    let (address, metrics) = (broker.address.clone(), broker.metrics_address.clone());
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("metered", topic_config(1)).await.unwrap();
+            let records = (0..3).map(|i| record(format!("r{i}"))).collect();
+            client.produce("metered", 0, records, Acks::All).await.unwrap();
+            client.fetch("metered", 0, 1, 1 << 20, Duration::ZERO).await.unwrap();
+            let commit = proto::CommitOffsetsRequest {
+                group: "readers".into(),
+                offsets: vec![proto::PartitionOffset {
+                    topic: "metered".into(),
+                    partition: 0,
+                    offset: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            client.commit_offsets(commit).await.unwrap();
+
+            let page = http_get(&metrics, "/metrics").await;
+            assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+            for line in [
+                "weir_produce_requests_total 1",
+                "weir_produce_records_total 3",
+                "weir_fetch_records_total 2",
+                "weir_produce_latency_seconds_count 1",
+                "weir_partition_high_watermark{topic=\"metered\",partition=\"0\"} 3",
+                "weir_group_lag{group=\"readers\",topic=\"metered\",partition=\"0\"} 2",
+            ] {
+                assert!(page.lines().any(|l| l == line), "missing {line:?} in:\n{page}");
+            }
+            assert!(http_get(&metrics, "/other").await.starts_with("HTTP/1.1 404"));
+        })
+        .await;
+}

@@ -335,3 +335,52 @@ async fn committed_offsets_survive_a_restart() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn the_committed_offsets_log_stays_bounded() {
+    let mut broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    let commits = 600u64;
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("busy", proto::TopicConfig { partitions: 2, ..Default::default() }).await.unwrap();
+            produce_numbered(&client, "busy", 2, 2).await;
+            for i in 0..commits {
+                let request = proto::CommitOffsetsRequest {
+                    group: format!("group-{}", i % 3),
+                    member_id: String::new(),
+                    generation: 0,
+                    offsets: vec![proto::PartitionOffset {
+                        topic: "busy".into(),
+                        partition: (i % 2) as u32,
+                        offset: (i / 6) % 2,
+                        metadata: format!("commit {i}"),
+                    }],
+                };
+                client.commit_offsets(request).await.unwrap();
+            }
+            let offsets = client.describe_topic("__consumer_offsets").await.unwrap().partitions[0];
+            assert!(offsets.log_start_offset > 0, "old segments were dropped after a snapshot");
+            assert!(offsets.size_bytes < 32 * 1024 + 2 * 8 * 1024, "{} bytes kept", offsets.size_bytes);
+        })
+        .await;
+    broker.restart(5).await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            for group in 0..3u64 {
+                let offsets = client.fetch_offsets(&format!("group-{group}"), vec![]).await.unwrap();
+                assert_eq!(offsets.len(), 2, "group-{group} still has both partitions");
+                for offset in offsets {
+                    // The last commit of this group and partition wins.
+                    let last =
+                        (0..commits).filter(|i| i % 3 == group && i % 2 == offset.partition as u64).max().unwrap();
+                    assert_eq!(offset.metadata, format!("commit {last}"));
+                    assert_eq!(offset.offset, (last / 6) % 2);
+                }
+            }
+        })
+        .await;
+}

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:9092";
+pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9093";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -14,6 +15,8 @@ pub struct BrokerConfig {
     pub broker_id: u64,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Where Prometheus scrapes `GET /metrics`; none: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Largest key + value + headers of one message.
     pub message_bytes_max: usize,
     /// Fetch byte budget when a request gives none.
@@ -36,6 +39,7 @@ impl Default for BrokerConfig {
             broker_id: 1,
             data_dir: PathBuf::from("weir-data"),
             listen: LISTEN_DEFAULT.parse().expect("valid default address"),
+            metrics_listen: Some(METRICS_LISTEN_DEFAULT.parse().expect("valid default address")),
             message_bytes_max: 1 << 20,
             fetch_bytes_default: 1 << 20,
             fetch_bytes_max: 16 << 20,

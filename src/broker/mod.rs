@@ -3,6 +3,7 @@
 pub mod config;
 mod core;
 pub mod error;
+pub mod metrics;
 pub mod partition;
 pub mod server;
 mod service;

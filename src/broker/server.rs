@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::config::BrokerConfig;
 use super::core::Broker;
 use super::error::{BrokerError, BrokerResult, ErrorCode};
+use super::metrics::{self, Metrics};
 use super::service::BrokerService;
 use crate::group::offsets::OffsetStore;
 use crate::group::GroupCoordinator;
@@ -65,7 +66,12 @@ pub async fn serve(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let listen = broker.config().listen;
     let groups = open_groups(&broker).await?;
-    let service = BrokerService::new(broker.clone(), groups.clone());
+    let metrics = Arc::new(Metrics::default());
+    let service = BrokerService::new(broker.clone(), groups.clone(), metrics.clone());
+    let metrics_server = broker
+        .config()
+        .metrics_listen
+        .map(|at| AbortOnDrop(tokio::spawn(metrics::serve(at, metrics, broker.clone(), groups.clone()))));
     let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));
     let group_ticks = AbortOnDrop(tokio::spawn(groups.run()));
     tracing::info!(%listen, "weir broker serving");
@@ -83,7 +89,7 @@ pub async fn serve(
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         );
     let served = with_reflection(router).serve_with_shutdown(listen, shutdown).await;
-    drop((maintenance, group_ticks));
+    drop((maintenance, group_ticks, metrics_server));
     broker.shutdown().await?;
     tracing::info!("weir broker stopped");
     served.map_err(Into::into)

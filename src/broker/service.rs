@@ -2,6 +2,7 @@
 //! calls and from [`BrokerError`]s to statuses.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::Stream;
@@ -11,6 +12,8 @@ use tonic::{Request, Response, Status};
 
 use super::core::Broker;
 use super::error::BrokerError;
+use super::metrics::Metrics;
+use super::subscription;
 use crate::group::GroupCoordinator;
 use crate::meta::topics::TopicConfig;
 use crate::proto::{self, admin_server, consumer_server, groups_server, producer_server};
@@ -23,11 +26,12 @@ const SUBSCRIBE_QUEUE: usize = 2;
 pub struct BrokerService {
     broker: Arc<Broker>,
     groups: Arc<GroupCoordinator>,
+    metrics: Arc<Metrics>,
 }
 
 impl BrokerService {
-    pub fn new(broker: Arc<Broker>, groups: Arc<GroupCoordinator>) -> Self {
-        Self { broker, groups }
+    pub fn new(broker: Arc<Broker>, groups: Arc<GroupCoordinator>, metrics: Arc<Metrics>) -> Self {
+        Self { broker, groups, metrics }
     }
 }
 
@@ -92,14 +96,49 @@ impl producer_server::Producer for BrokerService {
         &self,
         request: Request<proto::ProduceRequest>,
     ) -> Result<Response<proto::ProduceResponse>, Status> {
-        reply(self.broker.produce(request.into_inner()).await)
+        let started = tokio::time::Instant::now();
+        let request = request.into_inner();
+        let bytes = request.batch.len() as u64 + request.records.iter().map(subscription::record_bytes).sum::<u64>();
+        let result = self.broker.produce(request).await;
+        let m = &self.metrics;
+        m.produce_requests.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(response) => {
+                m.produce_records.fetch_add(u64::from(response.record_count), Ordering::Relaxed);
+                m.produce_bytes.fetch_add(bytes, Ordering::Relaxed);
+                m.produce_latency.observe(started.elapsed());
+            }
+            Err(_) => {
+                m.produce_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        reply(result)
     }
 }
 
 #[tonic::async_trait]
 impl consumer_server::Consumer for BrokerService {
     async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
-        reply(self.broker.fetch(request.into_inner()).await)
+        let started = tokio::time::Instant::now();
+        let result = self.broker.fetch(request.into_inner()).await;
+        let m = &self.metrics;
+        m.fetch_requests.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(response) => {
+                let records = response.records.len() as u64;
+                let bytes = response.batches.iter().map(|b| b.len() as u64).sum::<u64>()
+                    + response.records.iter().map(subscription::record_bytes).sum::<u64>();
+                m.fetch_records.fetch_add(records, Ordering::Relaxed);
+                m.fetch_bytes.fetch_add(bytes, Ordering::Relaxed);
+                if records > 0 || !response.batches.is_empty() {
+                    m.fetch_latency.observe(started.elapsed());
+                }
+            }
+            Err(_) => {
+                m.fetch_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        reply(result)
     }
 
     type SubscribeStream = Pin<Box<dyn Stream<Item = Result<proto::SubscribeResponse, Status>> + Send>>;

@@ -63,6 +63,9 @@ pub struct DevArgs {
     /// The address to serve gRPC on.
     #[arg(long, env = "WEIR_LISTEN", default_value = crate::broker::config::LISTEN_DEFAULT)]
     pub listen: SocketAddr,
+    /// Where Prometheus scrapes `GET /metrics`.
+    #[arg(long, env = "WEIR_METRICS_LISTEN", default_value = crate::broker::config::METRICS_LISTEN_DEFAULT)]
+    pub metrics_listen: SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]

@@ -7,7 +7,12 @@ use crate::sys::clock::system_clock;
 use crate::sys::disk::real_disk;
 
 pub async fn dev(args: DevArgs) -> CliResult {
-    let config = BrokerConfig { data_dir: args.data_dir, listen: args.listen, ..BrokerConfig::default() };
+    let config = BrokerConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        metrics_listen: Some(args.metrics_listen),
+        ..BrokerConfig::default()
+    };
     start(config).await
 }
 

@@ -18,13 +18,16 @@ use weir::sys::disk::SimDisk;
 pub const CONNECT_ATTEMPTS: u32 = 100;
 pub const CONNECT_RETRY: Duration = Duration::from_millis(50);
 
-fn config(listen: std::net::SocketAddr) -> BrokerConfig {
+fn config(listen: std::net::SocketAddr, metrics: std::net::SocketAddr) -> BrokerConfig {
     BrokerConfig {
         data_dir: PathBuf::from("/broker"),
         listen,
+        metrics_listen: Some(metrics),
         message_bytes_max: 64 << 10,
         fetch_wait_ms_max: 20_000,
         flush_interval_ms: 20,
+        offsets_bytes_max: 32 << 10,
+        offsets_segment_bytes: 8 << 10,
         ..BrokerConfig::default()
     }
 }
@@ -56,7 +59,9 @@ mod imp {
     pub struct TestBroker {
         pub disk: SimDisk,
         pub address: String,
+        pub metrics_address: String,
         listen: std::net::SocketAddr,
+        metrics: std::net::SocketAddr,
         stop: Option<oneshot::Sender<()>>,
         task: Option<tokio::task::JoinHandle<()>>,
     }
@@ -64,15 +69,24 @@ mod imp {
     impl TestBroker {
         pub async fn start() -> Self {
             let listen = weir::sys::net::free_loopback_addr().expect("a free port");
-            let mut broker =
-                Self { disk: SimDisk::new(1), address: listen.to_string(), listen, stop: None, task: None };
+            let metrics = weir::sys::net::free_loopback_addr().expect("a free port");
+            let mut broker = Self {
+                disk: SimDisk::new(1),
+                address: listen.to_string(),
+                metrics_address: metrics.to_string(),
+                listen,
+                metrics,
+                stop: None,
+                task: None,
+            };
             broker.boot().await;
             broker
         }
 
         async fn boot(&mut self) {
             let disk: Arc<dyn Disk> = Arc::new(self.disk.clone());
-            let broker = open_single_node(config(self.listen), disk, system_clock()).await.expect("broker opens");
+            let config = config(self.listen, self.metrics);
+            let broker = open_single_node(config, disk, system_clock()).await.expect("broker opens");
             let (stop, stopped) = oneshot::channel::<()>();
             self.stop = Some(stop);
             self.task = Some(tokio::spawn(async move {
@@ -128,10 +142,12 @@ mod imp {
     const BROKER_IP: &str = "10.0.0.1";
     const CLIENT_IP: &str = "10.0.0.2";
     const PORT: u16 = 9092;
+    const METRICS_PORT: u16 = 9093;
 
     pub struct TestBroker {
         pub disk: SimDisk,
         pub address: String,
+        pub metrics_address: String,
         node: NodeHandle,
         client_node: NodeHandle,
     }
@@ -141,6 +157,7 @@ mod imp {
             let handle = Handle::current();
             let disk = SimDisk::new(1);
             let listen = SocketAddr::new(BROKER_IP.parse::<IpAddr>().unwrap(), PORT);
+            let metrics = SocketAddr::new(listen.ip(), METRICS_PORT);
             let node_disk = disk.clone();
             let node = handle
                 .create_node()
@@ -149,14 +166,15 @@ mod imp {
                 .init(move || {
                     let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
                     async move {
-                        let broker =
-                            open_single_node(config(listen), disk, system_clock()).await.expect("broker opens");
+                        let config = config(listen, metrics);
+                        let broker = open_single_node(config, disk, system_clock()).await.expect("broker opens");
                         serve(broker, std::future::pending()).await.expect("broker serves");
                     }
                 })
                 .build();
             let client_node = handle.create_node().name("client").ip(CLIENT_IP.parse().unwrap()).build();
-            let broker = Self { disk, address: listen.to_string(), node, client_node };
+            let broker =
+                Self { disk, address: listen.to_string(), metrics_address: metrics.to_string(), node, client_node };
             let address = broker.address.clone();
             broker.run(async move { connect(&address).await }).await;
             broker
