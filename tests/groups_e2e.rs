@@ -384,3 +384,106 @@ async fn the_committed_offsets_log_stays_bounded() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn a_member_that_leaves_hands_over_at_once_without_gaps_or_repeats() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("shifts", proto::TopicConfig { partitions: 2, ..Default::default() }).await.unwrap();
+            // A long session: only a leave can explain a quick handover.
+            // One batch (here one message) per poll, so both are mid-way when one leaves.
+            let patient = ConsumerConfig {
+                session_timeout: Duration::from_secs(30),
+                fetch_bytes_max: 1,
+                ..config("rota", &["shifts"])
+            };
+            let mut stays = GroupConsumer::join(client.clone(), patient.clone()).await.unwrap();
+            let joining = tokio::spawn({
+                let (client, patient) = (client.clone(), patient.clone());
+                async move { GroupConsumer::join(client, patient).await.unwrap() }
+            });
+            let mut leaves = None;
+            for _ in 0..ROUNDS_MAX {
+                stays.poll(POLL).await.unwrap();
+                if joining.is_finished() {
+                    leaves = Some(joining.await.unwrap());
+                    break;
+                }
+            }
+            let mut leaves = leaves.expect("the second member joined");
+            stays.poll(POLL).await.unwrap();
+            assert_eq!((stays.assignment().len(), leaves.assignment().len()), (1, 1));
+
+            tracing::info!("both consume part of 60 messages; then one leaves (committing on the way out)");
+            produce_numbered(&client, "shifts", 2, 60).await;
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                seen.extend(stays.poll(POLL).await.unwrap());
+                seen.extend(leaves.poll(POLL).await.unwrap());
+            }
+            let generation = stays.generation();
+            let left_at = tokio::time::Instant::now();
+            leaves.close().await.unwrap();
+
+            tracing::info!("the other takes over both partitions well before any session could expire");
+            for _ in 0..ROUNDS_MAX {
+                seen.extend(stays.poll(POLL).await.unwrap());
+                if seen.len() >= 60 {
+                    break;
+                }
+            }
+            assert!(left_at.elapsed() < Duration::from_secs(30), "the handover waited for a session timeout");
+            assert!(stays.generation() > generation);
+            assert_eq!(stays.assignment().len(), 2);
+            let numbers: Vec<u32> = seen.iter().map(number).collect();
+            assert_eq!(numbers.len(), 60, "nothing delivered twice");
+            assert_eq!(numbers.into_iter().collect::<BTreeSet<_>>(), (0..60).collect(), "nothing skipped");
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn push_mode_members_share_partitions_and_can_seek() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("pushy", proto::TopicConfig { partitions: 4, ..Default::default() }).await.unwrap();
+            let push = ConsumerConfig { push_window: Some(8), ..config("pushers", &["pushy"]) };
+            let stop = Arc::new(Mutex::new(false));
+            let (first, first_task) = spawn_consumer(client.clone(), push.clone(), stop.clone());
+            let (second, second_task) = spawn_consumer(client.clone(), push.clone(), stop.clone());
+            wait_stable(&client, "pushers", 2).await;
+            produce_numbered(&client, "pushy", 4, 120).await;
+            wait_for_count(&[&first, &second], 120).await;
+            *stop.lock().unwrap() = true;
+            first_task.await.unwrap();
+            second_task.await.unwrap();
+            let a: BTreeSet<u32> = first.lock().unwrap().iter().map(number).collect();
+            let b: BTreeSet<u32> = second.lock().unwrap().iter().map(number).collect();
+            assert!(a.is_disjoint(&b) && !a.is_empty() && !b.is_empty());
+            assert_eq!(a.union(&b).copied().collect::<BTreeSet<_>>(), (0..120).collect());
+            assert_partition_order(&first.lock().unwrap());
+            assert_partition_order(&second.lock().unwrap());
+
+            tracing::info!("a lone push member seeks back to the beginning and reads a partition again");
+            let mut alone = GroupConsumer::join(client.clone(), push).await.unwrap();
+            assert_eq!(alone.assignment().len(), 4);
+            let offset = alone.seek_to("pushy", 2, weir::client::SeekTo::Beginning).await.unwrap();
+            assert_eq!(offset, 0);
+            let mut again = Vec::new();
+            for _ in 0..ROUNDS_MAX {
+                again.extend(alone.poll(POLL).await.unwrap().into_iter().filter(|c| c.partition == 2));
+                if again.len() >= 30 {
+                    break;
+                }
+            }
+            assert_eq!(again.iter().map(|c| c.record.offset).collect::<Vec<_>>(), (0..30).collect::<Vec<_>>());
+            alone.close().await.unwrap();
+        })
+        .await;
+}

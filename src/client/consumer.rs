@@ -1,6 +1,7 @@
-//! A consumer in a group: joins, heartbeats in the background, pulls from
-//! its assigned partitions with long polls, commits offsets (automatically
-//! or by hand), and rejoins when the group rebalances.
+//! A consumer in a group: joins, heartbeats in the background, reads its
+//! assigned partitions by pulling (long polls) or by push (subscriptions
+//! with credit), commits offsets (automatically or by hand), seeks, and
+//! rejoins when the group rebalances.
 //!
 //! Delivery is at least once: with auto-commit, the records a `poll`
 //! returned are committed at the start of the next `poll` (or on `close`),
@@ -9,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use super::{Client, ClientError, ClientResult};
 use crate::proto::{self, ErrorCode, OffsetSpec};
@@ -31,6 +34,9 @@ pub struct ConsumerConfig {
     pub auto_commit: bool,
     pub reset: OffsetReset,
     pub fetch_bytes_max: u32,
+    /// `Some(n)`: have the broker push records, with up to `n` per partition
+    /// in flight; `None`: pull with long polls.
+    pub push_window: Option<u64>,
 }
 
 impl ConsumerConfig {
@@ -44,7 +50,50 @@ impl ConsumerConfig {
             auto_commit: true,
             reset: OffsetReset::Earliest,
             fetch_bytes_max: 1 << 20,
+            push_window: None,
         }
+    }
+}
+
+/// Where to move a partition's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    Beginning,
+    End,
+    Offset(u64),
+    /// The first record at or after this time (milliseconds since the epoch).
+    Timestamp(i64),
+}
+
+/// A push from one of this member's subscriptions.
+struct Pushed {
+    epoch: u64,
+    topic: String,
+    partition: u32,
+    records: Vec<proto::Record>,
+    /// Returns credit to the subscription once the records are handed out.
+    credit: mpsc::Sender<u64>,
+}
+
+/// The subscriptions of a push-mode member, for one assignment and set of
+/// positions (`epoch`); replaced wholesale on rejoin or seek.
+struct Pushes {
+    epoch: u64,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pushed: mpsc::Receiver<Pushed>,
+}
+
+impl Drop for Pushes {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Pushes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pushes(epoch {}, {} subscriptions)", self.epoch, self.tasks.len())
     }
 }
 
@@ -77,6 +126,8 @@ pub struct GroupConsumer {
     uncommitted: bool,
     next_partition: usize,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    pushes: Option<Pushes>,
+    push_epoch: u64,
 }
 
 impl Drop for GroupConsumer {
@@ -105,6 +156,8 @@ impl GroupConsumer {
             uncommitted: false,
             next_partition: 0,
             heartbeat: None,
+            pushes: None,
+            push_epoch: 0,
         };
         consumer.rejoin().await?;
         consumer.start_heartbeat();
@@ -186,6 +239,7 @@ impl GroupConsumer {
         let committed: BTreeMap<(String, u32), u64> =
             committed.into_iter().map(|o| ((o.topic, o.partition), o.offset)).collect();
         self.positions.clear();
+        self.pushes = None;
         for tp in partitions {
             let key = (tp.topic.clone(), tp.partition);
             let offset = match committed.get(&key) {
@@ -232,14 +286,89 @@ impl GroupConsumer {
         match self.positions.get_mut(&(topic.to_owned(), partition)) {
             Some(position) => {
                 *position = offset;
+                self.pushes = None;
                 Ok(())
             }
             None => Err(ClientError::InvalidReply(format!("{topic}/{partition} is not assigned to this member"))),
         }
     }
 
-    /// Up to one fetch's worth of records from the next assigned partition
-    /// that has some, waiting up to `max_wait` in all.
+    /// Moves a position to the beginning, the end, an offset or a time.
+    pub async fn seek_to(&mut self, topic: &str, partition: u32, target: SeekTo) -> ClientResult<u64> {
+        let offset = match target {
+            SeekTo::Offset(offset) => offset,
+            SeekTo::Beginning => self.client.list_offset(topic, partition, OffsetSpec::Earliest, 0).await?,
+            SeekTo::End => self.client.list_offset(topic, partition, OffsetSpec::Latest, 0).await?,
+            SeekTo::Timestamp(ms) => self.client.list_offset(topic, partition, OffsetSpec::Timestamp, ms).await?,
+        };
+        self.seek(topic, partition, offset)?;
+        Ok(offset)
+    }
+
+    /// Opens a subscription per assigned partition at its position.
+    async fn subscribe_all(&mut self, window: u64) -> ClientResult<()> {
+        self.push_epoch += 1;
+        let epoch = self.push_epoch;
+        let (sink, pushed) = mpsc::channel(self.positions.len().max(1));
+        let mut tasks = Vec::new();
+        for ((topic, partition), offset) in &self.positions {
+            let credit = proto::Credit { messages: window, bytes: 0 };
+            let mut subscription = self.client.subscribe(topic, *partition, *offset, credit).await?;
+            let (returns, mut returned) = mpsc::channel::<u64>(4);
+            let (sink, topic, partition) = (sink.clone(), topic.clone(), *partition);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        push = subscription.next() => {
+                            let Ok(Some(push)) = push else { return };
+                            let pushed = Pushed { epoch, topic: topic.clone(), partition, records: push.records, credit: returns.clone() };
+                            if sink.send(pushed).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(count) = returned.recv() => {
+                            if subscription.grant(count, 0).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        self.pushes = Some(Pushes { epoch, tasks, pushed });
+        Ok(())
+    }
+
+    async fn poll_pushed(&mut self, window: u64, max_wait: std::time::Duration) -> ClientResult<Vec<Consumed>> {
+        if self.pushes.is_none() {
+            self.subscribe_all(window).await?;
+        }
+        let pushes = self.pushes.as_mut().expect("just subscribed");
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Ok(Some(pushed)) = tokio::time::timeout(left, pushes.pushed.recv()).await else {
+                return Ok(Vec::new());
+            };
+            if pushed.epoch != pushes.epoch || pushed.records.is_empty() {
+                continue;
+            }
+            let next = pushed.records.last().expect("not empty").offset + 1;
+            self.positions.insert((pushed.topic.clone(), pushed.partition), next);
+            self.uncommitted = true;
+            let _ = pushed.credit.send(pushed.records.len() as u64).await;
+            let (topic, partition) = (pushed.topic, pushed.partition);
+            return Ok(pushed
+                .records
+                .into_iter()
+                .map(|record| Consumed { topic: topic.clone(), partition, record })
+                .collect());
+        }
+    }
+
+    /// Records from the assigned partitions, waiting up to `max_wait` in all:
+    /// pulled (one fetch's worth from the next partition that has some) or,
+    /// in push mode, the next push from any of them.
     pub async fn poll(&mut self, max_wait: Duration) -> ClientResult<Vec<Consumed>> {
         if self.config.auto_commit && self.uncommitted {
             match self.commit().await {
@@ -253,6 +382,9 @@ impl GroupConsumer {
         if self.positions.is_empty() {
             tokio::time::sleep(max_wait).await;
             return Ok(Vec::new());
+        }
+        if let Some(window) = self.config.push_window {
+            return self.poll_pushed(window, max_wait).await;
         }
         let partitions: Vec<(String, u32)> = self.positions.keys().cloned().collect();
         let wait = max_wait / partitions.len() as u32;

@@ -21,7 +21,7 @@ use crate::proto::groups_client::GroupsClient;
 use crate::proto::producer_client::ProducerClient;
 use crate::proto::{self};
 
-pub use consumer::{Consumed, ConsumerConfig, GroupConsumer, OffsetReset};
+pub use consumer::{Consumed, ConsumerConfig, GroupConsumer, OffsetReset, SeekTo};
 pub use partitioner::partition_for_key;
 pub use producer::{Delivered, Delivery, Producer, ProducerConfig};
 
