@@ -487,3 +487,48 @@ async fn push_mode_members_share_partitions_and_can_seek() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn members_rejoin_after_a_broker_restart_and_resume_from_their_commits() {
+    let mut broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    let (consumer, before) = broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("steady", proto::TopicConfig { partitions: 2, ..Default::default() }).await.unwrap();
+            produce_numbered(&client, "steady", 2, 40).await;
+            let one_at_a_time = ConsumerConfig { fetch_bytes_max: 1, ..config("survivors", &["steady"]) };
+            let mut consumer = GroupConsumer::join(client, one_at_a_time).await.unwrap();
+            let mut before = Vec::new();
+            for _ in 0..10 {
+                before.extend(consumer.poll(POLL).await.unwrap());
+            }
+            consumer.commit().await.unwrap();
+            (consumer, before)
+        })
+        .await;
+    broker.restart(3).await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let mut consumer = consumer;
+            let mut seen = before;
+            for _ in 0..ROUNDS_MAX {
+                // Polls fail while the broker is away; the consumer recovers.
+                if let Ok(records) = consumer.poll(POLL).await {
+                    seen.extend(records);
+                }
+                if seen.len() >= 40 {
+                    break;
+                }
+            }
+            let numbers: Vec<u32> = seen.iter().map(number).collect();
+            let trail: Vec<(u32, u64)> = seen.iter().map(|c| (c.partition, c.record.offset)).collect();
+            assert_eq!(numbers.len(), 40, "resumed exactly at the committed offsets: {trail:?}");
+            assert_eq!(numbers.iter().collect::<BTreeSet<_>>().len(), 40, "duplicates: {trail:?}");
+            assert_eq!(numbers.into_iter().collect::<BTreeSet<_>>(), (0..40).collect());
+            let description = connect(&address).await.describe_group("survivors").await.unwrap();
+            assert_eq!(description.members.len(), 1, "the member rejoined the restarted broker");
+        })
+        .await;
+}

@@ -141,8 +141,18 @@ impl Drop for GroupConsumer {
 fn wants_rejoin(error: &ClientError) -> bool {
     matches!(
         error.code(),
-        Some(ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration | ErrorCode::UnknownMember)
+        Some(
+            ErrorCode::RebalanceInProgress
+                | ErrorCode::IllegalGeneration
+                | ErrorCode::UnknownMember
+                | ErrorCode::UnknownGroup
+        )
     )
+}
+
+/// The broker no longer knows this member (e.g. it restarted): rejoin anew.
+fn forgotten(error: &ClientError) -> bool {
+    matches!(error.code(), Some(ErrorCode::UnknownMember | ErrorCode::UnknownGroup))
 }
 
 impl GroupConsumer {
@@ -197,7 +207,7 @@ impl GroupConsumer {
                     let mut m = membership.lock().unwrap_or_else(|p| p.into_inner());
                     if wants_rejoin(&error) {
                         m.rejoin = true;
-                        m.forgotten |= error.code() == Some(ErrorCode::UnknownMember);
+                        m.forgotten |= forgotten(&error);
                     }
                 }
             }
@@ -224,7 +234,7 @@ impl GroupConsumer {
             assignor: self.config.assignor.clone(),
         };
         let joined = match self.client.join_group(request.clone()).await {
-            Err(error) if error.code() == Some(ErrorCode::UnknownMember) => {
+            Err(error) if forgotten(&error) => {
                 self.client.join_group(proto::JoinGroupRequest { member_id: String::new(), ..request }).await?
             }
             other => other?,
@@ -265,6 +275,10 @@ impl GroupConsumer {
             let m = self.membership();
             (m.member_id.clone(), m.generation)
         };
+        self.commit_as(member_id, generation).await
+    }
+
+    async fn commit_as(&mut self, member_id: String, generation: u64) -> ClientResult<()> {
         let offsets = self
             .positions
             .iter()
@@ -372,6 +386,15 @@ impl GroupConsumer {
     pub async fn poll(&mut self, max_wait: Duration) -> ClientResult<Vec<Consumed>> {
         if self.config.auto_commit && self.uncommitted {
             match self.commit().await {
+                Err(error) if forgotten(&error) => {
+                    // The broker lost the group (it restarted): while the
+                    // group has no members, an outsider may commit, which
+                    // spares redelivering what this member already handed out.
+                    let _ = self.commit_as(String::new(), 0).await;
+                    let mut m = self.membership();
+                    m.rejoin = true;
+                    m.forgotten = true;
+                }
                 Err(error) if wants_rejoin(&error) => self.membership().rejoin = true,
                 other => other?,
             }
