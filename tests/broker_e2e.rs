@@ -296,10 +296,22 @@ async fn deleted_topics_are_gone_and_can_be_recreated_empty() {
             let client = connect(&address).await;
             client.create_topic("temp", topic_config(1)).await.unwrap();
             client.produce("temp", 0, vec![record("old".into())], Acks::All).await.unwrap();
+            let commit = proto::CommitOffsetsRequest {
+                group: "readers".into(),
+                offsets: vec![proto::PartitionOffset {
+                    topic: "temp".into(),
+                    partition: 0,
+                    offset: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            client.commit_offsets(commit).await.unwrap();
             client.delete_topic("temp").await.unwrap();
             assert_eq!(code(client.describe_topic("temp").await), ErrorCode::UnknownTopic);
             client.create_topic("temp", topic_config(1)).await.unwrap();
             assert!(read_all(&client, "temp", 0, 0).await.is_empty(), "a recreated topic starts empty");
+            assert!(client.fetch_offsets("readers", vec![]).await.unwrap().is_empty(), "with no old commits");
         })
         .await;
     broker.restart(7).await;
@@ -308,6 +320,7 @@ async fn deleted_topics_are_gone_and_can_be_recreated_empty() {
         .run(async move {
             let client = connect(&address).await;
             assert!(read_all(&client, "temp", 0, 0).await.is_empty(), "and stays empty after a restart");
+            assert!(client.fetch_offsets("readers", vec![]).await.unwrap().is_empty(), "the commits stay forgotten");
         })
         .await;
 }

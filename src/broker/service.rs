@@ -65,7 +65,12 @@ impl admin_server::Admin for BrokerService {
         &self,
         request: Request<proto::DeleteTopicRequest>,
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
-        reply(self.broker.delete_topic(&request.into_inner().name).await.map(|()| proto::DeleteTopicResponse {}))
+        let name = request.into_inner().name;
+        let deleted = async {
+            self.broker.delete_topic(&name).await?;
+            self.groups.topic_deleted(&name).await
+        };
+        reply(deleted.await.map(|()| proto::DeleteTopicResponse {}))
     }
 
     async fn list_topics(

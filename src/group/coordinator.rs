@@ -368,6 +368,11 @@ impl GroupCoordinator {
         Ok(())
     }
 
+    /// Forgets the committed offsets of a deleted topic.
+    pub async fn topic_deleted(&self, topic: &str) -> BrokerResult<()> {
+        self.offsets.forget_topic(topic, self.clock.now_ms()).await
+    }
+
     pub fn fetch_offsets(&self, request: &proto::FetchOffsetsRequest) -> BrokerResult<Vec<proto::PartitionOffset>> {
         validate_group(&request.group)?;
         let committed: Vec<(OffsetKey, Committed)> = if request.partitions.is_empty() {

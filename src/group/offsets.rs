@@ -2,7 +2,7 @@
 //!
 //! Every commit is one record batch appended (and fsynced) to the internal
 //! partition `__consumer_offsets/0`: key `{group, topic, partition}`, value
-//! the committed offset. On start the partition is read from its start and
+//! the committed offset, or no value (a tombstone) once the topic is deleted. On start the partition is read from its start and
 //! later records win. The partition stays bounded: once it outgrows
 //! `bytes_max`, the current offsets are written again as a snapshot and every
 //! whole segment before the snapshot is deleted. Living in an ordinary
@@ -75,10 +75,19 @@ impl OffsetStore {
                 for batch in &batches {
                     for record in batch.records() {
                         let record = record.map_err(|e| corrupt(e.to_string()))?;
-                        let (Some(key), Some(value)) = (record.key, record.value) else { continue };
+                        let Some(key) = record.key else { continue };
                         let key: OffsetKey = serde_json::from_slice(&key).map_err(|e| corrupt(e.to_string()))?;
-                        let value: Committed = serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
-                        committed.insert(key, value);
+                        match record.value {
+                            // A tombstone: the offset was forgotten.
+                            None => {
+                                committed.remove(&key);
+                            }
+                            Some(value) => {
+                                let value: Committed =
+                                    serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
+                                committed.insert(key, value);
+                            }
+                        }
                     }
                 }
             }
@@ -138,6 +147,29 @@ impl OffsetStore {
             Ok(())
         })
         .await
+    }
+
+    /// Durably forgets every committed offset of `topic` (it was deleted,
+    /// and a topic created later under its name starts afresh).
+    pub async fn forget_topic(&self, topic: &str, now_ms: i64) -> BrokerResult<()> {
+        let _writer = self.writer().await;
+        let doomed: Vec<OffsetKey> = self.lock().keys().filter(|k| k.topic == topic).cloned().collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let mut builder = BatchBuilder::new();
+        for key in &doomed {
+            let key = Bytes::from(serde_json::to_vec(key).expect("offset key serializes"));
+            builder.push(&Record { timestamp_ms: now_ms, key: Some(key), ..Record::default() });
+        }
+        let batch = builder.build().map_err(|e| BrokerError::new(ErrorCode::Internal, e.to_string()))?;
+        let partition = self.partition.clone();
+        blocking(move || partition.append(batch, true)).await?;
+        let mut committed = self.lock();
+        for key in &doomed {
+            committed.remove(key);
+        }
+        Ok(())
     }
 
     pub fn get(&self, key: &OffsetKey) -> Option<Committed> {
