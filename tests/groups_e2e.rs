@@ -113,6 +113,8 @@ async fn one_group_shares_the_partitions() {
             tracing::info!("act: produce 200 numbered messages");
             produce_numbered(&client, "jobs", 4, 200).await;
             wait_for_count(&[&first, &second], 200).await;
+            let settled = client.describe_group("workers").await.unwrap();
+            assert_eq!(settled.generation, description.generation, "no rebalance once settled (heartbeats kept it)");
             *stop.lock().unwrap() = true;
             first_task.await.unwrap();
             second_task.await.unwrap();

@@ -205,7 +205,9 @@ impl GroupConsumer {
                 let request = proto::HeartbeatRequest { group: group.clone(), member_id, generation };
                 if let Err(error) = client.heartbeat(request).await {
                     let mut m = membership.lock().unwrap_or_else(|p| p.into_inner());
-                    if wants_rejoin(&error) {
+                    // An answer about a generation this member has left
+                    // behind (it rejoined meanwhile) is no news.
+                    if wants_rejoin(&error) && m.generation == generation {
                         m.rejoin = true;
                         m.forgotten |= forgotten(&error);
                     }
@@ -243,6 +245,8 @@ impl GroupConsumer {
             let mut m = self.membership();
             m.member_id = joined.member_id.clone();
             m.generation = joined.generation;
+            // Whatever the heartbeat said during the join is settled by it.
+            m.rejoin = false;
         }
         let partitions: Vec<proto::TopicPartition> = joined.assignment;
         let committed = self.client.fetch_offsets(&self.config.group, partitions.clone()).await?;

@@ -194,27 +194,36 @@ impl GroupCoordinator {
             }
             (member_id, group.completed.subscribe(), deadline_ms)
         };
-        // Wait for the rebalance this member joined to complete.
+        // Wait until the group settles with this member in it. A member
+        // waiting here is alive and joining: if another rebalance starts
+        // meanwhile (a newcomer), it counts as rejoined for that one too.
+        let mut deadline_ms = deadline_ms;
         loop {
-            let outcome = {
+            {
                 let mut groups = self.lock();
                 let group = groups.get_mut(&request.group).expect("groups are never removed while joining");
-                if group.rebalance.is_none() {
-                    let member = group.member(&member_id)?;
-                    let _ = member;
+                group.member(&member_id)?;
+                let settled = match group.rebalance.as_mut() {
+                    None => true,
+                    Some(rebalance) => {
+                        rebalance.joined.insert(member_id.clone());
+                        deadline_ms = rebalance.deadline_ms;
+                        let everyone = group.members.keys().all(|id| rebalance.joined.contains(id));
+                        if everyone {
+                            self.complete(group);
+                        }
+                        everyone
+                    }
+                };
+                if settled {
                     let assignment = group.assignment.get(&member_id).cloned().unwrap_or_default();
-                    Some(proto::JoinGroupResponse {
+                    return Ok(proto::JoinGroupResponse {
                         member_id: member_id.clone(),
                         generation: group.generation,
                         assignment: to_proto(&assignment),
                         assignor: group.assignor.name().to_owned(),
-                    })
-                } else {
-                    None
+                    });
                 }
-            };
-            if let Some(response) = outcome {
-                return Ok(response);
             }
             let left_ms = deadline_ms.saturating_sub(self.clock.now_ms()).max(1) as u64;
             let _ = tokio::time::timeout(Duration::from_millis(left_ms), completed.changed()).await;
@@ -235,6 +244,11 @@ impl GroupCoordinator {
         let group = groups.get_mut(&request.group).ok_or_else(|| unknown_group(&request.group))?;
         if let Some(member) = group.members.get_mut(&request.member_id) {
             member.last_seen_ms = now_ms;
+        }
+        // A member that already rejoined this rebalance has nothing to do.
+        let rejoined = group.rebalance.as_ref().is_some_and(|r| r.joined.contains(&request.member_id));
+        if rejoined {
+            return Ok(());
         }
         group.check_generation(&request.member_id, request.generation)
     }
