@@ -226,14 +226,8 @@ impl PartitionLog {
     }
 
     fn remove_segment_files(&self, base_offset: u64) -> LogResult<()> {
-        for path in Segment::paths(&self.dir, base_offset) {
-            match self.disk.remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(LogError::Io { path, source: e });
-                }
-                _ => {}
-            }
-        }
+        Segment::remove_files(self.disk.as_ref(), &self.dir, base_offset)?;
+        // Any failure here must poison the log (an Io error, never NoSpace).
         self.disk.sync_dir(&self.dir).map_err(|e| LogError::Io { path: self.dir.clone(), source: e })
     }
 

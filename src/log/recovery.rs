@@ -61,17 +61,6 @@ fn segment_bases(disk: &dyn Disk, dir: &Path) -> LogResult<Vec<u64>> {
     Ok(bases)
 }
 
-fn delete_files(disk: &dyn Disk, dir: &Path, base_offset: u64) -> LogResult<()> {
-    for path in Segment::paths(dir, base_offset) {
-        match disk.remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(LogError::io(&path, e)),
-        }
-    }
-    Ok(())
-}
-
 pub(super) fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig, now_ms: i64) -> LogResult<Recovered> {
     disk.create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
     let mut report = RecoveryReport::default();
@@ -89,7 +78,7 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig, now_ms: i
     // Whole segments below the log start: retention deleted them, the crash
     // came before the directory was synced.
     while bases.len() > 1 && bases[1] <= checkpoint.log_start_offset {
-        delete_files(disk, dir, bases.remove(0))?;
+        Segment::remove_files(disk, dir, bases.remove(0))?;
         report.segments_dropped += 1;
     }
 
@@ -150,7 +139,7 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig, now_ms: i
     }
     if let Some(from) = dropped_from {
         for &base in &bases[from..] {
-            delete_files(disk, dir, base)?;
+            Segment::remove_files(disk, dir, base)?;
             report.segments_dropped += 1;
         }
         disk.sync_dir(dir).map_err(|e| LogError::io(dir, e))?;

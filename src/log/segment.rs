@@ -432,11 +432,16 @@ impl Segment {
         let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base_offset = self.base_offset;
         drop(self);
-        for path in Self::paths(&dir, base_offset) {
+        Self::remove_files(disk, &dir, base_offset)
+    }
+
+    /// Removes whichever of a segment's files exist. The caller syncs the
+    /// directory.
+    pub fn remove_files(disk: &dyn Disk, dir: &Path, base_offset: u64) -> LogResult<()> {
+        for path in Self::paths(dir, base_offset) {
             match disk.remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io(&path, e)),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(LogError::Io { path, source: e }),
+                _ => {}
             }
         }
         Ok(())

@@ -13,6 +13,21 @@ use super::{Disk, DiskFile, DiskMap};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealDisk;
 
+/// The sorted names of the entries in `path` whose type `wanted` accepts.
+fn list(path: &Path, wanted: impl Fn(&fs::FileType) -> bool) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(path)? {
+        let entry = entry?;
+        if wanted(&entry.file_type()?) {
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 #[derive(Debug)]
 struct RealFile {
     file: File,
@@ -76,31 +91,11 @@ impl Disk for RealDisk {
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in fs::read_dir(path)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                if let Some(name) = entry.file_name().to_str() {
-                    names.push(name.to_owned());
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
+        list(path, |kind| kind.is_file())
     }
 
     fn list_subdirs(&self, path: &Path) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in fs::read_dir(path)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                if let Some(name) = entry.file_name().to_str() {
-                    names.push(name.to_owned());
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
+        list(path, |kind| kind.is_dir())
     }
 
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn DiskFile>> {
