@@ -26,6 +26,7 @@ enum Op {
     FlushIfDue,
     Truncate { back: usize },
     Retention,
+    DeleteBefore { back: usize },
     AdvanceClock { ms: i64 },
     Read { at: usize, max_bytes: usize },
     ReadByTime { delta_ms: i64 },
@@ -43,6 +44,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::FlushIfDue),
         1 => (0usize..6).prop_map(|back| Op::Truncate { back }),
         1 => Just(Op::Retention),
+        1 => (0usize..4).prop_map(|back| Op::DeleteBefore { back }),
         2 => (0i64..4_000).prop_map(|ms| Op::AdvanceClock { ms }),
         2 => (any::<usize>(), 0usize..600).prop_map(|(at, max_bytes)| Op::Read { at, max_bytes }),
         1 => (-200i64..4_000).prop_map(|delta_ms| Op::ReadByTime { delta_ms }),
@@ -247,6 +249,23 @@ fn run(config: LogConfig, ops: Vec<Op>) {
                     failed = true;
                 }
             },
+            Op::DeleteBefore { back } => {
+                let bounds: Vec<u64> =
+                    model.batches.iter().map(|(base, _)| *base).filter(|b| *b <= model.flushed).collect();
+                let upper = bounds.iter().rev().nth(back).copied().unwrap_or(model.log_start);
+                match log.delete_before(upper) {
+                    Ok(_) | Err(LogError::NoSpace { .. }) => {
+                        let start = log.log_start_offset();
+                        assert!(start >= model.log_start && start <= upper.max(model.log_start), "start {start}");
+                        assert!(model.is_boundary(start), "log start {start} is not a batch boundary");
+                        model.drop_before(start);
+                    }
+                    Err(_) => {
+                        model.start_in_doubt = true;
+                        failed = true;
+                    }
+                }
+            }
             Op::AdvanceClock { ms } => clock.advance_ms(ms),
             Op::Read { at, max_bytes } => {
                 let span = model.end - model.log_start + 1;
