@@ -50,6 +50,27 @@ async fn wait_stable(client: &Client, group: &str, members: usize) -> proto::Gro
     panic!("group {group} never settled with {members} members");
 }
 
+/// Two members of one group, both past the rebalance the second one's
+/// join started: the first keeps polling (which is how it rejoins) until
+/// the second's join returns, then polls once more to take up the new
+/// generation.
+async fn join_two(client: &Client, config: ConsumerConfig) -> (GroupConsumer, GroupConsumer) {
+    let mut first = GroupConsumer::join(client.clone(), config.clone()).await.unwrap();
+    let joining = tokio::spawn({
+        let client = client.clone();
+        async move { GroupConsumer::join(client, config).await.unwrap() }
+    });
+    for _ in 0..ROUNDS_MAX {
+        first.poll(POLL).await.unwrap();
+        if joining.is_finished() {
+            let second = joining.await.unwrap();
+            first.poll(POLL).await.unwrap();
+            return (first, second);
+        }
+    }
+    panic!("the second member never joined");
+}
+
 type Received = Arc<Mutex<Vec<Consumed>>>;
 
 /// A consumer that polls in the background until stopped, recording what
@@ -171,21 +192,7 @@ async fn a_dead_members_partitions_resume_from_its_last_commit() {
             let manual = |group| ConsumerConfig { auto_commit: false, ..config(group, &["tasks"]) };
 
             tracing::info!("two members, one partition each, settled");
-            let mut survivor = GroupConsumer::join(client.clone(), manual("crew")).await.unwrap();
-            let joining = tokio::spawn({
-                let client = client.clone();
-                async move { GroupConsumer::join(client, manual("crew")).await.unwrap() }
-            });
-            let mut victim = None;
-            for _ in 0..ROUNDS_MAX {
-                survivor.poll(POLL).await.unwrap();
-                if joining.is_finished() {
-                    victim = Some(joining.await.unwrap());
-                    break;
-                }
-            }
-            let mut victim = victim.expect("the second member joined");
-            survivor.poll(POLL).await.unwrap(); // picks up the new generation
+            let (mut survivor, mut victim) = join_two(&client, manual("crew")).await;
             assert_eq!(survivor.assignment().len(), 1);
             assert_eq!(victim.assignment().len(), 1);
             let (lost_topic, lost_partition) = victim.assignment()[0].clone();
@@ -402,21 +409,7 @@ async fn a_member_that_leaves_hands_over_at_once_without_gaps_or_repeats() {
                 fetch_bytes_max: 1,
                 ..config("rota", &["shifts"])
             };
-            let mut stays = GroupConsumer::join(client.clone(), patient.clone()).await.unwrap();
-            let joining = tokio::spawn({
-                let (client, patient) = (client.clone(), patient.clone());
-                async move { GroupConsumer::join(client, patient).await.unwrap() }
-            });
-            let mut leaves = None;
-            for _ in 0..ROUNDS_MAX {
-                stays.poll(POLL).await.unwrap();
-                if joining.is_finished() {
-                    leaves = Some(joining.await.unwrap());
-                    break;
-                }
-            }
-            let mut leaves = leaves.expect("the second member joined");
-            stays.poll(POLL).await.unwrap();
+            let (mut stays, mut leaves) = join_two(&client, patient).await;
             assert_eq!((stays.assignment().len(), leaves.assignment().len()), (1, 1));
 
             tracing::info!("both consume part of 60 messages; then one leaves (committing on the way out)");
