@@ -173,7 +173,7 @@ impl GroupCoordinator {
             })?,
         };
         let now_ms = self.clock.now_ms();
-        let (member_id, mut completed, deadline_ms) = {
+        let (member_id, mut completed) = {
             let mut groups = self.lock();
             let group = groups.entry(request.group.clone()).or_insert_with(|| Group::new(assignor));
             let member_id = if request.member_id.is_empty() {
@@ -186,18 +186,13 @@ impl GroupCoordinator {
             let member = Member { topics, session_timeout_ms: i64::from(session_timeout_ms), last_seen_ms: now_ms };
             group.members.insert(member_id.clone(), member);
             group.start_rebalance(now_ms);
-            let rebalance = group.rebalance.as_mut().expect("just started");
-            rebalance.joined.insert(member_id.clone());
-            let deadline_ms = rebalance.deadline_ms;
-            if group.members.keys().all(|id| rebalance.joined.contains(id)) {
-                self.complete(group);
-            }
-            (member_id, group.completed.subscribe(), deadline_ms)
+            (member_id, group.completed.subscribe())
         };
-        // Wait until the group settles with this member in it. A member
-        // waiting here is alive and joining: if another rebalance starts
-        // meanwhile (a newcomer), it counts as rejoined for that one too.
-        let mut deadline_ms = deadline_ms;
+        // Count this member as joined and wait until the group settles with
+        // it in it. A member waiting here is alive and joining: if another
+        // rebalance starts meanwhile (a newcomer), it counts as rejoined for
+        // that one too.
+        let mut deadline_ms = now_ms;
         loop {
             {
                 let mut groups = self.lock();

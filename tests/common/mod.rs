@@ -112,10 +112,6 @@ mod imp {
             self.boot().await;
         }
 
-        pub async fn client(&self) -> Client {
-            connect(&self.address).await
-        }
-
         /// Runs client code where it can reach the broker.
         pub async fn run<F>(&self, f: F) -> F::Output
         where
@@ -189,10 +185,6 @@ mod imp {
             handle.restart(self.node.id());
             let address = self.address.clone();
             self.run(async move { connect(&address).await }).await;
-        }
-
-        pub async fn client(&self) -> Client {
-            connect(&self.address).await
         }
 
         /// Runs client code on the client node, where it can reach the broker.
