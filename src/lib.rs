@@ -9,6 +9,7 @@ pub mod client;
 pub mod group;
 pub mod log;
 pub mod meta;
+pub mod raft;
 pub mod sys;
 
 /// The public gRPC API, generated from `proto/weir.proto`.

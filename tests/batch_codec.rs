@@ -36,11 +36,12 @@ proptest! {
         base_offset in 0u64..u64::MAX / 2,
         term in any::<u64>(),
     ) {
-        let batch = build(&records, producer).placed(base_offset, term);
+        let batch = build(&records, producer).placed(base_offset, term, 9);
         let decoded = Batch::decode(batch.as_bytes().clone()).expect("a built batch decodes");
         let header = decoded.header();
         prop_assert_eq!(header.base_offset, base_offset);
         prop_assert_eq!(header.term, term);
+        prop_assert_eq!(header.raft_index, 9);
         prop_assert_eq!(header.record_count as usize, records.len());
         prop_assert_eq!(header.max_timestamp_ms, records.iter().map(|r| r.timestamp_ms).max().unwrap());
         if let Some((id, epoch, sequence)) = producer {
@@ -60,7 +61,7 @@ proptest! {
         records in prop::collection::vec(record(), 1..6),
         mask in 1u8..=255,
     ) {
-        let batch = build(&records, Some((7, 1, 0))).placed(1_000, 3);
+        let batch = build(&records, Some((7, 1, 0))).placed(1_000, 3, 12);
         let bytes = batch.as_bytes().to_vec();
         for position in 0..bytes.len() {
             let mut damaged = bytes.clone();
@@ -101,9 +102,9 @@ fn a_valid_crc_over_inconsistent_records_is_still_refused() {
     // one, with both CRCs recomputed: structure checks must catch it.
     let records = vec![Record { timestamp_ms: 1, ..Record::default() }];
     let mut bytes = build(&records, None).into_bytes().to_vec();
-    bytes[32..36].copy_from_slice(&2u32.to_le_bytes());
-    let head = crc32c::crc32c_append(crc32c::crc32c(&bytes[..16]), &bytes[20..66]);
-    bytes[16..20].copy_from_slice(&head.to_le_bytes());
+    bytes[40..44].copy_from_slice(&2u32.to_le_bytes());
+    let head = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &bytes[28..74]);
+    bytes[24..28].copy_from_slice(&head.to_le_bytes());
     let err = Batch::decode(Bytes::from(bytes)).expect_err("record count mismatch");
     assert!(matches!(err, BatchError::Malformed(_)), "{err:?}");
 }

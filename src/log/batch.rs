@@ -5,27 +5,32 @@
 //! little-endian:
 //!
 //! ```text
-//!  0  u64  base_offset        assigned by the log        ┐ mutable fields,
-//!  8  u64  term               Raft term of the leader    ┘ set on append
-//! 16  u32  head_crc           CRC32C of [0..16) ++ [20..66)
-//! 20  u32  batch_len          whole batch, header included
-//! 24  u8   version            = 1
-//! 25  u8   reserved           = 0
-//! 26  u16  attributes         compression, transactional, control (none yet)
-//! 28  u32  body_crc           CRC32C of the records, [66..batch_len)
-//! 32  u32  record_count       >= 1
-//! 36  i64  first_timestamp_ms
-//! 44  i64  max_timestamp_ms
-//! 52  i64  producer_id        -1: not idempotent
-//! 60  i16  producer_epoch
-//! 62  i32  base_sequence
-//! 66       records
+//!  0  u64  base_offset        assigned by the log        ┐
+//!  8  u64  term               Raft term of the leader    │ mutable fields,
+//! 16  u64  raft_index         Raft log index (0: none)   ┘ set on append
+//! 24  u32  head_crc           CRC32C of [0..24) ++ [28..74)
+//! 28  u32  batch_len          whole batch, header included
+//! 32  u8   version            = 1
+//! 33  u8   reserved           = 0
+//! 34  u16  attributes         bit 5: control (a Raft entry, not messages)
+//! 36  u32  body_crc           CRC32C of the records, [74..batch_len)
+//! 40  u32  record_count       >= 1
+//! 44  i64  first_timestamp_ms
+//! 52  i64  max_timestamp_ms
+//! 60  i64  producer_id        -1: not idempotent
+//! 68  i16  producer_epoch
+//! 70  i32  base_sequence
+//! 74       records
 //! ```
 //!
 //! Two CRCs instead of one: the producer seals the records with `body_crc`
-//! once, and the log, which must assign the base offset and term, re-seals
-//! only the 62-byte header with `head_crc` instead of re-reading the body.
-//! Together they cover every byte, so any flipped byte is detected.
+//! once, and the log, which must assign the base offset, term and Raft index,
+//! re-seals only the 70-byte header with `head_crc` instead of re-reading the
+//! body. Together they cover every byte, so any flipped byte is detected.
+//!
+//! Each batch is one Raft log entry. A control batch carries an entry that is
+//! not messages (a new leader's blank entry, a membership change) in its one
+//! record's value; it takes one offset, and consumers never see it.
 //!
 //! Each record, varint-encoded (zigzag for signed):
 //!
@@ -42,17 +47,19 @@ use bytes::Bytes;
 use super::varint::{self, ReadError, Reader};
 
 pub const BATCH_VERSION: u8 = 1;
-pub const BATCH_HEADER_BYTES: usize = 66;
+pub const BATCH_HEADER_BYTES: usize = 74;
 /// The largest batch weir accepts or stores.
 pub const BATCH_BYTES_MAX: usize = 16 << 20;
 /// `producer_id` of a batch from a producer that is not idempotent.
 pub const PRODUCER_ID_NONE: i64 = -1;
+/// Attribute bit of a control batch (see the module doc).
+pub const ATTR_CONTROL: u16 = 1 << 5;
 
-const HEAD_CRC_AT: usize = 16;
-const BODY_CRC_AT: usize = 28;
+const HEAD_CRC_AT: usize = 24;
+const BODY_CRC_AT: usize = 36;
 
 const _: () = assert!(BATCH_BYTES_MAX <= u32::MAX as usize);
-const _: () = assert!(BATCH_HEADER_BYTES == 62 + 4);
+const _: () = assert!(BATCH_HEADER_BYTES == 70 + 4);
 
 /// What is wrong with a batch's bytes. Every decoding failure is one of these;
 /// decoding never panics.
@@ -106,6 +113,7 @@ pub struct Record {
 pub struct BatchHeader {
     pub base_offset: u64,
     pub term: u64,
+    pub raft_index: u64,
     pub batch_len: u32,
     pub attributes: u16,
     pub body_crc: u32,
@@ -145,25 +153,26 @@ impl BatchHeader {
         if stored != computed {
             return Err(BatchError::HeaderCrc { stored, computed });
         }
-        if h[24] != BATCH_VERSION {
-            return Err(BatchError::UnsupportedVersion(h[24]));
+        if h[32] != BATCH_VERSION {
+            return Err(BatchError::UnsupportedVersion(h[32]));
         }
-        let batch_len = le_u32(h, 20);
+        let batch_len = le_u32(h, 28);
         if (batch_len as usize) < BATCH_HEADER_BYTES || batch_len as usize > BATCH_BYTES_MAX {
             return Err(BatchError::BadLength(u64::from(batch_len)));
         }
         let header = BatchHeader {
             base_offset: le_u64(h, 0),
             term: le_u64(h, 8),
+            raft_index: le_u64(h, 16),
             batch_len,
-            attributes: le_u16(h, 26),
+            attributes: le_u16(h, 34),
             body_crc: le_u32(h, BODY_CRC_AT),
-            record_count: le_u32(h, 32),
-            first_timestamp_ms: le_u64(h, 36) as i64,
-            max_timestamp_ms: le_u64(h, 44) as i64,
-            producer_id: le_u64(h, 52) as i64,
-            producer_epoch: le_u16(h, 60) as i16,
-            base_sequence: le_u32(h, 62) as i32,
+            record_count: le_u32(h, 40),
+            first_timestamp_ms: le_u64(h, 44) as i64,
+            max_timestamp_ms: le_u64(h, 52) as i64,
+            producer_id: le_u64(h, 60) as i64,
+            producer_epoch: le_u16(h, 68) as i16,
+            base_sequence: le_u32(h, 70) as i32,
         };
         if header.record_count == 0 {
             return Err(BatchError::Empty);
@@ -183,20 +192,25 @@ impl BatchHeader {
         self.next_offset() - 1
     }
 
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
+    }
+
     fn encode(&self, out: &mut [u8]) {
         out[0..8].copy_from_slice(&self.base_offset.to_le_bytes());
         out[8..16].copy_from_slice(&self.term.to_le_bytes());
-        out[20..24].copy_from_slice(&self.batch_len.to_le_bytes());
-        out[24] = BATCH_VERSION;
-        out[25] = 0;
-        out[26..28].copy_from_slice(&self.attributes.to_le_bytes());
-        out[28..32].copy_from_slice(&self.body_crc.to_le_bytes());
-        out[32..36].copy_from_slice(&self.record_count.to_le_bytes());
-        out[36..44].copy_from_slice(&self.first_timestamp_ms.to_le_bytes());
-        out[44..52].copy_from_slice(&self.max_timestamp_ms.to_le_bytes());
-        out[52..60].copy_from_slice(&self.producer_id.to_le_bytes());
-        out[60..62].copy_from_slice(&self.producer_epoch.to_le_bytes());
-        out[62..66].copy_from_slice(&self.base_sequence.to_le_bytes());
+        out[16..24].copy_from_slice(&self.raft_index.to_le_bytes());
+        out[28..32].copy_from_slice(&self.batch_len.to_le_bytes());
+        out[32] = BATCH_VERSION;
+        out[33] = 0;
+        out[34..36].copy_from_slice(&self.attributes.to_le_bytes());
+        out[36..40].copy_from_slice(&self.body_crc.to_le_bytes());
+        out[40..44].copy_from_slice(&self.record_count.to_le_bytes());
+        out[44..52].copy_from_slice(&self.first_timestamp_ms.to_le_bytes());
+        out[52..60].copy_from_slice(&self.max_timestamp_ms.to_le_bytes());
+        out[60..68].copy_from_slice(&self.producer_id.to_le_bytes());
+        out[68..70].copy_from_slice(&self.producer_epoch.to_le_bytes());
+        out[70..74].copy_from_slice(&self.base_sequence.to_le_bytes());
         let crc = head_crc(out);
         out[HEAD_CRC_AT..HEAD_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
     }
@@ -293,10 +307,23 @@ impl Batch {
         self.bytes
     }
 
-    /// The same batch placed at `base_offset` in `term`: rewrites the mutable
-    /// header fields and re-seals the header. The body is untouched.
-    pub fn placed(self, base_offset: u64, term: u64) -> Self {
-        let header = BatchHeader { base_offset, term, ..self.header };
+    pub fn term(&self) -> u64 {
+        self.header.term
+    }
+
+    pub fn raft_index(&self) -> u64 {
+        self.header.raft_index
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.header.is_control()
+    }
+
+    /// The same batch placed at `base_offset`, as Raft entry `raft_index` of
+    /// `term` (both 0 outside Raft): rewrites the mutable header fields and
+    /// re-seals the header. The body is untouched.
+    pub fn placed(self, base_offset: u64, term: u64, raft_index: u64) -> Self {
+        let header = BatchHeader { base_offset, term, raft_index, ..self.header };
         let mut bytes = match self.bytes.try_into_mut() {
             Ok(unique) => unique,
             Err(shared) => bytes::BytesMut::from(&shared[..]),
@@ -396,6 +423,7 @@ pub struct BatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
+    attributes: u16,
     scratch: Vec<u8>,
 }
 
@@ -425,6 +453,7 @@ impl BatchBuilder {
             producer_id: PRODUCER_ID_NONE,
             producer_epoch: -1,
             base_sequence: -1,
+            attributes: 0,
             scratch: Vec::new(),
         }
     }
@@ -434,6 +463,12 @@ impl BatchBuilder {
         self.producer_id = id;
         self.producer_epoch = epoch;
         self.base_sequence = base_sequence;
+        self
+    }
+
+    /// Marks the batch as a control batch (see the module doc).
+    pub fn control(mut self) -> Self {
+        self.attributes |= ATTR_CONTROL;
         self
     }
 
@@ -482,8 +517,9 @@ impl BatchBuilder {
         let header = BatchHeader {
             base_offset: 0,
             term: 0,
+            raft_index: 0,
             batch_len: batch_len as u32,
-            attributes: 0,
+            attributes: self.attributes,
             body_crc: crc32c::crc32c(&self.body),
             record_count: self.record_count,
             first_timestamp_ms: self.first_timestamp_ms,

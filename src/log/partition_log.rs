@@ -173,18 +173,18 @@ impl PartitionLog {
         self.flushed.send_replace(offset);
     }
 
-    /// Appends a batch at the log end, unreplicated (term 0).
+    /// Appends a batch at the log end, outside Raft (term and index 0).
     pub fn append(&mut self, batch: Batch) -> LogResult<Appended> {
-        self.append_in_term(batch, 0)
+        self.append_entry(batch, 0, 0)
     }
 
-    /// Appends a batch at the log end, stamped with a Raft term. Durable on
-    /// return only under [`FlushPolicy::EveryBatch`].
-    pub fn append_in_term(&mut self, batch: Batch, term: u64) -> LogResult<Appended> {
+    /// Appends a batch at the log end as Raft entry `raft_index` of `term`.
+    /// Durable on return only under [`FlushPolicy::EveryBatch`].
+    pub fn append_entry(&mut self, batch: Batch, term: u64, raft_index: u64) -> LogResult<Appended> {
         self.check_usable()?;
         let now_ms = self.clock.now_ms();
         let base_offset = self.log_end_offset();
-        let batch = batch.placed(base_offset, term);
+        let batch = batch.placed(base_offset, term, raft_index);
         if self.active().should_roll(&batch, &self.config, now_ms) {
             self.roll(now_ms).map_err(|e| self.fail(e))?;
         }
@@ -321,6 +321,31 @@ impl PartitionLog {
         self.disk.sync_dir(&self.dir).map_err(|e| self.fail(LogError::io(&self.dir, e)))?;
         let flushed = self.flushed_offset.min(end);
         self.set_flushed(flushed);
+        self.validate();
+        Ok(())
+    }
+
+    /// Empties the log and starts it over at `offset`: the next append gets
+    /// `offset`. Raft uses this when a snapshot replaces a follower's whole
+    /// log. Durable on return; a crash part way leaves a log that still
+    /// holds a prefix of the old one or starts at `offset`, which the caller
+    /// detects (the log end is not where it expects) and resets again.
+    pub fn reset_to(&mut self, offset: u64) -> LogResult<()> {
+        self.check_usable()?;
+        let now_ms = self.clock.now_ms();
+        self.log_start_offset = offset;
+        self.write_checkpoint(0, false).map_err(|e| self.fail(e))?;
+        while let Some((&base, _)) = self.segments.iter().next() {
+            let segment = self.segments.remove(&base).expect("listed above");
+            segment.delete(self.disk.as_ref()).map_err(|e| self.fail(e))?;
+        }
+        self.disk.sync_dir(&self.dir).map_err(|e| self.fail(LogError::io(&self.dir, e)))?;
+        let segment = Segment::open(self.disk.as_ref(), &self.dir, offset, &self.config, now_ms, true)
+            .map_err(|e| self.fail(e))?;
+        self.disk.sync_dir(&self.dir).map_err(|e| self.fail(LogError::io(&self.dir, e)))?;
+        self.segments.insert(offset, segment);
+        self.set_flushed(offset);
+        self.write_checkpoint(offset, false).map_err(|e| self.fail(e))?;
         self.validate();
         Ok(())
     }

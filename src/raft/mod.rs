@@ -1,0 +1,283 @@
+//! Multi-Raft: every partition is an openraft group over its replicas.
+//!
+//! - [`types`]: the type configuration; a Raft entry is one record batch.
+//! - [`log_store`]: openraft's log storage over the partition log, which is
+//!   the Raft log (each byte written once).
+//! - [`state_machine`]: the high watermark (offset after the last applied
+//!   entry) and membership; snapshots of that small state.
+//! - [`network`]: Raft messages over gRPC, one connection per broker pair
+//!   for all groups, and the router that delivers them to local groups.
+//!
+//! A [`Replica`] is this broker's member of one group.
+
+pub mod log_store;
+pub mod network;
+pub mod state_file;
+pub mod state_machine;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+pub use self::log_store::{LogStore, SharedLog};
+pub use self::network::{Connections, RaftService, Router};
+pub use self::state_machine::StateMachine;
+pub use self::types::{Applied, GroupId, NodeId, Proposal, RaftNode};
+use crate::log::{Batch, LogConfig, PartitionLog};
+use crate::sys::clock::Clock;
+use crate::sys::disk::Disk;
+use crate::sys::rng::random_u64;
+use crate::sys::task::blocking;
+
+/// When a producer's batch counts as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Committed: appended and fsynced on a majority of the replicas.
+    All,
+    /// Appended and fsynced on the leader.
+    Leader,
+    /// Accepted by the leader.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this broker does not lead partition group {group}; leader: {leader:?}")]
+    NotLeader { group: GroupId, leader: Option<(NodeId, String)> },
+    #[error("partition group {group} is unavailable: {reason}")]
+    Unavailable { group: GroupId, reason: String },
+}
+
+/// The Raft timing every group uses.
+pub fn raft_config() -> Arc<Config> {
+    let config = Config {
+        cluster_name: "weir".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        // Entries are batches of up to 16 MiB: keep a message bounded.
+        max_payload_entries: 4,
+        // A snapshot is tiny (no data): take them often so a restart replays
+        // little. Never purge on snapshot: the log is the data; retention
+        // decides what goes.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(1024),
+        max_in_snapshot_log_to_keep: u64::MAX,
+        ..Config::default()
+    };
+    Arc::new(config.validate().expect("weir's Raft config is valid"))
+}
+
+/// openraft 0.9 draws each node's election timeout once, and checks it on
+/// a fixed tick. Voters whose timeouts fall on the same tick (likely in the
+/// simulator, where every node starts at the same instant) split the vote
+/// in every term, forever. This breaks the tie: after a leaderless spell
+/// longer than any election should take, plus a random share, this replica
+/// starts an election itself.
+async fn break_election_ties(raft: RaftNode, node_id: NodeId) {
+    let config = raft.config().clone();
+    let mut metrics = raft.metrics();
+    loop {
+        if !leader_known(&mut metrics, false).await {
+            return; // the Raft node stopped
+        }
+        let patience_ms = 2 * config.election_timeout_max + random_u64() % config.election_timeout_max.max(1);
+        match tokio::time::timeout(Duration::from_millis(patience_ms), leader_known(&mut metrics, true)).await {
+            Ok(true) => continue,
+            Ok(false) => return,
+            Err(_) => {
+                let voter = metrics.borrow().membership_config.membership().voter_ids().any(|id| id == node_id);
+                if voter {
+                    tracing::debug!(node_id, "no leader for {patience_ms} ms; starting an election");
+                    if raft.trigger().elect().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits until whether a leader is known equals `known`; false if the Raft
+/// node stopped.
+async fn leader_known(metrics: &mut watch::Receiver<RaftMetrics<NodeId, BasicNode>>, known: bool) -> bool {
+    loop {
+        if metrics.borrow_and_update().current_leader.is_some() == known {
+            return true;
+        }
+        if metrics.changed().await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// This broker's member of one partition group.
+#[derive(Clone)]
+pub struct Replica {
+    group: GroupId,
+    node_id: NodeId,
+    raft: RaftNode,
+    log: SharedLog,
+    state_machine: StateMachine,
+    router: Arc<Router>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("group", &self.group).field("node_id", &self.node_id).finish()
+    }
+}
+
+/// Where a replica lives and how it talks to its peers.
+#[derive(Clone)]
+pub struct ReplicaEnv {
+    pub node_id: NodeId,
+    pub disk: Arc<dyn Disk>,
+    pub clock: Arc<dyn Clock>,
+    pub connections: Arc<Connections>,
+    pub router: Arc<Router>,
+    pub raft_config: Arc<Config>,
+}
+
+impl Replica {
+    /// Opens (recovering) the group's log in `dir` and starts its Raft node.
+    /// A new group waits for [`Replica::bootstrap`] or for a leader to add it.
+    pub async fn open(env: &ReplicaEnv, group: GroupId, dir: &Path, log_config: LogConfig) -> Result<Self, String> {
+        let (disk, clock, dir) = (env.disk.clone(), env.clock.clone(), dir.to_path_buf());
+        let (log_store, state_machine) = blocking(move || {
+            let log = PartitionLog::open(disk.clone(), &dir, log_config, clock.clone()).map_err(|e| e.to_string())?;
+            let log_store = LogStore::open(disk.clone(), &dir, log, clock)?;
+            let state_machine = StateMachine::open(disk, &dir, log_store.clone())?;
+            Ok::<_, String>((log_store, state_machine))
+        })
+        .await?;
+        let network = env.connections.for_group(group);
+        let raft =
+            RaftNode::new(env.node_id, env.raft_config.clone(), network, log_store.clone(), state_machine.clone())
+                .await
+                .map_err(|e| format!("starting Raft for group {group}: {e}"))?;
+        env.router.register(group, raft.clone());
+        tokio::spawn(break_election_ties(raft.clone(), env.node_id));
+        Ok(Self { group, node_id: env.node_id, raft, log: log_store.log(), state_machine, router: env.router.clone() })
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    pub fn raft(&self) -> &RaftNode {
+        &self.raft
+    }
+
+    /// The partition log, for reads up to the high watermark.
+    pub fn log(&self) -> &SharedLog {
+        &self.log
+    }
+
+    /// Every record below the high watermark is committed.
+    pub fn high_watermark(&self) -> watch::Receiver<u64> {
+        self.state_machine.high_watermark()
+    }
+
+    /// Makes `members` (node id → gRPC address) the group's first
+    /// membership. Only a replica that has never been part of the group does
+    /// anything; calling it on every replica with the same members is safe.
+    pub async fn bootstrap(&self, members: &BTreeMap<NodeId, String>) -> Result<(), String> {
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            members.iter().map(|(id, address)| (*id, BasicNode::new(address))).collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(format!("bootstrapping group {}: {e}", self.group)),
+        }
+    }
+
+    /// The leader as this replica knows it: id and address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let address = metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone());
+        Some((leader, address.unwrap_or_default()))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id)
+    }
+
+    fn not_leader(&self, leader: Option<(NodeId, String)>) -> ProposeError {
+        ProposeError::NotLeader { group: self.group, leader }
+    }
+
+    fn unavailable(&self, reason: impl ToString) -> ProposeError {
+        ProposeError::Unavailable { group: self.group, reason: reason.to_string() }
+    }
+
+    fn write_error(&self, error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ProposeError {
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                let leader = forward.leader_id.map(|id| (id, forward.leader_node.map(|n| n.addr).unwrap_or_default()));
+                self.not_leader(leader)
+            }
+            other => self.unavailable(other),
+        }
+    }
+
+    /// Proposes a batch; returns where it landed once `acks` is met
+    /// (`None` for [`Acks::None`], which waits for nothing).
+    pub async fn propose(&self, batch: Batch, acks: Acks) -> Result<Option<Applied>, ProposeError> {
+        match acks {
+            Acks::All => {
+                let written = self.raft.client_write(Proposal::new(batch)).await.map_err(|e| self.write_error(e))?;
+                Ok(Some(written.data))
+            }
+            Acks::Leader => {
+                let count = u64::from(batch.record_count());
+                let (proposal, durable) = Proposal::with_durable_signal(batch);
+                let committed = self.raft.client_write_ff(proposal).await.map_err(|e| self.unavailable(e))?;
+                match durable.await {
+                    Ok(base_offset) => Ok(Some(Applied { base_offset, next_offset: base_offset + count })),
+                    // Never appended: the commit answer says why.
+                    Err(_) => match committed.await {
+                        Ok(Err(e)) => Err(self.write_error(RaftError::APIError(e))),
+                        Ok(Ok(_)) => Err(self.unavailable("the batch was committed without a local append")),
+                        Err(_) => Err(self.unavailable("the Raft node stopped")),
+                    },
+                }
+            }
+            Acks::None => {
+                if !self.is_leader() {
+                    return Err(self.not_leader(self.leader()));
+                }
+                self.raft.client_write_ff(Proposal::new(batch)).await.map_err(|e| self.unavailable(e))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stops the Raft node and closes the log cleanly.
+    pub async fn shutdown(&self) -> Result<(), String> {
+        self.router.unregister(self.group);
+        self.raft.shutdown().await.map_err(|e| format!("stopping Raft for group {}: {e}", self.group))?;
+        let log = self.log.clone();
+        blocking(move || match log_store::lock_log(&log).take() {
+            Some(log) => log.close().map_err(|e| e.to_string()),
+            None => Ok(()),
+        })
+        .await
+    }
+
+    /// Stops the Raft node and drops the log without closing it, as a crash
+    /// would (what the disk keeps is the disk's business).
+    pub async fn abort(&self) {
+        self.router.unregister(self.group);
+        let _ = self.raft.shutdown().await;
+        log_store::lock_log(&self.log).take();
+    }
+}

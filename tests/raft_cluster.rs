@@ -1,0 +1,343 @@
+//! One partition group over three replicas, each on its own host with its own
+//! simulated disk, talking gRPC: replication, the three ack levels, leader
+//! hints, and a leader that crashes (losing what it had not fsynced) and
+//! comes back while writes go on.
+//!
+//! Runs in both builds: on tokio the hosts are gRPC servers on loopback
+//! ports; under madsim each host is a simulated node with its own address.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir::log::{BatchBuilder, LogConfig, Record};
+use weir::proto::raft_server::RaftServer;
+use weir::raft::network::RAFT_MESSAGE_BYTES_MAX;
+use weir::raft::{
+    raft_config, Acks, Applied, Connections, GroupId, ProposeError, RaftService, Replica, ReplicaEnv, Router,
+};
+use weir::sys::clock::system_clock;
+use weir::sys::disk::{Disk, SimDisk};
+
+const TEST_DEADLINE: Duration = Duration::from_secs(120);
+const STEP: Duration = Duration::from_secs(20);
+const GROUP: GroupId = GroupId { topic_id: 0xfeed, partition: 3 };
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "raft_cluster=info,weir=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+struct Host {
+    id: u64,
+    address: String,
+    disk: SimDisk,
+    env: ReplicaEnv,
+    replica: Option<Replica>,
+    #[cfg(madsim)]
+    node: madsim::runtime::NodeHandle,
+}
+
+fn log_config() -> LogConfig {
+    // Small segments, so replication and crashes cross segment boundaries.
+    LogConfig { segment_bytes_max: 16 << 10, ..LogConfig::default() }
+}
+
+fn replica_dir() -> PathBuf {
+    PathBuf::from("/data/partition")
+}
+
+impl Host {
+    async fn start(id: u64) -> Self {
+        let disk = SimDisk::new(id);
+        let router = Router::new();
+        let env = ReplicaEnv {
+            node_id: id,
+            disk: Arc::new(disk.clone()) as Arc<dyn Disk>,
+            clock: system_clock(),
+            connections: Connections::new(id),
+            router: router.clone(),
+            raft_config: raft_config(),
+        };
+        let service = RaftServer::new(RaftService::new(id, router))
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        #[cfg(not(madsim))]
+        {
+            let listen = weir::sys::net::free_loopback_addr().expect("a free port");
+            let server = tonic::transport::Server::builder().add_service(service).serve(listen);
+            tokio::spawn(async move { server.await.expect("raft server") });
+            Host { id, address: listen.to_string(), disk, env, replica: None }
+        }
+        #[cfg(madsim)]
+        {
+            let ip: std::net::IpAddr = format!("10.0.1.{id}").parse().unwrap();
+            let listen = std::net::SocketAddr::new(ip, 7000);
+            let node = madsim::runtime::Handle::current().create_node().name(format!("broker-{id}")).ip(ip).build();
+            node.spawn(async move {
+                tonic::transport::Server::builder().add_service(service).serve(listen).await.expect("raft server")
+            });
+            Host { id, address: listen.to_string(), disk, env, replica: None, node }
+        }
+    }
+
+    /// Runs `f` where this host's tasks live (its node, in the simulator).
+    async fn run<F>(&self, f: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        #[cfg(madsim)]
+        {
+            self.node.spawn(f).await.expect("host task")
+        }
+        #[cfg(not(madsim))]
+        {
+            f.await
+        }
+    }
+
+    async fn open(&mut self) {
+        let env = self.env.clone();
+        let replica = self
+            .run(async move { Replica::open(&env, GROUP, &replica_dir(), log_config()).await })
+            .await
+            .expect("opens");
+        self.replica = Some(replica);
+    }
+
+    fn replica(&self) -> &Replica {
+        self.replica.as_ref().expect("replica open")
+    }
+
+    /// Power loss: the Raft node stops mid-flight, the disk keeps only what
+    /// was fsynced (plus a seeded share of the rest), and the replica
+    /// reopens on it.
+    async fn crash_and_restart(&mut self, seed: u64) {
+        self.crash(seed).await;
+        self.open().await;
+    }
+
+    /// Power loss, and the replica stays down until [`Host::open`].
+    async fn crash(&mut self, seed: u64) {
+        let replica = self.replica.take().expect("replica open");
+        replica.abort().await;
+        self.disk.crash(seed);
+    }
+}
+
+struct Cluster {
+    hosts: Vec<Host>,
+}
+
+impl Cluster {
+    async fn start(size: u64) -> Self {
+        let mut hosts = Vec::new();
+        for id in 1..=size {
+            hosts.push(Host::start(id).await);
+        }
+        let members: BTreeMap<u64, String> = hosts.iter().map(|h| (h.id, h.address.clone())).collect();
+        for host in &mut hosts {
+            host.open().await;
+        }
+        for host in &hosts {
+            host.replica().bootstrap(&members).await.expect("bootstrap");
+        }
+        Cluster { hosts }
+    }
+
+    /// Index of the host whose replica leads, waiting for an election.
+    async fn leader(&self) -> usize {
+        tokio::time::timeout(STEP, async {
+            loop {
+                if let Some(i) = self.hosts.iter().position(|h| h.replica.as_ref().is_some_and(Replica::is_leader)) {
+                    return i;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("a leader is elected")
+    }
+
+    /// Proposes on the leader, following leader changes, until `acks` is met.
+    async fn write(&self, value: &str, acks: Acks) -> Option<Applied> {
+        let batch = batch(value);
+        for _ in 0..50 {
+            let leader = self.leader().await;
+            match self.hosts[leader].replica().propose(batch.clone(), acks).await {
+                Ok(applied) => return applied,
+                Err(error) => {
+                    tracing::info!(%error, "write refused; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        panic!("write {value:?} not accepted after 50 attempts");
+    }
+
+    /// Waits until every replica's high watermark reaches `offset`.
+    async fn wait_committed_everywhere(&self, offset: u64) {
+        for host in &self.hosts {
+            let mut hw = host.replica().high_watermark();
+            tokio::time::timeout(STEP, hw.wait_for(|hw| *hw >= offset))
+                .await
+                .unwrap_or_else(|_| panic!("broker {} reaches high watermark {offset}", host.id))
+                .expect("replica still running");
+        }
+    }
+}
+
+fn batch(value: &str) -> weir::log::Batch {
+    let mut builder = BatchBuilder::new();
+    builder.push(&Record {
+        timestamp_ms: 1,
+        value: Some(Bytes::copy_from_slice(value.as_bytes())),
+        ..Record::default()
+    });
+    builder.build().expect("batch")
+}
+
+/// Every message below the replica's high watermark: (offset, value).
+/// Control batches (Raft's own entries) are skipped, as consumers skip them.
+fn committed_messages(replica: &Replica) -> Vec<(u64, String)> {
+    let hw = *replica.high_watermark().borrow();
+    let guard = replica.log().lock().unwrap();
+    let log = guard.as_ref().expect("log open");
+    let mut offset = log.log_start_offset();
+    let mut out = Vec::new();
+    while offset < hw {
+        let batches = log.read(offset, 1 << 20, hw).expect("read");
+        let Some(last) = batches.last() else { break };
+        offset = last.next_offset();
+        for batch in batches.iter().filter(|b| !b.is_control()) {
+            for record in batch.records() {
+                let record = record.expect("record decodes");
+                out.push((record.offset, String::from_utf8(record.value.unwrap().to_vec()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+async fn with_deadline(test: impl Future<Output = ()>) {
+    init_tracing();
+    tokio::time::timeout(TEST_DEADLINE, test).await.expect("test finishes within its deadline");
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_leader_crash() {
+    with_deadline(async {
+        let mut cluster = Cluster::start(3).await;
+        let mut acknowledged: Vec<(u64, String)> = Vec::new();
+        let mut down = None;
+        for i in 0..90 {
+            if i == 30 {
+                // Restarted at once, a leader may take its term back.
+                let leader = cluster.leader().await;
+                tracing::info!(broker = cluster.hosts[leader].id, "crashing the leader; it restarts at once");
+                cluster.hosts[leader].crash_and_restart(i).await;
+            }
+            if i == 50 {
+                // Kept down, it must be replaced by an elected follower.
+                let leader = cluster.leader().await;
+                tracing::info!(broker = cluster.hosts[leader].id, "crashing the leader; it stays down");
+                cluster.hosts[leader].crash(i).await;
+                down = Some(leader);
+            }
+            if i == 70 {
+                let host = down.take().unwrap();
+                assert_ne!(cluster.leader().await, host, "a new leader took over");
+                cluster.hosts[host].open().await;
+            }
+            let value = format!("m{i}");
+            let applied = cluster.write(&value, Acks::All).await.expect("acks=all reports where the batch landed");
+            assert_eq!(applied.next_offset, applied.base_offset + 1);
+            acknowledged.push((applied.base_offset, value));
+        }
+        let end = acknowledged.last().unwrap().0 + 1;
+        cluster.wait_committed_everywhere(end).await;
+
+        let logs: Vec<Vec<(u64, String)>> = cluster.hosts.iter().map(|h| committed_messages(h.replica())).collect();
+        for (host, log) in cluster.hosts.iter().zip(&logs) {
+            assert_eq!(log, &logs[0], "broker {} holds the same committed messages as broker 1", host.id);
+            let at: BTreeMap<u64, &String> = log.iter().map(|(offset, value)| (*offset, value)).collect();
+            for (offset, value) in &acknowledged {
+                assert_eq!(at.get(offset), Some(&value), "broker {}: acknowledged {value} at {offset}", host.id);
+            }
+        }
+        // Offsets only grow, and acknowledged writes are in the order they
+        // were acknowledged.
+        assert!(logs[0].windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(acknowledged.windows(2).all(|w| w[0].0 < w[1].0), "{acknowledged:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn weaker_acks_answer_before_commit_and_still_replicate() {
+    with_deadline(async {
+        let cluster = Cluster::start(3).await;
+        let first = cluster.write("leader-1", Acks::Leader).await.expect("acks=leader reports the offset");
+        let none = cluster.write("none-1", Acks::None).await;
+        assert_eq!(none, None, "acks=none waits for nothing, so it knows no offset");
+        let last = cluster.write("all-1", Acks::All).await.expect("acks=all reports the offset");
+        assert!(first.base_offset < last.base_offset);
+        cluster.wait_committed_everywhere(last.next_offset).await;
+        for host in &cluster.hosts {
+            let values: Vec<String> = committed_messages(host.replica()).into_iter().map(|(_, v)| v).collect();
+            assert_eq!(values, ["leader-1", "none-1", "all-1"], "broker {}", host.id);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_follower_refuses_writes_and_names_the_leader() {
+    with_deadline(async {
+        let cluster = Cluster::start(3).await;
+        let leader = cluster.leader().await;
+        cluster.write("settle", Acks::All).await;
+        let follower = (leader + 1) % cluster.hosts.len();
+        for acks in [Acks::All, Acks::Leader, Acks::None] {
+            let error =
+                cluster.hosts[follower].replica().propose(batch("x"), acks).await.expect_err("follower refuses");
+            match error {
+                ProposeError::NotLeader { group, leader: Some((id, address)) } => {
+                    assert_eq!(group, GROUP);
+                    assert_eq!(id, cluster.hosts[leader].id, "{acks:?}");
+                    assert_eq!(address, cluster.hosts[leader].address, "{acks:?}");
+                }
+                other => panic!("{acks:?}: expected NotLeader with a hint, got {other:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_single_replica_group_commits_and_recovers() {
+    with_deadline(async {
+        let mut cluster = Cluster::start(1).await;
+        let mut acknowledged = Vec::new();
+        for i in 0..20 {
+            let applied = cluster.write(&format!("v{i}"), Acks::All).await.unwrap();
+            acknowledged.push((applied.base_offset, format!("v{i}")));
+        }
+        cluster.hosts[0].crash_and_restart(7).await;
+        let next = cluster.write("after", Acks::All).await.unwrap();
+        acknowledged.push((next.base_offset, "after".to_string()));
+        cluster.wait_committed_everywhere(next.next_offset).await;
+        let log = committed_messages(cluster.hosts[0].replica());
+        assert_eq!(log, acknowledged);
+    })
+    .await;
+}
