@@ -24,8 +24,6 @@ pub struct BrokerConfig {
     pub fetch_bytes_max: usize,
     /// Cap on a long poll's wait.
     pub fetch_wait_ms_max: u32,
-    /// acks=none writes become durable and visible within this long.
-    pub flush_interval_ms: i64,
     pub retention_check_interval_ms: i64,
     /// Committed offsets are snapshotted and older segments dropped once
     /// their partition outgrows this.
@@ -44,7 +42,6 @@ impl Default for BrokerConfig {
             fetch_bytes_default: 1 << 20,
             fetch_bytes_max: 16 << 20,
             fetch_wait_ms_max: 30_000,
-            flush_interval_ms: 50,
             retention_check_interval_ms: 60_000,
             offsets_bytes_max: 64 << 20,
             offsets_segment_bytes: 16 << 20,

@@ -16,6 +16,7 @@ use crate::log::{Batch, BatchBuilder, FlushPolicy, LogConfig, Record, RecordHead
 use crate::meta::topics::{TopicConfig, TopicError, TopicRecord, Topics, INTERNAL_TOPIC_PREFIX};
 use crate::meta::MetaStore;
 use crate::proto;
+use crate::raft::{raft_config, Acks, Connections, GroupId, ReplicaEnv, Router};
 use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
 
@@ -26,13 +27,20 @@ struct TopicState {
     partitions: Vec<Arc<Partition>>,
 }
 
-#[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
     topics: Topics,
     disk: Arc<dyn Disk>,
     clock: Arc<dyn Clock>,
+    /// How this broker's partition replicas reach their peers.
+    replicas: ReplicaEnv,
     open: RwLock<BTreeMap<String, Arc<TopicState>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("broker_id", &self.config.broker_id).finish()
+    }
 }
 
 use crate::sys::task::blocking;
@@ -69,8 +77,23 @@ impl Broker {
         disk: Arc<dyn Disk>,
         clock: Arc<dyn Clock>,
     ) -> BrokerResult<Arc<Self>> {
-        let broker =
-            Arc::new(Self { config, topics: Topics::new(store), disk, clock, open: RwLock::new(BTreeMap::new()) });
+        let node_id = config.broker_id;
+        let replicas = ReplicaEnv {
+            node_id,
+            disk: disk.clone(),
+            clock: clock.clone(),
+            connections: Connections::new(node_id),
+            router: Router::new(),
+            raft_config: raft_config(),
+        };
+        let broker = Arc::new(Self {
+            config,
+            topics: Topics::new(store),
+            disk,
+            clock,
+            replicas,
+            open: RwLock::new(BTreeMap::new()),
+        });
         let records = broker.topics.list().await?;
         let wanted: Vec<String> = records.iter().map(Self::topic_dir_name).collect();
         let topics_dir = broker.config.data_dir.join("topics");
@@ -101,6 +124,16 @@ impl Broker {
         self.clock.clone()
     }
 
+    /// Where Raft messages for this broker's replicas are delivered.
+    pub fn raft_router(&self) -> Arc<Router> {
+        self.replicas.router.clone()
+    }
+
+    /// The address other brokers reach this one at.
+    fn advertised_address(&self) -> String {
+        self.config.listen.to_string()
+    }
+
     fn topic_dir_name(record: &TopicRecord) -> String {
         format!("{}-{:016x}", record.name, record.id)
     }
@@ -118,9 +151,8 @@ impl Broker {
             segment_bytes_max: config.segment_bytes.unwrap_or(defaults.segment_bytes_max),
             retention_bytes: if internal { None } else { config.retention_bytes },
             retention_ms: if internal { None } else { config.retention_ms.or(defaults.retention_ms) },
-            // acks=all/leader flush before answering; this bounds how long
-            // an acks=none write waits to become durable and visible.
-            flush: FlushPolicy::Interval { interval_ms: self.config.flush_interval_ms },
+            // Raft fsyncs every append before it counts the entry.
+            flush: FlushPolicy::Explicit,
             ..defaults
         }
     }
@@ -128,25 +160,18 @@ impl Broker {
     async fn open_topic(&self, record: TopicRecord) -> BrokerResult<Arc<TopicState>> {
         let dir = self.topic_dir(&record);
         let log_config = self.log_config(&record);
-        let (disk, clock, name, partitions) =
-            (self.disk.clone(), self.clock.clone(), record.name.clone(), record.config.partitions);
-        let opened = blocking(move || {
-            (0..partitions)
-                .map(|index| {
-                    Partition::open(
-                        &name,
-                        index,
-                        &dir.join(index.to_string()),
-                        disk.clone(),
-                        log_config.clone(),
-                        clock.clone(),
-                    )
-                    .map(Arc::new)
-                    .map_err(BrokerError::from)
-                })
-                .collect::<BrokerResult<Vec<_>>>()
-        })
-        .await?;
+        // One broker: every partition's group is this broker alone.
+        let members = BTreeMap::from([(self.config.broker_id, self.advertised_address())]);
+        let opening =
+            (0..record.config.partitions).map(|index| {
+                let group = GroupId { topic_id: record.id, partition: index };
+                let dir = dir.join(index.to_string());
+                let (log_config, members, name) = (log_config.clone(), &members, &record.name);
+                async move {
+                    Partition::open(name, index, group, &dir, &self.replicas, log_config, members).await.map(Arc::new)
+                }
+            });
+        let opened = futures::future::try_join_all(opening).await?;
         let state = Arc::new(TopicState { record, partitions: opened });
         self.open.write().unwrap_or_else(|p| p.into_inner()).insert(state.record.name.clone(), state.clone());
         Ok(state)
@@ -217,14 +242,14 @@ impl Broker {
     pub async fn delete_topic(&self, name: &str) -> BrokerResult<()> {
         let record = self.topics.delete(name).await?;
         let state = self.open.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        if let Some(state) = state {
+            for partition in &state.partitions {
+                partition.close().await?;
+            }
+        }
         let dir = self.topic_dir(&record);
         let disk = self.disk.clone();
         blocking(move || {
-            if let Some(state) = state {
-                for partition in &state.partitions {
-                    partition.close()?;
-                }
-            }
             disk.remove_dir_all(&dir).map_err(|e| BrokerError::new(ErrorCode::StorageFailed, e.to_string()))?;
             if let Some(parent) = dir.parent() {
                 let _ = disk.sync_dir(parent);
@@ -337,15 +362,19 @@ impl Broker {
         let partition = self.partition(&request.topic, request.partition)?;
         let acks = proto::Acks::try_from(request.acks)
             .map_err(|_| BrokerError::invalid(format!("unknown acks value {}", request.acks)))?;
+        let acks = match acks {
+            proto::Acks::All | proto::Acks::Unspecified => Acks::All,
+            proto::Acks::Leader => Acks::Leader,
+            proto::Acks::None => Acks::None,
+        };
         let batch = self.batch_from_request(&request)?;
         let record_count = batch.record_count();
-        let flush = acks != proto::Acks::None;
-        let target = partition.clone();
-        let appended = blocking(move || target.append(batch, flush)).await?;
+        let applied = partition.append(batch, acks).await?;
         Ok(proto::ProduceResponse {
-            base_offset: appended.base_offset,
+            base_offset: applied.map_or(0, |a| a.base_offset),
             record_count,
             high_watermark: partition.high_watermark(),
+            offset_known: applied.is_some(),
         })
     }
 
@@ -421,19 +450,14 @@ impl Broker {
 
     // ---- background work ----
 
-    /// Flushes by interval and applies retention, until the broker is
-    /// dropped. Storage failures are logged; the partition reports them.
+    /// Applies retention now and then, until the broker is dropped.
+    /// Storage failures are logged; the partition reports them.
     pub async fn run_maintenance(self: Arc<Self>) {
-        let interval = Duration::from_millis(self.config.flush_interval_ms.max(1) as u64);
-        let retention_every = (self.config.retention_check_interval_ms / self.config.flush_interval_ms.max(1)).max(1);
-        let mut tick: i64 = 0;
+        let interval = Duration::from_millis(self.config.retention_check_interval_ms.max(1) as u64);
         loop {
             tokio::time::sleep(interval).await;
-            tick += 1;
-            let retention = tick % retention_every == 0;
             for partition in self.partitions() {
-                let target = partition.clone();
-                if let Err(error) = blocking(move || target.maintain(retention)).await {
+                if let Err(error) = partition.maintain(true).await {
                     tracing::warn!(topic = partition.topic(), partition = partition.index(), %error, "maintenance failed");
                 }
             }
@@ -442,8 +466,10 @@ impl Broker {
 
     /// Closes every partition cleanly.
     pub async fn shutdown(&self) -> BrokerResult<()> {
-        let partitions = self.partitions();
-        blocking(move || partitions.iter().try_for_each(|p| p.close())).await
+        for partition in self.partitions() {
+            partition.close().await?;
+        }
+        Ok(())
     }
 }
 

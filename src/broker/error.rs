@@ -8,14 +8,18 @@ use crate::log::LogError;
 use crate::meta::topics::TopicError;
 use crate::meta::MetaError;
 pub use crate::proto::ErrorCode;
+use crate::raft::ProposeError;
 
 pub const ERROR_CODE_METADATA: &str = "weir-error-code";
 pub const ERROR_NAME_METADATA: &str = "weir-error";
+pub const LEADER_METADATA: &str = "weir-leader";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerError {
     pub code: ErrorCode,
     pub message: String,
+    /// With [`ErrorCode::NotLeader`]: the leader's address, if known.
+    pub leader: Option<String>,
 }
 
 pub type BrokerResult<T> = Result<T, BrokerError>;
@@ -30,7 +34,7 @@ impl std::error::Error for BrokerError {}
 
 impl BrokerError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), leader: None }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -45,7 +49,7 @@ impl BrokerError {
     pub fn grpc_code(code: ErrorCode) -> Code {
         match code {
             ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => Code::NotFound,
-            ErrorCode::UnknownMember | ErrorCode::IllegalGeneration | ErrorCode::NotAssigned => {
+            ErrorCode::UnknownMember | ErrorCode::IllegalGeneration | ErrorCode::NotAssigned | ErrorCode::NotLeader => {
                 Code::FailedPrecondition
             }
             ErrorCode::RebalanceInProgress => Code::Aborted,
@@ -58,7 +62,9 @@ impl BrokerError {
             | ErrorCode::InvalidRequest => Code::InvalidArgument,
             ErrorCode::OffsetOutOfRange => Code::OutOfRange,
             ErrorCode::StorageFull => Code::ResourceExhausted,
-            ErrorCode::StorageFailed | ErrorCode::MetadataUnavailable => Code::Unavailable,
+            ErrorCode::StorageFailed | ErrorCode::MetadataUnavailable | ErrorCode::PartitionUnavailable => {
+                Code::Unavailable
+            }
             ErrorCode::CorruptData => Code::DataLoss,
             ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
         }
@@ -73,7 +79,8 @@ impl BrokerError {
             .and_then(|v| v.parse::<i32>().ok())
             .and_then(|v| ErrorCode::try_from(v).ok())
             .unwrap_or(ErrorCode::Unspecified);
-        Self { code, message: status.message().to_owned() }
+        let leader = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Self { code, message: status.message().to_owned(), leader }
     }
 }
 
@@ -84,6 +91,9 @@ impl From<BrokerError> for Status {
         metadata.insert(ERROR_CODE_METADATA, (error.code as i32).into());
         if let Ok(name) = error.code.as_str_name().parse() {
             metadata.insert(ERROR_NAME_METADATA, name);
+        }
+        if let Some(leader) = error.leader.as_deref().and_then(|l| l.parse().ok()) {
+            metadata.insert(LEADER_METADATA, leader);
         }
         status
     }
@@ -100,6 +110,19 @@ impl From<LogError> for BrokerError {
             LogError::NotBatchBoundary { .. } | LogError::Config(_) => ErrorCode::Internal,
         };
         Self::new(code, error.to_string())
+    }
+}
+
+impl From<ProposeError> for BrokerError {
+    fn from(error: ProposeError) -> Self {
+        match &error {
+            ProposeError::NotLeader { leader: Some((_, address)), .. } => {
+                Self { code: ErrorCode::NotLeader, message: error.to_string(), leader: Some(address.clone()) }
+            }
+            ProposeError::NotLeader { leader: None, .. } | ProposeError::Unavailable { .. } => {
+                Self::new(ErrorCode::PartitionUnavailable, error.to_string())
+            }
+        }
     }
 }
 
@@ -133,6 +156,19 @@ mod tests {
         assert_eq!(status.code(), Code::NotFound);
         assert!(status.message().contains("nope"));
         assert_eq!(status.metadata().get(ERROR_NAME_METADATA).unwrap(), "UNKNOWN_TOPIC");
+        assert_eq!(BrokerError::from_status(&status), error);
+    }
+
+    #[test]
+    fn not_leader_carries_the_leader_address() {
+        let error = BrokerError {
+            code: ErrorCode::NotLeader,
+            message: "ask the leader".into(),
+            leader: Some("10.0.0.7:9092".into()),
+        };
+        let status = Status::from(error.clone());
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.metadata().get(LEADER_METADATA).unwrap(), "10.0.0.7:9092");
         assert_eq!(BrokerError::from_status(&status), error);
     }
 }

@@ -1,29 +1,34 @@
-//! One partition on this broker: its log, and the high watermark that
-//! consumers read up to and long polls wait on.
+//! One partition on this broker: its replica of the partition's Raft group
+//! (whose log is the partition log), and the high watermark that consumers
+//! read up to and long polls wait on.
 //!
-//! On a single node the high watermark is the log's flushed offset: nothing
-//! that a crash could take back is ever served. Log calls block on disk I/O;
-//! callers run them on the blocking pool.
+//! The high watermark is the offset after the last committed entry: nothing
+//! a failover or crash could take back is ever served. Log calls block on
+//! disk I/O; callers run them on the blocking pool.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::error::{BrokerError, BrokerResult, ErrorCode};
-use crate::log::{Appended, Batch, LogConfig, LogError, PartitionLog};
+use crate::log::{Batch, LogConfig, LogError, PartitionLog};
 use crate::proto::PartitionDescription;
-use crate::sys::clock::Clock;
-use crate::sys::disk::Disk;
+use crate::raft::log_store::lock_log;
+use crate::raft::{Acks, Applied, GroupId, NodeId, Replica, ReplicaEnv};
+
+/// How long opening a single-replica partition waits for it to elect
+/// itself and catch up with its log.
+const SELF_ELECTION_PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct Partition {
     topic: String,
     index: u32,
     dir: PathBuf,
-    /// `None` once the partition is closed (topic deleted, broker stopping).
-    log: Mutex<Option<PartitionLog>>,
-    high_watermark: watch::Sender<u64>,
+    replica: Replica,
+    high_watermark: watch::Receiver<u64>,
 }
 
 /// What a read returns besides the batches.
@@ -35,17 +40,33 @@ pub struct Bounds {
 }
 
 impl Partition {
-    pub fn open(
+    /// Opens this broker's replica of the partition and, for a new group,
+    /// proposes `members` (broker id → address) as its first membership.
+    /// A group whose only member is this broker is ready on return.
+    pub async fn open(
         topic: &str,
         index: u32,
+        group: GroupId,
         dir: &Path,
-        disk: Arc<dyn Disk>,
+        env: &ReplicaEnv,
         config: LogConfig,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, LogError> {
-        let log = PartitionLog::open(disk, dir, config, clock)?;
-        let high_watermark = watch::channel(log.flushed_offset()).0;
-        Ok(Self { topic: topic.to_owned(), index, dir: dir.to_path_buf(), log: Mutex::new(Some(log)), high_watermark })
+        members: &BTreeMap<NodeId, String>,
+    ) -> BrokerResult<Self> {
+        let replica = Replica::open(env, group, dir, config)
+            .await
+            .map_err(|e| BrokerError::new(ErrorCode::StorageFailed, format!("opening {topic}/{index}: {e}")))?;
+        replica.bootstrap(members).await.map_err(|e| BrokerError::new(ErrorCode::Internal, e))?;
+        if members.len() == 1
+            && members.contains_key(&env.node_id)
+            && !replica.wait_caught_up(SELF_ELECTION_PATIENCE).await
+        {
+            return Err(BrokerError::new(
+                ErrorCode::PartitionUnavailable,
+                format!("{topic}/{index} did not elect its only replica within {SELF_ELECTION_PATIENCE:?}"),
+            ));
+        }
+        let high_watermark = replica.high_watermark();
+        Ok(Self { topic: topic.to_owned(), index, dir: dir.to_path_buf(), replica, high_watermark })
     }
 
     pub fn topic(&self) -> &str {
@@ -60,30 +81,19 @@ impl Partition {
         &self.dir
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<PartitionLog>> {
-        self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub fn replica(&self) -> &Replica {
+        &self.replica
     }
 
     fn with_log<T>(&self, f: impl FnOnce(&mut PartitionLog) -> Result<T, LogError>) -> BrokerResult<T> {
-        let mut guard = self.lock();
+        let mut guard = lock_log(self.replica.log());
         let Some(log) = guard.as_mut() else {
             return Err(BrokerError::new(
                 ErrorCode::UnknownPartition,
                 format!("partition {}/{} is closed", self.topic, self.index),
             ));
         };
-        let result = f(log);
-        self.publish(log);
-        result.map_err(BrokerError::from)
-    }
-
-    fn publish(&self, log: &PartitionLog) {
-        let flushed = log.flushed_offset();
-        self.high_watermark.send_if_modified(|hw| {
-            let changed = *hw != flushed;
-            *hw = flushed;
-            changed
-        });
+        f(log).map_err(BrokerError::from)
     }
 
     pub fn high_watermark(&self) -> u64 {
@@ -91,28 +101,18 @@ impl Partition {
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.high_watermark.subscribe()
+        self.high_watermark.clone()
     }
 
-    /// Appends a batch; with `flush`, returns once it is durable.
-    pub fn append(&self, batch: Batch, flush: bool) -> BrokerResult<Appended> {
-        self.with_log(|log| {
-            let appended = log.append(batch)?;
-            if flush {
-                log.flush()?;
-            }
-            Ok(appended)
-        })
+    /// Proposes a batch to the partition's group; returns where it landed
+    /// once `acks` is met (`None` for `Acks::None`).
+    pub async fn append(&self, batch: Batch, acks: Acks) -> BrokerResult<Option<Applied>> {
+        Ok(self.replica.propose(batch, acks).await?)
     }
 
-    /// Makes everything appended durable and visible.
-    pub fn flush(&self) -> BrokerResult<()> {
-        self.with_log(|log| log.flush().map(drop))
-    }
-
-    /// Deletes the whole segments below `offset` (not the active one).
-    pub fn delete_before(&self, offset: u64) -> BrokerResult<usize> {
-        self.with_log(|log| log.delete_before(offset))
+    /// Lets the whole segments below `offset` go (not the active one).
+    pub async fn delete_before(&self, offset: u64) -> BrokerResult<()> {
+        self.replica.purge_before(offset).await.map_err(|e| BrokerError::new(ErrorCode::StorageFailed, e))
     }
 
     pub fn bounds(&self) -> BrokerResult<Bounds> {
@@ -145,17 +145,19 @@ impl Partition {
         self.with_log(|log| Ok(log.offset_for_timestamp(timestamp_ms)?.filter(|offset| *offset < high_watermark)))
     }
 
-    /// Periodic work: the interval flush (publishing the new high watermark)
-    /// and retention (never past the high watermark).
-    pub fn maintain(&self, retention: bool) -> BrokerResult<()> {
-        self.with_log(|log| {
-            log.flush_if_due()?;
-            if retention {
-                let upper = log.flushed_offset();
-                log.apply_retention(upper)?;
-            }
-            Ok(())
-        })
+    /// Periodic work: retention, never past the high watermark, through
+    /// Raft so that no replica still needs what goes.
+    pub async fn maintain(&self, retention: bool) -> BrokerResult<()> {
+        // Every replica purges its own log (openraft's purge is local).
+        if !retention {
+            return Ok(());
+        }
+        let high_watermark = self.high_watermark();
+        let (start, point) = self.with_log(|log| Ok((log.log_start_offset(), log.retention_point(high_watermark))))?;
+        if point > start {
+            self.delete_before(point).await?;
+        }
+        Ok(())
     }
 
     pub fn describe(&self) -> BrokerResult<PartitionDescription> {
@@ -173,11 +175,9 @@ impl Partition {
         })
     }
 
-    /// Closes the log cleanly; later calls fail as for an unknown partition.
-    pub fn close(&self) -> BrokerResult<()> {
-        match self.lock().take() {
-            Some(log) => log.close().map_err(BrokerError::from),
-            None => Ok(()),
-        }
+    /// Stops the replica and closes the log cleanly; later calls fail as
+    /// for an unknown partition.
+    pub async fn close(&self) -> BrokerResult<()> {
+        self.replica.shutdown().await.map_err(|e| BrokerError::new(ErrorCode::StorageFailed, e))
     }
 }

@@ -17,6 +17,9 @@ use crate::proto::admin_server::AdminServer;
 use crate::proto::consumer_server::ConsumerServer;
 use crate::proto::groups_server::GroupsServer;
 use crate::proto::producer_server::ProducerServer;
+use crate::proto::raft_server::RaftServer;
+use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
+use crate::raft::RaftService;
 use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
 use crate::sys::reflection::with_reflection;
@@ -83,6 +86,11 @@ pub async fn serve(
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         )
         .add_service(GroupsServer::new(service.clone()))
+        .add_service(
+            RaftServer::new(RaftService::new(broker.config().broker_id, broker.raft_router()))
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX),
+        )
         .add_service(
             ConsumerServer::new(service)
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::error::{BrokerError, BrokerResult, ErrorCode};
 use crate::broker::partition::Partition;
 use crate::log::{BatchBuilder, Record};
+use crate::raft::Acks;
 use crate::sys::task::blocking;
 
 /// Records per batch when writing a snapshot.
@@ -116,8 +117,7 @@ impl OffsetStore {
             builder.push(&encode(key, value, now_ms));
         }
         let batch = builder.build().map_err(|e| BrokerError::new(ErrorCode::Internal, e.to_string()))?;
-        let partition = self.partition.clone();
-        blocking(move || partition.append(batch, true)).await?;
+        self.partition.append(batch, Acks::All).await?;
         self.lock().extend(entries);
         self.maybe_snapshot(now_ms).await
     }
@@ -130,23 +130,19 @@ impl OffsetStore {
             return Ok(());
         }
         let entries: Vec<(OffsetKey, Committed)> = self.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let partition = self.partition.clone();
-        blocking(move || {
-            let start = partition.bounds()?.log_end_offset;
-            for chunk in entries.chunks(SNAPSHOT_RECORDS_PER_BATCH) {
-                let mut builder = BatchBuilder::new();
-                for (key, value) in chunk {
-                    builder.push(&encode(key, value, now_ms));
-                }
-                let batch = builder.build().map_err(|e| BrokerError::new(ErrorCode::Internal, e.to_string()))?;
-                partition.append(batch, false)?;
+        let start = self.partition.bounds()?.log_end_offset;
+        for chunk in entries.chunks(SNAPSHOT_RECORDS_PER_BATCH) {
+            let mut builder = BatchBuilder::new();
+            for (key, value) in chunk {
+                builder.push(&encode(key, value, now_ms));
             }
-            partition.flush()?;
-            let deleted = partition.delete_before(start)?;
-            tracing::info!(size, deleted, "committed offsets snapshotted");
-            Ok(())
-        })
-        .await
+            let batch = builder.build().map_err(|e| BrokerError::new(ErrorCode::Internal, e.to_string()))?;
+            self.partition.append(batch, Acks::All).await?;
+        }
+        // The segments before the rewrite go once Raft has purged them.
+        self.partition.delete_before(start).await?;
+        tracing::info!(size, "committed offsets snapshotted");
+        Ok(())
     }
 
     /// Durably forgets every committed offset of `topic` (it was deleted,
@@ -163,8 +159,7 @@ impl OffsetStore {
             builder.push(&Record { timestamp_ms: now_ms, key: Some(key), ..Record::default() });
         }
         let batch = builder.build().map_err(|e| BrokerError::new(ErrorCode::Internal, e.to_string()))?;
-        let partition = self.partition.clone();
-        blocking(move || partition.append(batch, true)).await?;
+        self.partition.append(batch, Acks::All).await?;
         let mut committed = self.lock();
         for key in &doomed {
             committed.remove(key);

@@ -12,7 +12,7 @@
 //! 28  u32  batch_len          whole batch, header included
 //! 32  u8   version            = 1
 //! 33  u8   reserved           = 0
-//! 34  u16  attributes         bit 5: control (a Raft entry, not messages)
+//! 34  u16  attributes         compression, transactional (none yet)
 //! 36  u32  body_crc           CRC32C of the records, [74..batch_len)
 //! 40  u32  record_count       >= 1
 //! 44  i64  first_timestamp_ms
@@ -28,9 +28,9 @@
 //! re-seals only the 70-byte header with `head_crc` instead of re-reading the
 //! body. Together they cover every byte, so any flipped byte is detected.
 //!
-//! Each batch is one Raft log entry. A control batch carries an entry that is
-//! not messages (a new leader's blank entry, a membership change) in its one
-//! record's value; it takes one offset, and consumers never see it.
+//! Each batch is one Raft log entry; `raft_index` names it. (Raft's other
+//! entries, a leader's blank entry and membership changes, are kept beside
+//! the log and take no offset: see `raft::log_store`.)
 //!
 //! Each record, varint-encoded (zigzag for signed):
 //!
@@ -52,8 +52,6 @@ pub const BATCH_HEADER_BYTES: usize = 74;
 pub const BATCH_BYTES_MAX: usize = 16 << 20;
 /// `producer_id` of a batch from a producer that is not idempotent.
 pub const PRODUCER_ID_NONE: i64 = -1;
-/// Attribute bit of a control batch (see the module doc).
-pub const ATTR_CONTROL: u16 = 1 << 5;
 
 const HEAD_CRC_AT: usize = 24;
 const BODY_CRC_AT: usize = 36;
@@ -192,10 +190,6 @@ impl BatchHeader {
         self.next_offset() - 1
     }
 
-    pub fn is_control(&self) -> bool {
-        self.attributes & ATTR_CONTROL != 0
-    }
-
     fn encode(&self, out: &mut [u8]) {
         out[0..8].copy_from_slice(&self.base_offset.to_le_bytes());
         out[8..16].copy_from_slice(&self.term.to_le_bytes());
@@ -315,10 +309,6 @@ impl Batch {
         self.header.raft_index
     }
 
-    pub fn is_control(&self) -> bool {
-        self.header.is_control()
-    }
-
     /// The same batch placed at `base_offset`, as Raft entry `raft_index` of
     /// `term` (both 0 outside Raft): rewrites the mutable header fields and
     /// re-seals the header. The body is untouched.
@@ -423,7 +413,6 @@ pub struct BatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
-    attributes: u16,
     scratch: Vec<u8>,
 }
 
@@ -453,7 +442,6 @@ impl BatchBuilder {
             producer_id: PRODUCER_ID_NONE,
             producer_epoch: -1,
             base_sequence: -1,
-            attributes: 0,
             scratch: Vec::new(),
         }
     }
@@ -463,12 +451,6 @@ impl BatchBuilder {
         self.producer_id = id;
         self.producer_epoch = epoch;
         self.base_sequence = base_sequence;
-        self
-    }
-
-    /// Marks the batch as a control batch (see the module doc).
-    pub fn control(mut self) -> Self {
-        self.attributes |= ATTR_CONTROL;
         self
     }
 
@@ -519,7 +501,7 @@ impl BatchBuilder {
             term: 0,
             raft_index: 0,
             batch_len: batch_len as u32,
-            attributes: self.attributes,
+            attributes: 0,
             body_crc: crc32c::crc32c(&self.body),
             record_count: self.record_count,
             first_timestamp_ms: self.first_timestamp_ms,

@@ -376,6 +376,27 @@ impl PartitionLog {
         })
     }
 
+    /// Where [`PartitionLog::apply_retention`] would start the log: the
+    /// base of the oldest segment retention keeps (with nothing to delete,
+    /// the log start). For a caller, such as Raft, that must agree to the
+    /// deletion before it happens.
+    pub fn retention_point(&self, upper: u64) -> u64 {
+        let now_ms = self.clock.now_ms();
+        let (retention_bytes, retention_ms) = (self.config.retention_bytes, self.config.retention_ms);
+        let mut total = self.size_bytes();
+        let mut point = self.log_start_offset;
+        for segment in self.segments.values().take(self.segments.len() - 1) {
+            let by_size = retention_bytes.is_some_and(|limit| total - segment.size() >= limit);
+            let by_age = retention_ms.is_some_and(|age| now_ms.saturating_sub(segment.max_timestamp_ms()) > age);
+            if segment.next_offset() > upper || !(by_size || by_age) {
+                break;
+            }
+            total -= segment.size();
+            point = point.max(segment.next_offset());
+        }
+        point
+    }
+
     /// Deletes every whole segment below `upper` but the active one, e.g.
     /// once a snapshot at `upper` makes what came before redundant.
     pub fn delete_before(&mut self, upper: u64) -> LogResult<usize> {

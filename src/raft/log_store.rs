@@ -1,18 +1,19 @@
 //! openraft's log storage over the partition log: the partition log *is* the
-//! Raft log, so every byte is written once.
+//! Raft log, so every byte of a message is written once.
 //!
-//! Entry `i` is one batch whose header carries `raft_index = i` and the term
-//! of the leader that proposed it; a proposal is stored as the producer's
-//! batch, any other entry as a control batch (see [`super::types`]). Message
-//! offsets follow from the log order: an entry's batch starts where the
-//! previous one ended, on every replica alike.
+//! A proposal's entry is the producer's batch, whose header carries the
+//! entry's Raft index and term; message offsets follow from the log order,
+//! the same on every replica. Raft's other entries (a new leader's blank
+//! entry, membership changes) are rare and hold no messages: they live in a
+//! small [`ControlFile`] beside the segments and take no offset, so the
+//! offsets consumers see are dense.
 //!
-//! An in-memory index maps each Raft index in the log to its batch's base
-//! offset and term (16 bytes per entry), rebuilt from the batch headers when
-//! the group opens. The vote and the purge point live in a small state file
-//! beside the segments.
+//! An in-memory index maps each Raft index to its place (base offset and
+//! term; 16 bytes per batch), rebuilt from the batch headers and the control
+//! file when the group opens. The vote and the purge point live in a small
+//! state file.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
@@ -22,10 +23,10 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, CommittedLeaderId, EntryPayload, OptionalSend, RaftLogReader, StorageIOError};
 use serde::{Deserialize, Serialize};
 
+use super::control_file::{ControlFile, ControlRecord};
 use super::state_file;
-use super::types::{batch_to_payload, payload_to_batch, Entry, LogId, StorageError, TypeConfig, Vote};
+use super::types::{Control, Entry, LogId, Proposal, StorageError, TypeConfig, Vote};
 use crate::log::{Batch, PartitionLog};
-use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
 use crate::sys::task::blocking;
 
@@ -52,37 +53,55 @@ struct HardState {
     purged: Option<LogId>,
 }
 
-/// Raft index → (base offset, term) for every entry in the log.
-#[derive(Debug, Default)]
+/// One Raft entry's place: a batch at `offset`, or a control entry (which
+/// sits, taking no room, at the offset of the next batch).
+#[derive(Debug, Clone)]
+struct Slot {
+    offset: u64,
+    term: u64,
+    control: Option<Box<Control>>,
+}
+
+#[derive(Debug)]
 struct EntryIndex {
-    /// Raft index of `entries[0]`, or of the next entry when empty.
+    /// Raft index of `slots[0]`, or of the next entry when empty.
     first: u64,
-    entries: VecDeque<(u64, u64)>,
+    slots: VecDeque<Slot>,
     hard: HardState,
+    control_file: ControlFile,
 }
 
 impl EntryIndex {
     fn next_index(&self) -> u64 {
-        self.first + self.entries.len() as u64
+        self.first + self.slots.len() as u64
     }
 
     fn last_log_id(&self) -> Option<LogId> {
-        match self.entries.back() {
-            Some(&(_, term)) => Some(log_id(term, self.next_index() - 1)),
+        match self.slots.back() {
+            Some(slot) => Some(log_id(slot.term, self.next_index() - 1)),
             None => self.hard.purged,
         }
     }
 
-    fn get(&self, index: u64) -> Option<(u64, u64)> {
+    fn get(&self, index: u64) -> Option<&Slot> {
         let position = index.checked_sub(self.first)?;
-        self.entries.get(usize::try_from(position).ok()?).copied()
+        self.slots.get(usize::try_from(position).ok()?)
+    }
+
+    /// The control entries still in the log, as the control file holds them.
+    fn control_records(&self) -> Vec<ControlRecord> {
+        (self.first..)
+            .zip(&self.slots)
+            .filter_map(|(index, slot)| {
+                slot.control.as_ref().map(|c| ControlRecord { index, term: slot.term, control: (**c).clone() })
+            })
+            .collect()
     }
 }
 
 struct Shared {
     dir: PathBuf,
     disk: Arc<dyn Disk>,
-    clock: Arc<dyn Clock>,
     log: SharedLog,
     index: Mutex<EntryIndex>,
 }
@@ -107,43 +126,70 @@ fn read_err(e: impl ToString) -> StorageError {
     StorageIOError::read_logs(AnyError::error(e.to_string())).into()
 }
 
+/// Every batch in the log from its start: (Raft index, base offset, term).
+fn scan_batches(log: &PartitionLog) -> Result<Vec<(u64, u64, u64)>, String> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    let end = log.log_end_offset();
+    while offset < end {
+        let batches = log.read(offset, READ_CHUNK_BYTES, end).map_err(|e| e.to_string())?;
+        let Some(last) = batches.last() else { break };
+        offset = last.next_offset();
+        out.extend(batches.iter().map(|b| (b.raft_index(), b.base_offset(), b.term())));
+    }
+    Ok(out)
+}
+
 impl LogStore {
-    /// Opens the log in `dir` and indexes its entries. Blocks on disk I/O.
-    pub fn open(disk: Arc<dyn Disk>, dir: &Path, log: PartitionLog, clock: Arc<dyn Clock>) -> Result<Self, String> {
+    /// Indexes the entries of `log` (opened in `dir`) and its control file.
+    /// What a crash left after a gap in the entries is cut off: it was never
+    /// acknowledged, as both files are fsynced before an entry counts.
+    /// Blocks on disk I/O.
+    pub fn open(disk: Arc<dyn Disk>, dir: &Path, mut log: PartitionLog) -> Result<Self, String> {
         let hard: HardState = state_file::load(disk.as_ref(), dir, HARD_STATE_FILE)?.unwrap_or_default();
-        let mut index = EntryIndex { first: hard.purged.map_or(0, |p| p.index + 1), entries: VecDeque::new(), hard };
+        let (control_file, records) = ControlFile::open(disk.clone(), dir)?;
+        let records_in_file = records.len();
+        let first = hard.purged.map_or(0, |p| p.index + 1);
+        let mut controls: BTreeMap<u64, ControlRecord> =
+            records.into_iter().filter(|r| r.index >= first).map(|r| (r.index, r)).collect();
         let mut offset = log.log_start_offset();
-        let end = log.log_end_offset();
-        while offset < end {
-            let batches = log.read(offset, READ_CHUNK_BYTES, end).map_err(|e| e.to_string())?;
-            let Some(last) = batches.last() else { break };
-            offset = last.next_offset();
-            for batch in &batches {
-                let raft_index = batch.raft_index();
-                if index.entries.is_empty() && index.hard.purged.is_some_and(|p| raft_index <= p.index) {
-                    // Purged, but in a segment that is not deleted yet.
+        let mut slots = VecDeque::new();
+        let mut batches = scan_batches(&log)?.into_iter().peekable();
+        // Batches a purge covered, in segments not deleted yet.
+        while batches.peek().is_some_and(|&(index, _, _)| index < first) {
+            batches.next();
+            offset = batches.peek().map_or(log.log_end_offset(), |&(_, base, _)| base);
+        }
+        let mut next = first;
+        loop {
+            if let Some(&(index, base, term)) = batches.peek() {
+                if index == next {
+                    slots.push_back(Slot { offset: base, term, control: None });
+                    batches.next();
+                    offset = batches.peek().map_or(log.log_end_offset(), |&(_, next_base, _)| next_base);
+                    next += 1;
                     continue;
                 }
-                if index.entries.is_empty() {
-                    index.first = raft_index;
-                } else if raft_index != index.next_index() {
-                    return Err(format!(
-                        "{}: batch at offset {} is Raft entry {raft_index}, expected {}",
-                        dir.display(),
-                        batch.base_offset(),
-                        index.next_index()
-                    ));
+            }
+            match controls.remove(&next) {
+                Some(record) => {
+                    slots.push_back(Slot { offset, term: record.term, control: Some(Box::new(record.control)) });
+                    next += 1;
                 }
-                index.entries.push_back((batch.base_offset(), batch.term()));
+                None => break,
             }
         }
-        let shared = Shared {
-            dir: dir.to_path_buf(),
-            disk,
-            clock,
-            log: Arc::new(Mutex::new(Some(log))),
-            index: Mutex::new(index),
-        };
+        if let Some((index, base, _)) = batches.next() {
+            tracing::warn!(dir = %dir.display(), index, offset = base, "cutting Raft entries after a gap");
+            log.truncate(base).map_err(|e| e.to_string())?;
+        }
+        let mut index = EntryIndex { first, slots, hard, control_file };
+        let kept = index.control_records();
+        if kept.len() != records_in_file {
+            index.control_file.rewrite(&kept)?;
+        }
+        let shared =
+            Shared { dir: dir.to_path_buf(), disk, log: Arc::new(Mutex::new(Some(log))), index: Mutex::new(index) };
         Ok(Self { shared: Arc::new(shared) })
     }
 
@@ -157,7 +203,22 @@ impl LogStore {
 
     /// Whether the log holds entry `log_id` (same index and term).
     pub fn contains(&self, log_id: &LogId) -> bool {
-        self.index().get(log_id.index).is_some_and(|(_, term)| term == log_id.leader_id.term)
+        self.index().get(log_id.index).is_some_and(|slot| slot.term == log_id.leader_id.term)
+    }
+
+    /// The last entry that ends at or before `offset`: purging up to it
+    /// frees the segments below `offset`.
+    pub fn last_index_before(&self, offset: u64) -> Option<u64> {
+        let index = self.index();
+        // Entries before `k` start at or before `offset`; all but the last
+        // of them also end there.
+        let k = index.slots.partition_point(|slot| slot.offset <= offset) as u64;
+        let ends_before = if k as usize == index.slots.len() && self.log_end_offset().is_ok_and(|end| end <= offset) {
+            k
+        } else {
+            k.saturating_sub(1)
+        };
+        (ends_before > 0).then(|| index.first + ends_before - 1)
     }
 
     /// The offset the next entry's batch gets.
@@ -168,10 +229,9 @@ impl LogStore {
         }
     }
 
-    /// Drops every entry and starts the log over: the next entry is
-    /// `next_index` at offset `next_offset`, and everything up to
-    /// `snapshot` counts as purged. For installing a snapshot the log does
-    /// not reach. Blocks on disk I/O.
+    /// Drops every entry and starts the log over: the next entry is the one
+    /// after `snapshot`, and its batch gets offset `next_offset`. For
+    /// installing a snapshot the log does not reach. Blocks on disk I/O.
     pub fn reset(&self, snapshot: LogId, next_offset: u64) -> Result<(), String> {
         let mut index = self.index();
         let mut guard = lock_log(&self.shared.log);
@@ -181,9 +241,9 @@ impl LogStore {
         state_file::save(self.shared.disk.as_ref(), &self.shared.dir, HARD_STATE_FILE, &hard)?;
         index.hard = hard;
         log.reset_to(next_offset).map_err(|e| e.to_string())?;
-        index.entries.clear();
+        index.slots.clear();
         index.first = snapshot.index + 1;
-        Ok(())
+        index.control_file.rewrite(&[])
     }
 
     fn save_hard(&self, change: impl FnOnce(&mut HardState)) -> Result<(), String> {
@@ -196,25 +256,34 @@ impl LogStore {
     }
 
     fn append_blocking(&self, entries: Vec<Entry>) -> Result<(), String> {
-        let now_ms = self.shared.clock.now_ms();
         let mut index = self.index();
         let mut guard = lock_log(&self.shared.log);
         let log = guard.as_mut().ok_or("partition log is closed")?;
-        let mut durable = Vec::new();
+        let mut durable: Vec<(Proposal, u64)> = Vec::new();
+        let mut controls = Vec::new();
         for entry in entries {
             let expected = index.next_index();
             if entry.log_id.index != expected {
                 return Err(format!("appending Raft entry {} but the log ends before {expected}", entry.log_id.index));
             }
-            let batch = payload_to_batch(&entry.payload, now_ms)?;
             let term = entry.log_id.leader_id.term;
-            let appended = log.append_entry(batch, term, entry.log_id.index).map_err(|e| e.to_string())?;
-            index.entries.push_back((appended.base_offset, term));
-            if let EntryPayload::Normal(proposal) = entry.payload {
-                durable.push((proposal, appended.base_offset));
+            match entry.payload {
+                EntryPayload::Normal(proposal) => {
+                    let batch = proposal.batch.clone();
+                    let appended = log.append_entry(batch, term, expected).map_err(|e| e.to_string())?;
+                    index.slots.push_back(Slot { offset: appended.base_offset, term, control: None });
+                    durable.push((proposal, appended.base_offset));
+                }
+                payload => {
+                    let control = Control::of(&payload).expect("not a proposal");
+                    controls.push(ControlRecord { index: expected, term, control: control.clone() });
+                    let offset = log.log_end_offset();
+                    index.slots.push_back(Slot { offset, term, control: Some(Box::new(control)) });
+                }
             }
         }
         log.flush().map_err(|e| e.to_string())?;
+        index.control_file.append(&controls)?;
         for (proposal, base_offset) in durable {
             proposal.signal_durable(base_offset);
         }
@@ -223,74 +292,88 @@ impl LogStore {
 
     fn truncate_blocking(&self, from: u64) -> Result<(), String> {
         let mut index = self.index();
-        let Some((offset, _)) = index.get(from) else {
-            return if from >= index.next_index() {
-                Ok(())
-            } else {
-                Err(format!("cannot truncate at Raft entry {from}: it was purged"))
-            };
-        };
-        let mut guard = lock_log(&self.shared.log);
-        let log = guard.as_mut().ok_or("partition log is closed")?;
-        log.truncate(offset).map_err(|e| e.to_string())?;
+        if from >= index.next_index() {
+            return Ok(());
+        }
+        if from < index.first {
+            return Err(format!("cannot truncate at Raft entry {from}: it was purged"));
+        }
         let keep = (from - index.first) as usize;
-        index.entries.truncate(keep);
+        let dropped_control = index.slots.range(keep..).any(|slot| slot.control.is_some());
+        let first_batch = index.slots.range(keep..).find(|slot| slot.control.is_none()).map(|slot| slot.offset);
+        if let Some(offset) = first_batch {
+            let mut guard = lock_log(&self.shared.log);
+            let log = guard.as_mut().ok_or("partition log is closed")?;
+            log.truncate(offset).map_err(|e| e.to_string())?;
+        }
+        index.slots.truncate(keep);
+        if dropped_control {
+            let records = index.control_records();
+            index.control_file.rewrite(&records)?;
+        }
         Ok(())
     }
 
     fn purge_blocking(&self, upto: LogId) -> Result<(), String> {
         self.save_hard(|hard| hard.purged = Some(upto))?;
         let mut index = self.index();
-        while index.first <= upto.index && !index.entries.is_empty() {
-            index.entries.pop_front();
+        let mut dropped_control = false;
+        while index.first <= upto.index {
+            let Some(slot) = index.slots.pop_front() else { break };
+            dropped_control |= slot.control.is_some();
             index.first += 1;
         }
         index.first = index.first.max(upto.index + 1);
+        if dropped_control {
+            let records = index.control_records();
+            index.control_file.rewrite(&records)?;
+        }
         let mut guard = lock_log(&self.shared.log);
         let log = guard.as_mut().ok_or("partition log is closed")?;
-        let keep_from = index.entries.front().map_or(log.log_end_offset(), |&(offset, _)| offset);
+        let keep_from = index.slots.front().map_or(log.log_end_offset(), |slot| slot.offset);
         log.delete_before(keep_from).map_err(|e| e.to_string())?;
         Ok(())
     }
 
     fn read_blocking(&self, start: u64, end: u64) -> Result<Vec<Entry>, String> {
-        let (first_offset, purged) = {
+        let slots: Vec<Slot> = {
             let index = self.index();
             let end = end.min(index.next_index());
             if start >= end {
                 return Ok(Vec::new());
             }
-            (index.get(start).map(|(offset, _)| offset), index.hard.purged)
+            if start < index.first {
+                return Err(format!("Raft entry {start} was purged (last purged: {:?})", index.hard.purged));
+            }
+            let from = (start - index.first) as usize;
+            index.slots.range(from..from + (end - start) as usize).cloned().collect()
         };
-        let Some(mut offset) = first_offset else {
-            return Err(format!("Raft entry {start} was purged (last purged: {purged:?})"));
-        };
-        let mut out = Vec::with_capacity((end - start) as usize);
         let guard = lock_log(&self.shared.log);
         let log = guard.as_ref().ok_or("partition log is closed")?;
-        let mut expected = start;
-        while expected < end {
-            let batches: Vec<Batch> = log.read(offset, READ_CHUNK_BYTES, u64::MAX).map_err(|e| e.to_string())?;
-            let Some(last) = batches.last() else {
-                return Err(format!("the log ends at offset {offset}, before Raft entry {expected}"));
-            };
-            offset = last.next_offset();
-            for batch in batches {
-                if expected >= end {
-                    break;
-                }
-                if batch.raft_index() != expected {
-                    return Err(format!(
-                        "batch at offset {} is Raft entry {}, expected {expected}",
-                        batch.base_offset(),
-                        batch.raft_index()
-                    ));
-                }
-                let id = log_id(batch.term(), expected);
-                let payload = batch_to_payload(batch)?;
-                out.push(Entry { log_id: id, payload });
-                expected += 1;
+        let mut out = Vec::with_capacity(slots.len());
+        let mut read_ahead: VecDeque<Batch> = VecDeque::new();
+        for (raft_index, slot) in (start..).zip(slots) {
+            let id = log_id(slot.term, raft_index);
+            if let Some(control) = slot.control {
+                out.push(Entry { log_id: id, payload: control.into_payload() });
+                continue;
             }
+            while read_ahead.front().is_some_and(|b| b.base_offset() < slot.offset) {
+                read_ahead.pop_front();
+            }
+            if read_ahead.front().is_none_or(|b| b.base_offset() != slot.offset) {
+                read_ahead = log.read(slot.offset, READ_CHUNK_BYTES, u64::MAX).map_err(|e| e.to_string())?.into();
+            }
+            let batch = read_ahead.pop_front().ok_or_else(|| format!("no batch at offset {}", slot.offset))?;
+            if batch.base_offset() != slot.offset || batch.raft_index() != raft_index {
+                return Err(format!(
+                    "Raft entry {raft_index} should be the batch at offset {}, found entry {} at {}",
+                    slot.offset,
+                    batch.raft_index(),
+                    batch.base_offset()
+                ));
+            }
+            out.push(Entry { log_id: id, payload: EntryPayload::Normal(Proposal::new(batch)) });
         }
         Ok(out)
     }

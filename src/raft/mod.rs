@@ -10,6 +10,7 @@
 //!
 //! A [`Replica`] is this broker's member of one group.
 
+pub mod control_file;
 pub mod log_store;
 pub mod network;
 pub mod state_file;
@@ -123,6 +124,7 @@ pub struct Replica {
     node_id: NodeId,
     raft: RaftNode,
     log: SharedLog,
+    log_store: LogStore,
     state_machine: StateMachine,
     router: Arc<Router>,
 }
@@ -150,8 +152,8 @@ impl Replica {
     pub async fn open(env: &ReplicaEnv, group: GroupId, dir: &Path, log_config: LogConfig) -> Result<Self, String> {
         let (disk, clock, dir) = (env.disk.clone(), env.clock.clone(), dir.to_path_buf());
         let (log_store, state_machine) = blocking(move || {
-            let log = PartitionLog::open(disk.clone(), &dir, log_config, clock.clone()).map_err(|e| e.to_string())?;
-            let log_store = LogStore::open(disk.clone(), &dir, log, clock)?;
+            let log = PartitionLog::open(disk.clone(), &dir, log_config, clock).map_err(|e| e.to_string())?;
+            let log_store = LogStore::open(disk.clone(), &dir, log)?;
             let state_machine = StateMachine::open(disk, &dir, log_store.clone())?;
             Ok::<_, String>((log_store, state_machine))
         })
@@ -163,7 +165,15 @@ impl Replica {
                 .map_err(|e| format!("starting Raft for group {group}: {e}"))?;
         env.router.register(group, raft.clone());
         tokio::spawn(break_election_ties(raft.clone(), env.node_id));
-        Ok(Self { group, node_id: env.node_id, raft, log: log_store.log(), state_machine, router: env.router.clone() })
+        Ok(Self {
+            group,
+            node_id: env.node_id,
+            raft,
+            log: log_store.log(),
+            log_store,
+            state_machine,
+            router: env.router.clone(),
+        })
     }
 
     pub fn group(&self) -> GroupId {
@@ -259,6 +269,40 @@ impl Replica {
                 Ok(None)
             }
         }
+    }
+
+    /// Waits until the group has a leader and this replica has applied
+    /// everything in its log (after a restart: until what it holds is known
+    /// to be committed). False if that takes longer than `patience`.
+    pub async fn wait_caught_up(&self, patience: Duration) -> bool {
+        let mut metrics = self.raft.metrics();
+        let caught_up = async {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    let applied = m.last_applied.map(|id| id.index);
+                    if m.current_leader.is_some() && applied >= m.last_log_index {
+                        return true;
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(patience, caught_up).await.unwrap_or(false)
+    }
+
+    /// Lets the segments below `offset` go, through Raft: a snapshot covers
+    /// the entries before it, then they are purged. Eventual: openraft
+    /// purges once the snapshot is built and no follower still needs them.
+    pub async fn purge_before(&self, offset: u64) -> Result<(), String> {
+        let Some(upto) = self.log_store.last_index_before(offset) else { return Ok(()) };
+        let covered = self.raft.metrics().borrow().snapshot.is_some_and(|s| s.index >= upto);
+        if !covered {
+            self.raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+        }
+        self.raft.trigger().purge_log(upto).await.map_err(|e| e.to_string())
     }
 
     /// Stops the Raft node and closes the log cleanly.

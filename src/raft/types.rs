@@ -1,7 +1,7 @@
 //! The Raft type configuration every partition group shares, and the entry
 //! payloads: a proposal is one record batch; the entries that are not
-//! messages (a new leader's blank entry, a membership change) are stored as
-//! control batches.
+//! messages (a new leader's blank entry, a membership change) are
+//! [`Control`] entries.
 
 use std::fmt;
 use std::io::Cursor;
@@ -12,7 +12,7 @@ use openraft::{BasicNode, EntryPayload};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::oneshot;
 
-use crate::log::{Batch, BatchBuilder, Record};
+use crate::log::Batch;
 use crate::sys::raft_runtime::WeirRuntime;
 
 pub type NodeId = u64;
@@ -137,49 +137,37 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type RaftNode = openraft::Raft<TypeConfig>;
 
-/// An entry that is not messages, as a control batch's one record holds it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum Control {
+/// A Raft entry that is not messages: a new leader's blank entry or a
+/// membership change. Kept beside the partition log, taking no offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
     Blank,
     Membership(Membership),
 }
 
-/// The batch that stores `payload` in the log (offsets and term unset).
-pub fn payload_to_batch(payload: &EntryPayload<TypeConfig>, now_ms: i64) -> Result<Batch, String> {
-    let control = match payload {
-        EntryPayload::Normal(proposal) => return Ok(proposal.batch.clone()),
-        EntryPayload::Blank => Control::Blank,
-        EntryPayload::Membership(membership) => Control::Membership(membership.clone()),
-    };
-    let value = serde_json::to_vec(&control).map_err(|e| format!("encoding a control entry: {e}"))?;
-    let mut builder = BatchBuilder::new().control();
-    builder.push(&Record { timestamp_ms: now_ms, value: Some(Bytes::from(value)), ..Record::default() });
-    builder.build().map_err(|e| format!("building a control batch: {e}"))
-}
-
-/// The entry payload a stored batch holds.
-pub fn batch_to_payload(batch: Batch) -> Result<EntryPayload<TypeConfig>, String> {
-    if !batch.is_control() {
-        return Ok(EntryPayload::Normal(Proposal::new(batch)));
+impl Control {
+    /// The control entry `payload` is, if it is not a proposal.
+    pub fn of(payload: &EntryPayload<TypeConfig>) -> Option<Self> {
+        match payload {
+            EntryPayload::Normal(_) => None,
+            EntryPayload::Blank => Some(Control::Blank),
+            EntryPayload::Membership(membership) => Some(Control::Membership(membership.clone())),
+        }
     }
-    let record = batch
-        .records()
-        .next()
-        .ok_or_else(|| "control batch without a record".to_string())?
-        .map_err(|e| format!("control batch at offset {}: {e}", batch.base_offset()))?;
-    let value = record.value.unwrap_or_default();
-    match serde_json::from_slice::<Control>(&value) {
-        Ok(Control::Blank) => Ok(EntryPayload::Blank),
-        Ok(Control::Membership(membership)) => Ok(EntryPayload::Membership(membership)),
-        Err(e) => Err(format!("control batch at offset {}: {e}", batch.base_offset())),
+
+    pub fn into_payload(self) -> EntryPayload<TypeConfig> {
+        match self {
+            Control::Blank => EntryPayload::Blank,
+            Control::Membership(membership) => EntryPayload::Membership(membership),
+        }
     }
 }
 
-/// How many offsets an entry takes: a batch's records, or one for a control
-/// entry.
+/// How many offsets an entry takes: a batch's records; none for a control
+/// entry, so message offsets stay dense.
 pub fn offsets_taken(payload: &EntryPayload<TypeConfig>) -> u64 {
     match payload {
         EntryPayload::Normal(proposal) => u64::from(proposal.batch.record_count()),
-        _ => 1,
+        _ => 0,
     }
 }

@@ -25,7 +25,6 @@ fn config(listen: std::net::SocketAddr, metrics: std::net::SocketAddr) -> Broker
         metrics_listen: Some(metrics),
         message_bytes_max: 64 << 10,
         fetch_wait_ms_max: 20_000,
-        flush_interval_ms: 20,
         offsets_bytes_max: 32 << 10,
         offsets_segment_bytes: 8 << 10,
         ..BrokerConfig::default()

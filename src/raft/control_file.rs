@@ -1,0 +1,159 @@
+//! Raft's control entries (a leader's blank entry, membership changes),
+//! kept beside the partition log so they take no message offset.
+//!
+//! An append-only file of records, each `u32 len ++ u32 crc32c ++ JSON`.
+//! Appends are fsynced with the log before an entry counts as written; a
+//! crash can tear only the unsynced tail, which reading stops at. Truncation
+//! and purging (both rare) rewrite the file atomically.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::Control;
+use crate::sys::disk::Disk;
+
+const FILE: &str = "raft-control";
+const RECORD_BYTES_MAX: usize = 16 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRecord {
+    pub index: u64,
+    pub term: u64,
+    pub control: Control,
+}
+
+#[derive(Debug)]
+pub struct ControlFile {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    /// Bytes of whole records in the file.
+    len: u64,
+}
+
+fn encode(records: &[ControlRecord]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for record in records {
+        let json = serde_json::to_vec(record).map_err(|e| format!("encoding a control entry: {e}"))?;
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
+        out.extend_from_slice(&json);
+    }
+    Ok(out)
+}
+
+impl ControlFile {
+    /// Reads every whole record; a torn or damaged tail is cut off.
+    pub fn open(disk: Arc<dyn Disk>, dir: &Path) -> Result<(Self, Vec<ControlRecord>), String> {
+        let path = dir.join(FILE);
+        let io = |e: std::io::Error| format!("reading {}: {e}", path.display());
+        let bytes = match disk.open(&path, false) {
+            Ok(file) => {
+                let len = file.len().map_err(io)?;
+                let mut bytes = vec![0u8; len as usize];
+                file.read_exact_at(0, &mut bytes).map_err(io)?;
+                bytes
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(e)),
+        };
+        let mut records = Vec::new();
+        let mut at = 0;
+        while bytes.len() - at >= 8 {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+            if len > RECORD_BYTES_MAX || bytes.len() - at - 8 < len {
+                break;
+            }
+            let json = &bytes[at + 8..at + 8 + len];
+            if crc32c::crc32c(json) != crc {
+                break;
+            }
+            match serde_json::from_slice(json) {
+                Ok(record) => records.push(record),
+                Err(_) => break,
+            }
+            at += 8 + len;
+        }
+        let mut file = Self { disk, dir: dir.to_path_buf(), len: at as u64 };
+        if at != bytes.len() {
+            tracing::info!(path = %path.display(), cut = bytes.len() - at, "cutting a torn tail off the Raft control file");
+            file.rewrite(&records)?;
+        }
+        Ok((file, records))
+    }
+
+    /// Appends records durably.
+    pub fn append(&mut self, records: &[ControlRecord]) -> Result<(), String> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let bytes = encode(records)?;
+        let path = self.dir.join(FILE);
+        let io = |e: std::io::Error| format!("appending to {}: {e}", path.display());
+        let created = self.len == 0;
+        let file = self.disk.open(&path, true).map_err(io)?;
+        file.write_at(self.len, &bytes).map_err(io)?;
+        file.sync().map_err(io)?;
+        if created {
+            self.disk.sync_dir(&self.dir).map_err(io)?;
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Replaces the file's records with `records`, atomically.
+    pub fn rewrite(&mut self, records: &[ControlRecord]) -> Result<(), String> {
+        let bytes = encode(records)?;
+        let tmp = self.dir.join(format!("{FILE}.tmp"));
+        let io = |e: std::io::Error| format!("rewriting {}: {e}", tmp.display());
+        let file = self.disk.open(&tmp, true).map_err(io)?;
+        file.set_len(0).map_err(io)?;
+        file.write_at(0, &bytes).map_err(io)?;
+        file.sync().map_err(io)?;
+        drop(file);
+        self.disk.rename(&tmp, &self.dir.join(FILE)).map_err(io)?;
+        self.disk.sync_dir(&self.dir).map_err(io)?;
+        self.len = bytes.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::disk::SimDisk;
+
+    fn record(index: u64) -> ControlRecord {
+        ControlRecord { index, term: index + 1, control: Control::Blank }
+    }
+
+    #[test]
+    fn appended_records_survive_a_crash_and_a_torn_tail_is_cut() {
+        let disk = SimDisk::new(3);
+        let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+        let dir = PathBuf::from("/p");
+        shared.create_dir_all(&dir).unwrap();
+        let (mut file, records) = ControlFile::open(shared.clone(), &dir).unwrap();
+        assert!(records.is_empty());
+        file.append(&[record(0), record(4)]).unwrap();
+        file.append(&[record(9)]).unwrap();
+        disk.crash(1);
+        let (_, records) = ControlFile::open(shared.clone(), &dir).unwrap();
+        assert_eq!(records, vec![record(0), record(4), record(9)]);
+
+        // Garbage after the last whole record (a torn append) is cut off.
+        let path = dir.join(FILE);
+        let len = disk.file_len(&path).unwrap();
+        let f = shared.open(&path, false).unwrap();
+        f.write_at(len, &[7, 0, 0, 0, 1, 2, 3]).unwrap();
+        f.sync().unwrap();
+        let (mut file, records) = ControlFile::open(shared.clone(), &dir).unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(disk.file_len(&path), Some(len));
+        file.rewrite(&[record(4)]).unwrap();
+        let (_, records) = ControlFile::open(shared, &dir).unwrap();
+        assert_eq!(records, vec![record(4)]);
+    }
+}
