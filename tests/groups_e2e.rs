@@ -369,7 +369,7 @@ async fn the_committed_offsets_log_stays_bounded() {
                 };
                 client.commit_offsets(request).await.unwrap();
             }
-            let offsets = client.describe_topic("__consumer_offsets").await.unwrap().partitions[0];
+            let offsets = client.describe_topic("__consumer_offsets").await.unwrap().partitions.remove(0);
             assert!(offsets.log_start_offset > 0, "old segments were dropped after a snapshot");
             assert!(offsets.size_bytes < 32 * 1024 + 2 * 8 * 1024, "{} bytes kept", offsets.size_bytes);
         })

@@ -15,6 +15,17 @@ pub struct BrokerConfig {
     pub broker_id: u64,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// The address clients and other brokers reach this one at (unset: `listen`).
+    pub advertise: Option<String>,
+    /// etcd endpoints (`host:port`) of the cluster's metadata; none: a
+    /// single broker on its embedded store.
+    pub etcd: Vec<String>,
+    /// The cluster's key prefix in etcd, so clusters can share one etcd.
+    pub cluster_name: String,
+    /// Replicas per partition when a topic does not say (capped at the live brokers).
+    pub default_replication_factor: u32,
+    /// A broker that has not renewed its registration for this long counts as gone.
+    pub session_timeout_ms: u64,
     /// Where Prometheus scrapes `GET /metrics`; none: not served.
     pub metrics_listen: Option<SocketAddr>,
     /// Largest key + value + headers of one message.
@@ -37,6 +48,11 @@ impl Default for BrokerConfig {
             broker_id: 1,
             data_dir: PathBuf::from("weir-data"),
             listen: LISTEN_DEFAULT.parse().expect("valid default address"),
+            advertise: None,
+            etcd: Vec::new(),
+            cluster_name: "weir".into(),
+            default_replication_factor: 3,
+            session_timeout_ms: 6_000,
             metrics_listen: Some(METRICS_LISTEN_DEFAULT.parse().expect("valid default address")),
             message_bytes_max: 1 << 20,
             fetch_bytes_default: 1 << 20,

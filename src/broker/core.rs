@@ -1,9 +1,16 @@
-//! The broker's state and operations, independent of gRPC: topics and their
-//! partitions on this node, produce, fetch with long polling, offsets.
+//! The broker's state and operations, independent of gRPC: the topics of
+//! the cluster and the partitions this broker holds a replica of, produce,
+//! fetch with long polling, offsets.
+//!
+//! Every partition is a Raft group over the brokers its topic record lists.
+//! A broker keeps itself in line with the metadata store: it registers under
+//! a lease, and [`Broker::reconcile`] (on every metadata change and every
+//! second) opens the replicas assigned to it, starts new groups, and drops
+//! deleted topics. A single broker is the same with a cluster of one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,18 +20,36 @@ use super::error::{BrokerError, BrokerResult, ErrorCode};
 use super::partition::Partition;
 use crate::log::batch::BATCH_BYTES_MAX;
 use crate::log::{Batch, BatchBuilder, FlushPolicy, LogConfig, Record, RecordHeader};
+use crate::meta::cluster::{live_brokers, place, BrokerRecord, Registration};
 use crate::meta::topics::{TopicConfig, TopicError, TopicRecord, Topics, INTERNAL_TOPIC_PREFIX};
 use crate::meta::MetaStore;
 use crate::proto;
-use crate::raft::{raft_config, Acks, Connections, GroupId, ReplicaEnv, Router};
+use crate::raft::{raft_config, Acks, Connections, GroupId, NodeId, ReplicaEnv, Router};
 use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
+use crate::sys::task::blocking;
 
-/// A topic as this broker holds it.
+/// Replicas other than the preferred leader start a new group themselves
+/// once its topic is this old (the preferred one may be down).
+const BOOTSTRAP_GRACE_MS: i64 = 5_000;
+/// Reconciliation runs at least this often, besides on metadata changes.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// How long a partition whose only replica is this broker may take to
+/// elect itself and catch up when it opens.
+const SELF_ELECTION_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A topic as this broker knows it: its record, and the partitions it
+/// holds a replica of.
 #[derive(Debug)]
 struct TopicState {
     record: TopicRecord,
-    partitions: Vec<Arc<Partition>>,
+    partitions: BTreeMap<u32, Arc<Partition>>,
+}
+
+impl TopicState {
+    fn replicas(&self, partition: u32) -> &[u64] {
+        self.record.replicas.get(partition as usize).map_or(&[], Vec::as_slice)
+    }
 }
 
 pub struct Broker {
@@ -35,6 +60,10 @@ pub struct Broker {
     /// How this broker's partition replicas reach their peers.
     replicas: ReplicaEnv,
     open: RwLock<BTreeMap<String, Arc<TopicState>>>,
+    /// The live brokers, as the last reconciliation read them.
+    brokers: RwLock<BTreeMap<u64, BrokerRecord>>,
+    registration: Mutex<Option<Registration>>,
+    reconciling: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -43,14 +72,13 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-use crate::sys::task::blocking;
-
 fn to_proto_config(config: &TopicConfig) -> proto::TopicConfig {
     proto::TopicConfig {
         partitions: config.partitions,
         retention_ms: config.retention_ms,
         retention_bytes: config.retention_bytes,
         segment_bytes: config.segment_bytes,
+        replication_factor: config.replication_factor,
     }
 }
 
@@ -69,8 +97,8 @@ pub(super) fn to_proto_record(record: Record) -> proto::Record {
 }
 
 impl Broker {
-    /// Opens every topic partition the metadata store lists, and removes the
-    /// data of topics deleted while the broker was down.
+    /// Registers the broker, removes the data of topics deleted while it was
+    /// down, and opens the replicas assigned to it.
     pub async fn open(
         config: BrokerConfig,
         store: Arc<dyn MetaStore>,
@@ -88,12 +116,20 @@ impl Broker {
         };
         let broker = Arc::new(Self {
             config,
-            topics: Topics::new(store),
+            topics: Topics::new(store.clone()),
             disk,
             clock,
             replicas,
             open: RwLock::new(BTreeMap::new()),
+            brokers: RwLock::new(BTreeMap::new()),
+            registration: Mutex::new(None),
+            reconciling: tokio::sync::Mutex::new(()),
         });
+        let me = BrokerRecord { id: node_id, address: broker.advertised_address() };
+        let ttl = Duration::from_millis(broker.config.session_timeout_ms.max(1_000));
+        let registration = Registration::register(store, me, ttl).await?;
+        *broker.registration.lock().unwrap_or_else(|p| p.into_inner()) = Some(registration);
+
         let records = broker.topics.list().await?;
         let wanted: Vec<String> = records.iter().map(Self::topic_dir_name).collect();
         let topics_dir = broker.config.data_dir.join("topics");
@@ -110,9 +146,7 @@ impl Broker {
             Ok::<(), BrokerError>(())
         })
         .await?;
-        for record in records {
-            broker.open_topic(record).await?;
-        }
+        broker.reconcile().await?;
         Ok(broker)
     }
 
@@ -124,14 +158,113 @@ impl Broker {
         self.clock.clone()
     }
 
+    pub fn broker_id(&self) -> u64 {
+        self.config.broker_id
+    }
+
     /// Where Raft messages for this broker's replicas are delivered.
     pub fn raft_router(&self) -> Arc<Router> {
         self.replicas.router.clone()
     }
 
-    /// The address other brokers reach this one at.
+    /// The address other brokers and clients reach this one at.
     fn advertised_address(&self) -> String {
-        self.config.listen.to_string()
+        self.config.advertise.clone().unwrap_or_else(|| self.config.listen.to_string())
+    }
+
+    /// The live brokers, as last read.
+    pub fn live_brokers(&self) -> BTreeMap<u64, BrokerRecord> {
+        self.brokers.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn address_of(&self, broker: u64) -> Option<String> {
+        self.brokers.read().unwrap_or_else(|p| p.into_inner()).get(&broker).map(|b| b.address.clone())
+    }
+
+    /// Keeps the registration alive until the future is dropped.
+    pub async fn keep_registered(self: Arc<Self>) {
+        let registration = self.registration.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(registration) = registration {
+            registration.keep_alive().await;
+        }
+    }
+
+    /// Reconciles on every metadata change, and every second, until the
+    /// future is dropped.
+    pub async fn run_reconciler(self: Arc<Self>) {
+        let mut revision = self.topics.store().revision();
+        loop {
+            tokio::select! {
+                changed = revision.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            }
+            if let Err(error) = self.reconcile().await {
+                tracing::warn!(%error, "reconciling with the metadata store failed; will retry");
+            }
+        }
+    }
+
+    /// Brings this broker in line with the metadata store: learns the live
+    /// brokers, opens the replicas assigned to it, starts new groups, and
+    /// closes and deletes the replicas of deleted topics.
+    pub async fn reconcile(&self) -> BrokerResult<()> {
+        let _one_at_a_time = self.reconciling.lock().await;
+        let brokers = live_brokers(self.topics.store().as_ref()).await?;
+        for broker in brokers.values() {
+            self.replicas.connections.set_address(broker.id, &broker.address);
+        }
+        *self.brokers.write().unwrap_or_else(|p| p.into_inner()) = brokers.clone();
+        let records = self.topics.list().await?;
+        let gone: Vec<Arc<TopicState>> = {
+            let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+            let names: Vec<String> = open
+                .iter()
+                .filter(|(name, state)| !records.iter().any(|r| &r.name == *name && r.id == state.record.id))
+                .map(|(name, _)| name.clone())
+                .collect();
+            names.iter().filter_map(|name| open.remove(name)).collect()
+        };
+        for state in gone {
+            self.drop_topic_data(&state).await?;
+        }
+        for record in records {
+            let known = self.topic(&record.name).ok().filter(|state| state.record.id == record.id);
+            let state = match known {
+                Some(state) => state,
+                None => match self.open_topic(record).await {
+                    Ok(state) => state,
+                    Err(error) => {
+                        tracing::warn!(%error, "opening a topic's replicas failed; will retry");
+                        continue;
+                    }
+                },
+            };
+            self.start_groups(&state, &brokers).await;
+        }
+        Ok(())
+    }
+
+    /// Starts the groups of `state`'s hosted partitions that have no
+    /// membership yet: at once on the preferred leader, after a grace
+    /// period on the other replicas (the preferred one may be down).
+    async fn start_groups(&self, state: &TopicState, brokers: &BTreeMap<u64, BrokerRecord>) {
+        let me = self.config.broker_id;
+        let old_enough = self.clock.now_ms().saturating_sub(state.record.created_ms) >= BOOTSTRAP_GRACE_MS;
+        for (&index, partition) in &state.partitions {
+            let replicas = state.replicas(index);
+            if partition.replica().has_membership() || !(replicas.first() == Some(&me) || old_enough) {
+                continue;
+            }
+            let members: Option<BTreeMap<NodeId, String>> =
+                replicas.iter().map(|id| brokers.get(id).map(|b| (*id, b.address.clone()))).collect();
+            let Some(members) = members else {
+                tracing::debug!(topic = %state.record.name, index, "a replica's broker is not registered yet");
+                continue;
+            };
+            if let Err(error) = partition.replica().bootstrap(&members).await {
+                tracing::warn!(topic = %state.record.name, index, %error, "starting a partition group failed");
+            }
+        }
     }
 
     fn topic_dir_name(record: &TopicRecord) -> String {
@@ -141,7 +274,6 @@ impl Broker {
     fn topic_dir(&self, record: &TopicRecord) -> PathBuf {
         self.config.data_dir.join("topics").join(Self::topic_dir_name(record))
     }
-
     fn log_config(&self, record: &TopicRecord) -> LogConfig {
         let defaults = LogConfig::default();
         let config = &record.config;
@@ -157,24 +289,63 @@ impl Broker {
         }
     }
 
+    /// Opens the replicas of `record`'s partitions that this broker holds.
+    /// A partition whose only replica is this broker is started and ready
+    /// (elected, caught up) on return.
     async fn open_topic(&self, record: TopicRecord) -> BrokerResult<Arc<TopicState>> {
+        let me = self.config.broker_id;
         let dir = self.topic_dir(&record);
         let log_config = self.log_config(&record);
-        // One broker: every partition's group is this broker alone.
-        let members = BTreeMap::from([(self.config.broker_id, self.advertised_address())]);
-        let opening =
-            (0..record.config.partitions).map(|index| {
-                let group = GroupId { topic_id: record.id, partition: index };
-                let dir = dir.join(index.to_string());
-                let (log_config, members, name) = (log_config.clone(), &members, &record.name);
-                async move {
-                    Partition::open(name, index, group, &dir, &self.replicas, log_config, members).await.map(Arc::new)
-                }
-            });
+        let hosted: Vec<u32> = (0..record.config.partitions)
+            .filter(|p| record.replicas.get(*p as usize).is_some_and(|r| r.contains(&me)))
+            .collect();
+        let opening = hosted.iter().map(|&index| {
+            let group = GroupId { topic_id: record.id, partition: index };
+            let dir = dir.join(index.to_string());
+            let (log_config, name) = (log_config.clone(), &record.name);
+            async move { Partition::open(name, index, group, &dir, &self.replicas, log_config).await.map(Arc::new) }
+        });
         let opened = futures::future::try_join_all(opening).await?;
-        let state = Arc::new(TopicState { record, partitions: opened });
+        let alone = BTreeMap::from([(me, self.advertised_address())]);
+        for partition in &opened {
+            let only_me = record.replicas[partition.index() as usize] == [me];
+            if only_me {
+                partition.replica().bootstrap(&alone).await.map_err(|e| BrokerError::new(ErrorCode::Internal, e))?;
+                if !partition.replica().wait_caught_up(SELF_ELECTION_PATIENCE).await {
+                    return Err(BrokerError::new(
+                        ErrorCode::PartitionUnavailable,
+                        format!("{}/{} did not elect its only replica in time", record.name, partition.index()),
+                    ));
+                }
+            }
+        }
+        let partitions = opened.into_iter().map(|p| (p.index(), p)).collect();
+        let state = Arc::new(TopicState { record, partitions });
         self.open.write().unwrap_or_else(|p| p.into_inner()).insert(state.record.name.clone(), state.clone());
         Ok(state)
+    }
+
+    /// Closes a deleted topic's replicas and removes their data.
+    async fn drop_topic_data(&self, state: &TopicState) -> BrokerResult<()> {
+        for partition in state.partitions.values() {
+            partition.close().await?;
+        }
+        let dir = self.topic_dir(&state.record);
+        let disk = self.disk.clone();
+        blocking(move || {
+            if let Err(error) = disk.remove_dir_all(&dir) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    return Err(BrokerError::new(ErrorCode::StorageFailed, error.to_string()));
+                }
+            }
+            if let Some(parent) = dir.parent() {
+                let _ = disk.sync_dir(parent);
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::info!(topic = %state.record.name, "topic's replicas removed");
+        Ok(())
     }
 
     fn topic(&self, name: &str) -> BrokerResult<Arc<TopicState>> {
@@ -186,19 +357,62 @@ impl Broker {
             .ok_or_else(|| BrokerError::unknown_topic(name))
     }
 
+    /// Like [`Broker::partition`], but first catches up with the metadata
+    /// store if the topic is not known yet (created through another broker
+    /// a moment ago).
+    pub async fn find_partition(&self, topic: &str, partition: u32) -> BrokerResult<Arc<Partition>> {
+        if self.topic(topic).is_err() {
+            self.reconcile().await?;
+        }
+        self.partition(topic, partition)
+    }
+
+    /// This broker's replica of a partition. A partition held elsewhere is
+    /// [`ErrorCode::NotLeader`], naming its preferred leader.
     pub fn partition(&self, topic: &str, partition: u32) -> BrokerResult<Arc<Partition>> {
         let state = self.topic(topic)?;
-        state.partitions.get(partition as usize).cloned().ok_or_else(|| {
-            BrokerError::new(
+        if partition >= state.record.config.partitions {
+            return Err(BrokerError::new(
                 ErrorCode::UnknownPartition,
-                format!("topic {topic:?} has partitions 0..{}, not {partition}", state.partitions.len()),
-            )
-        })
+                format!("topic {topic:?} has partitions 0..{}, not {partition}", state.record.config.partitions),
+            ));
+        }
+        if let Some(hosted) = state.partitions.get(&partition) {
+            return Ok(hosted.clone());
+        }
+        let preferred = state.replicas(partition).first().copied();
+        let mut error = BrokerError::new(
+            ErrorCode::NotLeader,
+            format!(
+                "broker {} holds no replica of {topic}/{partition}; its replicas: {:?}",
+                self.config.broker_id,
+                state.replicas(partition)
+            ),
+        );
+        error.leader = preferred.and_then(|id| self.address_of(id));
+        if error.leader.is_none() {
+            error.code = ErrorCode::PartitionUnavailable;
+        }
+        Err(error)
     }
 
     /// How many partitions `topic` has, if it exists.
     pub fn partition_count(&self, topic: &str) -> Option<u32> {
-        self.topic(topic).ok().map(|state| state.partitions.len() as u32)
+        self.topic(topic).ok().map(|state| state.record.config.partitions)
+    }
+
+    /// Places a new topic's partitions on the live brokers.
+    fn placement(&self, config: &TopicConfig) -> Result<Vec<Vec<u64>>, String> {
+        let live: Vec<u64> = self.live_brokers().keys().copied().collect();
+        let live = if live.is_empty() { vec![self.config.broker_id] } else { live };
+        let factor = match config.replication_factor {
+            Some(factor) if factor as usize > live.len() => {
+                return Err(format!("replication_factor {factor} exceeds the {} live broker(s)", live.len()))
+            }
+            Some(factor) => factor,
+            None => self.config.default_replication_factor.clamp(1, live.len() as u32),
+        };
+        Ok(place(config.partitions, factor, &live))
     }
 
     /// Partition 0 of one of weir's own single-partition topics, created on
@@ -212,59 +426,60 @@ impl Broker {
             retention_ms: None,
             retention_bytes: None,
             segment_bytes: Some(segment_bytes),
+            replication_factor: None,
         };
-        let record = match self.topics.create(name, config, self.clock.now_ms(), true).await {
-            Ok(record) => record,
-            Err(TopicError::AlreadyExists(_)) => {
-                self.topics.get(name).await?.ok_or_else(|| BrokerError::unknown_topic(name))?
-            }
+        match self.topics.create(name, config, self.clock.now_ms(), true, |c| self.placement(c)).await {
+            Ok(_) | Err(TopicError::AlreadyExists(_)) => {}
             Err(other) => return Err(other.into()),
-        };
-        let state = self.open_topic(record).await?;
-        Ok(state.partitions[0].clone())
+        }
+        self.reconcile().await?;
+        self.partition(name, 0)
     }
 
-    /// Every open partition, in topic and partition order.
+    /// The partitions this broker holds a replica of, in topic and
+    /// partition order.
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
         let open = self.open.read().unwrap_or_else(|p| p.into_inner());
-        open.values().flat_map(|t| t.partitions.iter().cloned()).collect()
+        open.values().flat_map(|t| t.partitions.values().cloned()).collect()
     }
 
     // ---- administration ----
 
     pub async fn create_topic(&self, name: &str, config: TopicConfig) -> BrokerResult<proto::TopicDescription> {
-        let record = self.topics.create(name, config, self.clock.now_ms(), false).await?;
-        let state = self.open_topic(record).await?;
-        tracing::info!(topic = name, partitions = state.partitions.len(), "topic created");
+        self.reconcile().await?;
+        let record = self.topics.create(name, config, self.clock.now_ms(), false, |c| self.placement(c)).await?;
+        self.reconcile().await?;
+        let state = self.topic(&record.name)?;
+        tracing::info!(topic = name, partitions = record.config.partitions, replicas = ?record.replicas, "topic created");
         self.describe_state(&state).await
     }
 
     pub async fn delete_topic(&self, name: &str) -> BrokerResult<()> {
-        let record = self.topics.delete(name).await?;
-        let state = self.open.write().unwrap_or_else(|p| p.into_inner()).remove(name);
-        if let Some(state) = state {
-            for partition in &state.partitions {
-                partition.close().await?;
-            }
-        }
-        let dir = self.topic_dir(&record);
-        let disk = self.disk.clone();
-        blocking(move || {
-            disk.remove_dir_all(&dir).map_err(|e| BrokerError::new(ErrorCode::StorageFailed, e.to_string()))?;
-            if let Some(parent) = dir.parent() {
-                let _ = disk.sync_dir(parent);
-            }
-            Ok::<(), BrokerError>(())
-        })
-        .await?;
+        self.topics.delete(name).await?;
+        self.reconcile().await?;
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }
 
     async fn describe_state(&self, state: &Arc<TopicState>) -> BrokerResult<proto::TopicDescription> {
-        let partitions = state.partitions.clone();
-        let described =
-            blocking(move || partitions.iter().map(|p| p.describe()).collect::<BrokerResult<Vec<_>>>()).await?;
+        let mut described = Vec::new();
+        for index in 0..state.record.config.partitions {
+            let replicas = state.replicas(index).to_vec();
+            let mut description = match state.partitions.get(&index) {
+                Some(partition) => {
+                    let partition = partition.clone();
+                    blocking(move || partition.describe()).await?
+                }
+                None => proto::PartitionDescription { partition: index, ..Default::default() },
+            };
+            description.hosted = state.partitions.contains_key(&index);
+            if let Some((leader, address)) = state.partitions.get(&index).and_then(|p| p.replica().leader()) {
+                description.leader = leader;
+                description.leader_address = address;
+            }
+            description.replicas = replicas;
+            described.push(description);
+        }
         Ok(proto::TopicDescription {
             name: state.record.name.clone(),
             config: Some(to_proto_config(&state.record.config)),
@@ -274,6 +489,9 @@ impl Broker {
     }
 
     pub async fn describe_topic(&self, name: &str) -> BrokerResult<proto::TopicDescription> {
+        if self.topic(name).is_err() {
+            self.reconcile().await?;
+        }
         let state = self.topic(name)?;
         self.describe_state(&state).await
     }
@@ -359,7 +577,7 @@ impl Broker {
     }
 
     pub async fn produce(&self, request: proto::ProduceRequest) -> BrokerResult<proto::ProduceResponse> {
-        let partition = self.partition(&request.topic, request.partition)?;
+        let partition = self.find_partition(&request.topic, request.partition).await?;
         let acks = proto::Acks::try_from(request.acks)
             .map_err(|_| BrokerError::invalid(format!("unknown acks value {}", request.acks)))?;
         let acks = match acks {
@@ -383,7 +601,7 @@ impl Broker {
     /// Reads from `offset`, waiting up to `max_wait_ms` (capped) for data if
     /// there is none yet. Offsets outside `[log start, log end]` fail.
     pub async fn fetch(&self, request: proto::FetchRequest) -> BrokerResult<proto::FetchResponse> {
-        let partition = self.partition(&request.topic, request.partition)?;
+        let partition = self.find_partition(&request.topic, request.partition).await?;
         let max_bytes = match request.max_bytes {
             0 => self.config.fetch_bytes_default,
             n => (n as usize).min(self.config.fetch_bytes_max),
@@ -431,7 +649,7 @@ impl Broker {
     }
 
     pub async fn list_offset(&self, request: proto::ListOffsetRequest) -> BrokerResult<u64> {
-        let partition = self.partition(&request.topic, request.partition)?;
+        let partition = self.find_partition(&request.topic, request.partition).await?;
         let spec = proto::OffsetSpec::try_from(request.spec)
             .map_err(|_| BrokerError::invalid(format!("unknown offset spec {}", request.spec)))?;
         let timestamp_ms = request.timestamp_ms;

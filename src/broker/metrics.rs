@@ -76,7 +76,7 @@ fn label(value: &str) -> String {
 
 impl Metrics {
     /// The Prometheus text exposition of everything.
-    pub fn render(&self, broker: &Broker, groups: &GroupCoordinator) -> String {
+    pub fn render(&self, broker: &Broker, groups: Option<&GroupCoordinator>) -> String {
         let mut out = String::new();
         counter(&mut out, "weir_produce_requests_total", "Produce requests.", &self.produce_requests);
         counter(&mut out, "weir_produce_errors_total", "Produce requests that failed.", &self.produce_errors);
@@ -105,7 +105,7 @@ impl Metrics {
         let _ =
             writeln!(out, "# HELP weir_group_lag Messages between a group's committed offset and the high watermark.");
         let _ = writeln!(out, "# TYPE weir_group_lag gauge");
-        for group in groups.list().unwrap_or_default() {
+        for group in groups.map(|g| g.list().unwrap_or_default()).unwrap_or_default() {
             for p in &group.partitions {
                 let _ = writeln!(
                     out,
@@ -122,7 +122,12 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` on `listen` until the task is dropped.
-pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, broker: Arc<Broker>, groups: Arc<GroupCoordinator>) {
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    broker: Arc<Broker>,
+    groups: Option<Arc<GroupCoordinator>>,
+) {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -144,7 +149,7 @@ pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, broker: Arc<Broker
                 }
             }
             let (status, body) = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?") {
-                ("200 OK", metrics.render(&broker, &groups))
+                ("200 OK", metrics.render(&broker, groups.as_deref()))
             } else {
                 ("404 Not Found", "weir serves GET /metrics\n".to_owned())
             };

@@ -6,9 +6,7 @@
 //! a failover or crash could take back is ever served. Log calls block on
 //! disk I/O; callers run them on the blocking pool.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -16,11 +14,7 @@ use super::error::{BrokerError, BrokerResult, ErrorCode};
 use crate::log::{Batch, LogConfig, LogError, PartitionLog};
 use crate::proto::PartitionDescription;
 use crate::raft::log_store::lock_log;
-use crate::raft::{Acks, Applied, GroupId, NodeId, Replica, ReplicaEnv};
-
-/// How long opening a single-replica partition waits for it to elect
-/// itself and catch up with its log.
-const SELF_ELECTION_PATIENCE: Duration = Duration::from_secs(30);
+use crate::raft::{Acks, Applied, GroupId, Replica, ReplicaEnv};
 
 #[derive(Debug)]
 pub struct Partition {
@@ -40,9 +34,8 @@ pub struct Bounds {
 }
 
 impl Partition {
-    /// Opens this broker's replica of the partition and, for a new group,
-    /// proposes `members` (broker id → address) as its first membership.
-    /// A group whose only member is this broker is ready on return.
+    /// Opens this broker's replica of the partition. A new group waits to
+    /// be started ([`Replica::bootstrap`]) or joined by its leader.
     pub async fn open(
         topic: &str,
         index: u32,
@@ -50,21 +43,10 @@ impl Partition {
         dir: &Path,
         env: &ReplicaEnv,
         config: LogConfig,
-        members: &BTreeMap<NodeId, String>,
     ) -> BrokerResult<Self> {
         let replica = Replica::open(env, group, dir, config)
             .await
             .map_err(|e| BrokerError::new(ErrorCode::StorageFailed, format!("opening {topic}/{index}: {e}")))?;
-        replica.bootstrap(members).await.map_err(|e| BrokerError::new(ErrorCode::Internal, e))?;
-        if members.len() == 1
-            && members.contains_key(&env.node_id)
-            && !replica.wait_caught_up(SELF_ELECTION_PATIENCE).await
-        {
-            return Err(BrokerError::new(
-                ErrorCode::PartitionUnavailable,
-                format!("{topic}/{index} did not elect its only replica within {SELF_ELECTION_PATIENCE:?}"),
-            ));
-        }
         let high_watermark = replica.high_watermark();
         Ok(Self { topic: topic.to_owned(), index, dir: dir.to_path_buf(), replica, high_watermark })
     }
@@ -171,6 +153,7 @@ impl Partition {
                 log_end_offset: log.log_end_offset(),
                 size_bytes: log.size_bytes(),
                 segments: log.segment_count() as u32,
+                ..PartitionDescription::default()
             })
         })
     }

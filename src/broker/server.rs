@@ -12,7 +12,7 @@ use super::service::BrokerService;
 use crate::group::offsets::OffsetStore;
 use crate::group::GroupCoordinator;
 use crate::log::batch::BATCH_BYTES_MAX;
-use crate::meta::{EmbeddedStore, MetaStore};
+use crate::meta::{EmbeddedStore, EtcdStore, MetaStore};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::consumer_server::ConsumerServer;
 use crate::proto::groups_server::GroupsServer;
@@ -23,6 +23,10 @@ use crate::raft::RaftService;
 use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
 use crate::sys::reflection::with_reflection;
+
+/// How long a starting broker waits for the offsets partition to elect a
+/// leader and catch up before reading the committed offsets.
+const OFFSETS_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Requests may carry a whole batch plus framing.
 const GRPC_MESSAGE_BYTES_MAX: usize = BATCH_BYTES_MAX + (1 << 20);
@@ -36,29 +40,41 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Opens a single-node broker on the embedded metadata store in
-/// `<data_dir>/meta`.
-pub async fn open_single_node(
+/// Opens a broker on its metadata store: etcd if `config.etcd` lists
+/// endpoints (a cluster), else the embedded store in `<data_dir>/meta` (a
+/// single broker).
+pub async fn open_broker(
     config: BrokerConfig,
     disk: Arc<dyn Disk>,
     clock: Arc<dyn Clock>,
 ) -> BrokerResult<Arc<Broker>> {
-    let meta_dir = config.data_dir.join("meta");
-    let store = EmbeddedStore::open(disk.clone(), &meta_dir, clock.clone())
-        .map_err(|e| BrokerError::new(ErrorCode::MetadataUnavailable, e.to_string()))?;
-    let store: Arc<dyn MetaStore> = Arc::new(store);
+    let store: Arc<dyn MetaStore> = if config.etcd.is_empty() {
+        let meta_dir = config.data_dir.join("meta");
+        let store = EmbeddedStore::open(disk.clone(), &meta_dir, clock.clone())
+            .map_err(|e| BrokerError::new(ErrorCode::MetadataUnavailable, e.to_string()))?;
+        Arc::new(store)
+    } else {
+        Arc::new(EtcdStore::connect(config.etcd.clone(), &config.cluster_name).await?)
+    };
     Broker::open(config, store, disk, clock).await
 }
 
 /// The internal topic that holds committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
-/// The group coordinator, with the committed offsets read back.
-pub async fn open_groups(broker: &Arc<Broker>) -> BrokerResult<Arc<GroupCoordinator>> {
+/// The group coordinator, with the committed offsets read back; `None` on
+/// a broker that holds no replica of the offsets partition.
+pub async fn open_groups(broker: &Arc<Broker>) -> BrokerResult<Option<Arc<GroupCoordinator>>> {
     let config = broker.config();
-    let partition = broker.internal_partition(OFFSETS_TOPIC, config.offsets_segment_bytes).await?;
+    let partition = match broker.internal_partition(OFFSETS_TOPIC, config.offsets_segment_bytes).await {
+        Ok(partition) => partition,
+        Err(error) if error.code == ErrorCode::NotLeader => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    // What the replica holds counts once it is known to be committed.
+    partition.replica().wait_caught_up(OFFSETS_CATCH_UP).await;
     let offsets = OffsetStore::load(partition, config.offsets_bytes_max).await?;
-    Ok(Arc::new(GroupCoordinator::new(broker.clone(), offsets, broker.clock())))
+    Ok(Some(Arc::new(GroupCoordinator::new(broker.clone(), offsets, broker.clock()))))
 }
 
 /// Serves `broker` on its configured address until `shutdown` completes,
@@ -76,7 +92,9 @@ pub async fn serve(
         .metrics_listen
         .map(|at| AbortOnDrop(tokio::spawn(metrics::serve(at, metrics, broker.clone(), groups.clone()))));
     let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));
-    let group_ticks = AbortOnDrop(tokio::spawn(groups.run()));
+    let registration = AbortOnDrop(tokio::spawn(broker.clone().keep_registered()));
+    let reconciler = AbortOnDrop(tokio::spawn(broker.clone().run_reconciler()));
+    let group_ticks = groups.clone().map(|groups| AbortOnDrop(tokio::spawn(groups.run())));
     tracing::info!(%listen, "weir broker serving");
     let router = tonic::transport::Server::builder()
         .add_service(AdminServer::new(service.clone()).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX))
@@ -97,7 +115,7 @@ pub async fn serve(
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         );
     let served = with_reflection(router).serve_with_shutdown(listen, shutdown).await;
-    drop((maintenance, group_ticks, metrics_server));
+    drop((maintenance, registration, reconciler, group_ticks, metrics_server));
     broker.shutdown().await?;
     tracing::info!("weir broker stopped");
     served.map_err(Into::into)

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::core::Broker;
-use super::error::BrokerError;
+use super::error::{BrokerError, ErrorCode};
 use super::metrics::Metrics;
 use super::subscription;
 use crate::group::GroupCoordinator;
@@ -25,13 +25,25 @@ const SUBSCRIBE_QUEUE: usize = 2;
 #[derive(Debug, Clone)]
 pub struct BrokerService {
     broker: Arc<Broker>,
-    groups: Arc<GroupCoordinator>,
+    /// `None` on a broker that holds no replica of the offsets partition.
+    groups: Option<Arc<GroupCoordinator>>,
     metrics: Arc<Metrics>,
 }
 
 impl BrokerService {
-    pub fn new(broker: Arc<Broker>, groups: Arc<GroupCoordinator>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(broker: Arc<Broker>, groups: Option<Arc<GroupCoordinator>>, metrics: Arc<Metrics>) -> Self {
         Self { broker, groups, metrics }
+    }
+
+    /// The group coordinator, or where to find it.
+    fn groups(&self) -> Result<&Arc<GroupCoordinator>, BrokerError> {
+        match &self.groups {
+            Some(groups) => Ok(groups),
+            None => Err(match self.broker.partition(super::server::OFFSETS_TOPIC, 0) {
+                Err(error) => error,
+                Ok(_) => BrokerError::new(ErrorCode::PartitionUnavailable, "the group coordinator is starting"),
+            }),
+        }
     }
 }
 
@@ -57,6 +69,7 @@ impl admin_server::Admin for BrokerService {
             retention_ms: config.retention_ms,
             retention_bytes: config.retention_bytes,
             segment_bytes: config.segment_bytes,
+            replication_factor: config.replication_factor,
         };
         reply(self.broker.create_topic(&request.name, config).await)
     }
@@ -68,7 +81,10 @@ impl admin_server::Admin for BrokerService {
         let name = request.into_inner().name;
         let deleted = async {
             self.broker.delete_topic(&name).await?;
-            self.groups.topic_deleted(&name).await
+            match &self.groups {
+                Some(groups) => groups.topic_deleted(&name).await,
+                None => Ok(()),
+            }
         };
         reply(deleted.await.map(|()| proto::DeleteTopicResponse {}))
     }
@@ -174,55 +190,70 @@ impl groups_server::Groups for BrokerService {
         &self,
         request: Request<proto::JoinGroupRequest>,
     ) -> Result<Response<proto::JoinGroupResponse>, Status> {
-        reply(self.groups.join(request.into_inner()).await)
+        let groups = match self.groups() {
+            Ok(groups) => groups,
+            Err(error) => return reply(Err(error)),
+        };
+        reply(groups.join(request.into_inner()).await)
     }
 
     async fn sync_group(
         &self,
         request: Request<proto::SyncGroupRequest>,
     ) -> Result<Response<proto::SyncGroupResponse>, Status> {
-        reply(self.groups.sync(request.get_ref()).map(|assignment| proto::SyncGroupResponse { assignment }))
+        reply(
+            self.groups()
+                .and_then(|g| g.sync(request.get_ref()).map(|assignment| proto::SyncGroupResponse { assignment })),
+        )
     }
 
     async fn heartbeat(
         &self,
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
-        reply(self.groups.heartbeat(request.get_ref()).map(|()| proto::HeartbeatResponse {}))
+        reply(self.groups().and_then(|g| g.heartbeat(request.get_ref()).map(|()| proto::HeartbeatResponse {})))
     }
 
     async fn leave_group(
         &self,
         request: Request<proto::LeaveGroupRequest>,
     ) -> Result<Response<proto::LeaveGroupResponse>, Status> {
-        reply(self.groups.leave(request.get_ref()).map(|()| proto::LeaveGroupResponse {}))
+        reply(self.groups().and_then(|g| g.leave(request.get_ref()).map(|()| proto::LeaveGroupResponse {})))
     }
 
     async fn commit_offsets(
         &self,
         request: Request<proto::CommitOffsetsRequest>,
     ) -> Result<Response<proto::CommitOffsetsResponse>, Status> {
-        reply(self.groups.commit(request.into_inner()).await.map(|()| proto::CommitOffsetsResponse {}))
+        let groups = match self.groups() {
+            Ok(groups) => groups,
+            Err(error) => return reply(Err(error)),
+        };
+        reply(groups.commit(request.into_inner()).await.map(|()| proto::CommitOffsetsResponse {}))
     }
 
     async fn fetch_offsets(
         &self,
         request: Request<proto::FetchOffsetsRequest>,
     ) -> Result<Response<proto::FetchOffsetsResponse>, Status> {
-        reply(self.groups.fetch_offsets(request.get_ref()).map(|offsets| proto::FetchOffsetsResponse { offsets }))
+        reply(
+            self.groups().and_then(|g| {
+                g.fetch_offsets(request.get_ref()).map(|offsets| proto::FetchOffsetsResponse { offsets })
+            }),
+        )
     }
 
     async fn describe_group(
         &self,
         request: Request<proto::DescribeGroupRequest>,
     ) -> Result<Response<proto::GroupDescription>, Status> {
-        reply(self.groups.describe(&request.get_ref().group))
+        reply(self.groups().and_then(|g| g.describe(&request.get_ref().group)))
     }
 
     async fn list_groups(
         &self,
         _: Request<proto::ListGroupsRequest>,
     ) -> Result<Response<proto::ListGroupsResponse>, Status> {
-        reply(self.groups.list().map(|groups| proto::ListGroupsResponse { groups }))
+        reply(self.groups().and_then(|g| g.list().map(|groups| proto::ListGroupsResponse { groups })))
     }
 }

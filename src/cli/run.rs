@@ -1,7 +1,7 @@
 //! `weir dev` and `weir server`: run a broker until Ctrl-C.
 
 use super::{CliResult, DevArgs, ServerArgs};
-use crate::broker::server::{open_single_node, serve};
+use crate::broker::server::{open_broker, serve};
 use crate::broker::BrokerConfig;
 use crate::sys::clock::system_clock;
 use crate::sys::disk::real_disk;
@@ -33,7 +33,7 @@ pub async fn server(args: ServerArgs) -> CliResult {
 async fn start(config: BrokerConfig) -> CliResult {
     let listen = config.listen;
     let data_dir = config.data_dir.clone();
-    let broker = open_single_node(config, real_disk(), system_clock()).await?;
+    let broker = open_broker(config, real_disk(), system_clock()).await?;
     let description = broker.describe_broker();
     println!(
         "weir {} broker {} serving on {listen} (data in {}, {} topics, {} partitions); Ctrl-C stops it",

@@ -21,6 +21,9 @@ pub enum TopicCommand {
         retention_bytes: Option<u64>,
         #[arg(long)]
         segment_bytes: Option<u64>,
+        /// Replicas per partition (default: the broker's, at most the live brokers).
+        #[arg(long)]
+        replication_factor: Option<u32>,
     },
     /// Lists topics with their partitions.
     List,
@@ -42,9 +45,17 @@ fn print_topic(topic: &proto::TopicDescription) {
     };
     println!("{}  partitions={}  retention={}", topic.name, config.partitions, retention.trim());
     for p in &topic.partitions {
+        let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
+        let leader = if p.leader == 0 { "?".to_owned() } else { p.leader.to_string() };
         println!(
-            "  partition {:>3}  start={} high_watermark={} end={} bytes={} segments={}",
-            p.partition, p.log_start_offset, p.high_watermark, p.log_end_offset, p.size_bytes, p.segments
+            "  partition {:>3}  leader={leader} replicas=[{}] start={} high_watermark={} end={} bytes={} segments={}",
+            p.partition,
+            replicas.join(","),
+            p.log_start_offset,
+            p.high_watermark,
+            p.log_end_offset,
+            p.size_bytes,
+            p.segments
         );
     }
 }
@@ -52,8 +63,9 @@ fn print_topic(topic: &proto::TopicDescription) {
 pub async fn run(command: TopicCommand, broker: &str) -> CliResult {
     let client = Client::connect(broker).await?;
     match command {
-        TopicCommand::Create { name, partitions, retention_ms, retention_bytes, segment_bytes } => {
-            let config = proto::TopicConfig { partitions, retention_ms, retention_bytes, segment_bytes };
+        TopicCommand::Create { name, partitions, retention_ms, retention_bytes, segment_bytes, replication_factor } => {
+            let config =
+                proto::TopicConfig { partitions, retention_ms, retention_bytes, segment_bytes, replication_factor };
             let topic = client.create_topic(&name, config).await?;
             println!("created topic {} with {} partition(s)", topic.name, topic.partitions.len());
         }

@@ -22,6 +22,8 @@ pub struct TopicConfig {
     pub retention_ms: Option<i64>,
     pub retention_bytes: Option<u64>,
     pub segment_bytes: Option<u64>,
+    #[serde(default)]
+    pub replication_factor: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +32,10 @@ pub struct TopicRecord {
     pub id: u64,
     pub config: TopicConfig,
     pub created_ms: i64,
+    /// Per partition, the brokers holding a replica; the first is the
+    /// preferred leader. The brokers in it at creation start the group.
+    #[serde(default)]
+    pub replicas: Vec<Vec<u64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +85,9 @@ pub fn validate_config(name: &str, config: &TopicConfig) -> Result<(), TopicErro
     if let Some(bytes) = config.segment_bytes.filter(|b| *b < 1024 || *b > u64::from(u32::MAX)) {
         return invalid(format!("segment_bytes must be 1 KiB to 4 GiB, got {bytes}"));
     }
+    if config.replication_factor == Some(0) {
+        return invalid("replication_factor must be at least 1".into());
+    }
     Ok(())
 }
 
@@ -105,17 +114,21 @@ impl Topics {
         &self.store
     }
 
+    /// Creates a topic whose partitions have the `replicas` that
+    /// `place(config)` chooses (after the config is validated).
     pub async fn create(
         &self,
         name: &str,
         config: TopicConfig,
         now_ms: i64,
         internal: bool,
+        place: impl FnOnce(&TopicConfig) -> Result<Vec<Vec<u64>>, String>,
     ) -> Result<TopicRecord, TopicError> {
         validate_name(name, internal)?;
         validate_config(name, &config)?;
+        let replicas = place(&config).map_err(|reason| TopicError::InvalidConfig { name: name.to_owned(), reason })?;
         let key = key(name);
-        let record = TopicRecord { name: name.to_owned(), id: random_u64(), config, created_ms: now_ms };
+        let record = TopicRecord { name: name.to_owned(), id: random_u64(), config, created_ms: now_ms, replicas };
         let value = serde_json::to_vec(&record).expect("topic record serializes");
         match self.store.put(&key, value, None, None).await {
             Ok(_) => Ok(record),
@@ -181,7 +194,13 @@ mod tests {
 
     #[test]
     fn configs() {
-        let base = TopicConfig { partitions: 3, retention_ms: None, retention_bytes: None, segment_bytes: None };
+        let base = TopicConfig {
+            partitions: 3,
+            retention_ms: None,
+            retention_bytes: None,
+            segment_bytes: None,
+            replication_factor: None,
+        };
         assert!(validate_config("t", &base).is_ok());
         for bad in [
             TopicConfig { partitions: 0, ..base.clone() },
@@ -189,6 +208,7 @@ mod tests {
             TopicConfig { retention_ms: Some(0), ..base.clone() },
             TopicConfig { retention_bytes: Some(0), ..base.clone() },
             TopicConfig { segment_bytes: Some(100), ..base.clone() },
+            TopicConfig { replication_factor: Some(0), ..base.clone() },
         ] {
             assert!(validate_config("t", &bad).is_err(), "{bad:?}");
         }

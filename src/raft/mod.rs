@@ -215,6 +215,11 @@ impl Replica {
         Some((leader, address.unwrap_or_default()))
     }
 
+    /// Whether the group has been started here (or joined by a leader).
+    pub fn has_membership(&self) -> bool {
+        self.raft.metrics().borrow().membership_config.membership().nodes().next().is_some()
+    }
+
     pub fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();

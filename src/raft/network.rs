@@ -141,11 +141,26 @@ impl raft_server::Raft for RaftService {
 pub struct Connections {
     node_id: NodeId,
     channels: Mutex<HashMap<String, RaftClient<Channel>>>,
+    /// Brokers' current addresses, which win over the address a group's
+    /// membership recorded (a broker may come back on another address).
+    addresses: RwLock<HashMap<NodeId, String>>,
 }
 
 impl Connections {
     pub fn new(node_id: NodeId) -> Arc<Self> {
-        Arc::new(Self { node_id, channels: Mutex::new(HashMap::new()) })
+        Arc::new(Self { node_id, channels: Mutex::new(HashMap::new()), addresses: RwLock::new(HashMap::new()) })
+    }
+
+    /// Records where broker `node` is reachable now.
+    pub fn set_address(&self, node: NodeId, address: &str) {
+        let mut addresses = self.addresses.write().unwrap_or_else(|p| p.into_inner());
+        if addresses.get(&node).map(String::as_str) != Some(address) {
+            addresses.insert(node, address.to_owned());
+        }
+    }
+
+    fn address_of(&self, node: NodeId) -> Option<String> {
+        self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&node).cloned()
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -221,7 +236,8 @@ impl Peer {
             kind: kind as i32,
             payload,
         };
-        let mut client = self.connections.client(&self.address).map_err(network)?;
+        let address = self.connections.address_of(self.target).unwrap_or_else(|| self.address.clone());
+        let mut client = self.connections.client(&address).map_err(network)?;
         let ttl = option.hard_ttl();
         let reply = match tokio::time::timeout(ttl, client.send(message)).await {
             Err(_) => {

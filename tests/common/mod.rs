@@ -49,7 +49,7 @@ mod imp {
     use std::sync::Arc;
 
     use tokio::sync::oneshot;
-    use weir::broker::server::{open_single_node, serve};
+    use weir::broker::server::{open_broker, serve};
     use weir::sys::clock::system_clock;
     use weir::sys::disk::Disk;
 
@@ -85,7 +85,7 @@ mod imp {
         async fn boot(&mut self) {
             let disk: Arc<dyn Disk> = Arc::new(self.disk.clone());
             let config = config(self.listen, self.metrics);
-            let broker = open_single_node(config, disk, system_clock()).await.expect("broker opens");
+            let broker = open_broker(config, disk, system_clock()).await.expect("broker opens");
             let (stop, stopped) = oneshot::channel::<()>();
             self.stop = Some(stop);
             self.task = Some(tokio::spawn(async move {
@@ -128,7 +128,7 @@ mod imp {
     use std::sync::Arc;
 
     use madsim::runtime::{Handle, NodeHandle};
-    use weir::broker::server::{open_single_node, serve};
+    use weir::broker::server::{open_broker, serve};
     use weir::sys::clock::system_clock;
     use weir::sys::disk::Disk;
 
@@ -162,7 +162,7 @@ mod imp {
                     let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
                     async move {
                         let config = config(listen, metrics);
-                        let broker = open_single_node(config, disk, system_clock()).await.expect("broker opens");
+                        let broker = open_broker(config, disk, system_clock()).await.expect("broker opens");
                         serve(broker, std::future::pending()).await.expect("broker serves");
                     }
                 })
