@@ -62,8 +62,15 @@ pub struct Broker {
     open: RwLock<BTreeMap<String, Arc<TopicState>>>,
     /// The live brokers, as the last reconciliation read them.
     brokers: RwLock<BTreeMap<u64, BrokerRecord>>,
-    registration: Mutex<Option<Registration>>,
+    /// Keeps the registration's lease alive; aborted when the broker stops.
+    registration: Mutex<Option<tokio::task::JoinHandle<()>>>,
     reconciling: tokio::sync::Mutex<()>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.deregister();
+    }
 }
 
 impl std::fmt::Debug for Broker {
@@ -128,7 +135,8 @@ impl Broker {
         let me = BrokerRecord { id: node_id, address: broker.advertised_address() };
         let ttl = Duration::from_millis(broker.config.session_timeout_ms.max(1_000));
         let registration = Registration::register(store, me, ttl).await?;
-        *broker.registration.lock().unwrap_or_else(|p| p.into_inner()) = Some(registration);
+        let keep_alive = tokio::spawn(registration.keep_alive());
+        *broker.registration.lock().unwrap_or_else(|p| p.into_inner()) = Some(keep_alive);
 
         let records = broker.topics.list().await?;
         let wanted: Vec<String> = records.iter().map(Self::topic_dir_name).collect();
@@ -181,11 +189,11 @@ impl Broker {
         self.brokers.read().unwrap_or_else(|p| p.into_inner()).get(&broker).map(|b| b.address.clone())
     }
 
-    /// Keeps the registration alive until the future is dropped.
-    pub async fn keep_registered(self: Arc<Self>) {
-        let registration = self.registration.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(registration) = registration {
-            registration.keep_alive().await;
+    /// Stops renewing the registration: the broker drops out of the
+    /// cluster once its lease runs out.
+    fn deregister(&self) {
+        if let Some(task) = self.registration.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
         }
     }
 
@@ -682,8 +690,19 @@ impl Broker {
         }
     }
 
+    /// Stops every replica as a crash would: no clean close, nothing
+    /// flushed that was not. For fault injection in tests; the broker is
+    /// unusable afterwards.
+    pub async fn halt(&self) {
+        self.deregister();
+        for partition in self.partitions() {
+            partition.replica().abort().await;
+        }
+    }
+
     /// Closes every partition cleanly.
     pub async fn shutdown(&self) -> BrokerResult<()> {
+        self.deregister();
         for partition in self.partitions() {
             partition.close().await?;
         }

@@ -92,7 +92,6 @@ pub async fn serve(
         .metrics_listen
         .map(|at| AbortOnDrop(tokio::spawn(metrics::serve(at, metrics, broker.clone(), groups.clone()))));
     let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));
-    let registration = AbortOnDrop(tokio::spawn(broker.clone().keep_registered()));
     let reconciler = AbortOnDrop(tokio::spawn(broker.clone().run_reconciler()));
     let group_ticks = groups.clone().map(|groups| AbortOnDrop(tokio::spawn(groups.run())));
     tracing::info!(%listen, "weir broker serving");
@@ -115,7 +114,7 @@ pub async fn serve(
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         );
     let served = with_reflection(router).serve_with_shutdown(listen, shutdown).await;
-    drop((maintenance, registration, reconciler, group_ticks, metrics_server));
+    drop((maintenance, reconciler, group_ticks, metrics_server));
     broker.shutdown().await?;
     tracing::info!("weir broker stopped");
     served.map_err(Into::into)

@@ -1,13 +1,18 @@
-//! The Rust client: a connection to a broker with typed calls for
-//! administration, producing and consuming.
+//! The Rust client: typed calls for administration, producing and
+//! consuming, sent to the right broker.
 //!
-//! This first cut is the direct API the CLI and tests use; the batching
-//! producer and the group consumer build on it.
+//! A client starts from one or more brokers (`host:port`, comma-separated).
+//! Calls on a partition go to its leader: the client remembers leaders the
+//! brokers name in `NOT_LEADER` answers, and retries (bounded, with
+//! backoff) while a partition has no leader or a broker is unreachable.
+//! The batching producer and the group consumer build on it.
 
 pub mod consumer;
 mod partitioner;
 pub mod producer;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -84,17 +89,17 @@ impl ClientError {
 
 pub type ClientResult<T> = Result<T, ClientError>;
 
+/// The gRPC clients of one broker connection.
 #[derive(Debug, Clone)]
-pub struct Client {
+struct Conn {
     groups: GroupsClient<Channel>,
     admin: AdminClient<Channel>,
     producer: ProducerClient<Channel>,
     consumer: ConsumerClient<Channel>,
 }
 
-impl Client {
-    /// Connects to a broker at `address` (`host:port` or `http://host:port`).
-    pub async fn connect(address: &str) -> ClientResult<Self> {
+impl Conn {
+    async fn connect(address: &str) -> ClientResult<Self> {
         let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
         let connect_error = |reason: String| ClientError::Connect { address: address.to_owned(), reason };
         let endpoint = Endpoint::from_shared(uri).map_err(|e| connect_error(e.to_string()))?;
@@ -109,27 +114,167 @@ impl Client {
             consumer: ConsumerClient::new(channel).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         })
     }
+}
+
+/// Attempts at a partition call before its error is returned.
+const ROUTE_ATTEMPTS: u32 = 60;
+const ROUTE_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// What a client has learned about the cluster, shared by its clones.
+#[derive(Debug, Default)]
+struct Routes {
+    /// The brokers the client was given, and which one answers for
+    /// calls that are not about a partition.
+    bootstrap: Vec<String>,
+    home: std::sync::Mutex<usize>,
+    leaders: std::sync::Mutex<HashMap<(String, u32), String>>,
+    conns: tokio::sync::Mutex<HashMap<String, Conn>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The connection to the home broker.
+    conn: Conn,
+    routes: Arc<Routes>,
+}
+
+impl Client {
+    /// Connects to a broker at `address` (`host:port` or `http://host:port`),
+    /// or to the first that answers of several, comma-separated.
+    pub async fn connect(address: &str) -> ClientResult<Self> {
+        let bootstrap: Vec<String> =
+            address.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+        let mut last_error = ClientError::Connect { address: address.to_owned(), reason: "no address given".into() };
+        for (i, candidate) in bootstrap.iter().enumerate() {
+            match Conn::connect(candidate).await {
+                Ok(conn) => {
+                    let routes =
+                        Routes { bootstrap: bootstrap.clone(), home: std::sync::Mutex::new(i), ..Default::default() };
+                    routes.conns.lock().await.insert(candidate.clone(), conn.clone());
+                    return Ok(Self { conn, routes: Arc::new(routes) });
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn conn_to(&self, address: &str) -> ClientResult<Conn> {
+        if let Some(conn) = self.routes.conns.lock().await.get(address) {
+            return Ok(conn.clone());
+        }
+        let conn = Conn::connect(address).await?;
+        self.routes.conns.lock().await.insert(address.to_owned(), conn.clone());
+        Ok(conn)
+    }
+
+    fn leader_of(&self, topic: &str, partition: u32) -> Option<String> {
+        self.routes.leaders.lock().unwrap_or_else(|p| p.into_inner()).get(&(topic.to_owned(), partition)).cloned()
+    }
+
+    fn set_leader(&self, topic: &str, partition: u32, leader: Option<String>) {
+        let mut leaders = self.routes.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        match leader {
+            Some(address) => leaders.insert((topic.to_owned(), partition), address),
+            None => leaders.remove(&(topic.to_owned(), partition)),
+        };
+    }
+
+    /// The connection for a partition call: its leader's if known, else a
+    /// bootstrap broker's (trying the next one each `attempt`).
+    async fn conn_for(&self, topic: &str, partition: u32, attempt: u32) -> ClientResult<Conn> {
+        if let Some(leader) = self.leader_of(topic, partition) {
+            match self.conn_to(&leader).await {
+                Ok(conn) => return Ok(conn),
+                Err(_) => self.set_leader(topic, partition, None),
+            }
+        }
+        if attempt == 0 || self.routes.bootstrap.len() < 2 {
+            return Ok(self.conn.clone());
+        }
+        let home = {
+            let mut home = self.routes.home.lock().unwrap_or_else(|p| p.into_inner());
+            *home = (*home + 1) % self.routes.bootstrap.len();
+            self.routes.bootstrap[*home].clone()
+        };
+        self.conn_to(&home).await
+    }
+
+    /// Runs a partition call on the partition's leader, following leader
+    /// hints and retrying while there is no leader or a broker is down.
+    async fn routed<T, F, Fut>(&self, topic: &str, partition: u32, call: F) -> ClientResult<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let outcome = match self.conn_for(topic, partition, attempt).await {
+                Ok(conn) => call(conn).await.map_err(ClientError::from),
+                Err(error) => Err(error),
+            };
+            let error = match outcome {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            attempt += 1;
+            let retry = match &error {
+                ClientError::Broker(broker) if broker.code == proto::ErrorCode::NotLeader => {
+                    let hinted = broker.leader.clone();
+                    let changed = hinted.is_some() && hinted != self.leader_of(topic, partition);
+                    self.set_leader(topic, partition, hinted);
+                    if changed {
+                        continue; // follow the hint at once
+                    }
+                    true
+                }
+                ClientError::Broker(broker) => {
+                    let unreachable = broker.code == proto::ErrorCode::Unspecified;
+                    if unreachable {
+                        self.set_leader(topic, partition, None);
+                    }
+                    unreachable || broker.code == proto::ErrorCode::PartitionUnavailable
+                }
+                ClientError::Connect { .. } => {
+                    self.set_leader(topic, partition, None);
+                    true
+                }
+                ClientError::InvalidReply(_) => false,
+            };
+            if !retry || attempt >= ROUTE_ATTEMPTS {
+                return Err(error);
+            }
+            let backoff = Duration::from_millis(20 * u64::from(attempt)).min(ROUTE_BACKOFF_MAX);
+            tokio::time::sleep(backoff).await;
+        }
+    }
 
     pub async fn create_topic(&self, name: &str, config: proto::TopicConfig) -> ClientResult<proto::TopicDescription> {
         let request = proto::CreateTopicRequest { name: name.to_owned(), config: Some(config) };
-        Ok(self.admin.clone().create_topic(request).await?.into_inner())
+        Ok(self.conn.admin.clone().create_topic(request).await?.into_inner())
     }
 
     pub async fn delete_topic(&self, name: &str) -> ClientResult<()> {
-        self.admin.clone().delete_topic(proto::DeleteTopicRequest { name: name.to_owned() }).await?;
+        self.conn.admin.clone().delete_topic(proto::DeleteTopicRequest { name: name.to_owned() }).await?;
         Ok(())
     }
 
     pub async fn list_topics(&self) -> ClientResult<Vec<proto::TopicDescription>> {
-        Ok(self.admin.clone().list_topics(proto::ListTopicsRequest {}).await?.into_inner().topics)
+        Ok(self.conn.admin.clone().list_topics(proto::ListTopicsRequest {}).await?.into_inner().topics)
     }
 
     pub async fn describe_topic(&self, name: &str) -> ClientResult<proto::TopicDescription> {
-        Ok(self.admin.clone().describe_topic(proto::DescribeTopicRequest { name: name.to_owned() }).await?.into_inner())
+        Ok(self
+            .conn
+            .admin
+            .clone()
+            .describe_topic(proto::DescribeTopicRequest { name: name.to_owned() })
+            .await?
+            .into_inner())
     }
 
     pub async fn describe_broker(&self) -> ClientResult<proto::BrokerDescription> {
-        Ok(self.admin.clone().describe_broker(proto::DescribeBrokerRequest {}).await?.into_inner())
+        Ok(self.conn.admin.clone().describe_broker(proto::DescribeBrokerRequest {}).await?.into_inner())
     }
 
     /// Produces records as one batch; the broker stamps missing timestamps.
@@ -142,7 +287,11 @@ impl Client {
     ) -> ClientResult<proto::ProduceResponse> {
         let request =
             proto::ProduceRequest { topic: topic.to_owned(), partition, acks: acks as i32, records, batch: Vec::new() };
-        Ok(self.producer.clone().produce(request).await?.into_inner())
+        self.routed(topic, partition, |mut conn| {
+            let request = request.clone();
+            async move { conn.producer.produce(request).await.map(tonic::Response::into_inner) }
+        })
+        .await
     }
 
     /// Produces a batch already encoded by [`crate::log::BatchBuilder`].
@@ -160,7 +309,11 @@ impl Client {
             records: Vec::new(),
             batch: batch.as_bytes().to_vec(),
         };
-        Ok(self.producer.clone().produce(request).await?.into_inner())
+        self.routed(topic, partition, |mut conn| {
+            let request = request.clone();
+            async move { conn.producer.produce(request).await.map(tonic::Response::into_inner) }
+        })
+        .await
     }
 
     /// Fetches from `offset`, waiting up to `max_wait` for data (long poll).
@@ -180,7 +333,11 @@ impl Client {
             max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
             encoded: false,
         };
-        Ok(self.consumer.clone().fetch(request).await?.into_inner())
+        self.routed(topic, partition, |mut conn| {
+            let request = request.clone();
+            async move { conn.consumer.fetch(request).await.map(tonic::Response::into_inner) }
+        })
+        .await
     }
 
     /// Opens a push subscription from `offset` with an initial credit.
@@ -198,31 +355,32 @@ impl Client {
         let requests = futures::stream::unfold(outbound, |mut outbound| async move {
             outbound.recv().await.map(|request| (request, outbound))
         });
-        let responses = self.consumer.clone().subscribe(requests).await?.into_inner();
+        let mut conn = self.conn_for(topic, partition, 0).await?;
+        let responses = conn.consumer.subscribe(requests).await?.into_inner();
         Ok(Subscription { credits, responses })
     }
 
     pub async fn join_group(&self, request: proto::JoinGroupRequest) -> ClientResult<proto::JoinGroupResponse> {
-        Ok(self.groups.clone().join_group(request).await?.into_inner())
+        Ok(self.conn.groups.clone().join_group(request).await?.into_inner())
     }
 
     pub async fn sync_group(&self, request: proto::SyncGroupRequest) -> ClientResult<Vec<proto::TopicPartition>> {
-        Ok(self.groups.clone().sync_group(request).await?.into_inner().assignment)
+        Ok(self.conn.groups.clone().sync_group(request).await?.into_inner().assignment)
     }
 
     pub async fn heartbeat(&self, request: proto::HeartbeatRequest) -> ClientResult<()> {
-        self.groups.clone().heartbeat(request).await?;
+        self.conn.groups.clone().heartbeat(request).await?;
         Ok(())
     }
 
     pub async fn leave_group(&self, group: &str, member_id: &str) -> ClientResult<()> {
         let request = proto::LeaveGroupRequest { group: group.to_owned(), member_id: member_id.to_owned() };
-        self.groups.clone().leave_group(request).await?;
+        self.conn.groups.clone().leave_group(request).await?;
         Ok(())
     }
 
     pub async fn commit_offsets(&self, request: proto::CommitOffsetsRequest) -> ClientResult<()> {
-        self.groups.clone().commit_offsets(request).await?;
+        self.conn.groups.clone().commit_offsets(request).await?;
         Ok(())
     }
 
@@ -233,16 +391,16 @@ impl Client {
         partitions: Vec<proto::TopicPartition>,
     ) -> ClientResult<Vec<proto::PartitionOffset>> {
         let request = proto::FetchOffsetsRequest { group: group.to_owned(), partitions };
-        Ok(self.groups.clone().fetch_offsets(request).await?.into_inner().offsets)
+        Ok(self.conn.groups.clone().fetch_offsets(request).await?.into_inner().offsets)
     }
 
     pub async fn describe_group(&self, group: &str) -> ClientResult<proto::GroupDescription> {
         let request = proto::DescribeGroupRequest { group: group.to_owned() };
-        Ok(self.groups.clone().describe_group(request).await?.into_inner())
+        Ok(self.conn.groups.clone().describe_group(request).await?.into_inner())
     }
 
     pub async fn list_groups(&self) -> ClientResult<Vec<proto::GroupDescription>> {
-        Ok(self.groups.clone().list_groups(proto::ListGroupsRequest {}).await?.into_inner().groups)
+        Ok(self.conn.groups.clone().list_groups(proto::ListGroupsRequest {}).await?.into_inner().groups)
     }
 
     /// Resolves a seek target to an offset.
@@ -254,6 +412,10 @@ impl Client {
         timestamp_ms: i64,
     ) -> ClientResult<u64> {
         let request = proto::ListOffsetRequest { topic: topic.to_owned(), partition, spec: spec as i32, timestamp_ms };
-        Ok(self.consumer.clone().list_offset(request).await?.into_inner().offset)
+        self.routed(topic, partition, |mut conn| {
+            let request = request.clone();
+            async move { conn.consumer.list_offset(request).await.map(|r| r.into_inner().offset) }
+        })
+        .await
     }
 }

@@ -88,7 +88,14 @@ pub fn is_retriable(error: &ClientError) -> bool {
         ClientError::Connect { .. } => true,
         ClientError::InvalidReply(_) => false,
         ClientError::Broker(broker) => {
-            matches!(broker.code, ErrorCode::StorageFull | ErrorCode::MetadataUnavailable | ErrorCode::Unspecified)
+            matches!(
+                broker.code,
+                ErrorCode::StorageFull
+                    | ErrorCode::MetadataUnavailable
+                    | ErrorCode::Unspecified
+                    | ErrorCode::NotLeader
+                    | ErrorCode::PartitionUnavailable
+            )
         }
     }
 }
@@ -236,6 +243,8 @@ mod tests {
             (ClientError::Connect { address: "a".into(), reason: "refused".into() }, true),
             (broker(ErrorCode::StorageFull), true),
             (broker(ErrorCode::MetadataUnavailable), true),
+            (broker(ErrorCode::NotLeader), true),
+            (broker(ErrorCode::PartitionUnavailable), true),
             (broker(ErrorCode::UnknownTopic), false),
             (broker(ErrorCode::MessageTooLarge), false),
             (broker(ErrorCode::InvalidBatch), false),

@@ -1,0 +1,374 @@
+//! A three-broker cluster on etcd: partitions placed with their preferred
+//! leaders spread over the brokers, writes with acks=all from several
+//! producers while the leader of a partition is killed (losing what it had
+//! not fsynced) and restarted, then every acknowledged message is checked.
+//!
+//! Both builds: on tokio a real etcd process and three in-process brokers on
+//! loopback ports; under madsim the simulated etcd and three broker nodes
+//! that `Handle::kill` / `restart` take down and bring back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir::broker::config::BrokerConfig;
+use weir::client::Client;
+use weir::proto::{self, Acks};
+use weir::sys::disk::{Disk, SimDisk};
+
+#[path = "support/etcd.rs"]
+mod etcd;
+
+const TEST_DEADLINE: Duration = Duration::from_secs(240);
+const BROKERS: u64 = 3;
+const PARTITIONS: u32 = 6;
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "cluster_e2e=info,weir=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn config(id: u64, listen: std::net::SocketAddr, etcd: &str, cluster: &str) -> BrokerConfig {
+    BrokerConfig {
+        broker_id: id,
+        data_dir: std::path::PathBuf::from(format!("/data/broker-{id}")),
+        listen,
+        metrics_listen: None,
+        etcd: vec![etcd.to_owned()],
+        cluster_name: cluster.to_owned(),
+        session_timeout_ms: 2_000,
+        ..BrokerConfig::default()
+    }
+}
+
+#[cfg(not(madsim))]
+mod harness {
+    use weir::broker::server::{open_broker, serve};
+    use weir::broker::Broker;
+    use weir::sys::clock::system_clock;
+
+    use super::*;
+
+    struct Node {
+        config: BrokerConfig,
+        disk: SimDisk,
+        running: Option<(Arc<Broker>, tokio::task::JoinHandle<()>)>,
+    }
+
+    pub struct Cluster {
+        /// Kept for its lifetime: etcd stops when the cluster is dropped.
+        _etcd: etcd::EtcdServer,
+        nodes: Vec<Node>,
+    }
+
+    impl Cluster {
+        pub async fn start(cluster: &str) -> Self {
+            let etcd = etcd::EtcdServer::start().await;
+            let mut nodes = Vec::new();
+            for id in 1..=BROKERS {
+                let listen = weir::sys::net::free_loopback_addr().expect("a free port");
+                nodes.push(Node {
+                    config: config(id, listen, &etcd.endpoint(), cluster),
+                    disk: SimDisk::new(id),
+                    running: None,
+                });
+            }
+            let mut cluster = Self { _etcd: etcd, nodes };
+            for i in 0..nodes_len(&cluster) {
+                cluster.boot(i).await;
+            }
+            cluster
+        }
+
+        async fn boot(&mut self, i: usize) {
+            let node = &mut self.nodes[i];
+            let disk: Arc<dyn Disk> = Arc::new(node.disk.clone());
+            let broker = open_broker(node.config.clone(), disk, system_clock()).await.expect("broker opens");
+            let served = broker.clone();
+            let task = tokio::spawn(async move {
+                serve(served, std::future::pending()).await.expect("broker serves");
+            });
+            node.running = Some((broker, task));
+        }
+
+        pub fn addresses(&self) -> Vec<String> {
+            self.nodes.iter().map(|n| n.config.listen.to_string()).collect()
+        }
+
+        /// Kills broker `id` (1-based): its server and replicas stop mid-flight
+        /// and its disk keeps only what was fsynced (and a seeded share more).
+        pub async fn kill(&mut self, id: u64, seed: u64) {
+            let node = &mut self.nodes[(id - 1) as usize];
+            let (broker, task) = node.running.take().expect("broker running");
+            task.abort();
+            let _ = task.await;
+            broker.halt().await;
+            node.disk.crash(seed);
+        }
+
+        pub async fn restart(&mut self, id: u64) {
+            self.boot((id - 1) as usize).await;
+        }
+
+        pub fn spawn_client<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+        where
+            F: Future + Send + 'static,
+            F::Output: Send + 'static,
+        {
+            tokio::spawn(f)
+        }
+
+        pub async fn run<F>(&self, f: F) -> F::Output
+        where
+            F: Future + Send + 'static,
+            F::Output: Send + 'static,
+        {
+            f.await
+        }
+    }
+
+    fn nodes_len(cluster: &Cluster) -> usize {
+        cluster.nodes.len()
+    }
+}
+
+#[cfg(madsim)]
+mod harness {
+    use madsim::runtime::{Handle, NodeHandle};
+    use weir::broker::server::{open_broker, serve};
+    use weir::sys::clock::system_clock;
+
+    use super::*;
+
+    pub struct Cluster {
+        pub etcd: etcd::EtcdServer,
+        nodes: Vec<(NodeHandle, SimDisk, std::net::SocketAddr)>,
+    }
+
+    impl Cluster {
+        pub async fn start(cluster: &str) -> Self {
+            let etcd = etcd::EtcdServer::start().await;
+            let handle = Handle::current();
+            let mut nodes = Vec::new();
+            for id in 1..=BROKERS {
+                let listen: std::net::SocketAddr = format!("10.0.3.{id}:9092").parse().unwrap();
+                let disk = SimDisk::new(id);
+                let config = config(id, listen, &etcd.endpoint(), cluster);
+                let node_disk = disk.clone();
+                let node = handle
+                    .create_node()
+                    .name(format!("broker-{id}"))
+                    .ip(listen.ip())
+                    .init(move || {
+                        let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
+                        let config = config.clone();
+                        async move {
+                            let broker = open_broker(config, disk, system_clock()).await.expect("broker opens");
+                            serve(broker, std::future::pending()).await.expect("broker serves");
+                        }
+                    })
+                    .build();
+                nodes.push((node, disk, listen));
+            }
+            let cluster = Self { etcd, nodes };
+            for address in cluster.addresses() {
+                cluster.run(wait_serving(address)).await;
+            }
+            cluster
+        }
+
+        pub fn addresses(&self) -> Vec<String> {
+            self.nodes.iter().map(|(_, _, listen)| listen.to_string()).collect()
+        }
+
+        pub async fn kill(&mut self, id: u64, seed: u64) {
+            let (node, disk, _) = &self.nodes[(id - 1) as usize];
+            Handle::current().kill(node.id());
+            disk.crash(seed);
+        }
+
+        pub async fn restart(&mut self, id: u64) {
+            let (node, _, listen) = &self.nodes[(id - 1) as usize];
+            Handle::current().restart(node.id());
+            self.run(wait_serving(listen.to_string())).await;
+        }
+
+        pub fn spawn_client<F>(&self, f: F) -> madsim::task::JoinHandle<F::Output>
+        where
+            F: Future + Send + 'static,
+            F::Output: Send + 'static,
+        {
+            self.etcd.spawn(f)
+        }
+
+        pub async fn run<F>(&self, f: F) -> F::Output
+        where
+            F: Future + Send + 'static,
+            F::Output: Send + 'static,
+        {
+            self.etcd.run(f).await
+        }
+    }
+}
+
+use harness::Cluster;
+
+/// Waits (bounded) until the broker at `address` answers.
+#[cfg_attr(not(madsim), allow(dead_code))]
+async fn wait_serving(address: String) {
+    for _ in 0..200 {
+        if let Ok(client) = Client::connect(&address).await {
+            if client.describe_broker().await.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("broker at {address} did not start serving");
+}
+
+/// Leader of each partition as the brokers report it, once every partition
+/// has one.
+async fn leaders(client: &Client, topic: &str) -> BTreeMap<u32, (u64, String)> {
+    for _ in 0..400 {
+        if let Ok(described) = client.describe_topic(topic).await {
+            let known: BTreeMap<u32, (u64, String)> = described
+                .partitions
+                .iter()
+                .filter(|p| p.leader != 0)
+                .map(|p| (p.partition, (p.leader, p.leader_address.clone())))
+                .collect();
+            if known.len() == described.partitions.len() {
+                return known;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("partitions of {topic} did not all elect a leader");
+}
+
+/// Every message of a partition below its high watermark: (offset, value).
+async fn read_partition(client: &Client, topic: &str, partition: u32) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let fetched = client.fetch(topic, partition, offset, 1 << 20, Duration::ZERO).await.expect("fetch");
+        for record in &fetched.records {
+            out.push((record.offset, String::from_utf8(record.value.clone().unwrap_or_default()).unwrap()));
+        }
+        if fetched.next_offset >= fetched.high_watermark {
+            return out;
+        }
+        offset = fetched.next_offset;
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_killing_a_partition_leader() {
+    init_tracing();
+    tokio::time::timeout(TEST_DEADLINE, scenario()).await.expect("the test finishes within its deadline");
+}
+
+async fn scenario() {
+    let mut cluster = Cluster::start("leader-kill").await;
+    let bootstrap = cluster.addresses().join(",");
+
+    tracing::info!("a topic of {PARTITIONS} partitions, 3 replicas each");
+    let address = bootstrap.clone();
+    let before = cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let config =
+                proto::TopicConfig { partitions: PARTITIONS, replication_factor: Some(3), ..Default::default() };
+            let created = client.create_topic("orders", config).await.expect("create");
+            for p in &created.partitions {
+                let distinct: BTreeSet<u64> = p.replicas.iter().copied().collect();
+                assert_eq!(distinct.len(), 3, "partition {} on three brokers: {:?}", p.partition, p.replicas);
+            }
+            leaders(&client, "orders").await
+        })
+        .await;
+    let mut per_broker: BTreeMap<u64, usize> = BTreeMap::new();
+    for (leader, _) in before.values() {
+        *per_broker.entry(*leader).or_default() += 1;
+    }
+    assert_eq!(per_broker.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "leaders spread: {before:?}");
+
+    tracing::info!("three producers write acks=all to every partition");
+    let mut producers = Vec::new();
+    for producer in 0..3u32 {
+        let address = bootstrap.clone();
+        producers.push(cluster.spawn_client(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let mut acknowledged = Vec::new();
+            for n in 0..60u32 {
+                let partition = (producer + n) % PARTITIONS;
+                let value = format!("p{producer}-{n}");
+                let record = proto::Record { value: Some(value.clone().into_bytes()), ..Default::default() };
+                let produced = client.produce("orders", partition, vec![record], Acks::All).await;
+                match produced {
+                    Ok(produced) => acknowledged.push((partition, produced.base_offset, value)),
+                    Err(error) => tracing::info!(%error, value, "write not acknowledged"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acknowledged
+        }));
+    }
+
+    let (victim, _) = before[&0];
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    tracing::info!(broker = victim, "killing the leader of partition 0");
+    cluster.kill(victim, 42).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tracing::info!(broker = victim, "restarting it");
+    cluster.restart(victim).await;
+
+    let mut acknowledged = Vec::new();
+    for producer in producers {
+        acknowledged.extend(producer.await.expect("producer task"));
+    }
+    assert!(acknowledged.len() >= 150, "most writes were acknowledged: {}", acknowledged.len());
+
+    tracing::info!("every acknowledged message is there, in order");
+    let address = bootstrap.clone();
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let after = leaders(&client, "orders").await;
+            assert_ne!(after[&0].0, 0);
+            for partition in 0..PARTITIONS {
+                let stored = read_partition(&client, "orders", partition).await;
+                // Retries of writes whose answer was lost may have stored
+                // them twice until producers are idempotent: count them.
+                let distinct: BTreeSet<&String> = stored.iter().map(|(_, v)| v).collect();
+                if distinct.len() != stored.len() {
+                    tracing::info!(
+                        partition,
+                        duplicates = stored.len() - distinct.len(),
+                        "retried writes stored twice"
+                    );
+                }
+                let at: BTreeMap<u64, &String> = stored.iter().map(|(o, v)| (*o, v)).collect();
+                assert!(stored.iter().enumerate().all(|(i, (o, _))| *o == i as u64), "dense offsets in {partition}");
+                let mine: Vec<&(u32, u64, String)> = acknowledged.iter().filter(|(p, _, _)| *p == partition).collect();
+                for (_, offset, value) in &mine {
+                    assert_eq!(at.get(offset), Some(&value), "acknowledged {value} at {partition}/{offset}");
+                }
+                // Each producer's acknowledged writes are in the order it made them.
+                for producer in 0..3 {
+                    let prefix = format!("p{producer}-");
+                    let order: Vec<u64> =
+                        mine.iter().filter(|(_, _, v)| v.starts_with(&prefix)).map(|(_, o, _)| *o).collect();
+                    assert!(order.windows(2).all(|w| w[0] < w[1]), "{partition}: {order:?}");
+                }
+            }
+        })
+        .await;
+}
