@@ -115,7 +115,9 @@ async fn encoded_batches_round_trip_with_keys_headers_and_timestamps() {
             let produced = client.produce_batch("events", 0, &builder.build().unwrap(), Acks::Leader).await.unwrap();
             assert_eq!((produced.base_offset, produced.record_count), (0, 10));
 
-            let fetched = client.fetch("events", 0, 4, 1 << 20, Duration::ZERO).await.unwrap();
+            // acks=leader answers once the leader has the batch on disk; it
+            // is readable once committed: a long poll waits for that.
+            let fetched = client.fetch("events", 0, 4, 1 << 20, Duration::from_secs(10)).await.unwrap();
             assert_eq!(fetched.records.len(), 6, "records before the requested offset are not returned");
             let first = &fetched.records[0];
             assert_eq!((first.offset, first.timestamp_ms), (4, 1_004));

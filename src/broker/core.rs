@@ -436,6 +436,8 @@ impl Broker {
             segment_bytes: Some(segment_bytes),
             replication_factor: None,
         };
+        // Place it on the brokers live now, not as last seen.
+        self.reconcile().await?;
         match self.topics.create(name, config, self.clock.now_ms(), true, |c| self.placement(c)).await {
             Ok(_) | Err(TopicError::AlreadyExists(_)) => {}
             Err(other) => return Err(other.into()),
@@ -485,6 +487,14 @@ impl Broker {
                 description.leader = leader;
                 description.leader_address = address;
             }
+            if let Some(partition) = state.partitions.get(&index).filter(|p| p.replica().is_leader()) {
+                description.progress = partition
+                    .replica()
+                    .progress()
+                    .into_iter()
+                    .map(|(broker, lag)| proto::ReplicaProgress { broker, lag })
+                    .collect();
+            }
             description.replicas = replicas;
             described.push(description);
         }
@@ -519,6 +529,14 @@ impl Broker {
             topics.push(self.describe_state(state).await?);
         }
         Ok(topics)
+    }
+
+    pub async fn describe_cluster(&self) -> BrokerResult<proto::DescribeClusterResponse> {
+        let brokers = live_brokers(self.topics.store().as_ref()).await?;
+        Ok(proto::DescribeClusterResponse {
+            brokers: brokers.into_values().map(|b| proto::ClusterBroker { id: b.id, address: b.address }).collect(),
+            answered_by: self.config.broker_id,
+        })
     }
 
     pub fn describe_broker(&self) -> proto::BrokerDescription {

@@ -109,6 +109,13 @@ impl admin_server::Admin for BrokerService {
     ) -> Result<Response<proto::BrokerDescription>, Status> {
         reply(Ok(self.broker.describe_broker()))
     }
+
+    async fn describe_cluster(
+        &self,
+        _: Request<proto::DescribeClusterRequest>,
+    ) -> Result<Response<proto::DescribeClusterResponse>, Status> {
+        reply(self.broker.describe_cluster().await)
+    }
 }
 
 #[tonic::async_trait]

@@ -2,6 +2,8 @@
 //! (`topic`, `produce`, `consume`). Settings come from flags, `WEIR_*`
 //! environment variables and, for `server`, a TOML config file.
 
+mod bench;
+mod cluster;
 mod consume;
 mod group;
 mod produce;
@@ -31,7 +33,9 @@ pub struct BrokerArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Runs a single-node broker with the embedded metadata store: no etcd.
+    /// Runs a local broker on the embedded metadata store (no etcd), or with
+    /// `--brokers N` a local cluster of N brokers on etcd (started here if
+    /// installed, or given with `--etcd`).
     Dev(DevArgs),
     /// Runs a broker from a TOML config file (flags override it).
     Server(ServerArgs),
@@ -39,6 +43,14 @@ pub enum Command {
     Topic {
         #[command(subcommand)]
         command: topic::TopicCommand,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Shows the cluster: live brokers, and every partition's leader,
+    /// replicas and replication lag.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
         #[command(flatten)]
         broker: BrokerArgs,
     },
@@ -53,6 +65,11 @@ pub enum Command {
     Produce(produce::ProduceArgs),
     /// Prints messages of a topic, one per line.
     Consume(consume::ConsumeArgs),
+    /// Load generators that print throughput and latency.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +83,15 @@ pub struct DevArgs {
     /// Where Prometheus scrapes `GET /metrics`.
     #[arg(long, env = "WEIR_METRICS_LISTEN", default_value = crate::broker::config::METRICS_LISTEN_DEFAULT)]
     pub metrics_listen: SocketAddr,
+    /// Brokers to run in this process. More than one makes a replicated
+    /// cluster on etcd; broker i serves on the listen port + 2(i-1) and
+    /// keeps its data in `<data-dir>/broker-<i>`.
+    #[arg(long, default_value_t = 1)]
+    pub brokers: u32,
+    /// etcd endpoints of an etcd to use (default with --brokers > 1: start
+    /// one on 127.0.0.1:2379, data in `<data-dir>/etcd`).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,7 +114,9 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Server(args) => run::server(args).await,
         Command::Topic { command, broker } => topic::run(command, &broker.broker).await,
         Command::Group { command, broker } => group::run(command, &broker.broker).await,
+        Command::Cluster { command, broker } => cluster::run(command, &broker.broker).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
+        Command::Bench { command } => bench::run(command).await,
     }
 }

@@ -3,10 +3,17 @@
 use super::{CliResult, DevArgs, ServerArgs};
 use crate::broker::server::{open_broker, serve};
 use crate::broker::BrokerConfig;
+use crate::meta::EtcdStore;
 use crate::sys::clock::system_clock;
 use crate::sys::disk::real_disk;
+use crate::sys::net::SocketAddr;
+use crate::sys::process::{etcd_installed, EtcdProcess};
+use std::time::Duration;
 
 pub async fn dev(args: DevArgs) -> CliResult {
+    if args.brokers > 1 {
+        return dev_cluster(args).await;
+    }
     let config = BrokerConfig {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -14,6 +21,91 @@ pub async fn dev(args: DevArgs) -> CliResult {
         ..BrokerConfig::default()
     };
     start(config).await
+}
+
+/// How long `weir dev` waits for the etcd it started to answer.
+const ETCD_STARTUP: Duration = Duration::from_secs(15);
+
+/// `weir dev --brokers N`: N brokers in this process on one etcd.
+async fn dev_cluster(args: DevArgs) -> CliResult {
+    let mut etcd_process = None;
+    let endpoints = if args.etcd.is_empty() {
+        if !etcd_installed() {
+            return Err(
+                "--brokers needs etcd: install it (Debian: apt install etcd-server) or pass --etcd host:port".into()
+            );
+        }
+        let client: SocketAddr = "127.0.0.1:2379".parse().expect("valid address");
+        let peer: SocketAddr = "127.0.0.1:2380".parse().expect("valid address");
+        let dir = args.data_dir.join("etcd");
+        let mut process = EtcdProcess::start(&dir, client, peer).map_err(|e| format!("starting etcd: {e}"))?;
+        wait_for_etcd(&client.to_string(), &mut process).await?;
+        println!("etcd serving on {client} (data and log in {})", dir.display());
+        etcd_process = Some(process);
+        vec![client.to_string()]
+    } else {
+        args.etcd.clone()
+    };
+    // Every broker registers before any serves, so the offsets partition
+    // (created when the first one starts serving) is placed on all of them.
+    let mut brokers = Vec::new();
+    for i in 0..args.brokers {
+        let port = |base: u16| base.checked_add(2 * i as u16).ok_or("ports run past 65535");
+        let listen = SocketAddr::new(args.listen.ip(), port(args.listen.port())?);
+        let metrics = SocketAddr::new(args.metrics_listen.ip(), port(args.metrics_listen.port())?);
+        let config = BrokerConfig {
+            broker_id: u64::from(i) + 1,
+            data_dir: args.data_dir.join(format!("broker-{}", i + 1)),
+            listen,
+            metrics_listen: Some(metrics),
+            etcd: endpoints.clone(),
+            cluster_name: "weir-dev".into(),
+            ..BrokerConfig::default()
+        };
+        brokers.push((open_broker(config, real_disk(), system_clock()).await?, listen, metrics));
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    let mut addresses = Vec::new();
+    for (broker, listen, metrics) in brokers {
+        println!("broker {} serving on {listen} (metrics on {metrics})", broker.broker_id());
+        addresses.push(listen.to_string());
+        let mut stop = stop_rx.clone();
+        servers.push(tokio::spawn(async move {
+            serve(broker, async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+        }));
+    }
+    let all = addresses.join(",");
+    println!("a {}-broker cluster is up; Ctrl-C stops it. Try:", args.brokers);
+    println!("  weir topic create demo --partitions 6 --broker {all}");
+    println!("  weir cluster status --broker {all}");
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = stop_tx.send(true);
+    for server in servers {
+        server.await.map_err(|e| e.to_string())??;
+    }
+    drop(etcd_process);
+    println!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_etcd(endpoint: &str, process: &mut EtcdProcess) -> CliResult {
+    let deadline = tokio::time::Instant::now() + ETCD_STARTUP;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(status) = process.exited()? {
+            return Err(format!("etcd exited ({status}); see {}", process.log_path().display()).into());
+        }
+        let probe = EtcdStore::connect(vec![endpoint.to_owned()], "weir-dev-probe");
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("etcd did not answer within {ETCD_STARTUP:?}; see {}", process.log_path().display()).into())
 }
 
 pub async fn server(args: ServerArgs) -> CliResult {

@@ -277,6 +277,17 @@ impl Client {
         Ok(self.conn.admin.clone().describe_broker(proto::DescribeBrokerRequest {}).await?.into_inner())
     }
 
+    pub async fn describe_cluster(&self) -> ClientResult<proto::DescribeClusterResponse> {
+        Ok(self.conn.admin.clone().describe_cluster(proto::DescribeClusterRequest {}).await?.into_inner())
+    }
+
+    /// A client whose home is the broker at `address` (sharing this one's
+    /// connections and what it learned about leaders).
+    pub async fn via(&self, address: &str) -> ClientResult<Client> {
+        let conn = self.conn_to(address).await?;
+        Ok(Client { conn, routes: self.routes.clone() })
+    }
+
     /// Produces records as one batch; the broker stamps missing timestamps.
     pub async fn produce(
         &self,

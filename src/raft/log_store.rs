@@ -229,21 +229,34 @@ impl LogStore {
         }
     }
 
+    /// The last purged entry: everything up to it is gone from the log.
+    pub fn last_purged(&self) -> Option<LogId> {
+        self.index().hard.purged
+    }
+
     /// Drops every entry and starts the log over: the next entry is the one
     /// after `snapshot`, and its batch gets offset `next_offset`. For
     /// installing a snapshot the log does not reach. Blocks on disk I/O.
+    ///
+    /// The purge point moves last: until it does, a crash leaves the old
+    /// log's purge point over what is left of the old log (a prefix of it:
+    /// dropping the control entries first cuts the log at the first of
+    /// them), which still lacks the snapshot's entry, so the state machine
+    /// resets again on open. Moving it first would let a crash leave old
+    /// entries, perhaps of older terms, right after the snapshot's.
     pub fn reset(&self, snapshot: LogId, next_offset: u64) -> Result<(), String> {
         let mut index = self.index();
         let mut guard = lock_log(&self.shared.log);
         let log = guard.as_mut().ok_or("partition log is closed")?;
+        index.control_file.rewrite(&[])?;
+        log.reset_to(next_offset).map_err(|e| e.to_string())?;
+        index.slots.clear();
         let mut hard = index.hard.clone();
         hard.purged = Some(snapshot);
         state_file::save(self.shared.disk.as_ref(), &self.shared.dir, HARD_STATE_FILE, &hard)?;
         index.hard = hard;
-        log.reset_to(next_offset).map_err(|e| e.to_string())?;
-        index.slots.clear();
         index.first = snapshot.index + 1;
-        index.control_file.rewrite(&[])
+        Ok(())
     }
 
     fn save_hard(&self, change: impl FnOnce(&mut HardState)) -> Result<(), String> {
@@ -335,18 +348,22 @@ impl LogStore {
         Ok(())
     }
 
+    /// The entries of `[start, end)` the log holds: openraft's reader
+    /// contract allows entries not found, so a range reaching below the
+    /// purge point or past the end yields the part that exists. openraft
+    /// never reads purged entries it needs (a leader postpones purging
+    /// while a replication still uses them); callers that need the whole
+    /// range (`get_log_entries`) check it.
     fn read_blocking(&self, start: u64, end: u64) -> Result<Vec<Entry>, String> {
-        let slots: Vec<Slot> = {
+        let (start, slots): (u64, Vec<Slot>) = {
             let index = self.index();
+            let start = start.max(index.first);
             let end = end.min(index.next_index());
             if start >= end {
                 return Ok(Vec::new());
             }
-            if start < index.first {
-                return Err(format!("Raft entry {start} was purged (last purged: {:?})", index.hard.purged));
-            }
             let from = (start - index.first) as usize;
-            index.slots.range(from..from + (end - start) as usize).cloned().collect()
+            (start, index.slots.range(from..from + (end - start) as usize).cloned().collect())
         };
         let guard = lock_log(&self.shared.log);
         let log = guard.as_ref().ok_or("partition log is closed")?;

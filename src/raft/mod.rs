@@ -215,6 +215,14 @@ impl Replica {
         Some((leader, address.unwrap_or_default()))
     }
 
+    /// On the leader: each replica's lag behind its log, in entries.
+    pub fn progress(&self) -> Vec<(NodeId, u64)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let last = metrics.last_log_index.map_or(0, |i| i + 1);
+        let Some(replication) = metrics.replication else { return Vec::new() };
+        replication.iter().map(|(id, matched)| (*id, last - matched.map_or(0, |m| m.index + 1).min(last))).collect()
+    }
+
     /// Whether the group has been started here (or joined by a leader).
     pub fn has_membership(&self) -> bool {
         self.raft.metrics().borrow().membership_config.membership().nodes().next().is_some()
@@ -270,7 +278,13 @@ impl Replica {
                 if !self.is_leader() {
                     return Err(self.not_leader(self.leader()));
                 }
-                self.raft.client_write_ff(Proposal::new(batch)).await.map_err(|e| self.unavailable(e))?;
+                let committed =
+                    self.raft.client_write_ff(Proposal::new(batch)).await.map_err(|e| self.unavailable(e))?;
+                // Nobody waits for the answer, but openraft warns if it
+                // cannot deliver it.
+                tokio::spawn(async move {
+                    let _ = committed.await;
+                });
                 Ok(None)
             }
         }

@@ -81,10 +81,13 @@ impl StateMachine {
             applying.last_applied = snapshot.meta.last_log_id;
             applying.membership = snapshot.meta.last_membership.clone();
             applying.next_offset = snapshot.state.next_offset;
-            // A crash while installing a snapshot can leave the log behind
-            // it: start the log over where the snapshot ends.
+            // The log holds the snapshot's last entry, or has purged up to
+            // it (a completed install, or a purge after a snapshot). If
+            // neither, a crash cut an install short (the snapshot is saved
+            // before the log starts over): finish it.
             if let Some(last) = snapshot.meta.last_log_id {
-                if !log.contains(&last) && log.log_end_offset()? != snapshot.state.next_offset {
+                let purged_through = log.last_purged().is_some_and(|purged| purged.index >= last.index);
+                if !log.contains(&last) && !purged_through {
                     log.reset(last, snapshot.state.next_offset)?;
                 }
             }

@@ -1,0 +1,65 @@
+//! Child processes weir starts itself: a local etcd for `weir dev --brokers N`.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::net::SocketAddr;
+
+/// Whether an `etcd` binary is on PATH.
+pub fn etcd_installed() -> bool {
+    Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A single-member etcd on loopback, killed when dropped.
+#[derive(Debug)]
+pub struct EtcdProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl EtcdProcess {
+    /// Starts etcd with its data in `dir/data` and its log in `dir/etcd.log`.
+    pub fn start(dir: &Path, client: SocketAddr, peer: SocketAddr) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let log = dir.join("etcd.log");
+        let out = File::create(&log)?;
+        let client_url = format!("http://{client}");
+        let peer_url = format!("http://{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "weir-dev", "--logger", "zap"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("weir-dev={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        Ok(Self { child, log })
+    }
+
+    /// Where etcd writes its log.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// `Some(status)` if etcd has exited.
+    pub fn exited(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
