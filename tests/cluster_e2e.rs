@@ -62,8 +62,7 @@ mod harness {
     }
 
     pub struct Cluster {
-        /// Kept for its lifetime: etcd stops when the cluster is dropped.
-        _etcd: etcd::EtcdServer,
+        etcd: etcd::EtcdServer,
         nodes: Vec<Node>,
     }
 
@@ -79,7 +78,7 @@ mod harness {
                     running: None,
                 });
             }
-            let mut cluster = Self { _etcd: etcd, nodes };
+            let mut cluster = Self { etcd, nodes };
             for i in 0..nodes_len(&cluster) {
                 cluster.boot(i).await;
             }
@@ -116,6 +115,11 @@ mod harness {
             self.boot((id - 1) as usize).await;
         }
 
+        /// Kills etcd.
+        pub async fn stop_etcd(&mut self) {
+            self.etcd.stop().await;
+        }
+
         pub fn spawn_client<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
         where
             F: Future + Send + 'static,
@@ -147,7 +151,7 @@ mod harness {
     use super::*;
 
     pub struct Cluster {
-        pub etcd: etcd::EtcdServer,
+        etcd: etcd::EtcdServer,
         nodes: Vec<(NodeHandle, SimDisk, std::net::SocketAddr)>,
     }
 
@@ -197,6 +201,11 @@ mod harness {
             let (node, _, listen) = &self.nodes[(id - 1) as usize];
             Handle::current().restart(node.id());
             self.run(wait_serving(listen.to_string())).await;
+        }
+
+        /// Kills etcd's node.
+        pub async fn stop_etcd(&mut self) {
+            self.etcd.stop().await;
         }
 
         pub fn spawn_client<F>(&self, f: F) -> madsim::task::JoinHandle<F::Output>
@@ -369,6 +378,76 @@ async fn scenario() {
                     assert!(order.windows(2).all(|w| w[0] < w[1]), "{partition}: {order:?}");
                 }
             }
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn followers_and_an_etcd_outage_get_clear_statuses() {
+    init_tracing();
+    tokio::time::timeout(TEST_DEADLINE, bad_input()).await.expect("the test finishes within its deadline");
+}
+
+async fn bad_input() {
+    use weir::broker::error::{BrokerError, ErrorCode};
+
+    let mut cluster = Cluster::start("bad-input").await;
+    let bootstrap = cluster.addresses().join(",");
+    let addresses = cluster.addresses();
+    let address = bootstrap.clone();
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let config = proto::TopicConfig { partitions: 3, replication_factor: Some(3), ..Default::default() };
+            client.create_topic("audit", config).await.expect("create");
+            let leaders = leaders(&client, "audit").await;
+            let (leader, leader_address) = leaders[&0].clone();
+
+            tracing::info!("producing to a follower: NOT_LEADER, naming the leader");
+            let follower = addresses.iter().find(|a| **a != leader_address).expect("a follower").clone();
+            let mut raw = proto::producer_client::ProducerClient::connect(format!("http://{follower}")).await.unwrap();
+            let request = proto::ProduceRequest {
+                topic: "audit".into(),
+                partition: 0,
+                acks: Acks::All as i32,
+                records: vec![proto::Record { value: Some(b"x".to_vec()), ..Default::default() }],
+                batch: Vec::new(),
+            };
+            let status = raw.produce(request.clone()).await.expect_err("a follower refuses");
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+            let error = BrokerError::from_status(&status);
+            assert_eq!(error.code, ErrorCode::NotLeader, "{error}");
+            assert_eq!(error.leader.as_deref(), Some(leader_address.as_str()), "the hint names broker {leader}");
+            let fetched = client.fetch("audit", 0, 0, 1 << 20, Duration::ZERO).await.unwrap();
+            assert_eq!(fetched.high_watermark, 0, "the refused write left nothing behind");
+
+            tracing::info!("a partition that does not exist: UNKNOWN_PARTITION");
+            let mut missing = request.clone();
+            missing.partition = 7;
+            let status = raw.produce(missing).await.expect_err("no such partition");
+            assert_eq!(BrokerError::from_status(&status).code, ErrorCode::UnknownPartition);
+
+            tracing::info!("the client follows the hint on its own");
+            let produced = client.produce("audit", 0, request.records.clone(), Acks::All).await.expect("produce");
+            assert_eq!(produced.base_offset, 0);
+        })
+        .await;
+
+    tracing::info!("etcd goes away: writes go on, metadata changes fail clearly");
+    cluster.stop_etcd().await;
+    let address = bootstrap.clone();
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            for n in 0..5u8 {
+                let record = proto::Record { value: Some(vec![n]), ..Default::default() };
+                client.produce("audit", 1, vec![record], Acks::All).await.expect("replication needs no etcd");
+            }
+            let config = proto::TopicConfig { partitions: 1, ..Default::default() };
+            let error = client.create_topic("later", config).await.expect_err("no metadata store");
+            assert_eq!(error.code(), Some(ErrorCode::MetadataUnavailable), "{error}");
+            let fetched = client.fetch("audit", 1, 0, 1 << 20, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(fetched.records.len(), 5);
         })
         .await;
 }

@@ -27,6 +27,7 @@ use crate::proto;
 use crate::raft::{raft_config, Acks, Connections, GroupId, NodeId, ReplicaEnv, Router};
 use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
+use crate::sys::rng::random_u64;
 use crate::sys::task::blocking;
 
 /// Replicas other than the preferred leader start a new group themselves
@@ -420,7 +421,7 @@ impl Broker {
             Some(factor) => factor,
             None => self.config.default_replication_factor.clamp(1, live.len() as u32),
         };
-        Ok(place(config.partitions, factor, &live))
+        Ok(place(config.partitions, factor, &live, random_u64()))
     }
 
     /// Partition 0 of one of weir's own single-partition topics, created on

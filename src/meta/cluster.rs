@@ -11,7 +11,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::store::{LeaseId, MetaError, MetaResult, MetaStore};
-use crate::sys::rng::random_u64;
 
 pub const BROKERS_PREFIX: &str = "brokers/";
 
@@ -92,12 +91,13 @@ impl Registration {
 
 /// Places `partitions` partitions of `replication_factor` replicas each on
 /// `brokers`: partition `p` goes to `replication_factor` consecutive brokers
-/// from a random start plus `p`, so preferred leaders (each list's first)
-/// and followers spread evenly, and topics do not all start on one broker.
-pub fn place(partitions: u32, replication_factor: u32, brokers: &[u64]) -> Vec<Vec<u64>> {
+/// from `start + p`, so preferred leaders (each list's first) and followers
+/// spread evenly; a random `start` keeps topics from all starting on one
+/// broker.
+pub fn place(partitions: u32, replication_factor: u32, brokers: &[u64], start: u64) -> Vec<Vec<u64>> {
     assert!(!brokers.is_empty() && replication_factor as usize <= brokers.len());
     let n = brokers.len() as u64;
-    let start = random_u64() % n;
+    let start = start % n;
     (0..u64::from(partitions))
         .map(|p| (0..u64::from(replication_factor)).map(|j| brokers[((start + p + j) % n) as usize]).collect())
         .collect()
@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn placement_spreads_leaders_and_replicas_evenly() {
         let brokers = [3, 5, 9];
-        let placed = place(6, 3, &brokers);
+        let placed = place(6, 3, &brokers, 7);
         assert_eq!(placed.len(), 6);
         let mut leaders: BTreeMap<u64, usize> = BTreeMap::new();
         for replicas in &placed {
@@ -122,9 +122,9 @@ mod tests {
         }
         assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "{placed:?}");
 
-        let single = place(4, 1, &[7]);
+        let single = place(4, 1, &[7], 3);
         assert_eq!(single, vec![vec![7]; 4]);
-        let two_of_four = place(8, 2, &[1, 2, 3, 4]);
+        let two_of_four = place(8, 2, &[1, 2, 3, 4], 2);
         let mut per_broker: BTreeMap<u64, usize> = BTreeMap::new();
         for replicas in &two_of_four {
             assert_ne!(replicas[0], replicas[1]);
