@@ -580,3 +580,63 @@ async fn prometheus_metrics_count_traffic_and_lag() {
         })
         .await;
 }
+
+/// A batch of `n` records from producer `id`/`epoch`, first sequence `seq`.
+fn sequenced(id: i64, epoch: i16, seq: i32, n: usize) -> weir::log::Batch {
+    let mut builder = BatchBuilder::new().producer(id, epoch, seq);
+    for i in 0..n {
+        builder.push(&Record { timestamp_ms: 1, value: Some(format!("{seq}+{i}").into()), ..Record::default() });
+    }
+    builder.build().unwrap()
+}
+
+#[tokio::test]
+async fn an_idempotent_producer_writes_each_batch_once_across_restarts() {
+    let mut broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    let id = broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("once", topic_config(1)).await.unwrap();
+            let identity = client.init_producer().await.unwrap();
+            assert!(identity.producer_id >= 0);
+            assert_ne!(client.init_producer().await.unwrap().producer_id, identity.producer_id, "ids are fresh");
+            let id = identity.producer_id;
+
+            tracing::info!("a retried batch is answered with where the first copy landed");
+            let first = client.produce_batch("once", 0, &sequenced(id, 0, 0, 3), Acks::All).await.unwrap();
+            let again = client.produce_batch("once", 0, &sequenced(id, 0, 0, 3), Acks::All).await.unwrap();
+            assert_eq!((first.base_offset, again.base_offset), (0, 0));
+            let next = client.produce_batch("once", 0, &sequenced(id, 0, 3, 2), Acks::All).await.unwrap();
+            assert_eq!(next.base_offset, 3);
+
+            tracing::info!("a gap in the sequence is refused and writes nothing");
+            let gap = client.produce_batch("once", 0, &sequenced(id, 0, 9, 1), Acks::All).await;
+            assert_eq!(code(gap), ErrorCode::OutOfOrderSequence);
+            assert_eq!(client.list_offset("once", 0, OffsetSpec::Latest, 0).await.unwrap(), 5);
+            id
+        })
+        .await;
+
+    tracing::info!("the producer state survives a crash and restart");
+    broker.restart(3).await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            let retried = client.produce_batch("once", 0, &sequenced(id, 0, 3, 2), Acks::All).await.unwrap();
+            assert_eq!(retried.base_offset, 3, "a retry after the restart is still a duplicate");
+
+            tracing::info!("a newer epoch starts over at 0 and fences the older one");
+            let newer = client.produce_batch("once", 0, &sequenced(id, 1, 0, 1), Acks::All).await.unwrap();
+            assert_eq!(newer.base_offset, 5);
+            let fenced = client.produce_batch("once", 0, &sequenced(id, 0, 5, 1), Acks::All).await;
+            assert_eq!(code(fenced), ErrorCode::ProducerFenced);
+
+            let records = read_all(&client, "once", 0, 0).await;
+            let values: Vec<String> =
+                records.iter().map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap()).collect();
+            assert_eq!(values, ["0+0", "0+1", "0+2", "3+0", "3+1", "0+0"], "each batch once");
+        })
+        .await;
+}

@@ -553,6 +553,12 @@ impl Broker {
 
     // ---- producing ----
 
+    /// A new idempotent producer identity: a random 63-bit id (a clash is as
+    /// likely as guessing a random 63-bit number) at epoch 0.
+    pub fn init_producer(&self) -> proto::InitProducerResponse {
+        proto::InitProducerResponse { producer_id: (random_u64() >> 1) as i64, producer_epoch: 0 }
+    }
+
     /// Builds the batch a produce request carries, checking every limit.
     fn batch_from_request(&self, request: &proto::ProduceRequest) -> BrokerResult<Batch> {
         let message_bytes_max = self.config.message_bytes_max;

@@ -49,9 +49,12 @@ impl BrokerError {
     pub fn grpc_code(code: ErrorCode) -> Code {
         match code {
             ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => Code::NotFound,
-            ErrorCode::UnknownMember | ErrorCode::IllegalGeneration | ErrorCode::NotAssigned | ErrorCode::NotLeader => {
-                Code::FailedPrecondition
-            }
+            ErrorCode::UnknownMember
+            | ErrorCode::IllegalGeneration
+            | ErrorCode::NotAssigned
+            | ErrorCode::NotLeader
+            | ErrorCode::OutOfOrderSequence
+            | ErrorCode::ProducerFenced => Code::FailedPrecondition,
             ErrorCode::RebalanceInProgress => Code::Aborted,
             ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
             ErrorCode::InvalidTopicName
@@ -122,6 +125,8 @@ impl From<ProposeError> for BrokerError {
             ProposeError::NotLeader { leader: None, .. } | ProposeError::Unavailable { .. } => {
                 Self::new(ErrorCode::PartitionUnavailable, error.to_string())
             }
+            ProposeError::OutOfOrderSequence { .. } => Self::new(ErrorCode::OutOfOrderSequence, error.to_string()),
+            ProposeError::ProducerFenced { .. } => Self::new(ErrorCode::ProducerFenced, error.to_string()),
         }
     }
 }

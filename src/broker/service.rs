@@ -142,6 +142,13 @@ impl producer_server::Producer for BrokerService {
         }
         reply(result)
     }
+
+    async fn init_producer(
+        &self,
+        _: Request<proto::InitProducerRequest>,
+    ) -> Result<Response<proto::InitProducerResponse>, Status> {
+        reply(Ok(self.broker.init_producer()))
+    }
 }
 
 #[tonic::async_trait]

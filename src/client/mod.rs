@@ -305,6 +305,11 @@ impl Client {
         .await
     }
 
+    /// A new idempotent producer identity (see [`crate::log::BatchBuilder::producer`]).
+    pub async fn init_producer(&self) -> ClientResult<proto::InitProducerResponse> {
+        Ok(self.conn.producer.clone().init_producer(proto::InitProducerRequest {}).await?.into_inner())
+    }
+
     /// Produces a batch already encoded by [`crate::log::BatchBuilder`].
     pub async fn produce_batch(
         &self,

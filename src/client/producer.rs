@@ -6,9 +6,9 @@
 //! exponential backoff; anything else fails the records of that batch.
 //!
 //! Each partition has one batch in flight at a time, so records keep their
-//! order per partition, across retries too. Without idempotent producers
-//! (the replication issue) a retry after a lost reply may append a batch
-//! twice.
+//! order per partition, across retries too. The producer is idempotent by
+//! default: it takes a producer id from the broker and numbers its records
+//! per partition, so a batch retried after a lost reply is written once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,8 @@ pub struct ProducerConfig {
     pub retries: u32,
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
+    /// Number batches so that retries are written once (see the module doc).
+    pub idempotent: bool,
 }
 
 impl Default for ProducerConfig {
@@ -44,6 +46,7 @@ impl Default for ProducerConfig {
             retries: 10,
             retry_backoff: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(2),
+            idempotent: true,
         }
     }
 }
@@ -80,6 +83,14 @@ pub struct Producer {
     queues: Mutex<BTreeMap<(String, u32), mpsc::Sender<Pending>>>,
     partition_counts: Mutex<BTreeMap<String, u32>>,
     round_robin: Mutex<u32>,
+}
+
+/// An idempotent producer's identity and its next sequence in a partition.
+#[derive(Debug, Clone, Copy)]
+struct Sequencing {
+    producer_id: i64,
+    epoch: i16,
+    next: i32,
 }
 
 /// Whether an error may go away if the same request is sent again later.
@@ -172,6 +183,7 @@ impl Producer {
 
     /// Gathers and sends the batches of one partition, one at a time.
     async fn run_partition(self: Arc<Self>, topic: String, partition: u32, mut pending: mpsc::Receiver<Pending>) {
+        let mut sequencing = None;
         while let Some(first) = pending.recv().await {
             let mut batch = vec![first];
             let mut bytes = batch[0].record.value.as_ref().map_or(0, |v| v.len());
@@ -187,7 +199,7 @@ impl Producer {
                     Ok(None) | Err(_) => break,
                 }
             }
-            let result = self.send_batch(&topic, partition, &batch).await;
+            let result = self.send_batch(&topic, partition, &batch, &mut sequencing).await;
             for (i, pending) in batch.into_iter().enumerate() {
                 let outcome = match &result {
                     Ok(base_offset) => Ok(Delivered { partition, offset: base_offset + i as u64 }),
@@ -198,8 +210,23 @@ impl Producer {
         }
     }
 
-    async fn send_batch(&self, topic: &str, partition: u32, batch: &[Pending]) -> ClientResult<u64> {
-        let mut builder = BatchBuilder::new();
+    async fn send_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: &[Pending],
+        sequencing: &mut Option<Sequencing>,
+    ) -> ClientResult<u64> {
+        if self.config.idempotent && sequencing.is_none() {
+            let identity = self.client.init_producer().await?;
+            let epoch = i16::try_from(identity.producer_epoch)
+                .map_err(|_| ClientError::InvalidReply(format!("producer epoch {}", identity.producer_epoch)))?;
+            *sequencing = Some(Sequencing { producer_id: identity.producer_id, epoch, next: 0 });
+        }
+        let mut builder = match sequencing {
+            Some(s) => BatchBuilder::new().producer(s.producer_id, s.epoch, s.next),
+            None => BatchBuilder::new(),
+        };
         for pending in batch {
             builder.push(&pending.record);
         }
@@ -208,13 +235,24 @@ impl Producer {
         let mut attempt = 0;
         loop {
             match self.client.produce_batch(topic, partition, &encoded, self.config.acks).await {
-                Ok(response) => return Ok(response.base_offset),
+                Ok(response) => {
+                    if let Some(s) = sequencing {
+                        s.next = s.next.wrapping_add(batch.len() as i32);
+                    }
+                    return Ok(response.base_offset);
+                }
                 Err(error) if is_retriable(&error) && attempt < self.config.retries => {
                     tracing::debug!(topic, partition, attempt, %error, "retrying a produce");
                     tokio::time::sleep(backoff(&self.config, attempt)).await;
                     attempt += 1;
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    // Whether the batch was written is unknown (or the broker
+                    // refused its sequence): the next batch starts over under
+                    // a new identity rather than leave a gap.
+                    *sequencing = None;
+                    return Err(error);
+                }
             }
         }
     }

@@ -13,6 +13,7 @@
 pub mod control_file;
 pub mod log_store;
 pub mod network;
+pub mod producers;
 pub mod state_file;
 pub mod state_machine;
 pub mod types;
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 
 pub use self::log_store::{LogStore, SharedLog};
 pub use self::network::{Connections, RaftService, Router};
+use self::producers::Verdict;
 pub use self::state_machine::StateMachine;
 pub use self::types::{Applied, GroupId, NodeId, Proposal, RaftNode};
 use crate::log::{Batch, LogConfig, PartitionLog};
@@ -35,6 +37,10 @@ use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
 use crate::sys::rng::random_u64;
 use crate::sys::task::blocking;
+
+/// How long a retried batch waits for its earlier copy, still in flight,
+/// to be applied.
+const IN_FLIGHT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// When a producer's batch counts as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +59,10 @@ pub enum ProposeError {
     NotLeader { group: GroupId, leader: Option<(NodeId, String)> },
     #[error("partition group {group} is unavailable: {reason}")]
     Unavailable { group: GroupId, reason: String },
+    #[error("producer {producer_id}: batch starts at sequence {got}, expected {expected}")]
+    OutOfOrderSequence { producer_id: i64, got: i32, expected: i32 },
+    #[error("producer {producer_id}: epoch {got} is fenced by epoch {current}")]
+    ProducerFenced { producer_id: i64, got: i16, current: i16 },
 }
 
 /// The Raft timing every group uses.
@@ -117,6 +127,10 @@ async fn leader_known(metrics: &mut watch::Receiver<RaftMetrics<NodeId, BasicNod
     }
 }
 
+/// Idempotent batches a leader proposed and has not yet seen applied:
+/// producer id → (epoch, the (first, last) sequences of each batch).
+type InFlight = BTreeMap<i64, (i16, Vec<(i32, i32)>)>;
+
 /// This broker's member of one partition group.
 #[derive(Clone)]
 pub struct Replica {
@@ -127,6 +141,7 @@ pub struct Replica {
     log_store: LogStore,
     state_machine: StateMachine,
     router: Arc<Router>,
+    in_flight: Arc<tokio::sync::Mutex<InFlight>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -173,6 +188,7 @@ impl Replica {
             log_store,
             state_machine,
             router: env.router.clone(),
+            in_flight: Arc::default(),
         })
     }
 
@@ -253,8 +269,143 @@ impl Replica {
     }
 
     /// Proposes a batch; returns where it landed once `acks` is met
-    /// (`None` for [`Acks::None`], which waits for nothing).
+    /// (`None` for [`Acks::None`], which waits for nothing). A batch from an
+    /// idempotent producer is written once: a retry of one already written
+    /// (or in flight) answers with where it landed.
     pub async fn propose(&self, batch: Batch, acks: Acks) -> Result<Option<Applied>, ProposeError> {
+        if batch.header().producer_id >= 0 {
+            return self.propose_idempotent(batch, acks).await;
+        }
+        self.propose_plain(batch, acks).await
+    }
+
+    async fn propose_idempotent(&self, batch: Batch, acks: Acks) -> Result<Option<Applied>, ProposeError> {
+        let header = *batch.header();
+        let (producer_id, epoch) = (header.producer_id, header.producer_epoch);
+        let (first, last) = producers::sequences(&header);
+        let count = u64::from(header.record_count);
+        let mut in_flight = self.in_flight.lock().await;
+        if !self.is_leader() {
+            return Err(self.not_leader(self.leader()));
+        }
+        // Entries of earlier terms in this leader's log may hold batches of
+        // this producer: judge only once they are applied.
+        let term = self.raft.metrics().borrow().current_term;
+        if self.state_machine.last_applied().map(|id| id.leader_id.term) != Some(term) {
+            return Err(self.unavailable("the new leader is still applying its log"));
+        }
+        let pending = in_flight.get(&producer_id).filter(|(e, batches)| *e == epoch && !batches.is_empty());
+        if pending.is_some_and(|(_, batches)| batches.contains(&(first, last))) {
+            drop(in_flight);
+            return self.await_written(producer_id, epoch, first, last, count).await.map(Some);
+        }
+        let after = match pending {
+            Some((_, batches)) => batches.last().map(|&(_, last)| last),
+            None => self
+                .state_machine
+                .with_producers(|t| t.get(producer_id).filter(|e| e.epoch == epoch).and_then(|e| e.last_seq())),
+        };
+        match self.state_machine.with_producers(|t| t.verdict(producer_id, epoch, first, last, after)) {
+            Verdict::Duplicate(written) => {
+                return Ok(Some(Applied { base_offset: written.base_offset, next_offset: written.base_offset + count }))
+            }
+            Verdict::Fenced { current } => {
+                return Err(ProposeError::ProducerFenced { producer_id, got: epoch, current })
+            }
+            Verdict::OutOfOrder { expected } => {
+                return Err(ProposeError::OutOfOrderSequence { producer_id, got: first, expected })
+            }
+            Verdict::Append => {}
+        }
+        let entry = in_flight.entry(producer_id).or_insert((epoch, Vec::new()));
+        if entry.0 != epoch {
+            *entry = (epoch, Vec::new());
+        }
+        entry.1.push((first, last));
+        let (proposal, durable) = Proposal::with_durable_signal(batch);
+        let submitted = self.raft.client_write_ff(proposal).await;
+        drop(in_flight);
+        let committed = match submitted {
+            Ok(committed) => committed,
+            Err(e) => {
+                self.forget_in_flight(producer_id, (first, last)).await;
+                return Err(self.unavailable(e));
+            }
+        };
+        match acks {
+            Acks::All => {
+                let result = match committed.await {
+                    Ok(Ok(written)) => Ok(written.data),
+                    Ok(Err(e)) => Err(self.write_error(RaftError::APIError(e))),
+                    Err(_) => Err(self.unavailable("the Raft node stopped")),
+                };
+                self.forget_in_flight(producer_id, (first, last)).await;
+                result.map(Some)
+            }
+            Acks::Leader | Acks::None => {
+                let durable_offset = match acks {
+                    Acks::Leader => Some(durable.await),
+                    _ => None,
+                };
+                let replica = self.clone();
+                tokio::spawn(async move {
+                    let _ = committed.await;
+                    replica.forget_in_flight(producer_id, (first, last)).await;
+                });
+                match durable_offset {
+                    None => Ok(None),
+                    Some(Ok(base_offset)) => Ok(Some(Applied { base_offset, next_offset: base_offset + count })),
+                    Some(Err(_)) => Err(self.unavailable("the batch was not appended")),
+                }
+            }
+        }
+    }
+
+    async fn forget_in_flight(&self, producer_id: i64, batch: (i32, i32)) {
+        let mut in_flight = self.in_flight.lock().await;
+        if let Some((_, batches)) = in_flight.get_mut(&producer_id) {
+            batches.retain(|b| *b != batch);
+            if batches.is_empty() {
+                in_flight.remove(&producer_id);
+            }
+        }
+    }
+
+    /// Waits (bounded) until a batch proposed earlier is applied, and
+    /// answers with where it landed.
+    async fn await_written(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        first: i32,
+        last: i32,
+        count: u64,
+    ) -> Result<Applied, ProposeError> {
+        let mut high_watermark = self.state_machine.high_watermark();
+        let found = async {
+            loop {
+                let written =
+                    self.state_machine.with_producers(|t| match t.verdict(producer_id, epoch, first, last, None) {
+                        Verdict::Duplicate(written) => Some(written),
+                        _ => None,
+                    });
+                if let Some(written) = written {
+                    return Some(written);
+                }
+                if high_watermark.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        match tokio::time::timeout(IN_FLIGHT_PATIENCE, found).await {
+            Ok(Some(written)) => {
+                Ok(Applied { base_offset: written.base_offset, next_offset: written.base_offset + count })
+            }
+            _ => Err(self.unavailable("an earlier copy of this batch is still in flight")),
+        }
+    }
+
+    async fn propose_plain(&self, batch: Batch, acks: Acks) -> Result<Option<Applied>, ProposeError> {
         match acks {
             Acks::All => {
                 let written = self.raft.client_write(Proposal::new(batch)).await.map_err(|e| self.write_error(e))?;

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::log_store::LogStore;
+use super::producers::ProducerTable;
 use super::state_file;
 use super::types::{offsets_taken, Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::sys::disk::Disk;
@@ -26,10 +27,13 @@ use crate::sys::task::blocking;
 const SNAPSHOT_FILE: &str = "raft-snapshot";
 
 /// What a snapshot holds besides openraft's metadata.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotState {
     /// The offset after the snapshot's last entry.
     pub next_offset: u64,
+    /// What the partition knows of idempotent producers.
+    #[serde(default)]
+    pub producers: ProducerTable,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +47,7 @@ struct Applying {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     next_offset: u64,
+    producers: ProducerTable,
     snapshot: Option<StoredSnapshot>,
     snapshots_built: u64,
 }
@@ -81,6 +86,7 @@ impl StateMachine {
             applying.last_applied = snapshot.meta.last_log_id;
             applying.membership = snapshot.meta.last_membership.clone();
             applying.next_offset = snapshot.state.next_offset;
+            applying.producers = snapshot.state.producers.clone();
             // The log holds the snapshot's last entry, or has purged up to
             // it (a completed install, or a purge after a snapshot). If
             // neither, a crash cut an install short (the snapshot is saved
@@ -111,6 +117,11 @@ impl StateMachine {
         self.state().last_applied
     }
 
+    /// Reads the producer table (as of the last applied entry).
+    pub fn with_producers<T>(&self, read: impl FnOnce(&ProducerTable) -> T) -> T {
+        read(&self.state().producers)
+    }
+
     fn publish(&self, next_offset: u64) {
         self.shared.high_watermark.send_if_modified(|hw| {
             let changed = *hw != next_offset;
@@ -134,7 +145,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_membership: state.membership.clone(),
                 snapshot_id,
             };
-            StoredSnapshot { meta, state: SnapshotState { next_offset: state.next_offset } }
+            StoredSnapshot {
+                meta,
+                state: SnapshotState { next_offset: state.next_offset, producers: state.producers.clone() },
+            }
         };
         let (disk, dir, to_save) = (self.shared.disk.clone(), self.shared.dir.clone(), stored.clone());
         blocking(move || state_file::save(disk.as_ref(), &dir, SNAPSHOT_FILE, &to_save)).await.map_err(sm_err)?;
@@ -175,6 +189,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             state.next_offset = base_offset + offsets_taken(&entry.payload);
+            if let EntryPayload::Normal(proposal) = &entry.payload {
+                state.producers.apply(proposal.batch.header(), base_offset);
+            }
             if let EntryPayload::Membership(membership) = &entry.payload {
                 state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
             }
@@ -205,7 +222,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let state: SnapshotState =
             serde_json::from_slice(snapshot.get_ref()).map_err(|e| read_err(format!("decoding snapshot: {e}")))?;
-        let stored = StoredSnapshot { meta: meta.clone(), state };
+        let stored = StoredSnapshot { meta: meta.clone(), state: state.clone() };
         let (disk, dir, log, to_save) =
             (self.shared.disk.clone(), self.shared.dir.clone(), self.shared.log.clone(), stored.clone());
         blocking(move || {
@@ -222,6 +239,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applying.last_applied = meta.last_log_id;
             applying.membership = meta.last_membership.clone();
             applying.next_offset = state.next_offset;
+            applying.producers = state.producers.clone();
             applying.snapshot = Some(stored);
         }
         self.publish(state.next_offset);
