@@ -531,7 +531,8 @@ async fn install_under_fault(run: u64) -> bool {
         last_membership: StoredMembership::default(),
         snapshot_id: format!("run-{run}"),
     };
-    let data = serde_json::to_vec(&SnapshotState { next_offset, ..SnapshotState::default() }).expect("snapshot encodes");
+    let data =
+        serde_json::to_vec(&SnapshotState { next_offset, ..SnapshotState::default() }).expect("snapshot encodes");
     let fault = fault_for(run + 2);
     disk.set_faults(fault);
     let result = sm.install_snapshot(&meta, Box::new(Cursor::new(data))).await;
