@@ -126,7 +126,7 @@ pub async fn serve(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
     broker: Arc<Broker>,
-    groups: Option<Arc<GroupCoordinator>>,
+    groups: super::service::GroupsReady,
 ) {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
@@ -149,7 +149,8 @@ pub async fn serve(
                 }
             }
             let (status, body) = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?") {
-                ("200 OK", metrics.render(&broker, groups.as_deref()))
+                let opened = groups.borrow().clone().flatten();
+                ("200 OK", metrics.render(&broker, opened.as_deref()))
             } else {
                 ("404 Not Found", "weir serves GET /metrics\n".to_owned())
             };

@@ -77,6 +77,26 @@ pub async fn open_groups(broker: &Arc<Broker>) -> BrokerResult<Option<Arc<GroupC
     Ok(Some(Arc::new(GroupCoordinator::new(broker.clone(), offsets, broker.clock()))))
 }
 
+/// Opens the group coordinator (retrying while the offsets partition
+/// cannot be read yet), publishes it, and runs its session ticks.
+async fn run_groups(broker: Arc<Broker>, ready: tokio::sync::watch::Sender<Option<Option<Arc<GroupCoordinator>>>>) {
+    loop {
+        match open_groups(&broker).await {
+            Ok(groups) => {
+                ready.send_replace(Some(groups.clone()));
+                if let Some(groups) = groups {
+                    groups.run().await;
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "opening the group coordinator failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// Serves `broker` on its configured address until `shutdown` completes,
 /// then closes every partition cleanly.
 pub async fn serve(
@@ -84,7 +104,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let listen = broker.config().listen;
-    let groups = open_groups(&broker).await?;
+    // Serving starts at once (other brokers need this one's Raft service
+    // to elect the offsets partition's leader); group calls wait until
+    // the coordinator is open.
+    let (groups_tx, groups) = tokio::sync::watch::channel(None);
     let metrics = Arc::new(Metrics::default());
     let service = BrokerService::new(broker.clone(), groups.clone(), metrics.clone());
     let metrics_server = broker
@@ -93,7 +116,7 @@ pub async fn serve(
         .map(|at| AbortOnDrop(tokio::spawn(metrics::serve(at, metrics, broker.clone(), groups.clone()))));
     let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));
     let reconciler = AbortOnDrop(tokio::spawn(broker.clone().run_reconciler()));
-    let group_ticks = groups.clone().map(|groups| AbortOnDrop(tokio::spawn(groups.run())));
+    let group_ticks = AbortOnDrop(tokio::spawn(run_groups(broker.clone(), groups_tx)));
     tracing::info!(%listen, "weir broker serving");
     let router = tonic::transport::Server::builder()
         .add_service(AdminServer::new(service.clone()).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX))

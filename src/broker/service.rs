@@ -22,29 +22,51 @@ use crate::proto::{self, admin_server, consumer_server, groups_server, producer_
 /// buffers: small, so a subscriber's pace reaches the broker quickly.
 const SUBSCRIBE_QUEUE: usize = 2;
 
+/// How long a group call waits for the coordinator of a starting broker.
+const GROUPS_STARTUP: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The group coordinator once the broker has opened it: `Some(None)` on a
+/// broker that holds no replica of the offsets partition.
+pub type GroupsReady = tokio::sync::watch::Receiver<Option<Option<Arc<GroupCoordinator>>>>;
+
 #[derive(Debug, Clone)]
 pub struct BrokerService {
     broker: Arc<Broker>,
-    /// `None` on a broker that holds no replica of the offsets partition.
-    groups: Option<Arc<GroupCoordinator>>,
+    groups: GroupsReady,
     metrics: Arc<Metrics>,
 }
 
 impl BrokerService {
-    pub fn new(broker: Arc<Broker>, groups: Option<Arc<GroupCoordinator>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(broker: Arc<Broker>, groups: GroupsReady, metrics: Arc<Metrics>) -> Self {
         Self { broker, groups, metrics }
     }
 
-    /// The group coordinator, or where to find it.
-    fn groups(&self) -> Result<&Arc<GroupCoordinator>, BrokerError> {
-        match &self.groups {
+    /// The group coordinator (waiting for a starting broker to open it), or
+    /// where to find it.
+    async fn groups(&self) -> Result<Arc<GroupCoordinator>, BrokerError> {
+        let mut ready = self.groups.clone();
+        let opened = match tokio::time::timeout(GROUPS_STARTUP, ready.wait_for(Option::is_some)).await {
+            Ok(Ok(opened)) => opened.clone().flatten(),
+            _ => return Err(BrokerError::new(ErrorCode::PartitionUnavailable, "the group coordinator is starting")),
+        };
+        match opened {
             Some(groups) => Ok(groups),
             None => Err(match self.broker.partition(super::server::OFFSETS_TOPIC, 0) {
                 Err(error) => error,
-                Ok(_) => BrokerError::new(ErrorCode::PartitionUnavailable, "the group coordinator is starting"),
+                Ok(_) => BrokerError::new(ErrorCode::PartitionUnavailable, "the group coordinator is not here"),
             }),
         }
     }
+}
+
+/// Runs a group call once the coordinator is there.
+macro_rules! with_groups {
+    ($service:expr, |$groups:ident| $body:expr) => {
+        match $service.groups().await {
+            Ok($groups) => reply($body),
+            Err(error) => reply(Err(error)),
+        }
+    };
 }
 
 fn reply<T>(result: Result<T, BrokerError>) -> Result<Response<T>, Status> {
@@ -81,7 +103,8 @@ impl admin_server::Admin for BrokerService {
         let name = request.into_inner().name;
         let deleted = async {
             self.broker.delete_topic(&name).await?;
-            match &self.groups {
+            let opened = self.groups.borrow().clone().flatten();
+            match opened {
                 Some(groups) => groups.topic_deleted(&name).await,
                 None => Ok(()),
             }
@@ -204,70 +227,57 @@ impl groups_server::Groups for BrokerService {
         &self,
         request: Request<proto::JoinGroupRequest>,
     ) -> Result<Response<proto::JoinGroupResponse>, Status> {
-        let groups = match self.groups() {
-            Ok(groups) => groups,
-            Err(error) => return reply(Err(error)),
-        };
-        reply(groups.join(request.into_inner()).await)
+        with_groups!(self, |groups| groups.join(request.into_inner()).await)
     }
 
     async fn sync_group(
         &self,
         request: Request<proto::SyncGroupRequest>,
     ) -> Result<Response<proto::SyncGroupResponse>, Status> {
-        reply(
-            self.groups()
-                .and_then(|g| g.sync(request.get_ref()).map(|assignment| proto::SyncGroupResponse { assignment })),
-        )
+        with_groups!(self, |g| g.sync(request.get_ref()).map(|assignment| proto::SyncGroupResponse { assignment }))
     }
 
     async fn heartbeat(
         &self,
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
-        reply(self.groups().and_then(|g| g.heartbeat(request.get_ref()).map(|()| proto::HeartbeatResponse {})))
+        with_groups!(self, |g| g.heartbeat(request.get_ref()).map(|()| proto::HeartbeatResponse {}))
     }
 
     async fn leave_group(
         &self,
         request: Request<proto::LeaveGroupRequest>,
     ) -> Result<Response<proto::LeaveGroupResponse>, Status> {
-        reply(self.groups().and_then(|g| g.leave(request.get_ref()).map(|()| proto::LeaveGroupResponse {})))
+        with_groups!(self, |g| g.leave(request.get_ref()).map(|()| proto::LeaveGroupResponse {}))
     }
 
     async fn commit_offsets(
         &self,
         request: Request<proto::CommitOffsetsRequest>,
     ) -> Result<Response<proto::CommitOffsetsResponse>, Status> {
-        let groups = match self.groups() {
-            Ok(groups) => groups,
-            Err(error) => return reply(Err(error)),
-        };
-        reply(groups.commit(request.into_inner()).await.map(|()| proto::CommitOffsetsResponse {}))
+        with_groups!(self, |groups| groups.commit(request.into_inner()).await.map(|()| proto::CommitOffsetsResponse {}))
     }
 
     async fn fetch_offsets(
         &self,
         request: Request<proto::FetchOffsetsRequest>,
     ) -> Result<Response<proto::FetchOffsetsResponse>, Status> {
-        reply(
-            self.groups().and_then(|g| {
-                g.fetch_offsets(request.get_ref()).map(|offsets| proto::FetchOffsetsResponse { offsets })
-            }),
-        )
+        with_groups!(self, |g| g
+            .fetch_offsets(request.get_ref())
+            .map(|offsets| proto::FetchOffsetsResponse { offsets }))
     }
 
     async fn describe_group(
         &self,
         request: Request<proto::DescribeGroupRequest>,
     ) -> Result<Response<proto::GroupDescription>, Status> {
-        reply(self.groups().and_then(|g| g.describe(&request.get_ref().group)))
+        with_groups!(self, |g| g.describe(&request.get_ref().group))
     }
 
     async fn list_groups(
         &self,
         _: Request<proto::ListGroupsRequest>,
     ) -> Result<Response<proto::ListGroupsResponse>, Status> {
-        reply(self.groups().and_then(|g| g.list().map(|groups| proto::ListGroupsResponse { groups })))
+        with_groups!(self, |g| g.list().map(|groups| proto::ListGroupsResponse { groups }))
     }
 }
