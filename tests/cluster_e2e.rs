@@ -262,6 +262,24 @@ async fn leaders(client: &Client, topic: &str) -> BTreeMap<u32, (u64, String)> {
     panic!("partitions of {topic} did not all elect a leader");
 }
 
+/// Waits (bounded) until the live brokers do (`present`) or do not list
+/// broker `id`; the other brokers stay listed throughout.
+async fn wait_for_brokers(address: String, id: u64, present: bool) {
+    let client = Client::connect(&address).await.expect("connect");
+    for _ in 0..200 {
+        if let Ok(cluster) = client.describe_cluster().await {
+            let ids: Vec<u64> = cluster.brokers.iter().map(|b| b.id).collect();
+            let others = (1..=BROKERS).filter(|b| *b != id).all(|b| ids.contains(&b));
+            assert!(others, "the live brokers stay registered: {ids:?}");
+            if ids.contains(&id) == present {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("broker {id} never became {}", if present { "registered" } else { "unregistered" });
+}
+
 /// Every message of a partition below its high watermark: (offset, value).
 async fn read_partition(client: &Client, topic: &str, partition: u32) -> Vec<(u64, String)> {
     let mut out = Vec::new();
@@ -337,9 +355,13 @@ async fn scenario() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     tracing::info!(broker = victim, "killing the leader of partition 0");
     cluster.kill(victim, 42).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tracing::info!(broker = victim, "its registration lapses with its lease");
+    let address = bootstrap.clone();
+    cluster.run(wait_for_brokers(address, victim, false)).await;
     tracing::info!(broker = victim, "restarting it");
     cluster.restart(victim).await;
+    let address = bootstrap.clone();
+    cluster.run(wait_for_brokers(address, victim, true)).await;
 
     let mut acknowledged = Vec::new();
     for producer in producers {
