@@ -431,7 +431,16 @@ async fn bad_input() {
                 records: vec![proto::Record { value: Some(b"x".to_vec()), ..Default::default() }],
                 batch: Vec::new(),
             };
-            let status = raw.produce(request.clone()).await.expect_err("a follower refuses");
+            // A follower names the leader once it has heard from it; until
+            // then it answers PARTITION_UNAVAILABLE (no leader known).
+            let mut status = raw.produce(request.clone()).await.expect_err("a follower refuses");
+            for _ in 0..100 {
+                if BrokerError::from_status(&status).code != ErrorCode::PartitionUnavailable {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                status = raw.produce(request.clone()).await.expect_err("a follower refuses");
+            }
             assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
             let error = BrokerError::from_status(&status);
             assert_eq!(error.code, ErrorCode::NotLeader, "{error}");
