@@ -298,11 +298,7 @@ impl Client {
     ) -> ClientResult<proto::ProduceResponse> {
         let request =
             proto::ProduceRequest { topic: topic.to_owned(), partition, acks: acks as i32, records, batch: Vec::new() };
-        self.routed(topic, partition, |mut conn| {
-            let request = request.clone();
-            async move { conn.producer.produce(request).await.map(tonic::Response::into_inner) }
-        })
-        .await
+        self.send_produce(request).await
     }
 
     /// A new idempotent producer identity (see [`crate::log::BatchBuilder::producer`]).
@@ -325,7 +321,11 @@ impl Client {
             records: Vec::new(),
             batch: batch.as_bytes().to_vec(),
         };
-        self.routed(topic, partition, |mut conn| {
+        self.send_produce(request).await
+    }
+
+    async fn send_produce(&self, request: proto::ProduceRequest) -> ClientResult<proto::ProduceResponse> {
+        self.routed(&request.topic, request.partition, |mut conn| {
             let request = request.clone();
             async move { conn.producer.produce(request).await.map(tonic::Response::into_inner) }
         })

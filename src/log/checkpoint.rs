@@ -14,7 +14,7 @@
 use std::path::Path;
 
 use super::error::{LogError, LogResult};
-use crate::sys::disk::Disk;
+use crate::sys::disk::{replace_file, Disk};
 
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 pub const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
@@ -80,15 +80,9 @@ impl Checkpoint {
 
     /// Replaces the checkpoint atomically and durably.
     pub fn write(&self, disk: &dyn Disk, dir: &Path) -> LogResult<()> {
-        let tmp = dir.join(CHECKPOINT_TMP_FILE);
-        let io = |e| LogError::io(&tmp, e);
-        let file = disk.open(&tmp, true).map_err(io)?;
-        file.set_len(0).map_err(io)?;
-        file.write_at(0, &self.encode()).map_err(io)?;
-        file.sync().map_err(io)?;
-        drop(file);
-        disk.rename(&tmp, &dir.join(CHECKPOINT_FILE)).map_err(io)?;
-        disk.sync_dir(dir).map_err(|e| LogError::io(dir, e))
+        // Writes CHECKPOINT_TMP_FILE first, which recovery sweeps away.
+        replace_file(disk, dir, CHECKPOINT_FILE, &self.encode())
+            .map_err(|e| LogError::io(&dir.join(CHECKPOINT_FILE), e))
     }
 }
 

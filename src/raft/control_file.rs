@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::types::Control;
-use crate::sys::disk::Disk;
+use crate::sys::disk::{replace_file, Disk};
 
 const FILE: &str = "raft-control";
 const RECORD_BYTES_MAX: usize = 16 << 20;
@@ -106,15 +106,8 @@ impl ControlFile {
     /// Replaces the file's records with `records`, atomically.
     pub fn rewrite(&mut self, records: &[ControlRecord]) -> Result<(), String> {
         let bytes = encode(records)?;
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let io = |e: std::io::Error| format!("rewriting {}: {e}", tmp.display());
-        let file = self.disk.open(&tmp, true).map_err(io)?;
-        file.set_len(0).map_err(io)?;
-        file.write_at(0, &bytes).map_err(io)?;
-        file.sync().map_err(io)?;
-        drop(file);
-        self.disk.rename(&tmp, &self.dir.join(FILE)).map_err(io)?;
-        self.disk.sync_dir(&self.dir).map_err(io)?;
+        replace_file(self.disk.as_ref(), &self.dir, FILE, &bytes)
+            .map_err(|e| format!("rewriting {}: {e}", self.dir.join(FILE).display()))?;
         self.len = bytes.len() as u64;
         Ok(())
     }

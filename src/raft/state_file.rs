@@ -8,23 +8,14 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::sys::disk::Disk;
+use crate::sys::disk::{replace_file, Disk};
 
 /// Replaces `dir/name` with `value`, durably.
 pub fn save<T: Serialize>(disk: &dyn Disk, dir: &Path, name: &str, value: &T) -> Result<(), String> {
     let json = serde_json::to_vec(value).map_err(|e| format!("encoding {name}: {e}"))?;
     let mut bytes = crc32c::crc32c(&json).to_le_bytes().to_vec();
     bytes.extend_from_slice(&json);
-    // `.tmp` files are what log recovery sweeps away.
-    let tmp = dir.join(format!("{name}.tmp"));
-    let io = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
-    let file = disk.open(&tmp, true).map_err(io)?;
-    file.set_len(0).map_err(io)?;
-    file.write_at(0, &bytes).map_err(io)?;
-    file.sync().map_err(io)?;
-    drop(file);
-    disk.rename(&tmp, &dir.join(name)).map_err(io)?;
-    disk.sync_dir(dir).map_err(|e| format!("syncing {}: {e}", dir.display()))
+    replace_file(disk, dir, name, &bytes).map_err(|e| format!("writing {}: {e}", dir.join(name).display()))
 }
 
 /// Reads `dir/name`; `None` if it does not exist.

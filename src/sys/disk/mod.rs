@@ -103,6 +103,21 @@ pub fn is_no_space(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::StorageFull || error.raw_os_error() == Some(28)
 }
 
+/// Replaces `dir/name` with `bytes`, atomically and durably: written to
+/// `name.tmp`, fsynced, renamed over the old file and the directory
+/// fsynced, so a crash leaves the old file or the new one, never a mix.
+/// (Recovery of a directory may sweep away the leftover `.tmp`.)
+pub fn replace_file(disk: &dyn Disk, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let file = disk.open(&tmp, true)?;
+    file.set_len(0)?;
+    file.write_at(0, bytes)?;
+    file.sync()?;
+    drop(file);
+    disk.rename(&tmp, &dir.join(name))?;
+    disk.sync_dir(dir)
+}
+
 /// Reads a small text file from the host (a config file) before any disk is
 /// chosen.
 pub fn read_to_string(path: &Path) -> io::Result<String> {
