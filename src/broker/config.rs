@@ -26,6 +26,8 @@ pub struct BrokerConfig {
     pub default_replication_factor: u32,
     /// A broker that has not renewed its registration for this long counts as gone.
     pub session_timeout_ms: u64,
+    /// The controller replaces the replicas of a broker gone this long.
+    pub replace_broker_after_ms: u64,
     /// Where Prometheus scrapes `GET /metrics`; none: not served.
     pub metrics_listen: Option<SocketAddr>,
     /// Largest key + value + headers of one message.
@@ -53,6 +55,7 @@ impl Default for BrokerConfig {
             cluster_name: "weir".into(),
             default_replication_factor: 3,
             session_timeout_ms: 6_000,
+            replace_broker_after_ms: 60_000,
             metrics_listen: Some(METRICS_LISTEN_DEFAULT.parse().expect("valid default address")),
             message_bytes_max: 1 << 20,
             fetch_bytes_default: 1 << 20,

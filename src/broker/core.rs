@@ -8,7 +8,7 @@
 //! second) opens the replicas assigned to it, starts new groups, and drops
 //! deleted topics. A single broker is the same with a cluster of one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -21,7 +21,8 @@ use super::partition::Partition;
 use crate::log::batch::BATCH_BYTES_MAX;
 use crate::log::{Batch, BatchBuilder, FlushPolicy, LogConfig, Record, RecordHeader};
 use crate::meta::cluster::{live_brokers, place, BrokerRecord, Registration};
-use crate::meta::topics::{TopicConfig, TopicError, TopicRecord, Topics, INTERNAL_TOPIC_PREFIX};
+use crate::meta::election::current_controller;
+use crate::meta::topics::{TopicConfig, TopicError, TopicRecord, Topics, UpdateError, INTERNAL_TOPIC_PREFIX};
 use crate::meta::MetaStore;
 use crate::proto;
 use crate::raft::{raft_config, Acks, Connections, GroupId, NodeId, ReplicaEnv, Router};
@@ -38,6 +39,9 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How long a partition whose only replica is this broker may take to
 /// elect itself and catch up when it opens.
 const SELF_ELECTION_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a new replica may take to catch up before a change of voters
+/// gives up (and is tried again).
+const MEMBER_CATCH_UP: Duration = Duration::from_secs(30);
 
 /// A topic as this broker knows it: its record, and the partitions it
 /// holds a replica of.
@@ -49,7 +53,7 @@ struct TopicState {
 
 impl TopicState {
     fn replicas(&self, partition: u32) -> &[u64] {
-        self.record.replicas.get(partition as usize).map_or(&[], Vec::as_slice)
+        self.record.target(partition)
     }
 }
 
@@ -66,6 +70,8 @@ pub struct Broker {
     /// Keeps the registration's lease alive; aborted when the broker stops.
     registration: Mutex<Option<tokio::task::JoinHandle<()>>>,
     reconciling: tokio::sync::Mutex<()>,
+    /// Groups whose leader (this broker) is changing their voters now.
+    converging: Arc<Mutex<BTreeSet<GroupId>>>,
 }
 
 impl Drop for Broker {
@@ -132,6 +138,7 @@ impl Broker {
             brokers: RwLock::new(BTreeMap::new()),
             registration: Mutex::new(None),
             reconciling: tokio::sync::Mutex::new(()),
+            converging: Arc::default(),
         });
         let me = BrokerRecord { id: node_id, address: broker.advertised_address() };
         let ttl = Duration::from_millis(broker.config.session_timeout_ms.max(1_000));
@@ -169,6 +176,11 @@ impl Broker {
 
     pub fn broker_id(&self) -> u64 {
         self.config.broker_id
+    }
+
+    /// The topics in the metadata store.
+    pub(super) fn topics(&self) -> &Topics {
+        &self.topics
     }
 
     /// Where Raft messages for this broker's replicas are delivered.
@@ -239,8 +251,8 @@ impl Broker {
         for record in records {
             let known = self.topic(&record.name).ok().filter(|state| state.record.id == record.id);
             let state = match known {
-                Some(state) => state,
-                None => match self.open_topic(record).await {
+                Some(state) if state.record == record => state,
+                known => match self.open_topic(record, known).await {
                     Ok(state) => state,
                     Err(error) => {
                         tracing::warn!(%error, "opening a topic's replicas failed; will retry");
@@ -249,8 +261,70 @@ impl Broker {
                 },
             };
             self.start_groups(&state, &brokers).await;
+            self.converge(&state, &brokers);
         }
         Ok(())
+    }
+
+    /// On the leader of each of `state`'s partitions whose voters are not
+    /// its target replicas: changes them (in the background, one change per
+    /// group at a time), then records the new voters in the topic record,
+    /// which lets the removed brokers drop their replicas.
+    fn converge(&self, state: &TopicState, brokers: &BTreeMap<u64, BrokerRecord>) {
+        for (&index, partition) in &state.partitions {
+            let replica = partition.replica();
+            if !replica.is_leader() {
+                continue;
+            }
+            let target: BTreeSet<u64> = state.record.target(index).iter().copied().collect();
+            let (voters, learners) = replica.membership();
+            let change = voters != target || !learners.is_subset(&target);
+            if !change && !state.record.moving(index) {
+                continue;
+            }
+            let addresses: Option<BTreeMap<NodeId, String>> =
+                target.iter().map(|id| brokers.get(id).map(|b| (*id, b.address.clone()))).collect();
+            let Some(addresses) = addresses else {
+                tracing::debug!(topic = %state.record.name, index, ?target, "a target replica's broker is not live");
+                continue;
+            };
+            let group = replica.group();
+            if !self.converging.lock().unwrap_or_else(|p| p.into_inner()).insert(group) {
+                continue;
+            }
+            let (converging, topics, partition) = (self.converging.clone(), self.topics.clone(), partition.clone());
+            let (name, id) = (state.record.name.clone(), state.record.id);
+            tokio::spawn(async move {
+                let replica = partition.replica();
+                let changed = if change {
+                    tracing::info!(topic = %name, index, ?voters, ?target, "changing a partition's replicas");
+                    replica.change_voters(&addresses, MEMBER_CATCH_UP).await
+                } else {
+                    Ok(())
+                };
+                match changed {
+                    Ok(()) => {
+                        let confirmed = topics
+                            .update(&name, id, |record| {
+                                let now: BTreeSet<u64> = record.target(index).iter().copied().collect();
+                                if now != target || !record.moving(index) {
+                                    return Ok::<_, String>(false);
+                                }
+                                record.confirm_members(index, record.target(index).to_vec());
+                                Ok(true)
+                            })
+                            .await;
+                        match confirmed {
+                            Ok(Some(_)) => tracing::info!(topic = %name, index, ?target, "partition replicas changed"),
+                            Ok(None) => {}
+                            Err(error) => tracing::warn!(topic = %name, index, %error, "recording new replicas failed"),
+                        }
+                    }
+                    Err(error) => tracing::warn!(topic = %name, index, %error, "changing replicas failed; will retry"),
+                }
+                converging.lock().unwrap_or_else(|p| p.into_inner()).remove(&group);
+            });
+        }
     }
 
     /// Starts the groups of `state`'s hosted partitions that have no
@@ -261,7 +335,10 @@ impl Broker {
         let old_enough = self.clock.now_ms().saturating_sub(state.record.created_ms) >= BOOTSTRAP_GRACE_MS;
         for (&index, partition) in &state.partitions {
             let replicas = state.replicas(index);
-            if partition.replica().has_membership() || !(replicas.first() == Some(&me) || old_enough) {
+            // A partition that was ever reassigned already has a group:
+            // its new replicas join through its leader.
+            let first_group = state.record.moves(index) == 0;
+            if partition.replica().has_membership() || !first_group || !(replicas.first() == Some(&me) || old_enough) {
                 continue;
             }
             let members: Option<BTreeMap<NodeId, String>> =
@@ -298,17 +375,39 @@ impl Broker {
         }
     }
 
-    /// Opens the replicas of `record`'s partitions that this broker holds.
-    /// A partition whose only replica is this broker is started and ready
-    /// (elected, caught up) on return.
-    async fn open_topic(&self, record: TopicRecord) -> BrokerResult<Arc<TopicState>> {
+    /// Brings this broker's replicas of `record`'s partitions in line with
+    /// it: opens those assigned to it that `known` (the topic as this
+    /// broker had it) lacks, and closes and deletes those no longer
+    /// assigned. A partition whose only replica is this broker is started
+    /// and ready (elected, caught up) on return.
+    async fn open_topic(&self, record: TopicRecord, known: Option<Arc<TopicState>>) -> BrokerResult<Arc<TopicState>> {
         let me = self.config.broker_id;
         let dir = self.topic_dir(&record);
         let log_config = self.log_config(&record);
-        let hosted: Vec<u32> = (0..record.config.partitions)
-            .filter(|p| record.replicas.get(*p as usize).is_some_and(|r| r.contains(&me)))
-            .collect();
-        let opening = hosted.iter().map(|&index| {
+        let hosted: BTreeSet<u32> = (0..record.config.partitions).filter(|&p| record.hosts(p, me)).collect();
+        let mut kept: BTreeMap<u32, Arc<Partition>> = BTreeMap::new();
+        let mut removed: Vec<Arc<Partition>> = Vec::new();
+        for (index, partition) in known.iter().flat_map(|state| state.partitions.iter()) {
+            if hosted.contains(index) {
+                kept.insert(*index, partition.clone());
+            } else {
+                removed.push(partition.clone());
+            }
+        }
+        if known.is_none() {
+            // Replicas removed while this broker was down.
+            let (disk, dir, hosted) = (self.disk.clone(), dir.clone(), hosted.clone());
+            blocking(move || {
+                for name in disk.list_subdirs(&dir).unwrap_or_default() {
+                    if name.parse::<u32>().is_ok_and(|index| !hosted.contains(&index)) {
+                        tracing::info!(dir = %dir.join(&name).display(), "removing a replica moved away");
+                        let _ = disk.remove_dir_all(&dir.join(&name));
+                    }
+                }
+            })
+            .await;
+        }
+        let opening = hosted.iter().filter(|index| !kept.contains_key(index)).map(|&index| {
             let group = GroupId { topic_id: record.id, partition: index };
             let dir = dir.join(index.to_string());
             let (log_config, name) = (log_config.clone(), &record.name);
@@ -317,7 +416,8 @@ impl Broker {
         let opened = futures::future::try_join_all(opening).await?;
         let alone = BTreeMap::from([(me, self.advertised_address())]);
         for partition in &opened {
-            let only_me = record.replicas[partition.index() as usize] == [me];
+            let index = partition.index();
+            let only_me = record.target(index) == [me] && record.members(index) == [me] && record.moves(index) == 0;
             if only_me {
                 partition.replica().bootstrap(&alone).await.map_err(|e| BrokerError::new(ErrorCode::Internal, e))?;
                 if !partition.replica().wait_caught_up(SELF_ELECTION_PATIENCE).await {
@@ -328,9 +428,21 @@ impl Broker {
                 }
             }
         }
-        let partitions = opened.into_iter().map(|p| (p.index(), p)).collect();
-        let state = Arc::new(TopicState { record, partitions });
+        kept.extend(opened.into_iter().map(|p| (p.index(), p)));
+        let state = Arc::new(TopicState { record, partitions: kept });
         self.open.write().unwrap_or_else(|p| p.into_inner()).insert(state.record.name.clone(), state.clone());
+        for partition in removed {
+            tracing::info!(topic = %state.record.name, partition = partition.index(), "replica moved away; removing it");
+            partition.close().await?;
+            let (disk, dir) = (self.disk.clone(), partition.dir().to_path_buf());
+            blocking(move || {
+                let _ = disk.remove_dir_all(&dir);
+                if let Some(parent) = dir.parent() {
+                    let _ = disk.sync_dir(parent);
+                }
+            })
+            .await;
+        }
         Ok(state)
     }
 
@@ -497,6 +609,7 @@ impl Broker {
                     .collect();
             }
             description.replicas = replicas;
+            description.members = state.record.members(index).to_vec();
             described.push(description);
         }
         Ok(proto::TopicDescription {
@@ -533,10 +646,74 @@ impl Broker {
     }
 
     pub async fn describe_cluster(&self) -> BrokerResult<proto::DescribeClusterResponse> {
-        let brokers = live_brokers(self.topics.store().as_ref()).await?;
+        let store = self.topics.store().as_ref();
+        let brokers = live_brokers(store).await?;
+        let controller = current_controller(store).await?;
         Ok(proto::DescribeClusterResponse {
             brokers: brokers.into_values().map(|b| proto::ClusterBroker { id: b.id, address: b.address }).collect(),
             answered_by: self.config.broker_id,
+            controller: controller.as_ref().map_or(0, |(c, _)| c.broker),
+            controller_epoch: controller.map_or(0, |(_, epoch)| epoch),
+        })
+    }
+
+    /// Moves a partition onto `replicas` (an operator's reassignment): the
+    /// partition's leader makes them its voters in the background.
+    pub async fn move_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<u64>,
+    ) -> BrokerResult<proto::PartitionDescription> {
+        if topic.starts_with(INTERNAL_TOPIC_PREFIX) {
+            return Err(BrokerError::invalid(format!(
+                "{topic} is weir's own topic; its group coordinator does not follow a move yet"
+            )));
+        }
+        let live = live_brokers(self.topics.store().as_ref()).await?;
+        if replicas.is_empty() {
+            return Err(BrokerError::invalid("a partition needs at least one replica"));
+        }
+        let distinct: BTreeSet<u64> = replicas.iter().copied().collect();
+        if distinct.len() != replicas.len() {
+            return Err(BrokerError::invalid(format!("replicas {replicas:?} name a broker twice")));
+        }
+        if let Some(missing) = replicas.iter().find(|id| !live.contains_key(id)) {
+            let known: Vec<u64> = live.keys().copied().collect();
+            return Err(BrokerError::invalid(format!("broker {missing} is not live; live brokers: {known:?}")));
+        }
+        let Some(record) = self.topics.get(topic).await? else { return Err(BrokerError::unknown_topic(topic)) };
+        if partition >= record.config.partitions {
+            return Err(BrokerError::new(
+                ErrorCode::UnknownPartition,
+                format!("topic {topic:?} has partitions 0..{}, not {partition}", record.config.partitions),
+            ));
+        }
+        let updated = self
+            .topics
+            .update(topic, record.id, |record| {
+                if record.target(partition) == replicas.as_slice() {
+                    return Ok::<_, String>(false);
+                }
+                record.reassign(partition, replicas.clone());
+                Ok(true)
+            })
+            .await
+            .map_err(|e| match e {
+                UpdateError::Topic(e) => BrokerError::from(e),
+                UpdateError::Refused(reason) => BrokerError::invalid(reason),
+            })?;
+        let record = match updated {
+            Some(record) => record,
+            None => self.topics.get(topic).await?.ok_or_else(|| BrokerError::unknown_topic(topic))?,
+        };
+        tracing::info!(topic, partition, ?replicas, "partition reassigned");
+        let _ = self.reconcile().await;
+        Ok(proto::PartitionDescription {
+            partition,
+            replicas: record.target(partition).to_vec(),
+            members: record.members(partition).to_vec(),
+            ..Default::default()
         })
     }
 

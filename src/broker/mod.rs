@@ -1,6 +1,7 @@
 //! The broker: topics and partitions on this node, served over gRPC.
 
 pub mod config;
+pub mod controller;
 mod core;
 pub mod error;
 pub mod metrics;

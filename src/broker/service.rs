@@ -139,6 +139,14 @@ impl admin_server::Admin for BrokerService {
     ) -> Result<Response<proto::DescribeClusterResponse>, Status> {
         reply(self.broker.describe_cluster().await)
     }
+
+    async fn move_partition(
+        &self,
+        request: Request<proto::MovePartitionRequest>,
+    ) -> Result<Response<proto::PartitionDescription>, Status> {
+        let request = request.into_inner();
+        reply(self.broker.move_partition(&request.topic, request.partition, request.replicas).await)
+    }
 }
 
 #[tonic::async_trait]

@@ -3,6 +3,7 @@
 //! node (`weir dev`) and, with replication, etcd.
 
 pub mod cluster;
+pub mod election;
 mod embedded;
 pub mod etcd;
 mod store;

@@ -32,10 +32,81 @@ pub struct TopicRecord {
     pub id: u64,
     pub config: TopicConfig,
     pub created_ms: i64,
-    /// Per partition, the brokers holding a replica; the first is the
-    /// preferred leader. The brokers in it at creation start the group.
+    /// Per partition, the brokers that should hold a replica (the target
+    /// of a move, or the placement); the first is the preferred leader. The
+    /// brokers in it at creation start the group.
     #[serde(default)]
     pub replicas: Vec<Vec<u64>>,
+    /// Per partition, the group's voters as its leader last confirmed them
+    /// (empty: the same as `replicas`). While it differs from `replicas`,
+    /// the partition is moving; a broker in neither holds no replica.
+    #[serde(default)]
+    pub members: Vec<Vec<u64>>,
+    /// Per partition, how many times it was reassigned. Only a partition
+    /// never reassigned may be started (bootstrapped) by its replicas: any
+    /// later replica joins through its leader.
+    #[serde(default)]
+    pub moves: Vec<u32>,
+    /// The epoch of the controller that last reassigned a partition; a
+    /// controller with a lower epoch may no longer change the record.
+    #[serde(default)]
+    pub controller_epoch: u64,
+}
+
+impl TopicRecord {
+    /// The brokers that should hold partition `p`'s replicas.
+    pub fn target(&self, p: u32) -> &[u64] {
+        self.replicas.get(p as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Partition `p`'s voters as last confirmed by its leader.
+    pub fn members(&self, p: u32) -> &[u64] {
+        match self.members.get(p as usize) {
+            Some(members) if !members.is_empty() => members,
+            _ => self.target(p),
+        }
+    }
+
+    /// Whether partition `p` is moving: its voters are not yet its target.
+    pub fn moving(&self, p: u32) -> bool {
+        !same_brokers(self.members(p), self.target(p))
+    }
+
+    /// Whether `broker` holds (or should hold) a replica of partition `p`.
+    pub fn hosts(&self, p: u32, broker: u64) -> bool {
+        self.target(p).contains(&broker) || self.members(p).contains(&broker)
+    }
+
+    /// How many times partition `p` was reassigned.
+    pub fn moves(&self, p: u32) -> u32 {
+        self.moves.get(p as usize).copied().unwrap_or(0)
+    }
+
+    /// Sets partition `p`'s target replicas (a reassignment).
+    pub fn reassign(&mut self, p: u32, replicas: Vec<u64>) {
+        let n = self.config.partitions as usize;
+        self.moves.resize(n, 0);
+        self.members.resize(n, Vec::new());
+        let members = self.members(p).to_vec();
+        self.members[p as usize] = members;
+        self.replicas[p as usize] = replicas;
+        self.moves[p as usize] += 1;
+    }
+
+    /// Records that partition `p`'s voters are now `members`.
+    pub fn confirm_members(&mut self, p: u32, members: Vec<u64>) {
+        self.members.resize(self.config.partitions as usize, Vec::new());
+        self.members[p as usize] = members;
+    }
+}
+
+/// Whether two replica lists name the same brokers (in any order).
+pub fn same_brokers(a: &[u64], b: &[u64]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +121,18 @@ pub enum TopicError {
     Unknown(String),
     #[error(transparent)]
     Meta(#[from] MetaError),
+}
+
+/// How often [`Topics::update`] retries after a concurrent change.
+const UPDATE_ATTEMPTS: usize = 16;
+
+/// Why [`Topics::update`] failed: the store, or the change refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError<E> {
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("{0}")]
+    Refused(E),
 }
 
 /// Checks a topic name: 1 to 200 of `[A-Za-z0-9._-]`, not `.` or `..`, and
@@ -128,7 +211,16 @@ impl Topics {
         validate_config(name, &config)?;
         let replicas = place(&config).map_err(|reason| TopicError::InvalidConfig { name: name.to_owned(), reason })?;
         let key = key(name);
-        let record = TopicRecord { name: name.to_owned(), id: random_u64(), config, created_ms: now_ms, replicas };
+        let record = TopicRecord {
+            name: name.to_owned(),
+            id: random_u64(),
+            config,
+            created_ms: now_ms,
+            replicas,
+            members: Vec::new(),
+            moves: Vec::new(),
+            controller_epoch: 0,
+        };
         let value = serde_json::to_vec(&record).expect("topic record serializes");
         match self.store.put(&key, value, None, None).await {
             Ok(_) => Ok(record),
@@ -151,6 +243,33 @@ impl Topics {
             topics.push(decode(&key, &versioned.value)?);
         }
         Ok(topics)
+    }
+
+    /// Changes topic `name` (the one with `id`) with `change`, which sees
+    /// the current record and returns whether it changed it; retried on
+    /// concurrent changes. `Ok(None)`: the topic is gone or `change`
+    /// declined; `Ok(Some(record))`: the record as written.
+    pub async fn update<E>(
+        &self,
+        name: &str,
+        id: u64,
+        mut change: impl FnMut(&mut TopicRecord) -> Result<bool, E>,
+    ) -> Result<Option<TopicRecord>, UpdateError<E>> {
+        let key = key(name);
+        for _ in 0..UPDATE_ATTEMPTS {
+            let Some(versioned) = self.store.get(&key).await.map_err(TopicError::from)? else { return Ok(None) };
+            let mut record = decode(&key, &versioned.value)?;
+            if record.id != id || !change(&mut record).map_err(UpdateError::Refused)? {
+                return Ok(None);
+            }
+            let value = serde_json::to_vec(&record).expect("topic record serializes");
+            match self.store.put(&key, value, Some(versioned.version), None).await {
+                Ok(_) => return Ok(Some(record)),
+                Err(MetaError::Conflict { .. }) => continue,
+                Err(other) => return Err(TopicError::from(other).into()),
+            }
+        }
+        Err(TopicError::from(MetaError::Unavailable(format!("{key} keeps changing; gave up updating it"))).into())
     }
 
     pub async fn delete(&self, name: &str) -> Result<TopicRecord, TopicError> {

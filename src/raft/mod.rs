@@ -18,13 +18,13 @@ pub mod state_file;
 pub mod state_machine;
 pub mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
 pub use self::log_store::{LogStore, SharedLog};
@@ -237,6 +237,79 @@ impl Replica {
         let last = metrics.last_log_index.map_or(0, |i| i + 1);
         let Some(replication) = metrics.replication else { return Vec::new() };
         replication.iter().map(|(id, matched)| (*id, last - matched.map_or(0, |m| m.index + 1).min(last))).collect()
+    }
+
+    /// The group's voters and learners as this replica knows them (in a
+    /// joint configuration, the voters of both).
+    pub fn membership(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        (membership.voter_ids().collect(), membership.learner_ids().collect())
+    }
+
+    /// On the leader: makes `target` (node id → address) the group's
+    /// voters, live. New members join as learners first and become voters
+    /// once each has caught up with where the log was when it joined
+    /// (waiting at most `catch_up` for each); then the voters change through
+    /// joint consensus; learners not in `target` are dropped. A leader not
+    /// in `target` steps down once the change is committed. Safe to repeat
+    /// after a failure (a change left in a joint configuration is finished).
+    pub async fn change_voters(&self, target: &BTreeMap<NodeId, String>, catch_up: Duration) -> Result<(), String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} in group {}: {e}", self.group);
+        let (_, learners) = self.membership();
+        for (&id, address) in target {
+            let (voters, _) = self.membership();
+            if voters.contains(&id) {
+                continue;
+            }
+            if !learners.contains(&id) {
+                self.raft
+                    .add_learner(id, BasicNode::new(address), false)
+                    .await
+                    .map_err(|e| fail(&format!("adding learner {id}"), &e))?;
+            }
+            let goal = self.raft.metrics().borrow().last_log_index;
+            let mut metrics = self.raft.metrics();
+            let caught_up = async {
+                loop {
+                    {
+                        let m = metrics.borrow_and_update();
+                        let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
+                        if matched.map(|m| m.index) >= goal {
+                            return true;
+                        }
+                        if m.state != ServerState::Leader {
+                            return false;
+                        }
+                    }
+                    if metrics.changed().await.is_err() {
+                        return false;
+                    }
+                }
+            };
+            match tokio::time::timeout(catch_up, caught_up).await {
+                Ok(true) => {}
+                Ok(false) => return Err(format!("no longer leader of group {} while learner {id} caught up", self.group)),
+                Err(_) => return Err(format!("learner {id} of group {} did not catch up within {catch_up:?}", self.group)),
+            }
+        }
+        let voters: BTreeSet<NodeId> = target.keys().copied().collect();
+        let (current, learners) = self.membership();
+        let joint = self.raft.metrics().borrow().membership_config.membership().get_joint_config().len() > 1;
+        if current != voters || joint {
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false)
+                .await
+                .map_err(|e| fail("changing voters", &e))?;
+        }
+        let strays: BTreeSet<NodeId> = learners.difference(&voters).copied().collect();
+        if !strays.is_empty() && self.is_leader() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(strays), false)
+                .await
+                .map_err(|e| fail("removing learners", &e))?;
+        }
+        Ok(())
     }
 
     /// Whether the group has been started here (or joined by a leader).
