@@ -204,14 +204,20 @@ impl Broker {
         for broker in assigned.iter().filter(|b| !live.contains(b)) {
             missing_since.entry(*broker).or_insert(now);
         }
-        let gone: BTreeSet<u64> =
-            missing_since.iter().filter(|(_, since)| now.duration_since(**since) >= replace_after).map(|(b, _)| *b).collect();
+        let gone: BTreeSet<u64> = missing_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= replace_after)
+            .map(|(b, _)| *b)
+            .collect();
         for decision in plan(&records, &live, &gone) {
             let changed = self
                 .topics()
                 .update(&decision.topic, decision.id, |record| {
                     if record.controller_epoch > epoch {
-                        return Err(format!("controller epoch {} is newer than ours ({epoch})", record.controller_epoch));
+                        return Err(format!(
+                            "controller epoch {} is newer than ours ({epoch})",
+                            record.controller_epoch
+                        ));
                     }
                     if record.target(decision.partition) != decision.from.as_slice() {
                         return Ok(false);

@@ -54,6 +54,13 @@ pub enum Command {
         #[command(flatten)]
         broker: BrokerArgs,
     },
+    /// Moves partitions between brokers.
+    Partition {
+        #[command(subcommand)]
+        command: cluster::PartitionCommand,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
     /// Lists and describes consumer groups, with lag.
     Group {
         #[command(subcommand)]
@@ -115,6 +122,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Topic { command, broker } => topic::run(command, &broker.broker).await,
         Command::Group { command, broker } => group::run(command, &broker.broker).await,
         Command::Cluster { command, broker } => cluster::run(command, &broker.broker).await,
+        Command::Partition { command, broker } => cluster::run_partition(command, &broker.broker).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Bench { command } => bench::run(command).await,

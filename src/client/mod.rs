@@ -281,6 +281,19 @@ impl Client {
         Ok(self.conn.admin.clone().describe_cluster(proto::DescribeClusterRequest {}).await?.into_inner())
     }
 
+    /// Moves a partition onto `replicas` (broker ids; the first becomes its
+    /// preferred leader). Returns once the move is recorded; it completes
+    /// in the background (`describe_topic`: `members` becomes `replicas`).
+    pub async fn move_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<u64>,
+    ) -> ClientResult<proto::PartitionDescription> {
+        let request = proto::MovePartitionRequest { topic: topic.to_owned(), partition, replicas };
+        Ok(self.conn.admin.clone().move_partition(request).await?.into_inner())
+    }
+
     /// A client whose home is the broker at `address` (sharing this one's
     /// connections and what it learned about leaders).
     pub async fn via(&self, address: &str) -> ClientResult<Client> {

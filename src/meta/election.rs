@@ -25,8 +25,8 @@ pub struct ControllerRecord {
 /// The current controller and its epoch, if there is one.
 pub async fn current_controller(store: &dyn MetaStore) -> MetaResult<Option<(ControllerRecord, u64)>> {
     let Some(versioned) = store.get(CONTROLLER_KEY).await? else { return Ok(None) };
-    let record: ControllerRecord = serde_json::from_slice(&versioned.value)
-        .map_err(|e| MetaError::Corrupt(format!("{CONTROLLER_KEY}: {e}")))?;
+    let record: ControllerRecord =
+        serde_json::from_slice(&versioned.value).map_err(|e| MetaError::Corrupt(format!("{CONTROLLER_KEY}: {e}")))?;
     Ok(Some((record, versioned.version)))
 }
 

@@ -289,8 +289,12 @@ impl Replica {
             };
             match tokio::time::timeout(catch_up, caught_up).await {
                 Ok(true) => {}
-                Ok(false) => return Err(format!("no longer leader of group {} while learner {id} caught up", self.group)),
-                Err(_) => return Err(format!("learner {id} of group {} did not catch up within {catch_up:?}", self.group)),
+                Ok(false) => {
+                    return Err(format!("no longer leader of group {} while learner {id} caught up", self.group))
+                }
+                Err(_) => {
+                    return Err(format!("learner {id} of group {} did not catch up within {catch_up:?}", self.group))
+                }
             }
         }
         let voters: BTreeSet<NodeId> = target.keys().copied().collect();
