@@ -8,14 +8,10 @@
 //! that `Handle::kill` / `restart` take down and bring back.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use weir::broker::config::BrokerConfig;
 use weir::client::{Client, Producer, ProducerConfig};
 use weir::proto::{self, Acks};
-use weir::sys::disk::{Disk, SimDisk};
 
 #[path = "support/etcd.rs"]
 mod etcd;
@@ -34,233 +30,10 @@ fn init_tracing() {
         .try_init();
 }
 
-fn config(id: u64, listen: std::net::SocketAddr, etcd: &str, cluster: &str) -> BrokerConfig {
-    BrokerConfig {
-        broker_id: id,
-        data_dir: std::path::PathBuf::from(format!("/data/broker-{id}")),
-        listen,
-        metrics_listen: None,
-        etcd: vec![etcd.to_owned()],
-        cluster_name: cluster.to_owned(),
-        session_timeout_ms: 2_000,
-        ..BrokerConfig::default()
-    }
-}
+#[path = "support/cluster.rs"]
+mod cluster;
 
-#[cfg(not(madsim))]
-mod harness {
-    use weir::broker::server::{open_broker, serve};
-    use weir::broker::Broker;
-    use weir::sys::clock::system_clock;
-
-    use super::*;
-
-    struct Node {
-        config: BrokerConfig,
-        disk: SimDisk,
-        running: Option<(Arc<Broker>, tokio::task::JoinHandle<()>)>,
-    }
-
-    pub struct Cluster {
-        etcd: etcd::EtcdServer,
-        nodes: Vec<Node>,
-    }
-
-    impl Cluster {
-        pub async fn start(cluster: &str) -> Self {
-            let etcd = etcd::EtcdServer::start().await;
-            let mut nodes = Vec::new();
-            for id in 1..=BROKERS {
-                let listen = weir::sys::net::free_loopback_addr().expect("a free port");
-                nodes.push(Node {
-                    config: config(id, listen, &etcd.endpoint(), cluster),
-                    disk: SimDisk::new(id),
-                    running: None,
-                });
-            }
-            let mut cluster = Self { etcd, nodes };
-            for i in 0..nodes_len(&cluster) {
-                cluster.boot(i).await;
-            }
-            cluster
-        }
-
-        async fn boot(&mut self, i: usize) {
-            let node = &mut self.nodes[i];
-            let disk: Arc<dyn Disk> = Arc::new(node.disk.clone());
-            let broker = open_broker(node.config.clone(), disk, system_clock()).await.expect("broker opens");
-            let served = broker.clone();
-            let task = tokio::spawn(async move {
-                serve(served, std::future::pending()).await.expect("broker serves");
-            });
-            node.running = Some((broker, task));
-        }
-
-        pub fn addresses(&self) -> Vec<String> {
-            self.nodes.iter().map(|n| n.config.listen.to_string()).collect()
-        }
-
-        /// Kills broker `id` (1-based): its server and replicas stop mid-flight
-        /// and its disk keeps only what was fsynced (and a seeded share more).
-        pub async fn kill(&mut self, id: u64, seed: u64) {
-            let node = &mut self.nodes[(id - 1) as usize];
-            let (broker, task) = node.running.take().expect("broker running");
-            task.abort();
-            let _ = task.await;
-            broker.halt().await;
-            node.disk.crash(seed);
-        }
-
-        pub async fn restart(&mut self, id: u64) {
-            self.boot((id - 1) as usize).await;
-        }
-
-        /// Kills etcd.
-        pub async fn stop_etcd(&mut self) {
-            self.etcd.stop().await;
-        }
-
-        pub fn spawn_client<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
-        where
-            F: Future + Send + 'static,
-            F::Output: Send + 'static,
-        {
-            tokio::spawn(f)
-        }
-
-        pub async fn run<F>(&self, f: F) -> F::Output
-        where
-            F: Future + Send + 'static,
-            F::Output: Send + 'static,
-        {
-            f.await
-        }
-    }
-
-    fn nodes_len(cluster: &Cluster) -> usize {
-        cluster.nodes.len()
-    }
-}
-
-#[cfg(madsim)]
-mod harness {
-    use madsim::runtime::{Handle, NodeHandle};
-    use weir::broker::server::{open_broker, serve};
-    use weir::sys::clock::system_clock;
-
-    use super::*;
-
-    pub struct Cluster {
-        etcd: etcd::EtcdServer,
-        nodes: Vec<(NodeHandle, SimDisk, std::net::SocketAddr)>,
-    }
-
-    impl Cluster {
-        pub async fn start(cluster: &str) -> Self {
-            let etcd = etcd::EtcdServer::start().await;
-            let handle = Handle::current();
-            let mut nodes = Vec::new();
-            for id in 1..=BROKERS {
-                let listen: std::net::SocketAddr = format!("10.0.3.{id}:9092").parse().unwrap();
-                let disk = SimDisk::new(id);
-                let config = config(id, listen, &etcd.endpoint(), cluster);
-                let node_disk = disk.clone();
-                let node = handle
-                    .create_node()
-                    .name(format!("broker-{id}"))
-                    .ip(listen.ip())
-                    .init(move || {
-                        let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
-                        let config = config.clone();
-                        async move {
-                            let broker = open_broker(config, disk, system_clock()).await.expect("broker opens");
-                            serve(broker, std::future::pending()).await.expect("broker serves");
-                        }
-                    })
-                    .build();
-                nodes.push((node, disk, listen));
-            }
-            let cluster = Self { etcd, nodes };
-            for address in cluster.addresses() {
-                cluster.run(wait_serving(address)).await;
-            }
-            cluster
-        }
-
-        pub fn addresses(&self) -> Vec<String> {
-            self.nodes.iter().map(|(_, _, listen)| listen.to_string()).collect()
-        }
-
-        pub async fn kill(&mut self, id: u64, seed: u64) {
-            let (node, disk, _) = &self.nodes[(id - 1) as usize];
-            Handle::current().kill(node.id());
-            disk.crash(seed);
-        }
-
-        pub async fn restart(&mut self, id: u64) {
-            let (node, _, listen) = &self.nodes[(id - 1) as usize];
-            Handle::current().restart(node.id());
-            self.run(wait_serving(listen.to_string())).await;
-        }
-
-        /// Kills etcd's node.
-        pub async fn stop_etcd(&mut self) {
-            self.etcd.stop().await;
-        }
-
-        pub fn spawn_client<F>(&self, f: F) -> madsim::task::JoinHandle<F::Output>
-        where
-            F: Future + Send + 'static,
-            F::Output: Send + 'static,
-        {
-            self.etcd.spawn(f)
-        }
-
-        pub async fn run<F>(&self, f: F) -> F::Output
-        where
-            F: Future + Send + 'static,
-            F::Output: Send + 'static,
-        {
-            self.etcd.run(f).await
-        }
-    }
-}
-
-use harness::Cluster;
-
-/// Waits (bounded) until the broker at `address` answers.
-#[cfg_attr(not(madsim), allow(dead_code))]
-async fn wait_serving(address: String) {
-    for _ in 0..200 {
-        if let Ok(client) = Client::connect(&address).await {
-            if client.describe_broker().await.is_ok() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("broker at {address} did not start serving");
-}
-
-/// Leader of each partition as the brokers report it, once every partition
-/// has one.
-async fn leaders(client: &Client, topic: &str) -> BTreeMap<u32, (u64, String)> {
-    for _ in 0..400 {
-        if let Ok(described) = client.describe_topic(topic).await {
-            let known: BTreeMap<u32, (u64, String)> = described
-                .partitions
-                .iter()
-                .filter(|p| p.leader != 0)
-                .map(|p| (p.partition, (p.leader, p.leader_address.clone())))
-                .collect();
-            if known.len() == described.partitions.len() {
-                return known;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("partitions of {topic} did not all elect a leader");
-}
+use cluster::{leaders, read_partition, Cluster};
 
 /// Waits (bounded) until the live brokers do (`present`) or do not list
 /// broker `id`; the other brokers stay listed throughout.
@@ -280,22 +53,6 @@ async fn wait_for_brokers(address: String, id: u64, present: bool) {
     panic!("broker {id} never became {}", if present { "registered" } else { "unregistered" });
 }
 
-/// Every message of a partition below its high watermark: (offset, value).
-async fn read_partition(client: &Client, topic: &str, partition: u32) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let fetched = client.fetch(topic, partition, offset, 1 << 20, Duration::ZERO).await.expect("fetch");
-        for record in &fetched.records {
-            out.push((record.offset, String::from_utf8(record.value.clone().unwrap_or_default()).unwrap()));
-        }
-        if fetched.next_offset >= fetched.high_watermark {
-            return out;
-        }
-        offset = fetched.next_offset;
-    }
-}
-
 #[tokio::test]
 async fn acknowledged_writes_survive_killing_a_partition_leader() {
     init_tracing();
@@ -303,7 +60,7 @@ async fn acknowledged_writes_survive_killing_a_partition_leader() {
 }
 
 async fn scenario() {
-    let mut cluster = Cluster::start("leader-kill").await;
+    let mut cluster = Cluster::start("leader-kill", BROKERS, |_| {}).await;
     let bootstrap = cluster.addresses().join(",");
 
     tracing::info!("a topic of {PARTITIONS} partitions, 3 replicas each");
@@ -409,7 +166,7 @@ async fn followers_and_an_etcd_outage_get_clear_statuses() {
 async fn bad_input() {
     use weir::broker::error::{BrokerError, ErrorCode};
 
-    let mut cluster = Cluster::start("bad-input").await;
+    let mut cluster = Cluster::start("bad-input", BROKERS, |_| {}).await;
     let bootstrap = cluster.addresses().join(",");
     let addresses = cluster.addresses();
     let address = bootstrap.clone();

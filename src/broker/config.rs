@@ -28,6 +28,9 @@ pub struct BrokerConfig {
     pub session_timeout_ms: u64,
     /// The controller replaces the replicas of a broker gone this long.
     pub replace_broker_after_ms: u64,
+    /// The controller moves replicas from the most to the least loaded
+    /// brokers (onto new brokers, for one); off: only operators move them.
+    pub auto_balance: bool,
     /// Where Prometheus scrapes `GET /metrics`; none: not served.
     pub metrics_listen: Option<SocketAddr>,
     /// Largest key + value + headers of one message.
@@ -56,6 +59,7 @@ impl Default for BrokerConfig {
             default_replication_factor: 3,
             session_timeout_ms: 6_000,
             replace_broker_after_ms: 60_000,
+            auto_balance: true,
             metrics_listen: Some(METRICS_LISTEN_DEFAULT.parse().expect("valid default address")),
             message_bytes_max: 1 << 20,
             fetch_bytes_default: 1 << 20,

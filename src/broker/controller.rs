@@ -67,7 +67,7 @@ fn movable(record: &TopicRecord) -> bool {
 /// What the controller should change, given the topic records, the live
 /// brokers and those gone long enough to be replaced. Pure, so the rules
 /// can be tested without a cluster.
-pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>) -> Vec<Reassignment> {
+pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>, balance: bool) -> Vec<Reassignment> {
     let mut load = load(records, live);
     let mut decided: Vec<Reassignment> = Vec::new();
     let mut moving = 0;
@@ -82,11 +82,12 @@ pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>)
     }
 
     // Healing: replace gone brokers, position for position (a replaced
-    // preferred leader's successor becomes the preferred leader).
+    // preferred leader's successor becomes the preferred leader). A moving
+    // partition is healed too: its leader goes for the newest target.
     for record in records.iter().filter(|r| movable(r)) {
         for p in 0..record.config.partitions {
             let from = record.target(p);
-            if touched.contains(&(record.id, p)) || !from.iter().any(|b| gone.contains(b)) {
+            if !from.iter().any(|b| gone.contains(b)) {
                 continue;
             }
             let mut to = from.to_vec();
@@ -115,7 +116,7 @@ pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>)
 
     // Balance: move one replica at a time from the most to the least
     // loaded live broker while they differ by two or more.
-    while moving + decided.len() < BALANCING_MOVES_MAX {
+    while balance && moving + decided.len() < BALANCING_MOVES_MAX {
         let Some((&low, &low_n)) = load.iter().min_by_key(|(b, n)| (**n, **b)) else { break };
         let Some((&high, &high_n)) = load.iter().max_by_key(|(b, n)| (**n, std::cmp::Reverse(**b))) else { break };
         if high_n < low_n + 2 {
@@ -209,7 +210,7 @@ impl Broker {
             .filter(|(_, since)| now.duration_since(**since) >= replace_after)
             .map(|(b, _)| *b)
             .collect();
-        for decision in plan(&records, &live, &gone) {
+        for decision in plan(&records, &live, &gone, self.config().auto_balance) {
             let changed = self
                 .topics()
                 .update(&decision.topic, decision.id, |record| {
@@ -285,7 +286,7 @@ mod tests {
         let live: BTreeSet<u64> = [1, 2, 4, 5].into();
         let gone: BTreeSet<u64> = [3].into();
         let records = vec![topic("t", 9, place(6, 3, &[1, 2, 3], 0))];
-        let decisions = plan(&records, &live, &gone);
+        let decisions = plan(&records, &live, &gone, true);
         let healed: Vec<&Reassignment> = decisions.iter().filter(|d| d.from.contains(&3)).collect();
         assert_eq!(healed.len(), 6, "every partition on broker 3 is healed: {decisions:?}");
         for d in &healed {
@@ -302,11 +303,11 @@ mod tests {
     #[test]
     fn nothing_is_replaced_while_there_is_no_spare_or_no_one_is_gone() {
         let records = vec![topic("t", 9, place(6, 3, &[1, 2, 3], 0))];
-        assert!(plan(&records, &[1, 2].into(), &[3].into()).is_empty(), "no spare broker");
-        assert!(plan(&records, &[1, 2, 3].into(), &BTreeSet::new()).is_empty(), "balanced already");
+        assert!(plan(&records, &[1, 2].into(), &[3].into(), true).is_empty(), "no spare broker");
+        assert!(plan(&records, &[1, 2, 3].into(), &BTreeSet::new(), true).is_empty(), "balanced already");
         // Missing, but not long enough: not in `gone`, and not a balance
         // target either (it holds replicas).
-        assert!(plan(&records, &[1, 2].into(), &BTreeSet::new()).is_empty());
+        assert!(plan(&records, &[1, 2].into(), &BTreeSet::new(), true).is_empty());
     }
 
     #[test]
@@ -315,7 +316,7 @@ mod tests {
         let live: BTreeSet<u64> = [1, 2, 3, 4].into();
         let mut rounds = 0;
         loop {
-            let decisions = plan(&records, &live, &BTreeSet::new());
+            let decisions = plan(&records, &live, &BTreeSet::new(), true);
             if decisions.is_empty() {
                 break;
             }
@@ -337,15 +338,23 @@ mod tests {
     }
 
     #[test]
-    fn moving_partitions_and_internal_topics_are_left_alone() {
+    fn moving_partitions_are_not_balanced_and_internal_topics_not_moved() {
         let mut moving = topic("t", 9, vec![vec![1, 2, 3]; 8]);
         for p in 0..8 {
-            moving.reassign(p, vec![1, 2, 3]);
-            moving.confirm_members(p, vec![1, 2, 5]);
+            moving.reassign(p, vec![1, 2, 4]);
+            moving.confirm_members(p, vec![1, 2, 3]);
         }
         let internal = topic("__consumer_offsets", 3, vec![vec![3]]);
-        let live: BTreeSet<u64> = [1, 2, 4, 5].into();
-        let decisions = plan(&[moving, internal], &live, &[3].into());
+        // Broker 6 is new and empty, broker 3 gone: still nothing to do.
+        let live: BTreeSet<u64> = [1, 2, 4, 5, 6].into();
+        let decisions = plan(&[moving.clone(), internal], &live, &[3].into(), true);
         assert!(decisions.is_empty(), "{decisions:?}");
+
+        // A move towards a broker that is gone is redirected.
+        moving.reassign(0, vec![3, 2, 1]);
+        let decisions = plan(&[moving], &live, &[3].into(), true);
+        assert_eq!(decisions.len(), 1, "{decisions:?}");
+        assert_eq!(decisions[0].partition, 0);
+        assert!([5, 6].contains(&decisions[0].to[0]) && decisions[0].to[1..] == [2, 1], "{decisions:?}");
     }
 }

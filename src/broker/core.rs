@@ -282,10 +282,18 @@ impl Broker {
             if !change && !state.record.moving(index) {
                 continue;
             }
-            let addresses: Option<BTreeMap<NodeId, String>> =
-                target.iter().map(|id| brokers.get(id).map(|b| (*id, b.address.clone()))).collect();
+            // New members are reached at their registered address (a
+            // voter already in the group needs none: it may be down).
+            let addresses: Option<BTreeMap<NodeId, String>> = target
+                .iter()
+                .map(|id| match brokers.get(id) {
+                    Some(broker) => Some((*id, broker.address.clone())),
+                    None if voters.contains(id) => Some((*id, String::new())),
+                    None => None,
+                })
+                .collect();
             let Some(addresses) = addresses else {
-                tracing::debug!(topic = %state.record.name, index, ?target, "a target replica's broker is not live");
+                tracing::debug!(topic = %state.record.name, index, ?target, "a new replica's broker is not live");
                 continue;
             };
             let group = replica.group();

@@ -251,7 +251,8 @@ impl Replica {
     /// voters, live. New members join as learners first and become voters
     /// once each has caught up with where the log was when it joined
     /// (waiting at most `catch_up` for each); then the voters change through
-    /// joint consensus; learners not in `target` are dropped. A leader not
+    /// joint consensus; learners not in `target` are dropped. (The address
+    /// of a broker that already is a voter is not used.) A leader not
     /// in `target` steps down once the change is committed. Safe to repeat
     /// after a failure (a change left in a joint configuration is finished).
     pub async fn change_voters(&self, target: &BTreeMap<NodeId, String>, catch_up: Duration) -> Result<(), String> {

@@ -1,0 +1,324 @@
+//! Partitions moving between brokers while producers write: an operator's
+//! move that removes the partition's own leader, the controller replacing
+//! a broker that is gone for good, and a new broker receiving its share.
+//! After each, every acknowledged message is where it was acknowledged,
+//! once, in order.
+//!
+//! Both builds: a real etcd and in-process brokers on tokio; the simulated
+//! etcd and one node per broker under madsim (see `support/cluster.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use weir::broker::error::ErrorCode;
+use weir::client::{Client, Producer, ProducerConfig};
+use weir::proto;
+use weir::sys::disk::Disk;
+
+#[path = "support/etcd.rs"]
+mod etcd;
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use cluster::{check_history, describe_everywhere, leaders, Acknowledged, Cluster};
+
+const TEST_DEADLINE: Duration = Duration::from_secs(240);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "cluster_moves=info,weir=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids
+}
+
+/// `producers` idempotent producers writing `messages` each, acks=all,
+/// round-robin over `partitions`; values are `p<producer>-<n>`.
+fn produce(
+    cluster: &Cluster,
+    bootstrap: &str,
+    topic: &'static str,
+    producers: u32,
+    messages: u32,
+    partitions: u32,
+) -> Vec<impl std::future::Future<Output = Acknowledged>> {
+    let mut running = Vec::new();
+    for producer in 0..producers {
+        let address = bootstrap.to_owned();
+        let task = cluster.spawn_client(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let config = ProducerConfig { batch_bytes_max: 0, retries: 40, ..ProducerConfig::default() };
+            let sender = Producer::new(client, config);
+            let mut acknowledged = Vec::new();
+            for n in 0..messages {
+                let partition = (producer + n) % partitions;
+                let value = format!("p{producer}-{n}");
+                let record = weir::client::producer::record(None, value.as_bytes(), 1);
+                let delivered = sender.send(topic, Some(partition), record).await.expect("queued").wait().await;
+                match delivered {
+                    Ok(delivered) => acknowledged.push((partition, delivered.offset, value)),
+                    Err(error) => tracing::info!(%error, value, "write not acknowledged"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acknowledged
+        });
+        running.push(async move { task.await.expect("producer task") });
+    }
+    running
+}
+
+/// Waits (bounded) until every partition of `topic` satisfies `done`
+/// (given its description) and has a leader; returns the description.
+async fn wait_until(
+    client: &Client,
+    topic: &str,
+    what: &str,
+    done: impl Fn(&proto::PartitionDescription) -> bool,
+) -> proto::TopicDescription {
+    let mut last = None;
+    for _ in 0..1200 {
+        if let Some(described) = describe_everywhere(client, topic).await {
+            if described.partitions.iter().all(|p| p.leader != 0 && done(p)) {
+                return described;
+            }
+            last = Some(described);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen; last seen {last:#?}");
+}
+
+/// The partition directories broker `id` keeps of topic `topic`.
+fn partition_dirs(disk: &dyn Disk, id: u64, topic: &str) -> BTreeSet<String> {
+    let topics = Path::new("/data").join(format!("broker-{id}")).join("topics");
+    let mut dirs = BTreeSet::new();
+    for name in disk.list_subdirs(&topics).unwrap_or_default() {
+        if name.rsplit_once('-').is_some_and(|(prefix, _)| prefix == topic) {
+            dirs.extend(disk.list_subdirs(&topics.join(&name)).unwrap_or_default());
+        }
+    }
+    dirs
+}
+
+#[tokio::test]
+async fn a_partition_moves_off_its_leader_while_producers_write() {
+    init_tracing();
+    tokio::time::timeout(TEST_DEADLINE, operator_move()).await.expect("the test finishes within its deadline");
+}
+
+async fn operator_move() {
+    // Balancing off: the test moves the partition, nobody else.
+    let cluster = Cluster::start("operator-move", 4, |c| c.auto_balance = false).await;
+    let bootstrap = cluster.addresses().join(",");
+    let address = bootstrap.clone();
+    let (replicas, leader) = cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let config = proto::TopicConfig { partitions: 2, replication_factor: Some(3), ..Default::default() };
+            let created = client.create_topic("moving", config).await.expect("create");
+            let leaders = leaders(&client, "moving").await;
+            (created.partitions[0].replicas.clone(), leaders[&0].0)
+        })
+        .await;
+    let newcomer = (1..=4).find(|b| !replicas.contains(b)).expect("a broker without a replica");
+    // The newcomer takes the leader's place: the leader removes itself.
+    let target: Vec<u64> = replicas.iter().map(|&b| if b == leader { newcomer } else { b }).collect();
+    tracing::info!(?replicas, leader, ?target, "moving partition 0 off its leader");
+
+    let producers = produce(&cluster, &bootstrap, "moving", 3, 60, 2);
+    let address = bootstrap.clone();
+    let moved_target = target.clone();
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let moved = client.move_partition("moving", 0, moved_target.clone()).await.expect("move");
+            assert_eq!(moved.replicas, moved_target);
+
+            tracing::info!("bad moves are refused with what is wrong, and change nothing");
+            let error = client.move_partition("moving", 0, vec![1, 99, 2]).await.expect_err("no broker 99");
+            assert_eq!(error.code(), Some(ErrorCode::InvalidRequest), "{error}");
+            assert!(error.to_string().contains("99"), "{error}");
+            let error = client.move_partition("moving", 0, vec![1, 1, 2]).await.expect_err("a broker twice");
+            assert_eq!(error.code(), Some(ErrorCode::InvalidRequest), "{error}");
+            let error = client.move_partition("moving", 0, vec![]).await.expect_err("no replicas");
+            assert_eq!(error.code(), Some(ErrorCode::InvalidRequest), "{error}");
+            let error = client.move_partition("moving", 5, vec![1, 2, 3]).await.expect_err("no partition 5");
+            assert_eq!(error.code(), Some(ErrorCode::UnknownPartition), "{error}");
+            let error = client.move_partition("absent", 0, vec![1, 2, 3]).await.expect_err("no such topic");
+            assert_eq!(error.code(), Some(ErrorCode::UnknownTopic), "{error}");
+
+            let want = sorted(&moved_target);
+            let done = wait_until(&client, "moving", "the move", |p| {
+                p.partition != 0 || (sorted(&p.members) == want && want.contains(&p.leader))
+            })
+            .await;
+            assert_eq!(done.partitions[0].replicas, moved_target, "the refused moves changed nothing");
+            assert!(moved_target.contains(&done.partitions[0].leader), "{:?}", done.partitions[0]);
+        })
+        .await;
+
+    let mut acknowledged = Vec::new();
+    for producer in producers {
+        acknowledged.extend(producer.await);
+    }
+    assert!(acknowledged.len() >= 150, "most writes were acknowledged: {}", acknowledged.len());
+
+    tracing::info!("the removed leader lets its replica go; every acknowledged message is there");
+    let old_leader_address = cluster.addresses()[(leader - 1) as usize].clone();
+    let address = bootstrap.clone();
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let direct = client.via(&old_leader_address).await.expect("connect to the old leader");
+            let mut dropped = false;
+            for _ in 0..400 {
+                let described = direct.describe_topic("moving").await.expect("the old leader answers");
+                if !described.partitions[0].hosted {
+                    dropped = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(dropped, "the old leader still holds a replica of partition 0");
+            check_history(&client, "moving", 2, &acknowledged).await;
+        })
+        .await;
+    let dirs = partition_dirs(&cluster.disk(leader), leader, "moving");
+    assert!(!dirs.contains("0"), "the old leader's data of partition 0 is gone: {dirs:?}");
+    let dirs = partition_dirs(&cluster.disk(newcomer), newcomer, "moving");
+    assert!(dirs.contains("0"), "the newcomer holds partition 0: {dirs:?}");
+}
+
+#[tokio::test]
+async fn the_controller_replaces_a_gone_broker_with_a_new_one() {
+    init_tracing();
+    tokio::time::timeout(TEST_DEADLINE, heal()).await.expect("the test finishes within its deadline");
+}
+
+async fn heal() {
+    let mut cluster = Cluster::start("heal", 3, |c| c.replace_broker_after_ms = 3_000).await;
+    let bootstrap = cluster.addresses().join(",");
+    let address = bootstrap.clone();
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let config = proto::TopicConfig { partitions: 3, replication_factor: Some(3), ..Default::default() };
+            client.create_topic("healing", config).await.expect("create");
+            leaders(&client, "healing").await;
+        })
+        .await;
+    let producers = produce(&cluster, &bootstrap, "healing", 3, 80, 3);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracing::info!("broker 3 dies for good; broker 4 joins");
+    cluster.kill(3, 7).await;
+    let newcomer = cluster.add_broker().await;
+    assert_eq!(newcomer, 4);
+    let address = bootstrap.clone();
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let healed = wait_until(&client, "healing", "healing", |p| sorted(&p.members) == [1, 2, 4]).await;
+            for p in &healed.partitions {
+                assert_eq!(sorted(&p.replicas), [1, 2, 4], "broker 4 took broker 3's place: {p:?}");
+            }
+            let cluster = client.describe_cluster().await.expect("describe cluster");
+            assert_ne!(cluster.controller, 0, "a controller is elected");
+            assert_ne!(cluster.controller, 3, "the dead broker is not the controller");
+        })
+        .await;
+
+    let mut acknowledged = Vec::new();
+    for producer in producers {
+        acknowledged.extend(producer.await);
+    }
+    assert!(acknowledged.len() >= 200, "most writes were acknowledged: {}", acknowledged.len());
+    let address = bootstrap.clone();
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            check_history(&client, "healing", 3, &acknowledged).await;
+            // The new replica holds everything: read it from broker 4 alone.
+            let described = client.describe_topic("healing").await.expect("describe");
+            let high: BTreeMap<u32, u64> =
+                described.partitions.iter().map(|p| (p.partition, p.high_watermark)).collect();
+            let four = client
+                .via(&client.describe_cluster().await.unwrap().brokers.iter().find(|b| b.id == 4).unwrap().address)
+                .await
+                .unwrap();
+            let local = wait_until(&four, "healing", "broker 4 catching up", |p| {
+                p.hosted && p.log_end_offset >= high[&p.partition]
+            })
+            .await;
+            assert_eq!(local.partitions.len(), 3);
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_new_broker_receives_its_share_of_replicas() {
+    init_tracing();
+    tokio::time::timeout(TEST_DEADLINE, scale_out()).await.expect("the test finishes within its deadline");
+}
+
+async fn scale_out() {
+    let mut cluster = Cluster::start("scale-out", 3, |_| {}).await;
+    let bootstrap = cluster.addresses().join(",");
+    let address = bootstrap.clone();
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let config = proto::TopicConfig { partitions: 6, replication_factor: Some(2), ..Default::default() };
+            client.create_topic("growing", config).await.expect("create");
+            leaders(&client, "growing").await;
+            for n in 0..6u32 {
+                let record = proto::Record { value: Some(format!("m{n}").into_bytes()), ..Default::default() };
+                client.produce("growing", n, vec![record], proto::Acks::All).await.expect("produce");
+            }
+        })
+        .await;
+    let newcomer = cluster.add_broker().await;
+    let address = bootstrap.clone();
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            // 12 replicas over 4 brokers: 3 each once balanced.
+            let mut last = BTreeMap::new();
+            for _ in 0..1200 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let Some(described) = describe_everywhere(&client, "growing").await else { continue };
+                let settled =
+                    described.partitions.iter().all(|p| p.leader != 0 && sorted(&p.members) == sorted(&p.replicas));
+                let mut load: BTreeMap<u64, usize> = (1..=4).map(|b| (b, 0)).collect();
+                // (Counted from `members`: the replicas that are voters now.)
+                for p in &described.partitions {
+                    for b in &p.members {
+                        *load.entry(*b).or_default() += 1;
+                    }
+                }
+                if settled && load.values().all(|&n| n == 3) {
+                    for p in &described.partitions {
+                        let fetched = client.fetch("growing", p.partition, 0, 1 << 20, Duration::ZERO).await.unwrap();
+                        assert_eq!(fetched.records.len(), 1, "partition {} kept its message", p.partition);
+                    }
+                    assert_eq!(load[&newcomer], 3);
+                    return;
+                }
+                last = load;
+            }
+            panic!("replicas did not balance onto broker {newcomer}: {last:?}");
+        })
+        .await;
+}

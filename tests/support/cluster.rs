@@ -1,0 +1,346 @@
+//! A cluster of brokers on etcd for tests, in both builds: on tokio a real
+//! etcd process and in-process brokers on loopback ports; under madsim the
+//! simulated etcd and one simulated node per broker, which
+//! `Handle::kill` / `restart` take down and bring back. Brokers can be
+//! added while the cluster runs. Included with `#[path]` (after
+//! `support/etcd.rs` as `mod etcd`).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir::broker::config::BrokerConfig;
+use weir::client::Client;
+use weir::sys::disk::{Disk, SimDisk};
+
+use super::etcd;
+
+/// A broker's settings in a test cluster; `tweak` adjusts them.
+pub fn config(id: u64, listen: std::net::SocketAddr, etcd: &str, cluster: &str) -> BrokerConfig {
+    BrokerConfig {
+        broker_id: id,
+        data_dir: std::path::PathBuf::from(format!("/data/broker-{id}")),
+        listen,
+        metrics_listen: None,
+        etcd: vec![etcd.to_owned()],
+        cluster_name: cluster.to_owned(),
+        session_timeout_ms: 2_000,
+        ..BrokerConfig::default()
+    }
+}
+
+pub type Tweak = fn(&mut BrokerConfig);
+
+#[cfg(not(madsim))]
+mod harness {
+    use weir::broker::server::{open_broker, serve};
+    use weir::broker::Broker;
+    use weir::sys::clock::system_clock;
+
+    use super::*;
+
+    struct Node {
+        config: BrokerConfig,
+        disk: SimDisk,
+        running: Option<(Arc<Broker>, tokio::task::JoinHandle<()>)>,
+    }
+
+    pub struct Cluster {
+        name: String,
+        tweak: Tweak,
+        etcd: etcd::EtcdServer,
+        nodes: Vec<Node>,
+    }
+
+    impl Cluster {
+        pub async fn start(name: &str, brokers: u64, tweak: Tweak) -> Self {
+            let etcd = etcd::EtcdServer::start().await;
+            let mut cluster = Self { name: name.to_owned(), tweak, etcd, nodes: Vec::new() };
+            for _ in 0..brokers {
+                cluster.add_node();
+            }
+            for i in 0..cluster.nodes.len() {
+                cluster.boot(i).await;
+            }
+            cluster
+        }
+
+        fn add_node(&mut self) -> u64 {
+            let id = self.nodes.len() as u64 + 1;
+            let listen = weir::sys::net::free_loopback_addr().expect("a free port");
+            let mut config = config(id, listen, &self.etcd.endpoint(), &self.name);
+            (self.tweak)(&mut config);
+            self.nodes.push(Node { config, disk: SimDisk::new(id), running: None });
+            id
+        }
+
+        /// Starts one more broker; returns its id.
+        pub async fn add_broker(&mut self) -> u64 {
+            let id = self.add_node();
+            self.boot((id - 1) as usize).await;
+            id
+        }
+
+        async fn boot(&mut self, i: usize) {
+            let node = &mut self.nodes[i];
+            let disk: Arc<dyn Disk> = Arc::new(node.disk.clone());
+            let broker = open_broker(node.config.clone(), disk, system_clock()).await.expect("broker opens");
+            let served = broker.clone();
+            let task = tokio::spawn(async move {
+                serve(served, std::future::pending()).await.expect("broker serves");
+            });
+            node.running = Some((broker, task));
+        }
+
+        pub fn addresses(&self) -> Vec<String> {
+            self.nodes.iter().map(|n| n.config.listen.to_string()).collect()
+        }
+
+        pub fn disk(&self, id: u64) -> SimDisk {
+            self.nodes[(id - 1) as usize].disk.clone()
+        }
+
+        /// Kills broker `id` (1-based): its server and replicas stop
+        /// mid-flight and its disk keeps only what was fsynced (and a
+        /// seeded share more).
+        pub async fn kill(&mut self, id: u64, seed: u64) {
+            let node = &mut self.nodes[(id - 1) as usize];
+            let (broker, task) = node.running.take().expect("broker running");
+            task.abort();
+            let _ = task.await;
+            broker.halt().await;
+            node.disk.crash(seed);
+        }
+
+        pub async fn restart(&mut self, id: u64) {
+            self.boot((id - 1) as usize).await;
+        }
+
+        pub async fn stop_etcd(&mut self) {
+            self.etcd.stop().await;
+        }
+
+        pub fn spawn_client<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+        where
+            F: Future + Send + 'static,
+            F::Output: Send + 'static,
+        {
+            tokio::spawn(f)
+        }
+
+        pub async fn run<F>(&self, f: F) -> F::Output
+        where
+            F: Future + Send + 'static,
+            F::Output: Send + 'static,
+        {
+            f.await
+        }
+    }
+}
+
+#[cfg(madsim)]
+mod harness {
+    use madsim::runtime::{Handle, NodeHandle};
+    use weir::broker::server::{open_broker, serve};
+    use weir::sys::clock::system_clock;
+
+    use super::*;
+
+    pub struct Cluster {
+        name: String,
+        tweak: Tweak,
+        etcd: etcd::EtcdServer,
+        nodes: Vec<(NodeHandle, SimDisk, std::net::SocketAddr)>,
+    }
+
+    impl Cluster {
+        pub async fn start(name: &str, brokers: u64, tweak: Tweak) -> Self {
+            let etcd = etcd::EtcdServer::start().await;
+            let mut cluster = Self { name: name.to_owned(), tweak, etcd, nodes: Vec::new() };
+            for _ in 0..brokers {
+                cluster.add_node();
+            }
+            for address in cluster.addresses() {
+                cluster.run(wait_serving(address)).await;
+            }
+            cluster
+        }
+
+        fn add_node(&mut self) -> u64 {
+            let id = self.nodes.len() as u64 + 1;
+            let listen: std::net::SocketAddr = format!("10.0.3.{id}:9092").parse().unwrap();
+            let disk = SimDisk::new(id);
+            let mut config = config(id, listen, &self.etcd.endpoint(), &self.name);
+            (self.tweak)(&mut config);
+            let node_disk = disk.clone();
+            let node = Handle::current()
+                .create_node()
+                .name(format!("broker-{id}"))
+                .ip(listen.ip())
+                .init(move || {
+                    let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
+                    let config = config.clone();
+                    async move {
+                        let broker = open_broker(config, disk, system_clock()).await.expect("broker opens");
+                        serve(broker, std::future::pending()).await.expect("broker serves");
+                    }
+                })
+                .build();
+            self.nodes.push((node, disk, listen));
+            id
+        }
+
+        pub async fn add_broker(&mut self) -> u64 {
+            let id = self.add_node();
+            let address = self.addresses()[(id - 1) as usize].clone();
+            self.run(wait_serving(address)).await;
+            id
+        }
+
+        pub fn addresses(&self) -> Vec<String> {
+            self.nodes.iter().map(|(_, _, listen)| listen.to_string()).collect()
+        }
+
+        pub fn disk(&self, id: u64) -> SimDisk {
+            self.nodes[(id - 1) as usize].1.clone()
+        }
+
+        pub async fn kill(&mut self, id: u64, seed: u64) {
+            let (node, disk, _) = &self.nodes[(id - 1) as usize];
+            Handle::current().kill(node.id());
+            disk.crash(seed);
+        }
+
+        pub async fn restart(&mut self, id: u64) {
+            let (node, _, listen) = &self.nodes[(id - 1) as usize];
+            Handle::current().restart(node.id());
+            self.run(wait_serving(listen.to_string())).await;
+        }
+
+        pub async fn stop_etcd(&mut self) {
+            self.etcd.stop().await;
+        }
+
+        pub fn spawn_client<F>(&self, f: F) -> madsim::task::JoinHandle<F::Output>
+        where
+            F: Future + Send + 'static,
+            F::Output: Send + 'static,
+        {
+            self.etcd.spawn(f)
+        }
+
+        pub async fn run<F>(&self, f: F) -> F::Output
+        where
+            F: Future + Send + 'static,
+            F::Output: Send + 'static,
+        {
+            self.etcd.run(f).await
+        }
+    }
+}
+
+pub use harness::Cluster;
+
+/// Waits (bounded) until the broker at `address` answers.
+pub async fn wait_serving(address: String) {
+    for _ in 0..200 {
+        if let Ok(client) = Client::connect(&address).await {
+            if client.describe_broker().await.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("broker at {address} did not start serving");
+}
+
+/// `topic` as the live brokers describe it together: each partition as
+/// its leader (or else a broker holding a replica) describes it; a broker
+/// knows the leaders of the partitions it holds a replica of.
+pub async fn describe_everywhere(client: &Client, topic: &str) -> Option<weir::proto::TopicDescription> {
+    let brokers = client.describe_cluster().await.ok()?.brokers;
+    let mut merged: Option<weir::proto::TopicDescription> = None;
+    let mut best: BTreeMap<u32, (u8, weir::proto::PartitionDescription)> = BTreeMap::new();
+    for broker in brokers {
+        let Ok(view) = client.via(&broker.address).await else { continue };
+        let Ok(described) = view.describe_topic(topic).await else { continue };
+        for p in &described.partitions {
+            // A leader's word beats a replica's, which beats hearsay.
+            let rank = if p.leader == broker.id { 2 } else { u8::from(p.hosted) };
+            if best.get(&p.partition).is_none_or(|(r, _)| rank > *r) {
+                best.insert(p.partition, (rank, p.clone()));
+            }
+        }
+        merged.get_or_insert(described);
+    }
+    let mut merged = merged?;
+    merged.partitions = best.into_values().map(|(_, p)| p).collect();
+    Some(merged)
+}
+
+/// Leader of each partition as the brokers report it, once every partition
+/// has one.
+pub async fn leaders(client: &Client, topic: &str) -> BTreeMap<u32, (u64, String)> {
+    for _ in 0..400 {
+        if let Some(described) = describe_everywhere(client, topic).await {
+            let known: BTreeMap<u32, (u64, String)> = described
+                .partitions
+                .iter()
+                .filter(|p| p.leader != 0)
+                .map(|p| (p.partition, (p.leader, p.leader_address.clone())))
+                .collect();
+            if known.len() == described.partitions.len() {
+                return known;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("partitions of {topic} did not all elect a leader");
+}
+
+/// Every message of a partition below its high watermark: (offset, value).
+pub async fn read_partition(client: &Client, topic: &str, partition: u32) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let fetched = client.fetch(topic, partition, offset, 1 << 20, Duration::ZERO).await.expect("fetch");
+        for record in &fetched.records {
+            out.push((record.offset, String::from_utf8(record.value.clone().unwrap_or_default()).unwrap()));
+        }
+        if fetched.next_offset >= fetched.high_watermark {
+            return out;
+        }
+        offset = fetched.next_offset;
+    }
+}
+
+/// What producers had acknowledged: (partition, offset, value); values
+/// are `p<producer>-<n>`.
+pub type Acknowledged = Vec<(u32, u64, String)>;
+
+/// Asserts that every acknowledged message of `topic` is stored where it
+/// was acknowledged, that no message is stored twice, that offsets are
+/// dense, and that each producer's messages are in the order it sent them.
+pub async fn check_history(client: &Client, topic: &str, partitions: u32, acknowledged: &Acknowledged) {
+    for partition in 0..partitions {
+        let stored = read_partition(client, topic, partition).await;
+        let distinct: std::collections::BTreeSet<&String> = stored.iter().map(|(_, v)| v).collect();
+        assert_eq!(distinct.len(), stored.len(), "no message stored twice in partition {partition}");
+        assert!(stored.iter().enumerate().all(|(i, (o, _))| *o == i as u64), "dense offsets in {partition}");
+        let at: BTreeMap<u64, &String> = stored.iter().map(|(o, v)| (*o, v)).collect();
+        let mine: Vec<&(u32, u64, String)> = acknowledged.iter().filter(|(p, _, _)| *p == partition).collect();
+        for (_, offset, value) in &mine {
+            assert_eq!(at.get(offset), Some(&value), "acknowledged {value} at {partition}/{offset}");
+        }
+        let producers: std::collections::BTreeSet<&str> =
+            mine.iter().filter_map(|(_, _, v)| v.split('-').next()).collect();
+        for producer in producers {
+            let prefix = format!("{producer}-");
+            let order: Vec<u64> = mine.iter().filter(|(_, _, v)| v.starts_with(&prefix)).map(|(_, o, _)| *o).collect();
+            assert!(order.windows(2).all(|w| w[0] < w[1]), "{partition}: {order:?}");
+        }
+    }
+}
