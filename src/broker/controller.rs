@@ -16,8 +16,8 @@
 //! controller's epoch: a deposed controller cannot overwrite its
 //! successor's decisions.
 //!
-//! weir's own topics (`__`-prefixed) are not moved yet: the group
-//! coordinator lives on their replicas and does not follow a move.
+//! weir's own offsets partition moves like any other: the group
+//! coordinator follows its leadership.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use std::time::Duration;
 use super::core::Broker;
 use crate::meta::cluster::live_brokers;
 use crate::meta::election::Leadership;
-use crate::meta::topics::{TopicRecord, INTERNAL_TOPIC_PREFIX};
+use crate::meta::topics::TopicRecord;
 
 /// The controller looks again at least this often, besides on changes.
 const TICK: Duration = Duration::from_secs(1);
@@ -48,7 +48,7 @@ pub struct Reassignment {
 /// Replicas (targets) per live broker, over the topics the controller moves.
 fn load(records: &[TopicRecord], live: &BTreeSet<u64>) -> BTreeMap<u64, usize> {
     let mut load: BTreeMap<u64, usize> = live.iter().map(|b| (*b, 0)).collect();
-    for record in records.iter().filter(|r| movable(r)) {
+    for record in records {
         for p in 0..record.config.partitions {
             for broker in record.target(p) {
                 if let Some(n) = load.get_mut(broker) {
@@ -60,10 +60,6 @@ fn load(records: &[TopicRecord], live: &BTreeSet<u64>) -> BTreeMap<u64, usize> {
     load
 }
 
-fn movable(record: &TopicRecord) -> bool {
-    !record.name.starts_with(INTERNAL_TOPIC_PREFIX)
-}
-
 /// What the controller should change, given the topic records, the live
 /// brokers and those gone long enough to be replaced. Pure, so the rules
 /// can be tested without a cluster.
@@ -72,7 +68,7 @@ pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>,
     let mut decided: Vec<Reassignment> = Vec::new();
     let mut moving = 0;
     let mut touched: BTreeSet<(u64, u32)> = BTreeSet::new();
-    for record in records.iter().filter(|r| movable(r)) {
+    for record in records.iter() {
         for p in 0..record.config.partitions {
             if record.moving(p) {
                 moving += 1;
@@ -84,7 +80,7 @@ pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>,
     // Healing: replace gone brokers, position for position (a replaced
     // preferred leader's successor becomes the preferred leader). A moving
     // partition is healed too: its leader goes for the newest target.
-    for record in records.iter().filter(|r| movable(r)) {
+    for record in records.iter() {
         for p in 0..record.config.partitions {
             let from = record.target(p);
             if !from.iter().any(|b| gone.contains(b)) {
@@ -122,7 +118,7 @@ pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>,
         if high_n < low_n + 2 {
             break;
         }
-        let found = records.iter().filter(|r| movable(r)).find_map(|record| {
+        let found = records.iter().find_map(|record| {
             (0..record.config.partitions)
                 .find(|&p| {
                     let target = record.target(p);
@@ -338,16 +334,15 @@ mod tests {
     }
 
     #[test]
-    fn moving_partitions_are_not_balanced_and_internal_topics_not_moved() {
+    fn moving_partitions_are_not_balanced_but_are_healed() {
         let mut moving = topic("t", 9, vec![vec![1, 2, 3]; 8]);
         for p in 0..8 {
             moving.reassign(p, vec![1, 2, 4]);
             moving.confirm_members(p, vec![1, 2, 3]);
         }
-        let internal = topic("__consumer_offsets", 3, vec![vec![3]]);
-        // Broker 6 is new and empty, broker 3 gone: still nothing to do.
+        // Broker 6 is new and empty, broker 3 gone: the moves go on.
         let live: BTreeSet<u64> = [1, 2, 4, 5, 6].into();
-        let decisions = plan(&[moving.clone(), internal], &live, &[3].into(), true);
+        let decisions = plan(&[moving.clone()], &live, &[3].into(), true);
         assert!(decisions.is_empty(), "{decisions:?}");
 
         // A move towards a broker that is gone is redirected.

@@ -149,7 +149,7 @@ pub async fn serve(
                 }
             }
             let (status, body) = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?") {
-                let opened = groups.borrow().clone().flatten();
+                let opened = groups.borrow().clone();
                 ("200 OK", metrics.render(&broker, opened.as_deref()))
             } else {
                 ("404 Not Found", "weir serves GET /metrics\n".to_owned())

@@ -62,38 +62,52 @@ pub async fn open_broker(
 /// The internal topic that holds committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
-/// The group coordinator, with the committed offsets read back; `None` on
-/// a broker that holds no replica of the offsets partition.
-pub async fn open_groups(broker: &Arc<Broker>) -> BrokerResult<Option<Arc<GroupCoordinator>>> {
+/// Where the group coordinator is published: `Some` while this broker
+/// coordinates groups, that is while it leads the offsets partition.
+pub type GroupsSender = tokio::sync::watch::Sender<Option<Arc<GroupCoordinator>>>;
+
+/// Coordinates groups for as long as this broker leads the offsets
+/// partition: waits to lead it, reads the committed offsets back (once
+/// everything earlier leaders committed is applied), publishes the
+/// coordinator, and withdraws it when leadership goes. Ok when this broker
+/// holds no replica of the partition or lost its leadership.
+async fn coordinate(broker: &Arc<Broker>, ready: &GroupsSender) -> BrokerResult<()> {
     let config = broker.config();
     let partition = match broker.internal_partition(OFFSETS_TOPIC, config.offsets_segment_bytes).await {
         Ok(partition) => partition,
-        Err(error) if error.code == ErrorCode::NotLeader => return Ok(None),
+        Err(error) if error.code == ErrorCode::NotLeader => return Ok(()),
         Err(error) => return Err(error),
     };
-    // What the replica holds counts once it is known to be committed.
-    partition.replica().wait_caught_up(OFFSETS_CATCH_UP).await;
-    let offsets = OffsetStore::load(partition, config.offsets_bytes_max).await?;
-    Ok(Some(Arc::new(GroupCoordinator::new(broker.clone(), offsets, broker.clock()))))
+    let mut metrics = partition.replica().raft().metrics();
+    if metrics.wait_for(|m| m.state == openraft::ServerState::Leader).await.is_err() {
+        return Ok(()); // the replica closed (moved away)
+    }
+    if !partition.replica().wait_caught_up(OFFSETS_CATCH_UP).await || !partition.replica().is_leader() {
+        return Ok(());
+    }
+    let offsets = OffsetStore::load(partition.clone(), config.offsets_bytes_max).await?;
+    let groups = Arc::new(GroupCoordinator::new(broker.clone(), offsets, broker.clock()));
+    ready.send_replace(Some(groups.clone()));
+    tracing::info!(broker = broker.broker_id(), "coordinating consumer groups");
+    let lost = metrics.wait_for(|m| m.state != openraft::ServerState::Leader);
+    tokio::select! {
+        _ = groups.run() => {}
+        _ = lost => {}
+    }
+    ready.send_replace(None);
+    tracing::info!(broker = broker.broker_id(), "no longer coordinating consumer groups");
+    Ok(())
 }
 
-/// Opens the group coordinator (retrying while the offsets partition
-/// cannot be read yet), publishes it, and runs its session ticks.
-async fn run_groups(broker: Arc<Broker>, ready: tokio::sync::watch::Sender<Option<Option<Arc<GroupCoordinator>>>>) {
+/// Runs the group coordinator wherever leadership of the offsets
+/// partition takes it, for as long as the broker runs.
+async fn run_groups(broker: Arc<Broker>, ready: GroupsSender) {
     loop {
-        match open_groups(&broker).await {
-            Ok(groups) => {
-                ready.send_replace(Some(groups.clone()));
-                if let Some(groups) = groups {
-                    groups.run().await;
-                }
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "opening the group coordinator failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
+        if let Err(error) = coordinate(&broker, &ready).await {
+            tracing::warn!(%error, "coordinating consumer groups failed; retrying");
         }
+        ready.send_replace(None);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 

@@ -24,10 +24,12 @@ const SUBSCRIBE_QUEUE: usize = 2;
 
 /// How long a group call waits for the coordinator of a starting broker.
 const GROUPS_STARTUP: std::time::Duration = std::time::Duration::from_secs(20);
+/// While waiting for the coordinator, how often to look where it is.
+const GROUPS_LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The group coordinator once the broker has opened it: `Some(None)` on a
-/// broker that holds no replica of the offsets partition.
-pub type GroupsReady = tokio::sync::watch::Receiver<Option<Option<Arc<GroupCoordinator>>>>;
+/// The group coordinator while this broker is it (it leads the offsets
+/// partition).
+pub type GroupsReady = tokio::sync::watch::Receiver<Option<Arc<GroupCoordinator>>>;
 
 #[derive(Debug, Clone)]
 pub struct BrokerService {
@@ -41,20 +43,42 @@ impl BrokerService {
         Self { broker, groups, metrics }
     }
 
-    /// The group coordinator (waiting for a starting broker to open it), or
-    /// where to find it.
+    /// The group coordinator if this broker is it. Elsewhere: NOT_LEADER
+    /// naming the broker that leads the offsets partition (the
+    /// coordinator), or, while none is known (an election, a coordinator
+    /// loading the offsets), a bounded wait, then PARTITION_UNAVAILABLE.
     async fn groups(&self) -> Result<Arc<GroupCoordinator>, BrokerError> {
+        use super::server::OFFSETS_TOPIC;
         let mut ready = self.groups.clone();
-        let opened = match tokio::time::timeout(GROUPS_STARTUP, ready.wait_for(Option::is_some)).await {
-            Ok(Ok(opened)) => opened.clone().flatten(),
-            _ => return Err(BrokerError::new(ErrorCode::PartitionUnavailable, "the group coordinator is starting")),
-        };
-        match opened {
-            Some(groups) => Ok(groups),
-            None => Err(match self.broker.partition(super::server::OFFSETS_TOPIC, 0) {
-                Err(error) => error,
-                Ok(_) => BrokerError::new(ErrorCode::PartitionUnavailable, "the group coordinator is not here"),
-            }),
+        let deadline = tokio::time::Instant::now() + GROUPS_STARTUP;
+        loop {
+            if let Some(groups) = ready.borrow_and_update().clone() {
+                return Ok(groups);
+            }
+            match self.broker.partition(OFFSETS_TOPIC, 0) {
+                Ok(partition) => match partition.replica().leader() {
+                    Some((leader, address)) if leader != self.broker.broker_id() && !address.is_empty() => {
+                        let mut error = BrokerError::new(
+                            ErrorCode::NotLeader,
+                            format!("broker {leader} coordinates groups (it leads {OFFSETS_TOPIC}/0), not this one"),
+                        );
+                        error.leader = Some(address);
+                        return Err(error);
+                    }
+                    _ => {}
+                },
+                // Held elsewhere: the error names its preferred leader.
+                Err(error) if error.code == ErrorCode::NotLeader => return Err(error),
+                Err(_) => {} // not created yet
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(BrokerError::new(
+                    ErrorCode::PartitionUnavailable,
+                    "the group coordinator is not available yet",
+                ));
+            }
+            let _ = tokio::time::timeout(left.min(GROUPS_LOOK_AGAIN), ready.changed()).await;
         }
     }
 }
@@ -103,7 +127,7 @@ impl admin_server::Admin for BrokerService {
         let name = request.into_inner().name;
         let deleted = async {
             self.broker.delete_topic(&name).await?;
-            let opened = self.groups.borrow().clone().flatten();
+            let opened = self.groups.borrow().clone();
             match opened {
                 Some(groups) => groups.topic_deleted(&name).await,
                 None => Ok(()),

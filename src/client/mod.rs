@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::broker::error::BrokerError;
+use crate::broker::server::OFFSETS_TOPIC;
 use crate::log::Batch;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::consumer_client::ConsumerClient;
@@ -389,27 +390,65 @@ impl Client {
         Ok(Subscription { credits, responses })
     }
 
+    /// A call to the group coordinator: the broker leading the offsets
+    /// partition, found and followed like a partition leader.
+    async fn coordinated<T, F, Fut>(&self, call: F) -> ClientResult<T>
+    where
+        F: Fn(GroupsClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let call = &call;
+        self.routed(
+            OFFSETS_TOPIC,
+            0,
+            |conn| async move { call(conn.groups.clone()).await.map(tonic::Response::into_inner) },
+        )
+        .await
+    }
+
     pub async fn join_group(&self, request: proto::JoinGroupRequest) -> ClientResult<proto::JoinGroupResponse> {
-        Ok(self.conn.groups.clone().join_group(request).await?.into_inner())
+        self.coordinated(|mut groups| {
+            let request = request.clone();
+            async move { groups.join_group(request).await }
+        })
+        .await
     }
 
     pub async fn sync_group(&self, request: proto::SyncGroupRequest) -> ClientResult<Vec<proto::TopicPartition>> {
-        Ok(self.conn.groups.clone().sync_group(request).await?.into_inner().assignment)
+        let response = self
+            .coordinated(|mut groups| {
+                let request = request.clone();
+                async move { groups.sync_group(request).await }
+            })
+            .await?;
+        Ok(response.assignment)
     }
 
     pub async fn heartbeat(&self, request: proto::HeartbeatRequest) -> ClientResult<()> {
-        self.conn.groups.clone().heartbeat(request).await?;
+        self.coordinated(|mut groups| {
+            let request = request.clone();
+            async move { groups.heartbeat(request).await }
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn leave_group(&self, group: &str, member_id: &str) -> ClientResult<()> {
         let request = proto::LeaveGroupRequest { group: group.to_owned(), member_id: member_id.to_owned() };
-        self.conn.groups.clone().leave_group(request).await?;
+        self.coordinated(|mut groups| {
+            let request = request.clone();
+            async move { groups.leave_group(request).await }
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn commit_offsets(&self, request: proto::CommitOffsetsRequest) -> ClientResult<()> {
-        self.conn.groups.clone().commit_offsets(request).await?;
+        self.coordinated(|mut groups| {
+            let request = request.clone();
+            async move { groups.commit_offsets(request).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -420,16 +459,28 @@ impl Client {
         partitions: Vec<proto::TopicPartition>,
     ) -> ClientResult<Vec<proto::PartitionOffset>> {
         let request = proto::FetchOffsetsRequest { group: group.to_owned(), partitions };
-        Ok(self.conn.groups.clone().fetch_offsets(request).await?.into_inner().offsets)
+        let response = self
+            .coordinated(|mut groups| {
+                let request = request.clone();
+                async move { groups.fetch_offsets(request).await }
+            })
+            .await?;
+        Ok(response.offsets)
     }
 
     pub async fn describe_group(&self, group: &str) -> ClientResult<proto::GroupDescription> {
         let request = proto::DescribeGroupRequest { group: group.to_owned() };
-        Ok(self.conn.groups.clone().describe_group(request).await?.into_inner())
+        self.coordinated(|mut groups| {
+            let request = request.clone();
+            async move { groups.describe_group(request).await }
+        })
+        .await
     }
 
     pub async fn list_groups(&self) -> ClientResult<Vec<proto::GroupDescription>> {
-        Ok(self.conn.groups.clone().list_groups(proto::ListGroupsRequest {}).await?.into_inner().groups)
+        let response =
+            self.coordinated(|mut groups| async move { groups.list_groups(proto::ListGroupsRequest {}).await }).await?;
+        Ok(response.groups)
     }
 
     /// Resolves a seek target to an offset.
