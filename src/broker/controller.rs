@@ -4,6 +4,9 @@
 //! - **Healing.** A broker that has been gone (unregistered) for longer
 //!   than `replace_broker_after_ms` has its replicas replaced by live
 //!   brokers that hold none of the partition, the least loaded first.
+//! - **Replication.** A partition placed on fewer brokers than its
+//!   replication factor asks (the topic's, or the default; a topic created
+//!   while few brokers were up) gains replicas as brokers join.
 //! - **Balance.** While some live broker holds two or more replicas more
 //!   than another (a newly added broker holds none), replicas move from the
 //!   most to the least loaded, a few partitions at a time.
@@ -34,6 +37,15 @@ const TICK: Duration = Duration::from_secs(1);
 /// limited: a lost replica is a risk, not an imbalance).
 pub const BALANCING_MOVES_MAX: usize = 4;
 
+/// What the controller is asked to do beyond healing.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Move replicas from the most to the least loaded brokers.
+    pub balance: bool,
+    /// Replicas a partition should have when its topic does not say.
+    pub default_replication_factor: u32,
+}
+
 /// One decision: partition `partition` of topic `topic` (with `id`) goes
 /// from `from` to `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +75,8 @@ fn load(records: &[TopicRecord], live: &BTreeSet<u64>) -> BTreeMap<u64, usize> {
 /// What the controller should change, given the topic records, the live
 /// brokers and those gone long enough to be replaced. Pure, so the rules
 /// can be tested without a cluster.
-pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>, balance: bool) -> Vec<Reassignment> {
+pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>, policy: Policy) -> Vec<Reassignment> {
+    let balance = policy.balance;
     let mut load = load(records, live);
     let mut decided: Vec<Reassignment> = Vec::new();
     let mut moving = 0;
@@ -96,6 +109,34 @@ pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>,
                     to[slot] = replacement;
                     *load.entry(replacement).or_default() += 1;
                 }
+            }
+            if to != from {
+                touched.insert((record.id, p));
+                decided.push(Reassignment {
+                    topic: record.name.clone(),
+                    id: record.id,
+                    partition: p,
+                    from: from.to_vec(),
+                    to,
+                });
+            }
+        }
+    }
+
+    // Replication: add replicas where a partition has fewer than asked.
+    for record in records {
+        let factor = record.config.replication_factor.unwrap_or(policy.default_replication_factor) as usize;
+        for p in 0..record.config.partitions {
+            let from = record.target(p);
+            if touched.contains(&(record.id, p)) || from.len() >= factor {
+                continue;
+            }
+            let mut to = from.to_vec();
+            while to.len() < factor {
+                let candidate = load.iter().filter(|(b, _)| !to.contains(b)).min_by_key(|(b, n)| (**n, **b));
+                let Some((&added, _)) = candidate else { break };
+                to.push(added);
+                *load.entry(added).or_default() += 1;
             }
             if to != from {
                 touched.insert((record.id, p));
@@ -206,7 +247,11 @@ impl Broker {
             .filter(|(_, since)| now.duration_since(**since) >= replace_after)
             .map(|(b, _)| *b)
             .collect();
-        for decision in plan(&records, &live, &gone, self.config().auto_balance) {
+        let policy = Policy {
+            balance: self.config().auto_balance,
+            default_replication_factor: self.config().default_replication_factor,
+        };
+        for decision in plan(&records, &live, &gone, policy) {
             let changed = self
                 .topics()
                 .update(&decision.topic, decision.id, |record| {
@@ -257,7 +302,7 @@ mod tests {
                 retention_ms: None,
                 retention_bytes: None,
                 segment_bytes: None,
-                replication_factor: None,
+                replication_factor: replicas.first().map(|r| r.len() as u32),
             },
             created_ms: 0,
             replicas,
@@ -266,6 +311,8 @@ mod tests {
             controller_epoch: 0,
         }
     }
+
+    const POLICY: Policy = Policy { balance: true, default_replication_factor: 3 };
 
     fn apply(records: &mut [TopicRecord], decisions: &[Reassignment]) {
         for d in decisions {
@@ -282,7 +329,7 @@ mod tests {
         let live: BTreeSet<u64> = [1, 2, 4, 5].into();
         let gone: BTreeSet<u64> = [3].into();
         let records = vec![topic("t", 9, place(6, 3, &[1, 2, 3], 0))];
-        let decisions = plan(&records, &live, &gone, true);
+        let decisions = plan(&records, &live, &gone, POLICY);
         let healed: Vec<&Reassignment> = decisions.iter().filter(|d| d.from.contains(&3)).collect();
         assert_eq!(healed.len(), 6, "every partition on broker 3 is healed: {decisions:?}");
         for d in &healed {
@@ -299,11 +346,11 @@ mod tests {
     #[test]
     fn nothing_is_replaced_while_there_is_no_spare_or_no_one_is_gone() {
         let records = vec![topic("t", 9, place(6, 3, &[1, 2, 3], 0))];
-        assert!(plan(&records, &[1, 2].into(), &[3].into(), true).is_empty(), "no spare broker");
-        assert!(plan(&records, &[1, 2, 3].into(), &BTreeSet::new(), true).is_empty(), "balanced already");
+        assert!(plan(&records, &[1, 2].into(), &[3].into(), POLICY).is_empty(), "no spare broker");
+        assert!(plan(&records, &[1, 2, 3].into(), &BTreeSet::new(), POLICY).is_empty(), "balanced already");
         // Missing, but not long enough: not in `gone`, and not a balance
         // target either (it holds replicas).
-        assert!(plan(&records, &[1, 2].into(), &BTreeSet::new(), true).is_empty());
+        assert!(plan(&records, &[1, 2].into(), &BTreeSet::new(), POLICY).is_empty());
     }
 
     #[test]
@@ -312,7 +359,7 @@ mod tests {
         let live: BTreeSet<u64> = [1, 2, 3, 4].into();
         let mut rounds = 0;
         loop {
-            let decisions = plan(&records, &live, &BTreeSet::new(), true);
+            let decisions = plan(&records, &live, &BTreeSet::new(), POLICY);
             if decisions.is_empty() {
                 break;
             }
@@ -334,6 +381,34 @@ mod tests {
     }
 
     #[test]
+    fn partitions_gain_replicas_up_to_their_factor_as_brokers_join() {
+        let mut internal = topic("__consumer_offsets", 3, vec![vec![1]]);
+        internal.config.replication_factor = None;
+        let mut two = topic("two", 4, vec![vec![1], vec![1]]);
+        two.config.replication_factor = Some(2);
+        let mut records = vec![internal.clone(), two.clone()];
+        let decisions = plan(&records, &[1].into(), &BTreeSet::new(), POLICY);
+        assert!(decisions.is_empty(), "no broker to add: {decisions:?}");
+        let decisions = plan(&records, &[1, 2, 3].into(), &BTreeSet::new(), POLICY);
+        apply(&mut records, &decisions);
+        assert_eq!(sorted(records[0].target(0)), [1, 2, 3], "the default factor: {decisions:?}");
+        for p in 0..2 {
+            assert_eq!(records[1].target(p).len(), 2, "the topic's own factor: {decisions:?}");
+            assert_eq!(records[1].target(p)[0], 1, "the preferred leader stays");
+        }
+        internal.config.replication_factor = Some(1);
+        two.config.replication_factor = Some(1);
+        let no_balance = Policy { balance: false, ..POLICY };
+        assert!(plan(&[internal, two], &[1, 2, 3].into(), &BTreeSet::new(), no_balance).is_empty());
+    }
+
+    fn sorted(ids: &[u64]) -> Vec<u64> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
     fn moving_partitions_are_not_balanced_but_are_healed() {
         let mut moving = topic("t", 9, vec![vec![1, 2, 3]; 8]);
         for p in 0..8 {
@@ -342,12 +417,12 @@ mod tests {
         }
         // Broker 6 is new and empty, broker 3 gone: the moves go on.
         let live: BTreeSet<u64> = [1, 2, 4, 5, 6].into();
-        let decisions = plan(&[moving.clone()], &live, &[3].into(), true);
+        let decisions = plan(&[moving.clone()], &live, &[3].into(), POLICY);
         assert!(decisions.is_empty(), "{decisions:?}");
 
         // A move towards a broker that is gone is redirected.
         moving.reassign(0, vec![3, 2, 1]);
-        let decisions = plan(&[moving], &live, &[3].into(), true);
+        let decisions = plan(&[moving], &live, &[3].into(), POLICY);
         assert_eq!(decisions.len(), 1, "{decisions:?}");
         assert_eq!(decisions[0].partition, 0);
         assert!([5, 6].contains(&decisions[0].to[0]) && decisions[0].to[1..] == [2, 1], "{decisions:?}");

@@ -209,6 +209,9 @@ impl Client {
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let mut attempt = 0;
+        // Hints followed at once in this call; a hint seen again (brokers
+        // pointing at each other while an election settles) waits its turn.
+        let mut followed: Vec<String> = Vec::new();
         loop {
             let outcome = match self.conn_for(topic, partition, attempt).await {
                 Ok(conn) => call(conn).await.map_err(ClientError::from),
@@ -223,8 +226,10 @@ impl Client {
                 ClientError::Broker(broker) if broker.code == proto::ErrorCode::NotLeader => {
                     let hinted = broker.leader.clone();
                     let changed = hinted.is_some() && hinted != self.leader_of(topic, partition);
-                    self.set_leader(topic, partition, hinted);
-                    if changed {
+                    let fresh = hinted.as_ref().is_some_and(|h| !followed.contains(h));
+                    self.set_leader(topic, partition, hinted.clone());
+                    if changed && fresh {
+                        followed.extend(hinted);
                         continue; // follow the hint at once
                     }
                     true

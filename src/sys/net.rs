@@ -8,7 +8,16 @@ use std::net::TcpListener;
 pub use std::net::{IpAddr, SocketAddr};
 
 /// A loopback address with a port that was free a moment ago: for tests and
-/// tools that start a server on the real network.
+/// tools that start a server on the real network. The address is a random
+/// one of 127.0.0.0/8 other than 127.0.0.1, whose ephemeral ports outgoing
+/// connections take: a port picked there could be gone by the time the
+/// server binds it.
 pub fn free_loopback_addr() -> io::Result<SocketAddr> {
-    TcpListener::bind("127.0.0.1:0")?.local_addr()
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let bits = hasher.finish();
+    let octet = |shift: u32| 1 + ((bits >> shift) % 254) as u8;
+    let ip = std::net::Ipv4Addr::new(127, octet(0), octet(8), octet(16));
+    TcpListener::bind((ip, 0))?.local_addr()
 }
