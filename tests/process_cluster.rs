@@ -191,6 +191,9 @@ mod harness {
                     etcd: vec![etcd.endpoint()],
                     cluster_name: cluster_name.to_owned(),
                     session_timeout_ms: SESSION_TIMEOUT_MS,
+                    // The tests move partitions themselves; the controller's
+                    // balancing would answer a move with moves of its own.
+                    auto_balance: false,
                     ..BrokerConfig::default()
                 };
                 let config_path = dir.path().join(format!("broker-{id}.toml"));

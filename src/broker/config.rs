@@ -31,7 +31,9 @@ pub struct BrokerConfig {
     /// The controller moves replicas from the most to the least loaded
     /// brokers (onto new brokers, for one); off: only operators move them.
     pub auto_balance: bool,
-    /// Where Prometheus scrapes `GET /metrics`; none: not served.
+    /// Where Prometheus scrapes `GET /metrics`; none (`"off"` in a config
+    /// file): not served.
+    #[serde(with = "address_or_off")]
     pub metrics_listen: Option<SocketAddr>,
     /// Largest key + value + headers of one message.
     pub message_bytes_max: usize,
@@ -45,6 +47,28 @@ pub struct BrokerConfig {
     /// their partition outgrows this.
     pub offsets_bytes_max: u64,
     pub offsets_segment_bytes: u64,
+}
+
+/// An optional address as a config file writes it: `"host:port"` or `"off"`.
+mod address_or_off {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use crate::sys::net::SocketAddr;
+
+    pub fn serialize<S: Serializer>(value: &Option<SocketAddr>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(address) => serializer.serialize_str(&address.to_string()),
+            None => serializer.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == "off" {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|e| D::Error::custom(format!("{text:?} is not host:port or \"off\": {e}")))
+    }
 }
 
 impl Default for BrokerConfig {
@@ -69,5 +93,26 @@ impl Default for BrokerConfig {
             offsets_bytes_max: 64 << 20,
             offsets_segment_bytes: 16 << 20,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_can_be_switched_off_in_a_config_file() {
+        let off = BrokerConfig { metrics_listen: None, ..BrokerConfig::default() };
+        let text = toml::to_string(&off).unwrap();
+        assert!(text.contains("metrics_listen = \"off\""), "{text}");
+        assert_eq!(toml::from_str::<BrokerConfig>(&text).unwrap(), off);
+
+        let on: BrokerConfig = toml::from_str("metrics_listen = \"127.0.0.1:9500\"").unwrap();
+        assert_eq!(on.metrics_listen, Some("127.0.0.1:9500".parse().unwrap()));
+        let default: BrokerConfig = toml::from_str("broker_id = 2").unwrap();
+        assert_eq!(default.metrics_listen, BrokerConfig::default().metrics_listen);
+
+        let error = toml::from_str::<BrokerConfig>("metrics_listen = \"nowhere\"").unwrap_err();
+        assert!(error.to_string().contains("nowhere"), "{error}");
     }
 }

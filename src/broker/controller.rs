@@ -203,6 +203,8 @@ impl Broker {
         // When the controller first saw each missing broker missing.
         let mut missing_since: BTreeMap<u64, tokio::time::Instant> = BTreeMap::new();
         loop {
+            // Changes made while a pass runs wake the next one.
+            revision.mark_unchanged();
             match self.control_once(epoch, replace_after, &mut missing_since).await {
                 Ok(true) => {
                     tracing::warn!(epoch, "a newer controller has taken over");
@@ -211,7 +213,6 @@ impl Broker {
                 Ok(false) => {}
                 Err(error) => tracing::warn!(%error, "controller pass failed; will retry"),
             }
-            revision.mark_unchanged();
             tokio::select! {
                 changed = revision.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(TICK) => {}

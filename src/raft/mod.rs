@@ -214,6 +214,11 @@ impl Replica {
     /// membership. Only a replica that has never been part of the group does
     /// anything; calling it on every replica with the same members is safe.
     pub async fn bootstrap(&self, members: &BTreeMap<NodeId, String>) -> Result<(), String> {
+        // (Right after a restart the metrics may not show the membership
+        // the replica recovered yet; its state does.)
+        if self.raft.is_initialized().await.map_err(|e| e.to_string())? {
+            return Ok(());
+        }
         let nodes: BTreeMap<NodeId, BasicNode> =
             members.iter().map(|(id, address)| (*id, BasicNode::new(address))).collect();
         match self.raft.initialize(nodes).await {
