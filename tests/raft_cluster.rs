@@ -340,3 +340,49 @@ async fn a_single_replica_group_commits_and_recovers() {
     })
     .await;
 }
+
+/// Heartbeats of idle groups travel together: a peer receives a few calls
+/// per heartbeat interval however many groups there are, not one per group.
+#[tokio::test]
+async fn idle_groups_share_their_heartbeat_calls() {
+    const GROUPS: u32 = 60;
+    with_deadline(async {
+        let hosts = [Host::start(1).await, Host::start(2).await, Host::start(3).await];
+        let members: BTreeMap<u64, String> = hosts.iter().map(|h| (h.id, h.address.clone())).collect();
+        let mut replicas = Vec::new();
+        for host in &hosts {
+            for partition in 0..GROUPS {
+                let env = host.env.clone();
+                let group = GroupId { topic_id: 0x1d1e, partition };
+                let dir = PathBuf::from(format!("/data/idle/{partition}"));
+                let replica =
+                    host.run(async move { Replica::open(&env, group, &dir, log_config()).await }).await.expect("opens");
+                replicas.push(replica);
+            }
+        }
+        for replica in &replicas {
+            replica.bootstrap(&members).await.expect("bootstrap");
+        }
+        for replica in &replicas {
+            assert!(replica.wait_caught_up(STEP).await, "group {} elects a leader", replica.group());
+        }
+        let traffic = |hosts: &[Host]| -> (u64, u64) {
+            hosts.iter().map(|h| h.env.connections.traffic()).fold((0, 0), |(c, m), (dc, dm)| (c + dc, m + dm))
+        };
+        let (calls_before, messages_before) = traffic(&hosts);
+        // A measuring window: idle groups only heartbeat.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (calls_after, messages_after) = traffic(&hosts);
+        let (calls, messages) = (calls_after - calls_before, messages_after - messages_before);
+        tracing::info!(GROUPS, calls, messages, "two idle seconds between three brokers");
+        // 60 leaders heartbeat 2 followers every 100 to 150 ms: some 1,600
+        // to 2,400 messages in 2 s (one per group and peer without
+        // coalescing).
+        assert!(messages >= 800, "the idle groups heartbeat: {messages} messages");
+        assert!(calls * 3 <= messages, "{messages} messages took {calls} calls");
+        for replica in &replicas {
+            replica.shutdown().await.expect("shuts down");
+        }
+    })
+    .await;
+}

@@ -6,9 +6,16 @@
 //! [`RaftService`] finds the group in its [`Router`] and hands the request to
 //! openraft. Requests and replies are openraft's own types, bincode-encoded:
 //! record batches travel as raw bytes.
+//!
+//! Messages for one peer go through its outbox, which coalesces them: a
+//! heartbeat (an append without entries) waits up to [`HEARTBEAT_LINGER`]
+//! for other groups' heartbeats, and whatever queued while earlier calls
+//! were in flight leaves in one `SendBatch` call. A thousand idle groups
+//! thus cost a few calls per heartbeat interval per peer, not a thousand.
 
 use std::collections::HashMap;
 use std::error::Error;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -24,15 +31,27 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
 use super::types::{GroupId, NodeId, RaftNode, TypeConfig};
 use crate::log::batch::BATCH_BYTES_MAX;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server;
-use crate::proto::{RaftGroup, RaftKind, RaftMessage, RaftReply};
+use crate::proto::{RaftBatch, RaftBatchItem, RaftBatchReply, RaftGroup, RaftKind, RaftMessage, RaftReply};
 
-/// A Raft message carries at most this many bytes of entries plus framing.
+/// A Raft message carries at most this many bytes of entries plus framing;
+/// a batch of messages at most this many bytes in all (one message larger
+/// than the rest of a batch's room travels alone).
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 4 * BATCH_BYTES_MAX + (1 << 20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a heartbeat waits for company before it leaves.
+pub const HEARTBEAT_LINGER: Duration = Duration::from_millis(5);
+/// Calls in flight per peer; what queues meanwhile goes in the next call.
+const CALLS_IN_FLIGHT: usize = 4;
+/// Messages in one batch call, at most.
+pub const BATCH_MESSAGES_MAX: usize = 1024;
+/// A batch call that takes longer than this fails all its messages.
+const BATCH_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The partition groups this broker is a member of, by group id.
 #[derive(Default)]
@@ -97,10 +116,9 @@ fn bad_request(what: &str, e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{what}: {e}"))
 }
 
-#[tonic::async_trait]
-impl raft_server::Raft for RaftService {
-    async fn send(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
-        let message = request.into_inner();
+impl RaftService {
+    /// Hands one message to its group; the encoded reply.
+    async fn deliver(&self, message: RaftMessage) -> Result<Vec<u8>, Status> {
         if message.target != self.node_id {
             return Err(Status::failed_precondition(format!(
                 "Raft message for broker {} reached broker {}",
@@ -131,8 +149,179 @@ impl raft_server::Raft for RaftService {
             }
             _ => return Err(Status::invalid_argument(format!("unknown Raft message kind {}", message.kind))),
         };
-        let payload = reply.map_err(|e| Status::internal(format!("encoding the Raft reply: {e}")))?;
+        reply.map_err(|e| Status::internal(format!("encoding the Raft reply: {e}")))
+    }
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn send(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let payload = self.deliver(request.into_inner()).await?;
         Ok(Response::new(RaftReply { payload }))
+    }
+
+    async fn send_batch(&self, request: Request<RaftBatch>) -> Result<Response<RaftBatchReply>, Status> {
+        let messages = request.into_inner().messages;
+        if messages.len() > BATCH_MESSAGES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a Raft batch of {} messages exceeds {BATCH_MESSAGES_MAX}",
+                messages.len()
+            )));
+        }
+        let delivered = futures::future::join_all(messages.into_iter().map(|m| self.deliver(m))).await;
+        let replies = delivered
+            .into_iter()
+            .map(|reply| match reply {
+                Ok(payload) => RaftBatchItem { payload, code: 0, error: String::new() },
+                Err(status) => RaftBatchItem {
+                    payload: Vec::new(),
+                    code: status.code() as i32,
+                    error: status.message().to_owned(),
+                },
+            })
+            .collect();
+        Ok(Response::new(RaftBatchReply { replies }))
+    }
+}
+
+/// Calls made and messages sent, to all peers.
+#[derive(Debug, Default)]
+struct Traffic {
+    calls: AtomicU64,
+    messages: AtomicU64,
+}
+
+/// A message waiting in a peer's outbox, and who waits for its reply.
+struct Pending {
+    message: RaftMessage,
+    heartbeat: bool,
+    reply: oneshot::Sender<Result<Vec<u8>, Status>>,
+}
+
+impl Pending {
+    fn bytes(&self) -> usize {
+        self.message.payload.len() + 64
+    }
+}
+
+/// One peer's queue of outgoing messages, drained by [`run_outbox`].
+#[derive(Debug, Clone)]
+struct Outbox {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl Outbox {
+    fn new(client: RaftClient<Channel>, traffic: Arc<Traffic>) -> Self {
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(run_outbox(client, pending, traffic));
+        Self { queue }
+    }
+
+    /// Sends `message` with the next call to its peer; its encoded reply.
+    async fn call(&self, message: RaftMessage, heartbeat: bool) -> Result<Vec<u8>, Status> {
+        let (reply, replied) = oneshot::channel();
+        self.queue
+            .send(Pending { message, heartbeat, reply })
+            .map_err(|_| Status::unavailable("the connection to the peer is closed"))?;
+        replied.await.map_err(|_| Status::unavailable("the call to the peer was dropped"))?
+    }
+}
+
+/// Sends what a peer's outbox receives, coalescing it, until every sender
+/// is gone.
+async fn run_outbox(client: RaftClient<Channel>, mut queue: mpsc::UnboundedReceiver<Pending>, traffic: Arc<Traffic>) {
+    let in_flight = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match queue.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut bytes = first.bytes();
+        let mut batch = vec![first];
+        if batch[0].heartbeat {
+            // Heartbeats wait a moment for the other groups' heartbeats;
+            // a message with entries leaves at once and takes them along.
+            let deadline = tokio::time::Instant::now() + HEARTBEAT_LINGER;
+            while batch.len() < BATCH_MESSAGES_MAX {
+                match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(next)) if bytes + next.bytes() > RAFT_MESSAGE_BYTES_MAX => {
+                        carried = Some(next);
+                        break;
+                    }
+                    Ok(Some(next)) => {
+                        let data = !next.heartbeat;
+                        bytes += next.bytes();
+                        batch.push(next);
+                        if data {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        while carried.is_none() && batch.len() < BATCH_MESSAGES_MAX {
+            let Ok(next) = queue.try_recv() else { break };
+            if bytes + next.bytes() > RAFT_MESSAGE_BYTES_MAX {
+                carried = Some(next);
+                break;
+            }
+            bytes += next.bytes();
+            batch.push(next);
+        }
+        traffic.calls.fetch_add(1, Ordering::Relaxed);
+        traffic.messages.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            send_batch(client, batch).await;
+        });
+    }
+}
+
+/// One call with `batch`'s messages; every waiting sender gets its reply.
+async fn send_batch(mut client: RaftClient<Channel>, mut batch: Vec<Pending>) {
+    if batch.len() == 1 {
+        let Pending { message, reply, .. } = batch.remove(0);
+        let answer = match tokio::time::timeout(BATCH_CALL_TIMEOUT, client.send(message)).await {
+            Ok(answer) => answer.map(|r| r.into_inner().payload),
+            Err(_) => Err(Status::deadline_exceeded("the Raft call timed out")),
+        };
+        let _ = reply.send(answer);
+        return;
+    }
+    let (messages, replies): (Vec<RaftMessage>, Vec<_>) = batch.into_iter().map(|p| (p.message, p.reply)).unzip();
+    let count = messages.len();
+    let answer = match tokio::time::timeout(BATCH_CALL_TIMEOUT, client.send_batch(RaftBatch { messages })).await {
+        Ok(answer) => answer.map(|r| r.into_inner().replies),
+        Err(_) => Err(Status::deadline_exceeded("the Raft batch call timed out")),
+    };
+    match answer {
+        Ok(items) if items.len() == count => {
+            for (item, reply) in items.into_iter().zip(replies) {
+                let answer = match item.code {
+                    0 => Ok(item.payload),
+                    code => Err(Status::new(tonic::Code::from(code), item.error)),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        Ok(items) => {
+            let status = Status::internal(format!("a Raft batch of {count} messages got {} replies", items.len()));
+            for reply in replies {
+                let _ = reply.send(Err(status.clone()));
+            }
+        }
+        Err(status) => {
+            for reply in replies {
+                let _ = reply.send(Err(status.clone()));
+            }
+        }
     }
 }
 
@@ -140,7 +329,8 @@ impl raft_server::Raft for RaftService {
 #[derive(Debug)]
 pub struct Connections {
     node_id: NodeId,
-    channels: Mutex<HashMap<String, RaftClient<Channel>>>,
+    outboxes: Mutex<HashMap<String, Outbox>>,
+    traffic: Arc<Traffic>,
     /// Brokers' current addresses, which win over the address a group's
     /// membership recorded (a broker may come back on another address).
     addresses: RwLock<HashMap<NodeId, String>>,
@@ -148,7 +338,12 @@ pub struct Connections {
 
 impl Connections {
     pub fn new(node_id: NodeId) -> Arc<Self> {
-        Arc::new(Self { node_id, channels: Mutex::new(HashMap::new()), addresses: RwLock::new(HashMap::new()) })
+        Arc::new(Self {
+            node_id,
+            outboxes: Mutex::new(HashMap::new()),
+            traffic: Arc::default(),
+            addresses: RwLock::new(HashMap::new()),
+        })
     }
 
     /// Records where broker `node` is reachable now.
@@ -167,18 +362,24 @@ impl Connections {
         self.node_id
     }
 
-    fn client(&self, address: &str) -> Result<RaftClient<Channel>, String> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = channels.get(address) {
-            return Ok(client.clone());
+    /// Calls made to peers, and the Raft messages they carried, so far.
+    pub fn traffic(&self) -> (u64, u64) {
+        (self.traffic.calls.load(Ordering::Relaxed), self.traffic.messages.load(Ordering::Relaxed))
+    }
+
+    fn outbox(&self, address: &str) -> Result<Outbox, String> {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(outbox) = outboxes.get(address) {
+            return Ok(outbox.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| e.to_string())?;
         let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
         let client = RaftClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        channels.insert(address.to_owned(), client.clone());
-        Ok(client)
+        let outbox = Outbox::new(client, self.traffic.clone());
+        outboxes.insert(address.to_owned(), outbox.clone());
+        Ok(outbox)
     }
 
     /// The network one group uses.
@@ -221,6 +422,7 @@ impl Peer {
         kind: RaftKind,
         action: RPCTypes,
         rpc: &Req,
+        heartbeat: bool,
         option: RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
@@ -237,9 +439,9 @@ impl Peer {
             payload,
         };
         let address = self.connections.address_of(self.target).unwrap_or_else(|| self.address.clone());
-        let mut client = self.connections.client(&address).map_err(network)?;
+        let outbox = self.connections.outbox(&address).map_err(network)?;
         let ttl = option.hard_ttl();
-        let reply = match tokio::time::timeout(ttl, client.send(message)).await {
+        let reply = match tokio::time::timeout(ttl, outbox.call(message, heartbeat)).await {
             Err(_) => {
                 return Err(RPCError::Timeout(Timeout {
                     action,
@@ -258,9 +460,9 @@ impl Peer {
                     _ => RPCError::Network(NetworkError::new(&error)),
                 });
             }
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => reply,
         };
-        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.payload).map_err(network)?;
+        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply).map_err(network)?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -271,7 +473,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(RaftKind::RaftAppendEntries, RPCTypes::AppendEntries, &rpc, option).await
+        let heartbeat = rpc.entries.is_empty();
+        self.call(RaftKind::RaftAppendEntries, RPCTypes::AppendEntries, &rpc, heartbeat, option).await
     }
 
     async fn install_snapshot(
@@ -280,7 +483,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.call(RaftKind::RaftInstallSnapshot, RPCTypes::InstallSnapshot, &rpc, option).await
+        self.call(RaftKind::RaftInstallSnapshot, RPCTypes::InstallSnapshot, &rpc, false, option).await
     }
 
     async fn vote(
@@ -288,6 +491,6 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(RaftKind::RaftVote, RPCTypes::Vote, &rpc, option).await
+        self.call(RaftKind::RaftVote, RPCTypes::Vote, &rpc, false, option).await
     }
 }
