@@ -248,7 +248,8 @@ async fn run_outbox(client: RaftClient<Channel>, mut queue: mpsc::UnboundedRecei
             // a message with entries leaves at once and takes them along.
             let deadline = tokio::time::Instant::now() + HEARTBEAT_LINGER;
             while batch.len() < BATCH_MESSAGES_MAX {
-                match tokio::time::timeout_at(deadline, queue.recv()).await {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, queue.recv()).await {
                     Ok(Some(next)) if bytes + next.bytes() > RAFT_MESSAGE_BYTES_MAX => {
                         carried = Some(next);
                         break;
