@@ -33,7 +33,7 @@ fn init_tracing() {
 #[path = "support/cluster.rs"]
 mod cluster;
 
-use cluster::{leaders, read_partition, Cluster};
+use cluster::{describe_everywhere, leaders, read_partition, Cluster};
 
 /// Waits (bounded) until the live brokers do (`present`) or do not list
 /// broker `id`; the other brokers stay listed throughout.
@@ -133,6 +133,21 @@ async fn scenario() {
             let client = Client::connect(&address).await.expect("connect");
             let after = leaders(&client, "orders").await;
             assert_ne!(after[&0].0, 0);
+
+            // The restarted broker takes the partitions it prefers back.
+            let mut leaders_now = BTreeMap::new();
+            for _ in 0..600 {
+                let Some(described) = describe_everywhere(&client, "orders").await else { continue };
+                leaders_now = described.partitions.iter().map(|p| (p.partition, (p.leader, p.replicas[0]))).collect();
+                if leaders_now.values().all(|(leader, preferred)| leader == preferred) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(
+                leaders_now.values().all(|(leader, preferred)| leader == preferred),
+                "(leader, preferred leader) per partition: {leaders_now:?}"
+            );
             for partition in 0..PARTITIONS {
                 let stored = read_partition(&client, "orders", partition).await;
                 // Producers are idempotent: retries after a lost answer

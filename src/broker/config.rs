@@ -31,6 +31,9 @@ pub struct BrokerConfig {
     /// The controller moves replicas from the most to the least loaded
     /// brokers (onto new brokers, for one); off: only operators move them.
     pub auto_balance: bool,
+    /// A leader that is not its partition's preferred replica hands
+    /// leadership over once that replica is back and caught up.
+    pub prefer_leaders: bool,
     /// Where Prometheus scrapes `GET /metrics`; none (`"off"` in a config
     /// file): not served.
     #[serde(with = "address_or_off")]
@@ -84,6 +87,7 @@ impl Default for BrokerConfig {
             session_timeout_ms: 6_000,
             replace_broker_after_ms: 60_000,
             auto_balance: true,
+            prefer_leaders: true,
             metrics_listen: Some(METRICS_LISTEN_DEFAULT.parse().expect("valid default address")),
             message_bytes_max: 1 << 20,
             fetch_bytes_default: 1 << 20,

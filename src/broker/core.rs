@@ -8,7 +8,7 @@
 //! second) opens the replicas assigned to it, starts new groups, and drops
 //! deleted topics. A single broker is the same with a cluster of one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -39,6 +39,11 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How long a partition whose only replica is this broker may take to
 /// elect itself and catch up when it opens.
 const SELF_ELECTION_PATIENCE: Duration = Duration::from_secs(30);
+/// A new leader leads this long before it hands leadership to the
+/// preferred replica (a leader lease, with room).
+const LEADER_SETTLE: Duration = Duration::from_secs(3);
+/// A leader tries to hand a partition over at most this often.
+const HAND_OVER_EVERY: Duration = Duration::from_secs(10);
 /// How long a new replica may take to catch up before a change of voters
 /// gives up (and is tried again).
 const MEMBER_CATCH_UP: Duration = Duration::from_secs(30);
@@ -72,6 +77,19 @@ pub struct Broker {
     reconciling: tokio::sync::Mutex<()>,
     /// Groups whose leader (this broker) is changing their voters now.
     converging: Arc<Mutex<BTreeSet<GroupId>>>,
+    leadership: Mutex<Leadership>,
+}
+
+/// When this broker became leader of each group it leads, and when it last
+/// tried to hand a group's leadership over.
+#[derive(Debug, Default)]
+struct Leadership {
+    led_since: HashMap<GroupId, tokio::time::Instant>,
+    handed_over: HashMap<GroupId, tokio::time::Instant>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Broker {
@@ -139,6 +157,7 @@ impl Broker {
             registration: Mutex::new(None),
             reconciling: tokio::sync::Mutex::new(()),
             converging: Arc::default(),
+            leadership: Mutex::default(),
         });
         let me = BrokerRecord { id: node_id, address: broker.advertised_address() };
         let ttl = Duration::from_millis(broker.config.session_timeout_ms.max(1_000));
@@ -266,6 +285,42 @@ impl Broker {
         Ok(())
     }
 
+    /// On a leader that is not its partition's preferred replica (the first
+    /// of its target), and has led for a while: hands leadership to the
+    /// preferred replica once that one has caught up (at most every
+    /// [`HAND_OVER_EVERY`] per partition).
+    fn prefer_leader(
+        &self,
+        record: &TopicRecord,
+        index: u32,
+        partition: &Arc<Partition>,
+        brokers: &BTreeMap<u64, BrokerRecord>,
+    ) {
+        let group = partition.replica().group();
+        let Some(&preferred) = record.target(index).first() else { return };
+        let now = tokio::time::Instant::now();
+        {
+            let mut leadership = lock(&self.leadership);
+            let since = *leadership.led_since.entry(group).or_insert(now);
+            if preferred == self.config.broker_id || !brokers.contains_key(&preferred) || now - since < LEADER_SETTLE {
+                return;
+            }
+            if leadership.handed_over.get(&group).is_some_and(|at| now - *at < HAND_OVER_EVERY) {
+                return;
+            }
+            leadership.handed_over.insert(group, now);
+        }
+        let (partition, name) = (partition.clone(), record.name.clone());
+        tokio::spawn(async move {
+            match partition.replica().hand_over(preferred).await {
+                Ok(()) => {
+                    tracing::info!(topic = %name, index, to = preferred, "handing leadership to the preferred replica")
+                }
+                Err(error) => tracing::debug!(topic = %name, index, %error, "not handing leadership over yet"),
+            }
+        });
+    }
+
     /// On the leader of each of `state`'s partitions whose voters are not
     /// its target replicas: changes them (in the background, one change per
     /// group at a time), then records the new voters in the topic record,
@@ -273,13 +328,18 @@ impl Broker {
     fn converge(&self, state: &TopicState, brokers: &BTreeMap<u64, BrokerRecord>) {
         for (&index, partition) in &state.partitions {
             let replica = partition.replica();
+            let group = replica.group();
             if !replica.is_leader() {
+                lock(&self.leadership).led_since.remove(&group);
                 continue;
             }
             let target: BTreeSet<u64> = state.record.target(index).iter().copied().collect();
             let (voters, learners) = replica.membership();
             let change = voters != target || !learners.is_subset(&target);
             if !change && !state.record.moving(index) {
+                if self.config.prefer_leaders {
+                    self.prefer_leader(&state.record, index, partition, brokers);
+                }
                 continue;
             }
             // New members are reached at their registered address (a
@@ -296,7 +356,6 @@ impl Broker {
                 tracing::debug!(topic = %state.record.name, index, ?target, "a new replica's broker is not live");
                 continue;
             };
-            let group = replica.group();
             if !self.converging.lock().unwrap_or_else(|p| p.into_inner()).insert(group) {
                 continue;
             }

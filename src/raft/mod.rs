@@ -141,6 +141,7 @@ pub struct Replica {
     log_store: LogStore,
     state_machine: StateMachine,
     router: Arc<Router>,
+    connections: Arc<Connections>,
     in_flight: Arc<tokio::sync::Mutex<InFlight>>,
 }
 
@@ -188,6 +189,7 @@ impl Replica {
             log_store,
             state_machine,
             router: env.router.clone(),
+            connections: env.connections.clone(),
             in_flight: Arc::default(),
         })
     }
@@ -320,6 +322,27 @@ impl Replica {
                 .map_err(|e| fail("removing learners", &e))?;
         }
         Ok(())
+    }
+
+    /// On the leader: hands leadership to voter `to` if it has everything
+    /// this leader has, by asking it to start an election now. (openraft
+    /// 0.9 has no leadership transfer.) The leader, which has led longer
+    /// than a leader lease, grants the vote; so `to` wins in a group of up
+    /// to three voters, while the other follower still counts this leader's
+    /// lease. Should more have been appended meanwhile, the leader refuses
+    /// and an ordinary election follows.
+    pub async fn hand_over(&self, to: NodeId) -> Result<(), String> {
+        let caught_up = {
+            let metrics = self.raft.metrics().borrow().clone();
+            let last = metrics.last_log_index;
+            let voter = metrics.membership_config.membership().voter_ids().any(|id| id == to);
+            let matched = metrics.replication.as_ref().and_then(|r| r.get(&to).cloned().flatten()).map(|m| m.index);
+            metrics.state == ServerState::Leader && voter && matched.is_some() && matched == last
+        };
+        if !caught_up {
+            return Err(format!("broker {to} is not a caught-up voter of group {}", self.group));
+        }
+        self.connections.campaign(to, self.group).await
     }
 
     /// Whether the group has been started here (or joined by a leader).

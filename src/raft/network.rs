@@ -46,6 +46,8 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 4 * BATCH_BYTES_MAX + (1 << 20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a heartbeat waits for company before it leaves.
 pub const HEARTBEAT_LINGER: Duration = Duration::from_millis(5);
+/// How long asking a replica to campaign may take.
+const CAMPAIGN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Calls in flight per peer; what queues meanwhile goes in the next call.
 const CALLS_IN_FLIGHT: usize = 4;
 /// Messages in one batch call, at most.
@@ -141,6 +143,10 @@ impl RaftService {
                 let rpc: AppendEntriesRequest<TypeConfig> =
                     decode(payload).map_err(|e| bad_request("append-entries request", e))?;
                 encode(&raft.append_entries(rpc).await)
+            }
+            Ok(RaftKind::RaftCampaign) => {
+                let started = raft.trigger().elect().await.map_err(|e| e.to_string());
+                encode(&started)
             }
             Ok(RaftKind::RaftInstallSnapshot) => {
                 let rpc: InstallSnapshotRequest<TypeConfig> =
@@ -381,6 +387,23 @@ impl Connections {
         let outbox = Outbox::new(client, self.traffic.clone());
         outboxes.insert(address.to_owned(), outbox.clone());
         Ok(outbox)
+    }
+
+    /// Asks broker `target`'s replica of `group` to start an election now.
+    pub async fn campaign(&self, target: NodeId, group: GroupId) -> Result<(), String> {
+        let address = self.address_of(target).ok_or_else(|| format!("no address known for broker {target}"))?;
+        let message = RaftMessage {
+            group: Some(RaftGroup { topic_id: group.topic_id, partition: group.partition }),
+            target,
+            kind: RaftKind::RaftCampaign as i32,
+            payload: Vec::new(),
+        };
+        let outbox = self.outbox(&address)?;
+        let reply = tokio::time::timeout(CAMPAIGN_TIMEOUT, outbox.call(message, false))
+            .await
+            .map_err(|_| format!("broker {target} did not answer in time"))?
+            .map_err(|status| format!("{} ({:?})", status.message(), status.code()))?;
+        decode::<Result<(), String>>(&reply)?
     }
 
     /// The network one group uses.
