@@ -78,7 +78,7 @@ async fn coordinate(broker: &Arc<Broker>, ready: &GroupsSender) -> BrokerResult<
         Err(error) if error.code == ErrorCode::NotLeader => return Ok(()),
         Err(error) => return Err(error),
     };
-    let mut metrics = partition.replica().raft().metrics();
+    let mut metrics = partition.replica().raft().server_metrics();
     if metrics.wait_for(|m| m.state == openraft::ServerState::Leader).await.is_err() {
         return Ok(()); // the replica closed (moved away)
     }

@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, ChangeMembers, Config, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::metrics::RaftServerMetrics;
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
 pub use self::log_store::{LogStore, SharedLog};
@@ -92,7 +93,9 @@ pub fn raft_config() -> Arc<Config> {
 /// starts an election itself.
 async fn break_election_ties(raft: RaftNode, node_id: NodeId) {
     let config = raft.config().clone();
-    let mut metrics = raft.metrics();
+    // Server metrics change with leadership and membership only, not with
+    // every heartbeat as the full metrics do: cheap to watch per group.
+    let mut metrics = raft.server_metrics();
     loop {
         if !leader_known(&mut metrics, false).await {
             return; // the Raft node stopped
@@ -116,7 +119,7 @@ async fn break_election_ties(raft: RaftNode, node_id: NodeId) {
 
 /// Waits until whether a leader is known equals `known`; false if the Raft
 /// node stopped.
-async fn leader_known(metrics: &mut watch::Receiver<RaftMetrics<NodeId, BasicNode>>, known: bool) -> bool {
+async fn leader_known(metrics: &mut watch::Receiver<RaftServerMetrics<NodeId, BasicNode>>, known: bool) -> bool {
     loop {
         if metrics.borrow_and_update().current_leader.is_some() == known {
             return true;
@@ -232,7 +235,7 @@ impl Replica {
 
     /// The leader as this replica knows it: id and address.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.server_metrics().borrow().clone();
         let leader = metrics.current_leader?;
         let address = metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone());
         Some((leader, address.unwrap_or_default()))
@@ -249,7 +252,7 @@ impl Replica {
     /// The group's voters and learners as this replica knows them (in a
     /// joint configuration, the voters of both).
     pub fn membership(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.server_metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         (membership.voter_ids().collect(), membership.learner_ids().collect())
     }
@@ -347,11 +350,11 @@ impl Replica {
 
     /// Whether the group has been started here (or joined by a leader).
     pub fn has_membership(&self) -> bool {
-        self.raft.metrics().borrow().membership_config.membership().nodes().next().is_some()
+        self.raft.server_metrics().borrow().membership_config.membership().nodes().next().is_some()
     }
 
     pub fn is_leader(&self) -> bool {
-        let metrics = self.raft.metrics();
+        let metrics = self.raft.server_metrics();
         let metrics = metrics.borrow();
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id)
     }
