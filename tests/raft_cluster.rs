@@ -375,10 +375,9 @@ async fn idle_groups_share_their_heartbeat_calls() {
         let (calls_after, messages_after) = traffic(&hosts);
         let (calls, messages) = (calls_after - calls_before, messages_after - messages_before);
         tracing::info!(GROUPS, calls, messages, "two idle seconds between three brokers");
-        // 60 leaders heartbeat 2 followers every 100 to 150 ms: some 1,600
-        // to 2,400 messages in 2 s (one per group and peer without
-        // coalescing).
-        assert!(messages >= 800, "the idle groups heartbeat: {messages} messages");
+        // 60 leaders heartbeat 2 followers every 250 ms or so: some 800
+        // to 960 messages in 2 s (one call each without coalescing).
+        assert!(messages >= 400, "the idle groups heartbeat: {messages} messages");
         assert!(calls * 3 <= messages, "{messages} messages took {calls} calls");
         for replica in &replicas {
             replica.shutdown().await.expect("shuts down");

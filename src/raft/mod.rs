@@ -70,9 +70,9 @@ pub enum ProposeError {
 pub fn raft_config() -> Arc<Config> {
     let config = Config {
         cluster_name: "weir".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
         // Entries are batches of up to 16 MiB: keep a message bounded.
         max_payload_entries: 4,
         // A snapshot is tiny (no data): take them often so a restart replays
