@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use weir::broker::error::ErrorCode;
+use weir::broker::error::{BrokerError, ErrorCode};
 use weir::client::{Client, Producer, ProducerConfig};
 use weir::proto;
 use weir::sys::disk::Disk;
@@ -177,6 +177,7 @@ async fn operator_move() {
 
     tracing::info!("the removed leader lets its replica go; every acknowledged message is there");
     let old_leader_address = cluster.addresses()[(leader - 1) as usize].clone();
+    let preferred_address = cluster.addresses()[(target[0] - 1) as usize].clone();
     let address = bootstrap.clone();
     cluster
         .run(async move {
@@ -192,7 +193,26 @@ async fn operator_move() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             assert!(dropped, "the old leader still holds a replica of partition 0");
+
+            tracing::info!("a write sent to the old leader: NOT_LEADER, naming the new preferred leader");
+            let mut raw = proto::producer_client::ProducerClient::connect(format!("http://{old_leader_address}"))
+                .await
+                .expect("connect to the old leader");
+            let request = proto::ProduceRequest {
+                topic: "moving".into(),
+                partition: 0,
+                acks: proto::Acks::All as i32,
+                records: vec![proto::Record { value: Some(b"stray".to_vec()), ..Default::default() }],
+                batch: Vec::new(),
+            };
+            let status = raw.produce(request).await.expect_err("the old leader refuses");
+            let error = BrokerError::from_status(&status);
+            assert_eq!(error.code, ErrorCode::NotLeader, "{error}");
+            assert_eq!(error.leader.as_deref(), Some(preferred_address.as_str()), "{error}");
+
             check_history(&client, "moving", 2, &acknowledged).await;
+            let stored = cluster::read_partition(&client, "moving", 0).await;
+            assert!(stored.iter().all(|(_, v)| v != "stray"), "the refused write left nothing behind");
         })
         .await;
     let dirs = partition_dirs(&cluster.disk(leader), leader, "moving");

@@ -45,7 +45,8 @@ use crate::proto::{RaftBatch, RaftBatchItem, RaftBatchReply, RaftGroup, RaftKind
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 4 * BATCH_BYTES_MAX + (1 << 20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a heartbeat waits for company before it leaves.
-pub const HEARTBEAT_LINGER: Duration = Duration::from_millis(5);
+/// (Small beside the heartbeat interval and far below an election timeout.)
+pub const HEARTBEAT_LINGER: Duration = Duration::from_millis(20);
 /// How long asking a replica to campaign may take.
 const CAMPAIGN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Calls in flight per peer; what queues meanwhile goes in the next call.
