@@ -555,6 +555,15 @@ impl Broker {
         self.partition(topic, partition)
     }
 
+    /// The partition to read from: this broker's replica if it leads the
+    /// partition and has caught up; else NOT_LEADER naming the leader (a
+    /// follower's high watermark lags what was acknowledged).
+    pub async fn readable_partition(&self, topic: &str, partition: u32) -> BrokerResult<Arc<Partition>> {
+        let partition = self.find_partition(topic, partition).await?;
+        partition.readable().await?;
+        Ok(partition)
+    }
+
     /// This broker's replica of a partition. A partition held elsewhere is
     /// [`ErrorCode::NotLeader`], naming its preferred leader.
     pub fn partition(&self, topic: &str, partition: u32) -> BrokerResult<Arc<Partition>> {
@@ -873,7 +882,7 @@ impl Broker {
     /// Reads from `offset`, waiting up to `max_wait_ms` (capped) for data if
     /// there is none yet. Offsets outside `[log start, log end]` fail.
     pub async fn fetch(&self, request: proto::FetchRequest) -> BrokerResult<proto::FetchResponse> {
-        let partition = self.find_partition(&request.topic, request.partition).await?;
+        let partition = self.readable_partition(&request.topic, request.partition).await?;
         let max_bytes = match request.max_bytes {
             0 => self.config.fetch_bytes_default,
             n => (n as usize).min(self.config.fetch_bytes_max),
@@ -921,7 +930,7 @@ impl Broker {
     }
 
     pub async fn list_offset(&self, request: proto::ListOffsetRequest) -> BrokerResult<u64> {
-        let partition = self.find_partition(&request.topic, request.partition).await?;
+        let partition = self.readable_partition(&request.topic, request.partition).await?;
         let spec = proto::OffsetSpec::try_from(request.spec)
             .map_err(|_| BrokerError::invalid(format!("unknown offset spec {}", request.spec)))?;
         let timestamp_ms = request.timestamp_ms;

@@ -16,6 +16,9 @@ use crate::proto::PartitionDescription;
 use crate::raft::log_store::lock_log;
 use crate::raft::{Acks, Applied, GroupId, Replica, ReplicaEnv};
 
+/// How long a read waits for a new leader to apply its log.
+const READABLE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug)]
 pub struct Partition {
     topic: String,
@@ -88,6 +91,25 @@ impl Partition {
 
     /// Proposes a batch to the partition's group; returns where it landed
     /// once `acks` is met (`None` for `Acks::None`).
+    /// Whether reads here see every acknowledged write (see
+    /// [`crate::raft::Replica::readable`]); a new leader gets a moment to
+    /// apply its log.
+    pub async fn readable(&self) -> BrokerResult<()> {
+        let deadline = tokio::time::Instant::now() + READABLE_PATIENCE;
+        loop {
+            match self.replica.readable() {
+                Ok(()) => return Ok(()),
+                Err(error @ crate::raft::ProposeError::Unavailable { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::trace!(%error, "waiting for the new leader to apply its log");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
     pub async fn append(&self, batch: Batch, acks: Acks) -> BrokerResult<Option<Applied>> {
         Ok(self.replica.propose(batch, acks).await?)
     }

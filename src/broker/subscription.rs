@@ -102,7 +102,7 @@ impl Broker {
             Some(Err(_)) | None => return Ok(()),
             Some(Ok(_)) => return Err(BrokerError::invalid("a subscription starts with a SubscribeStart message")),
         };
-        let partition = self.find_partition(&start.topic, start.partition).await?;
+        let partition = self.readable_partition(&start.topic, start.partition).await?;
         let mut budget = Budget::default();
         budget.grant(&start.credit.unwrap_or_default());
         let mut offset = start.offset;

@@ -359,6 +359,21 @@ impl Replica {
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id)
     }
 
+    /// Whether reads here see every acknowledged write: this replica leads,
+    /// and has applied an entry of its own term (so everything earlier
+    /// leaders committed is below its high watermark). A follower's high
+    /// watermark lags; reads go to the leader.
+    pub fn readable(&self) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(self.not_leader(self.leader()));
+        }
+        let term = self.raft.server_metrics().borrow().vote.leader_id.term;
+        if self.state_machine.last_applied().map(|id| id.leader_id.term) != Some(term) {
+            return Err(self.unavailable("the new leader is still applying its log"));
+        }
+        Ok(())
+    }
+
     fn not_leader(&self, leader: Option<(NodeId, String)>) -> ProposeError {
         ProposeError::NotLeader { group: self.group, leader }
     }
