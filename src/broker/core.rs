@@ -335,6 +335,11 @@ impl Broker {
             }
             let target: BTreeSet<u64> = state.record.target(index).iter().copied().collect();
             let (voters, learners) = replica.membership();
+            if !voters.contains(&self.config.broker_id) {
+                // A leader the last change removed: it is stepping down,
+                // and openraft must not be asked for another change.
+                continue;
+            }
             let change = voters != target || !learners.is_subset(&target);
             if !change && !state.record.moving(index) {
                 if self.config.prefer_leaders {

@@ -267,6 +267,12 @@ impl Replica {
     /// after a failure (a change left in a joint configuration is finished).
     pub async fn change_voters(&self, target: &BTreeMap<NodeId, String>, catch_up: Duration) -> Result<(), String> {
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} in group {}: {e}", self.group);
+        // A leader removed by an earlier change steps down once that is
+        // committed; openraft must not be asked for more meanwhile.
+        let leading = || self.is_leader() && self.membership().0.contains(&self.node_id);
+        if !leading() {
+            return Err(format!("not a leading voter of group {}", self.group));
+        }
         let (_, learners) = self.membership();
         for (&id, address) in target {
             let (voters, _) = self.membership();
@@ -309,6 +315,9 @@ impl Replica {
             }
         }
         let voters: BTreeSet<NodeId> = target.keys().copied().collect();
+        if !leading() {
+            return Err(format!("no longer leading group {}", self.group));
+        }
         let (current, learners) = self.membership();
         let joint = self.raft.metrics().borrow().membership_config.membership().get_joint_config().len() > 1;
         if current != voters || joint {
@@ -318,7 +327,7 @@ impl Replica {
                 .map_err(|e| fail("changing voters", &e))?;
         }
         let strays: BTreeSet<NodeId> = learners.difference(&voters).copied().collect();
-        if !strays.is_empty() && self.is_leader() {
+        if !strays.is_empty() && leading() {
             self.raft
                 .change_membership(ChangeMembers::RemoveNodes(strays), false)
                 .await
