@@ -57,6 +57,21 @@ pub struct Reassignment {
     pub to: Vec<u64>,
 }
 
+impl Reassignment {
+    fn new(record: &TopicRecord, partition: u32, to: Vec<u64>) -> Self {
+        let from = record.target(partition).to_vec();
+        Self { topic: record.name.clone(), id: record.id, partition, from, to }
+    }
+}
+
+/// The least loaded live broker not in `taken` (lowest id on a tie),
+/// counted as holding one replica more.
+fn least_loaded(load: &mut BTreeMap<u64, usize>, taken: &[u64]) -> Option<u64> {
+    let (&broker, _) = load.iter().filter(|(b, _)| !taken.contains(b)).min_by_key(|(b, n)| (**n, **b))?;
+    *load.entry(broker).or_default() += 1;
+    Some(broker)
+}
+
 /// Replicas (targets) per live broker, over the topics the controller moves.
 fn load(records: &[TopicRecord], live: &BTreeSet<u64>) -> BTreeMap<u64, usize> {
     let mut load: BTreeMap<u64, usize> = live.iter().map(|b| (*b, 0)).collect();
@@ -104,21 +119,13 @@ pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>,
                 if !gone.contains(&to[slot]) {
                     continue;
                 }
-                let candidate = load.iter().filter(|(b, _)| !to.contains(b)).min_by_key(|(b, n)| (**n, **b));
-                if let Some((&replacement, _)) = candidate {
+                if let Some(replacement) = least_loaded(&mut load, &to) {
                     to[slot] = replacement;
-                    *load.entry(replacement).or_default() += 1;
                 }
             }
             if to != from {
                 touched.insert((record.id, p));
-                decided.push(Reassignment {
-                    topic: record.name.clone(),
-                    id: record.id,
-                    partition: p,
-                    from: from.to_vec(),
-                    to,
-                });
+                decided.push(Reassignment::new(record, p, to));
             }
         }
     }
@@ -133,20 +140,12 @@ pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>,
             }
             let mut to = from.to_vec();
             while to.len() < factor {
-                let candidate = load.iter().filter(|(b, _)| !to.contains(b)).min_by_key(|(b, n)| (**n, **b));
-                let Some((&added, _)) = candidate else { break };
+                let Some(added) = least_loaded(&mut load, &to) else { break };
                 to.push(added);
-                *load.entry(added).or_default() += 1;
             }
             if to != from {
                 touched.insert((record.id, p));
-                decided.push(Reassignment {
-                    topic: record.name.clone(),
-                    id: record.id,
-                    partition: p,
-                    from: from.to_vec(),
-                    to,
-                });
+                decided.push(Reassignment::new(record, p, to));
             }
         }
     }
@@ -171,12 +170,11 @@ pub fn plan(records: &[TopicRecord], live: &BTreeSet<u64>, gone: &BTreeSet<u64>,
                 .map(|p| (record, p))
         });
         let Some((record, p)) = found else { break };
-        let from = record.target(p).to_vec();
-        let to: Vec<u64> = from.iter().map(|&b| if b == high { low } else { b }).collect();
+        let to: Vec<u64> = record.target(p).iter().map(|&b| if b == high { low } else { b }).collect();
         touched.insert((record.id, p));
         *load.entry(high).or_default() -= 1;
         *load.entry(low).or_default() += 1;
-        decided.push(Reassignment { topic: record.name.clone(), id: record.id, partition: p, from, to });
+        decided.push(Reassignment::new(record, p, to));
     }
     decided
 }
