@@ -33,7 +33,7 @@ fn init_tracing() {
 #[path = "support/cluster.rs"]
 mod cluster;
 
-use cluster::{describe_everywhere, leaders, read_partition, Cluster};
+use cluster::{check_history, describe_everywhere, leaders, Cluster};
 
 /// Waits (bounded) until the live brokers do (`present`) or do not list
 /// broker `id`; the other brokers stay listed throughout.
@@ -148,26 +148,9 @@ async fn scenario() {
                 leaders_now.values().all(|(leader, preferred)| leader == preferred),
                 "(leader, preferred leader) per partition: {leaders_now:?}"
             );
-            for partition in 0..PARTITIONS {
-                let stored = read_partition(&client, "orders", partition).await;
-                // Producers are idempotent: retries after a lost answer
-                // were written once.
-                let distinct: BTreeSet<&String> = stored.iter().map(|(_, v)| v).collect();
-                assert_eq!(distinct.len(), stored.len(), "no message stored twice in partition {partition}");
-                let at: BTreeMap<u64, &String> = stored.iter().map(|(o, v)| (*o, v)).collect();
-                assert!(stored.iter().enumerate().all(|(i, (o, _))| *o == i as u64), "dense offsets in {partition}");
-                let mine: Vec<&(u32, u64, String)> = acknowledged.iter().filter(|(p, _, _)| *p == partition).collect();
-                for (_, offset, value) in &mine {
-                    assert_eq!(at.get(offset), Some(&value), "acknowledged {value} at {partition}/{offset}");
-                }
-                // Each producer's acknowledged writes are in the order it made them.
-                for producer in 0..3 {
-                    let prefix = format!("p{producer}-");
-                    let order: Vec<u64> =
-                        mine.iter().filter(|(_, _, v)| v.starts_with(&prefix)).map(|(_, o, _)| *o).collect();
-                    assert!(order.windows(2).all(|w| w[0] < w[1]), "{partition}: {order:?}");
-                }
-            }
+            // Producers are idempotent: retries after a lost answer were
+            // written once.
+            check_history(&client, "orders", PARTITIONS, &acknowledged).await;
         })
         .await;
 }

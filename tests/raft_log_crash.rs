@@ -107,6 +107,8 @@ enum Op {
     SaveVote {
         term_bump: u64,
         node: u64,
+        /// A leader's vote (committed by a quorum).
+        committed: bool,
     },
     Crash {
         seed: u64,
@@ -134,7 +136,8 @@ fn op() -> impl Strategy<Value = Op> {
             term_bump,
             offset_gap
         }),
-        1 => (0u64..2, 1u64..4).prop_map(|(term_bump, node)| Op::SaveVote { term_bump, node }),
+        1 => (0u64..2, 1u64..4, any::<bool>())
+            .prop_map(|(term_bump, node, committed)| Op::SaveVote { term_bump, node, committed }),
         3 => any::<u64>().prop_map(|seed| Op::Crash { seed }),
         1 => Just(Op::CloseReopen),
     ]
@@ -206,6 +209,14 @@ struct Model {
 }
 
 impl Model {
+    /// A reopened log's vote binds its term but is no longer a leader's:
+    /// a restarted leader must win a new term before it leads again.
+    fn reopened(&mut self) {
+        if let Some(vote) = self.vote.as_mut() {
+            vote.committed = false;
+        }
+    }
+
     fn first_index(&self) -> u64 {
         self.purged.map_or(0, |p| p.index + 1)
     }
@@ -394,8 +405,9 @@ async fn run(config: LogConfig, ops: Vec<Op>) {
                 model.committed = Some(snapshot.index);
                 model.next_offset = next_offset;
             }
-            Op::SaveVote { term_bump, node } => {
-                let vote = Vote::new(model.term + term_bump, node);
+            Op::SaveVote { term_bump, node, committed } => {
+                let term = model.term + term_bump;
+                let vote = if committed { Vote::new_committed(term, node) } else { Vote::new(term, node) };
                 store.save_vote(&vote).await.expect("save vote");
                 model.vote = Some(vote);
             }
@@ -403,12 +415,14 @@ async fn run(config: LogConfig, ops: Vec<Op>) {
                 drop(store);
                 disk.crash(seed);
                 store = open(&disk, &config);
+                model.reopened();
             }
             Op::CloseReopen => {
                 let log = lock_log(&store.log()).take().expect("log open");
                 log.close().expect("clean close");
                 drop(store);
                 store = open(&disk, &config);
+                model.reopened();
             }
         }
         let state = store.get_log_state().await.expect("log state");

@@ -146,7 +146,19 @@ impl LogStore {
     /// acknowledged, as both files are fsynced before an entry counts.
     /// Blocks on disk I/O.
     pub fn open(disk: Arc<dyn Disk>, dir: &Path, mut log: PartitionLog) -> Result<Self, String> {
-        let hard: HardState = state_file::load(disk.as_ref(), dir, HARD_STATE_FILE)?.unwrap_or_default();
+        let mut hard: HardState = state_file::load(disk.as_ref(), dir, HARD_STATE_FILE)?.unwrap_or_default();
+        // A restarted leader must not resume its term, as openraft would on
+        // a committed vote for itself. Before the crash it may have sent
+        // followers entries it had not flushed itself; those are gone here,
+        // and entries it appended anew would reuse their log ids, which Raft
+        // takes to mean the same entries. (madsim seed 648 of cluster_e2e
+        // stored a retried batch twice this way: the resumed leader judged
+        // the retry before re-applying its own earlier entries.) The vote
+        // still binds this term; the node leads again only by winning a new
+        // one, whose first entry settles which of the old entries stay.
+        if let Some(vote) = hard.vote.as_mut() {
+            vote.committed = false;
+        }
         let (control_file, records) = ControlFile::open(disk.clone(), dir)?;
         let records_in_file = records.len();
         let first = hard.purged.map_or(0, |p| p.index + 1);

@@ -429,6 +429,7 @@ impl Replica {
         }
         let pending = in_flight.get(&producer_id).filter(|(e, batches)| *e == epoch && !batches.is_empty());
         if pending.is_some_and(|(_, batches)| batches.contains(&(first, last))) {
+            tracing::debug!(group = %self.group, producer_id, first, last, "a retry of a batch in flight waits for it");
             drop(in_flight);
             return self.await_written(producer_id, epoch, first, last, count).await.map(Some);
         }
@@ -438,7 +439,9 @@ impl Replica {
                 .state_machine
                 .with_producers(|t| t.get(producer_id).filter(|e| e.epoch == epoch).and_then(|e| e.last_seq())),
         };
-        match self.state_machine.with_producers(|t| t.verdict(producer_id, epoch, first, last, after)) {
+        let verdict = self.state_machine.with_producers(|t| t.verdict(producer_id, epoch, first, last, after));
+        tracing::debug!(group = %self.group, producer_id, epoch, first, last, ?after, ?verdict, "judged an idempotent batch");
+        match verdict {
             Verdict::Duplicate(written) => {
                 return Ok(Some(Applied { base_offset: written.base_offset, next_offset: written.base_offset + count }))
             }

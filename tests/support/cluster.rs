@@ -327,8 +327,12 @@ pub type Acknowledged = Vec<(u32, u64, String)>;
 pub async fn check_history(client: &Client, topic: &str, partitions: u32, acknowledged: &Acknowledged) {
     for partition in 0..partitions {
         let stored = read_partition(client, topic, partition).await;
-        let distinct: std::collections::BTreeSet<&String> = stored.iter().map(|(_, v)| v).collect();
-        assert_eq!(distinct.len(), stored.len(), "no message stored twice in partition {partition}");
+        let mut offsets_of: BTreeMap<&String, Vec<u64>> = BTreeMap::new();
+        for (offset, value) in &stored {
+            offsets_of.entry(value).or_default().push(*offset);
+        }
+        let twice: Vec<_> = offsets_of.iter().filter(|(_, offsets)| offsets.len() > 1).collect();
+        assert!(twice.is_empty(), "no message stored twice in partition {partition}: {twice:?}");
         assert!(stored.iter().enumerate().all(|(i, (o, _))| *o == i as u64), "dense offsets in {partition}");
         let at: BTreeMap<u64, &String> = stored.iter().map(|(o, v)| (*o, v)).collect();
         let mine: Vec<&(u32, u64, String)> = acknowledged.iter().filter(|(p, _, _)| *p == partition).collect();
