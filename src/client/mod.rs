@@ -120,6 +120,8 @@ impl Conn {
 /// Attempts at a partition call before its error is returned.
 const ROUTE_ATTEMPTS: u32 = 60;
 const ROUTE_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Times a call any broker can answer goes round the bootstrap brokers.
+const ANYWHERE_ROUNDS: u32 = 3;
 
 /// What a client has learned about the cluster, shared by its clones.
 #[derive(Debug, Default)]
@@ -193,12 +195,7 @@ impl Client {
         if attempt == 0 || self.routes.bootstrap.len() < 2 {
             return Ok(self.conn.clone());
         }
-        let home = {
-            let mut home = self.routes.home.lock().unwrap_or_else(|p| p.into_inner());
-            *home = (*home + 1) % self.routes.bootstrap.len();
-            self.routes.bootstrap[*home].clone()
-        };
-        self.conn_to(&home).await
+        self.next_home().await
     }
 
     /// Runs a partition call on the partition's leader, following leader
@@ -222,6 +219,7 @@ impl Client {
                 Err(error) => error,
             };
             attempt += 1;
+            tracing::debug!(topic, partition, attempt, %error, "a partition call failed");
             let retry = match &error {
                 ClientError::Broker(broker) if broker.code == proto::ErrorCode::NotLeader => {
                     let hinted = broker.leader.clone();
@@ -255,6 +253,50 @@ impl Client {
         }
     }
 
+    /// Runs a call that any broker can answer (and that is safe to repeat)
+    /// on the home broker; while brokers are unreachable, on the next
+    /// bootstrap broker, going round the list a few times.
+    async fn anywhere<T, F, Fut>(&self, call: F) -> ClientResult<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let attempts = ANYWHERE_ROUNDS * self.routes.bootstrap.len().max(1) as u32;
+        let mut attempt = 0;
+        loop {
+            let conn = if attempt == 0 { Ok(self.conn.clone()) } else { self.next_home().await };
+            let error = match conn {
+                Ok(conn) => match call(conn).await {
+                    Ok(response) => return Ok(response.into_inner()),
+                    Err(status) => ClientError::from(status),
+                },
+                Err(error) => error,
+            };
+            let unreachable =
+                matches!(&error, ClientError::Connect { .. }) || error.code() == Some(proto::ErrorCode::Unspecified);
+            attempt += 1;
+            if !unreachable || attempt >= attempts {
+                return Err(error);
+            }
+            if attempt % self.routes.bootstrap.len().max(1) as u32 == 0 {
+                tokio::time::sleep(ROUTE_BACKOFF_MAX).await;
+            }
+        }
+    }
+
+    /// Makes the next bootstrap broker home and connects to it.
+    async fn next_home(&self) -> ClientResult<Conn> {
+        let home = {
+            let mut home = self.routes.home.lock().unwrap_or_else(|p| p.into_inner());
+            *home = (*home + 1) % self.routes.bootstrap.len().max(1);
+            self.routes.bootstrap.get(*home).cloned()
+        };
+        match home {
+            Some(address) => self.conn_to(&address).await,
+            None => Ok(self.conn.clone()),
+        }
+    }
+
     pub async fn create_topic(&self, name: &str, config: proto::TopicConfig) -> ClientResult<proto::TopicDescription> {
         let request = proto::CreateTopicRequest { name: name.to_owned(), config: Some(config) };
         Ok(self.conn.admin.clone().create_topic(request).await?.into_inner())
@@ -266,17 +308,17 @@ impl Client {
     }
 
     pub async fn list_topics(&self) -> ClientResult<Vec<proto::TopicDescription>> {
-        Ok(self.conn.admin.clone().list_topics(proto::ListTopicsRequest {}).await?.into_inner().topics)
+        let listed = self
+            .anywhere(|conn| async move { conn.admin.clone().list_topics(proto::ListTopicsRequest {}).await })
+            .await?;
+        Ok(listed.topics)
     }
 
     pub async fn describe_topic(&self, name: &str) -> ClientResult<proto::TopicDescription> {
-        Ok(self
-            .conn
-            .admin
-            .clone()
-            .describe_topic(proto::DescribeTopicRequest { name: name.to_owned() })
-            .await?
-            .into_inner())
+        self.anywhere(|conn| async move {
+            conn.admin.clone().describe_topic(proto::DescribeTopicRequest { name: name.to_owned() }).await
+        })
+        .await
     }
 
     pub async fn describe_broker(&self) -> ClientResult<proto::BrokerDescription> {
@@ -284,7 +326,8 @@ impl Client {
     }
 
     pub async fn describe_cluster(&self) -> ClientResult<proto::DescribeClusterResponse> {
-        Ok(self.conn.admin.clone().describe_cluster(proto::DescribeClusterRequest {}).await?.into_inner())
+        self.anywhere(|conn| async move { conn.admin.clone().describe_cluster(proto::DescribeClusterRequest {}).await })
+            .await
     }
 
     /// Moves a partition onto `replicas` (broker ids; the first becomes its
@@ -322,7 +365,8 @@ impl Client {
 
     /// A new idempotent producer identity (see [`crate::log::BatchBuilder::producer`]).
     pub async fn init_producer(&self) -> ClientResult<proto::InitProducerResponse> {
-        Ok(self.conn.producer.clone().init_producer(proto::InitProducerRequest {}).await?.into_inner())
+        self.anywhere(|conn| async move { conn.producer.clone().init_producer(proto::InitProducerRequest {}).await })
+            .await
     }
 
     /// Produces a batch already encoded by [`crate::log::BatchBuilder`].
