@@ -13,9 +13,6 @@ use std::time::Duration;
 use weir::client::{Client, Producer, ProducerConfig};
 use weir::proto::{self, Acks};
 
-#[path = "support/etcd.rs"]
-mod etcd;
-
 const TEST_DEADLINE: Duration = Duration::from_secs(240);
 const BROKERS: u64 = 3;
 const PARTITIONS: u32 = 6;
@@ -30,8 +27,7 @@ fn init_tracing() {
         .try_init();
 }
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use weir_sim::cluster;
 
 use cluster::{check_history, describe_everywhere, leaders, Cluster};
 

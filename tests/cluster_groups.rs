@@ -4,7 +4,7 @@
 //! broker dies the group moves with the offsets partition's leadership
 //! without losing committed offsets or messages.
 //!
-//! Both builds (see `support/cluster.rs`).
+//! Both builds (see `sim/src/cluster.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -13,11 +13,7 @@ use std::time::Duration;
 use weir::client::{Client, ConsumerConfig, GroupConsumer};
 use weir::proto::{self, Acks};
 
-#[path = "support/etcd.rs"]
-mod etcd;
-
-#[path = "support/cluster.rs"]
-mod cluster;
+use weir_sim::cluster;
 
 use cluster::{describe_everywhere, leaders, Cluster};
 

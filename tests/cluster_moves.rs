@@ -5,7 +5,7 @@
 //! once, in order.
 //!
 //! Both builds: a real etcd and in-process brokers on tokio; the simulated
-//! etcd and one node per broker under madsim (see `support/cluster.rs`).
+//! etcd and one node per broker under madsim (see `sim/src/cluster.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -16,11 +16,7 @@ use weir::client::{Client, Producer, ProducerConfig};
 use weir::proto;
 use weir::sys::disk::Disk;
 
-#[path = "support/etcd.rs"]
-mod etcd;
-
-#[path = "support/cluster.rs"]
-mod cluster;
+use weir_sim::cluster;
 
 use cluster::{check_history, describe_everywhere, leaders, Acknowledged, Cluster};
 

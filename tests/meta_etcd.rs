@@ -19,8 +19,7 @@ use tokio::sync::watch;
 use weir::meta::etcd::REQUEST_TIMEOUT;
 use weir::meta::{EtcdStore, LeaseId, MetaError, MetaResult, MetaStore, Versioned};
 
-#[path = "support/etcd.rs"]
-mod harness;
+use weir_sim::etcd as harness;
 
 /// How long a failing request may take to report that etcd is unavailable.
 const UNAVAILABLE_WITHIN: Duration = Duration::from_secs(REQUEST_TIMEOUT.as_secs() + 5);

@@ -21,8 +21,7 @@ use weir::broker::error::ErrorCode;
 use weir::client::{Client, Producer, ProducerConfig};
 use weir::proto;
 
-#[path = "support/etcd.rs"]
-mod etcd;
+use weir_sim::etcd;
 
 use harness::{Cluster, LogDir};
 

@@ -191,6 +191,12 @@ impl GroupConsumer {
         self.positions.keys().cloned().collect()
     }
 
+    /// The next offset this member reads from each partition it owns (what
+    /// [`Self::commit`] commits).
+    pub fn positions(&self) -> Vec<((String, u32), u64)> {
+        self.positions.iter().map(|(key, offset)| (key.clone(), *offset)).collect()
+    }
+
     fn start_heartbeat(&mut self) {
         let (client, group, interval) =
             (self.client.clone(), self.config.group.clone(), self.config.heartbeat_interval);

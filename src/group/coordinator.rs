@@ -56,14 +56,14 @@ struct Group {
 }
 
 impl Group {
-    fn new(assignor: Assignor) -> Self {
+    fn new(assignor: Assignor, generation: u64) -> Self {
         Self {
             assignor,
             members: BTreeMap::new(),
-            generation: 0,
+            generation,
             assignment: BTreeMap::new(),
             rebalance: None,
-            completed: watch::channel(0).0,
+            completed: watch::channel(generation).0,
         }
     }
 
@@ -111,6 +111,8 @@ pub struct GroupCoordinator {
     offsets: OffsetStore,
     clock: Arc<dyn Clock>,
     groups: Mutex<BTreeMap<String, Group>>,
+    /// Where this coordinator's generations start (see [`Self::new`]).
+    generation_base: u64,
 }
 
 fn validate_group(name: &str) -> BrokerResult<()> {
@@ -128,8 +130,15 @@ fn to_proto(partitions: &[TopicPartition]) -> Vec<proto::TopicPartition> {
 }
 
 impl GroupCoordinator {
-    pub fn new(broker: Arc<Broker>, offsets: OffsetStore, clock: Arc<dyn Clock>) -> Self {
-        Self { broker, offsets, clock, groups: Mutex::new(BTreeMap::new()) }
+    /// A coordinator for the leader of the offsets partition in Raft term
+    /// `term`. Group membership lives in memory, so a new coordinator's
+    /// groups start over; their generations start at `term << 32`, above
+    /// any an earlier coordinator (of a lower term) handed out. Otherwise a
+    /// member of the old coordinator's generation 2 could commit into the
+    /// new one's generation 2 (the simulator found two owners of one
+    /// partition in "one" generation this way).
+    pub fn new(broker: Arc<Broker>, offsets: OffsetStore, clock: Arc<dyn Clock>, term: u64) -> Self {
+        Self { broker, offsets, clock, groups: Mutex::new(BTreeMap::new()), generation_base: term << 32 }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Group>> {
@@ -175,7 +184,8 @@ impl GroupCoordinator {
         let now_ms = self.clock.now_ms();
         let (member_id, mut completed) = {
             let mut groups = self.lock();
-            let group = groups.entry(request.group.clone()).or_insert_with(|| Group::new(assignor));
+            let group =
+                groups.entry(request.group.clone()).or_insert_with(|| Group::new(assignor, self.generation_base));
             let member_id = if request.member_id.is_empty() {
                 format!("member-{:016x}", random_u64())
             } else {

@@ -362,6 +362,11 @@ impl Replica {
         self.raft.server_metrics().borrow().membership_config.membership().nodes().next().is_some()
     }
 
+    /// The Raft term this replica is in.
+    pub fn term(&self) -> u64 {
+        self.raft.server_metrics().borrow().vote.leader_id.term
+    }
+
     pub fn is_leader(&self) -> bool {
         let metrics = self.raft.server_metrics();
         let metrics = metrics.borrow();

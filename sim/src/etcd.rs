@@ -1,9 +1,6 @@
-//! A metadata store for tests, in both builds: a real `etcd` process on
-//! loopback (Debian's etcd-server) on tokio, madsim's simulated etcd on its
-//! own node under `--cfg madsim`. Included with `#[path]` by the tests that
-//! need it.
-
-#![allow(dead_code)]
+//! A metadata store for tests and simulations, in both builds: a real
+//! `etcd` process on loopback (Debian's etcd-server) on tokio, madsim's
+//! simulated etcd on its own node under `--cfg madsim`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -182,6 +179,10 @@ pub mod imp {
 
         pub fn dead_endpoint(&self) -> String {
             DEAD_ADDR.to_owned()
+        }
+
+        pub fn node_id(&self) -> madsim::task::NodeId {
+            self.node.id()
         }
 
         /// Kills the etcd node.

@@ -1,11 +1,9 @@
-//! A cluster of brokers on etcd for tests, in both builds: on tokio a real
-//! etcd process and in-process brokers on loopback ports; under madsim the
+//! A cluster of brokers on etcd, in both builds: on tokio a real etcd
+//! process and in-process brokers on loopback ports; under madsim the
 //! simulated etcd and one simulated node per broker, which
 //! `Handle::kill` / `restart` take down and bring back. Brokers can be
-//! added while the cluster runs. Included with `#[path]` (after
-//! `support/etcd.rs` as `mod etcd`).
-
-#![allow(dead_code)]
+//! added while the cluster runs. The cluster tests in `tests/` and the
+//! simulator's runs both build on it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,7 +14,7 @@ use weir::broker::config::BrokerConfig;
 use weir::client::Client;
 use weir::sys::disk::{Disk, SimDisk};
 
-use super::etcd;
+use crate::etcd;
 
 /// A broker's settings in a test cluster; `tweak` adjusts them.
 pub fn config(id: u64, listen: std::net::SocketAddr, etcd: &str, cluster: &str) -> BrokerConfig {
@@ -222,6 +220,26 @@ mod harness {
 
         pub async fn stop_etcd(&mut self) {
             self.etcd.stop().await;
+        }
+
+        /// The simulator's node of broker `id` (1-based), for network faults.
+        pub fn node_id(&self, id: u64) -> madsim::task::NodeId {
+            self.nodes[(id - 1) as usize].0.id()
+        }
+
+        /// The simulated etcd's node, for network faults.
+        pub fn etcd_node_id(&self) -> madsim::task::NodeId {
+            self.etcd.node_id()
+        }
+
+        /// Stops running broker `id`'s tasks (a process stopped by SIGSTOP:
+        /// its peers see silence, its memory and disk stay).
+        pub fn pause(&self, id: u64) {
+            Handle::current().pause(self.node_id(id));
+        }
+
+        pub fn resume(&self, id: u64) {
+            Handle::current().resume(self.node_id(id));
         }
 
         pub fn spawn_client<F>(&self, f: F) -> madsim::task::JoinHandle<F::Output>

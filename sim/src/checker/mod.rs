@@ -1,0 +1,187 @@
+//! The verdict on a run: one file per property, each citing where the
+//! property comes from. Every checker reads the same [`Input`] and returns
+//! the anomalies it found; a run is valid when none did.
+
+use std::collections::BTreeMap;
+
+use crate::history::{pairs, Kind, Op, Value};
+
+pub mod commits;
+pub mod duplicate;
+pub mod group_ownership;
+pub mod inconsistent_offsets;
+pub mod lost_write;
+pub mod nonmonotonic_poll;
+pub mod nonmonotonic_send;
+pub mod poll_skip;
+pub mod unseen;
+
+/// One thing that should not have happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anomaly {
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Anomaly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.detail)
+    }
+}
+
+/// What one poll returned: per partition, (offset, value) in order.
+pub type Polled = BTreeMap<u32, Vec<(u64, u64)>>;
+
+/// What the checkers read.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub ops: Vec<Op>,
+    /// Each partition as read in full after the faults healed:
+    /// (offset, value) in offset order.
+    pub final_log: BTreeMap<u32, Vec<(u64, u64)>>,
+    /// The group whose members must, together, have read every
+    /// acknowledged value by the end (`unseen`).
+    pub complete_group: Option<String>,
+}
+
+impl Input {
+    /// Sends acknowledged: (process, partition, offset, value), in
+    /// completion order.
+    pub fn acknowledged(&self) -> Vec<(u64, u32, u64, u64)> {
+        pairs(&self.ops)
+            .into_iter()
+            .filter(|(_, done)| done.kind == Kind::Ok)
+            .filter_map(|(_, done)| match done.value {
+                Value::Send { partition, value, offset: Some(offset) } => {
+                    Some((done.process, partition, offset, value))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Successful polls: (process, completion index, what they returned).
+    pub fn polls(&self) -> Vec<(u64, usize, &Polled)> {
+        self.ops
+            .iter()
+            .filter(|op| op.kind == Kind::Ok)
+            .filter_map(|op| match &op.value {
+                Value::Poll(polled) => Some((op.process, op.index, polled)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Every checker's anomalies.
+pub fn check(input: &Input) -> Vec<Anomaly> {
+    let mut out = Vec::new();
+    out.extend(lost_write::check(input));
+    out.extend(unseen::check(input));
+    out.extend(duplicate::check(input));
+    out.extend(inconsistent_offsets::check(input));
+    out.extend(nonmonotonic_send::check(input));
+    out.extend(nonmonotonic_poll::check(input));
+    out.extend(poll_skip::check(input));
+    out.extend(group_ownership::check(input));
+    out.extend(commits::check(input));
+    out
+}
+
+/// Per consumer process and partition, the offsets of its successful polls
+/// in order, split where the process's assignment changed (a new
+/// generation): within one run of the same assignment a consumer reads on
+/// from where it was; across them it may start over from a commit.
+pub(crate) fn poll_runs(input: &Input) -> Vec<(u64, u32, Vec<u64>)> {
+    let mut current: BTreeMap<(u64, u32), Vec<u64>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for op in &input.ops {
+        if op.kind != Kind::Ok {
+            continue;
+        }
+        match &op.value {
+            Value::Assign { .. } => {
+                let ended: Vec<(u64, u32)> = current.keys().filter(|(p, _)| *p == op.process).copied().collect();
+                for key in ended {
+                    if let Some(offsets) = current.remove(&key) {
+                        out.push((key.0, key.1, offsets));
+                    }
+                }
+            }
+            Value::Poll(polled) => {
+                for (partition, records) in polled {
+                    current.entry((op.process, *partition)).or_default().extend(records.iter().map(|(o, _)| *o));
+                }
+            }
+            _ => {}
+        }
+    }
+    out.extend(current.into_iter().map(|((p, k), offsets)| (p, k, offsets)));
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::history::History;
+
+    /// Builds histories for the checkers' tests.
+    pub struct Script {
+        pub ops: Vec<Op>,
+    }
+
+    impl Script {
+        pub fn new() -> Self {
+            Self { ops: Vec::new() }
+        }
+
+        fn push(&mut self, process: u64, kind: Kind, value: Value) -> &mut Self {
+            let index = self.ops.len();
+            self.ops.push(Op { index, process, kind, value, time: Duration::from_millis(index as u64) });
+            self
+        }
+
+        pub fn send(&mut self, process: u64, partition: u32, value: u64, offset: Option<u64>, kind: Kind) -> &mut Self {
+            self.push(process, Kind::Invoke, Value::Send { partition, value, offset: None });
+            self.push(process, kind, Value::Send { partition, value, offset })
+        }
+
+        pub fn poll(&mut self, process: u64, partition: u32, records: &[(u64, u64)]) -> &mut Self {
+            self.push(process, Kind::Invoke, Value::Poll(BTreeMap::new()));
+            self.push(process, Kind::Ok, Value::Poll(BTreeMap::from([(partition, records.to_vec())])))
+        }
+
+        pub fn assign(&mut self, process: u64, generation: u64, partitions: &[u32]) -> &mut Self {
+            let value = Value::Assign { group: "g".into(), generation, partitions: partitions.to_vec() };
+            self.push(process, Kind::Invoke, value.clone());
+            self.push(process, Kind::Ok, value)
+        }
+
+        pub fn commit(&mut self, process: u64, generation: u64, partition: u32, offset: u64, kind: Kind) -> &mut Self {
+            let value = Value::Commit { group: "g".into(), generation, offsets: BTreeMap::from([(partition, offset)]) };
+            self.push(process, Kind::Invoke, value.clone());
+            self.push(process, kind, value)
+        }
+
+        pub fn input(&self, final_log: &[(u32, &[(u64, u64)])]) -> Input {
+            Input {
+                ops: self.ops.clone(),
+                final_log: final_log.iter().map(|(p, log)| (*p, log.to_vec())).collect(),
+                complete_group: None,
+            }
+        }
+    }
+
+    #[test]
+    fn a_clean_history_has_no_anomalies() {
+        let mut s = Script::new();
+        s.assign(9, 1, &[0]);
+        s.send(1, 0, 10, Some(0), Kind::Ok).send(1, 0, 11, Some(1), Kind::Ok);
+        s.poll(9, 0, &[(0, 10)]).poll(9, 0, &[(1, 11)]);
+        s.commit(9, 1, 0, 2, Kind::Ok);
+        let _ = History::default();
+        assert_eq!(check(&s.input(&[(0, &[(0, 10), (1, 11)])])), vec![]);
+    }
+}

@@ -1,0 +1,43 @@
+//! Poll skip: a consumer jumping over records of a partition.
+//!
+//! Source: Jepsen's kafka workload ("poll-skip": successive polls by an
+//! assigned consumer that skip over offsets holding values). Offsets in a
+//! weir partition are dense, so within one assignment each read offset
+//! follows the previous one; only offsets that exist in the final log
+//! count, so a run cut short by the end is not a skip.
+
+use super::{poll_runs, Anomaly, Input};
+
+pub fn check(input: &Input) -> Vec<Anomaly> {
+    let mut out = Vec::new();
+    for (process, partition, offsets) in poll_runs(input) {
+        if let Some(pair) = offsets.windows(2).find(|w| w[1] > w[0] + 1) {
+            out.push(Anomaly {
+                kind: "poll-skip",
+                detail: format!(
+                    "process {process} read partition {partition} at {} right after {}, skipping {} records",
+                    pair[1],
+                    pair[0],
+                    pair[1] - pair[0] - 1
+                ),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::Script;
+    use super::*;
+
+    #[test]
+    fn jumping_over_offsets_within_an_assignment_is_a_skip() {
+        let mut s = Script::new();
+        s.assign(9, 1, &[0]).poll(9, 0, &[(0, 10)]).poll(9, 0, &[(1, 11), (2, 12)]);
+        s.assign(9, 2, &[0]).poll(9, 0, &[(5, 15)]);
+        assert_eq!(check(&s.input(&[])), vec![], "a new assignment starts where its commit says");
+        s.poll(9, 0, &[(7, 17)]);
+        assert_eq!(check(&s.input(&[])).len(), 1);
+    }
+}

@@ -1,0 +1,54 @@
+//! Unseen: acknowledged values the consumers never delivered.
+//!
+//! Source: Jepsen's kafka workload ("unseen": values acknowledged but never
+//! polled by the end of the test, after the final polls). Here the group
+//! named in [`Input::complete_group`] must, across its members, have polled
+//! every acknowledged value once the faults healed.
+
+use std::collections::BTreeSet;
+
+use super::{Anomaly, Input};
+
+pub fn check(input: &Input) -> Vec<Anomaly> {
+    if input.complete_group.is_none() {
+        return Vec::new();
+    }
+    let seen: BTreeSet<(u32, u64)> = input
+        .polls()
+        .into_iter()
+        .flat_map(|(_, _, polled)| polled.iter().flat_map(|(p, records)| records.iter().map(move |(_, v)| (*p, *v))))
+        .collect();
+    let missing: Vec<(u32, u64)> = input
+        .acknowledged()
+        .into_iter()
+        .map(|(_, partition, _, value)| (partition, value))
+        .filter(|key| !seen.contains(key))
+        .collect();
+    if missing.is_empty() {
+        return Vec::new();
+    }
+    let shown: Vec<String> = missing.iter().take(10).map(|(p, v)| format!("{v} in {p}")).collect();
+    vec![Anomaly {
+        kind: "unseen",
+        detail: format!("{} acknowledged values were never polled, e.g. {}", missing.len(), shown.join(", ")),
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::Script;
+    use super::*;
+    use crate::history::Kind;
+
+    #[test]
+    fn acknowledged_values_never_polled_are_unseen() {
+        let mut s = Script::new();
+        s.send(1, 0, 10, Some(0), Kind::Ok).send(1, 0, 11, Some(1), Kind::Ok).poll(9, 0, &[(0, 10)]);
+        let mut input = s.input(&[(0, &[(0, 10), (1, 11)])]);
+        assert_eq!(check(&input), vec![], "no group asked to read everything");
+        input.complete_group = Some("g".into());
+        let found = check(&input);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].detail.starts_with("1 acknowledged"), "{found:?}");
+    }
+}

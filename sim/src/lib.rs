@@ -1,0 +1,11 @@
+//! weir's simulator: whole clusters of the real broker code inside madsim,
+//! driven by one seed each (see `sim/README.md`). The cluster harness here
+//! is shared with the cluster tests in `tests/`.
+
+pub mod checker;
+pub mod cluster;
+pub mod etcd;
+pub mod history;
+pub mod plan;
+#[cfg(madsim)]
+pub mod run;

@@ -1,0 +1,283 @@
+//! `weir-sim`: runs seeds of the simulated cluster (see `sim/README.md`).
+//!
+//! Each seed runs in a process of its own. That is what makes a seed
+//! replay exactly: tokio's and futures' `select!` fairness generators are
+//! seeded from process-wide counters, so the same seed run later in one
+//! process takes other branches than it did first (we measured this).
+//!
+//! ```text
+//! weir-sim run --seed 7 [--secs 60] [--history FILE]
+//! weir-sim sweep --seeds 0..1000 [--jobs 2] [--secs 60] [--out DIR]
+//! weir-sim determinism --seed 7 [--secs 20]
+//! ```
+
+#[cfg(not(madsim))]
+fn main() {
+    eprintln!("weir-sim runs inside the simulator: build it with RUSTFLAGS=\"--cfg madsim\" (see sim/README.md)");
+    std::process::exit(2);
+}
+
+#[cfg(madsim)]
+fn main() {
+    runner::main()
+}
+
+// The runner drives processes, files and wall-clock waits around the
+// simulation; none of it is broker code under the seam.
+#[cfg(madsim)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+mod runner {
+    use std::io::Write as _;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use weir_sim::history::{fingerprint, to_edn};
+    use weir_sim::plan::Plan;
+
+    const USAGE: &str = "usage: weir-sim run --seed N [--secs S] [--history FILE]\n       \
+                         weir-sim sweep --seeds A..B [--jobs J] [--secs S] [--out DIR]\n       \
+                         weir-sim determinism --seed N [--secs S]";
+
+    struct Args {
+        command: String,
+        seed: u64,
+        seeds: std::ops::Range<u64>,
+        secs: u64,
+        jobs: usize,
+        history: Option<PathBuf>,
+        out: PathBuf,
+    }
+
+    fn parse() -> Result<Args, String> {
+        let mut raw = std::env::args().skip(1);
+        let command = raw.next().ok_or("no command")?;
+        let mut args =
+            Args { command, seed: 0, seeds: 0..0, secs: 60, jobs: 2, history: None, out: PathBuf::from("target/sim") };
+        while let Some(flag) = raw.next() {
+            let value = raw.next().ok_or(format!("{flag} needs a value"))?;
+            let number = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag} {v}: {e}"));
+            match flag.as_str() {
+                "--seed" => args.seed = number(&value)?,
+                "--secs" => args.secs = number(&value)?,
+                "--jobs" => args.jobs = number(&value)?.max(1) as usize,
+                "--history" => args.history = Some(PathBuf::from(value)),
+                "--out" => args.out = PathBuf::from(value),
+                "--seeds" => {
+                    let (a, b) = value.split_once("..").ok_or(format!("--seeds {value}: expected A..B"))?;
+                    args.seeds = number(a)?..number(b)?;
+                }
+                other => return Err(format!("unknown flag {other}")),
+            }
+        }
+        Ok(args)
+    }
+
+    pub fn main() {
+        let args = match parse() {
+            Ok(args) => args,
+            Err(error) => {
+                eprintln!("weir-sim: {error}\n{USAGE}");
+                std::process::exit(2);
+            }
+        };
+        let ok = match args.command.as_str() {
+            "run" => run_here(&args),
+            "sweep" => sweep(&args),
+            "determinism" => determinism(&args),
+            other => {
+                eprintln!("weir-sim: unknown command {other}\n{USAGE}");
+                std::process::exit(2);
+            }
+        };
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+
+    fn replay_command(seed: u64, secs: u64) -> String {
+        format!("RUSTFLAGS=\"--cfg madsim\" cargo run --release -p weir-sim -- run --seed {seed} --secs {secs}")
+    }
+
+    /// Runs one seed in this process. Prints the seed first and, last, one
+    /// `RESULT` line the sweep reads.
+    fn run_here(args: &Args) -> bool {
+        let seed = args.seed;
+        println!("seed {seed}");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+            .try_init();
+        let plan = Plan::from_seed(seed, Duration::from_secs(args.secs));
+        println!(
+            "plan: {} brokers, {} partitions, {} producers, {} members, {} faults",
+            plan.brokers,
+            plan.partitions,
+            plan.producers,
+            plan.members,
+            plan.steps.len()
+        );
+        let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        // Simulated time: the phases, plus room for startup and the final read.
+        runtime.set_time_limit(plan.safety + plan.liveness + Duration::from_secs(240));
+        let started = Instant::now();
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(weir_sim::run::run(plan))));
+        let wall = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(outcome) => {
+                let hash = fingerprint(&outcome.ops);
+                let valid = outcome.anomalies.is_empty();
+                for anomaly in &outcome.anomalies {
+                    println!("anomaly: {anomaly}");
+                }
+                if !valid || args.history.is_some() {
+                    let path = args.history.clone().unwrap_or_else(|| PathBuf::from(format!("seed-{seed}.edn")));
+                    match std::fs::write(&path, to_edn(&outcome.ops)) {
+                        Ok(()) => println!("history: {}", path.display()),
+                        Err(error) => println!("history not written to {}: {error}", path.display()),
+                    }
+                }
+                if !valid {
+                    println!("replay: {}", replay_command(seed, args.secs));
+                }
+                println!(
+                    "RESULT seed={seed} valid={valid} ops={} acknowledged={} faults={} anomalies={} \
+                     hash={hash:016x} wall={wall:.1}s",
+                    outcome.ops.len(),
+                    outcome.acknowledged,
+                    outcome.faults,
+                    outcome.anomalies.len()
+                );
+                valid
+            }
+            Err(_) => {
+                println!("replay: {}", replay_command(seed, args.secs));
+                println!("RESULT seed={seed} valid=false panicked=true wall={wall:.1}s");
+                false
+            }
+        }
+    }
+
+    fn child(seed: u64, secs: u64, history: Option<&PathBuf>) -> std::io::Result<Child> {
+        let exe = std::env::current_exe()?;
+        let mut command = Command::new(exe);
+        command.args(["run", "--seed", &seed.to_string(), "--secs", &secs.to_string()]);
+        if let Some(path) = history {
+            command.arg("--history").arg(path);
+        }
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
+    }
+
+    fn result_line(output: &str) -> Option<&str> {
+        output.lines().rev().find(|l| l.starts_with("RESULT "))
+    }
+
+    fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+        line.split_whitespace().find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+    }
+
+    /// Runs seeds, `jobs` processes at a time; on failure keeps the seed's
+    /// output and history under `out` and prints how to replay it.
+    fn sweep(args: &Args) -> bool {
+        if let Err(error) = std::fs::create_dir_all(&args.out) {
+            eprintln!("weir-sim: cannot create {}: {error}", args.out.display());
+            return false;
+        }
+        let total = args.seeds.end.saturating_sub(args.seeds.start);
+        println!(
+            "sweep: seeds {}..{} ({total}), {} s simulated each, {} jobs",
+            args.seeds.start, args.seeds.end, args.secs, args.jobs
+        );
+        let started = Instant::now();
+        let mut pending = args.seeds.clone();
+        let mut running: Vec<(u64, Child)> = Vec::new();
+        let (mut done, mut failed) = (0u64, Vec::new());
+        let mut wall_sum = 0.0;
+        loop {
+            while running.len() < args.jobs {
+                let Some(seed) = pending.next() else { break };
+                let history = args.out.join(format!("seed-{seed}.edn"));
+                match child(seed, args.secs, Some(&history)) {
+                    Ok(process) => running.push((seed, process)),
+                    Err(error) => {
+                        eprintln!("weir-sim: cannot start seed {seed}: {error}");
+                        failed.push(seed);
+                    }
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            let mut i = 0;
+            while i < running.len() {
+                if matches!(running[i].1.try_wait(), Ok(Some(_))) {
+                    let (seed, process) = running.swap_remove(i);
+                    let output = process.wait_with_output();
+                    let stdout =
+                        output.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+                    let line = result_line(&stdout).unwrap_or("RESULT valid=false (no result line)").to_owned();
+                    done += 1;
+                    wall_sum +=
+                        field(&line, "wall").and_then(|w| w.trim_end_matches('s').parse::<f64>().ok()).unwrap_or(0.0);
+                    if field(&line, "valid") == Some("true") {
+                        let _ = std::fs::remove_file(args.out.join(format!("seed-{seed}.edn")));
+                    } else {
+                        failed.push(seed);
+                        let log = args.out.join(format!("seed-{seed}.out"));
+                        let mut text = stdout.clone();
+                        if let Ok(o) = &output {
+                            text.push_str(&String::from_utf8_lossy(&o.stderr));
+                        }
+                        let _ = std::fs::write(&log, text);
+                        println!("FAIL seed {seed}: {line}");
+                        println!(
+                            "  output: {}  history: {}",
+                            log.display(),
+                            args.out.join(format!("seed-{seed}.edn")).display()
+                        );
+                        println!("  replay: {}", replay_command(seed, args.secs));
+                    }
+                    let minutes = started.elapsed().as_secs_f64() / 60.0;
+                    print!(
+                        "\r{done}/{total} seeds, {} failed, {:.1} seeds/min   ",
+                        failed.len(),
+                        done as f64 / minutes.max(1e-9)
+                    );
+                    let _ = std::io::stdout().flush();
+                } else {
+                    i += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let minutes = started.elapsed().as_secs_f64() / 60.0;
+        println!();
+        println!(
+            "summary: {done} seeds in {minutes:.1} min ({:.1} seeds/min, {:.1} s per seed per job), {} failed{}",
+            done as f64 / minutes.max(1e-9),
+            wall_sum / (done.max(1) as f64),
+            failed.len(),
+            if failed.is_empty() { String::new() } else { format!(": {failed:?}") }
+        );
+        failed.is_empty()
+    }
+
+    /// Runs one seed twice, each in a fresh process, and compares the
+    /// histories' fingerprints.
+    fn determinism(args: &Args) -> bool {
+        let mut hashes = Vec::new();
+        for _ in 0..2 {
+            let output = match child(args.seed, args.secs, None).and_then(|c| c.wait_with_output()) {
+                Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+                Err(error) => {
+                    eprintln!("weir-sim: cannot run seed {}: {error}", args.seed);
+                    return false;
+                }
+            };
+            let line = result_line(&output).unwrap_or("").to_owned();
+            println!("{line}");
+            hashes.push(field(&line, "hash").map(str::to_owned));
+        }
+        let same = hashes[0].is_some() && hashes[0] == hashes[1];
+        println!("determinism: seed {} gave {} histories", args.seed, if same { "identical" } else { "DIFFERENT" });
+        same
+    }
+}

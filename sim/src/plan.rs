@@ -1,0 +1,136 @@
+//! Everything a run does, derived from its seed: cluster size, topic
+//! layout, workload and the fault schedule. Two runs of one seed build the
+//! same plan; the simulator's own seeded randomness then decides the rest
+//! (message timings, the disk's crash losses).
+
+use std::time::Duration;
+
+use weir::sys::rng::SeededRng;
+
+/// A fault the nemesis injects, then heals after `lasting`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Kill -9 a broker (its disk keeps only what it fsynced, maybe a torn
+    /// tail), restart it after `lasting`.
+    KillRestart { broker: u64, seed: u64 },
+    /// Cut a broker off from everyone (an isolated node or leader).
+    Isolate { broker: u64 },
+    /// Cut the link between two brokers both ways (a bridge partition
+    /// when three or more brokers remain connected through a third).
+    CutLink { a: u64, b: u64 },
+    /// Stop a broker's tasks (SIGSTOP) and resume them.
+    Pause { broker: u64 },
+    /// Cut etcd off from every broker.
+    EtcdOutage,
+    /// Move a partition onto other brokers while faults may follow.
+    Move { partition: u32, replicas: Vec<u64> },
+    /// Message latency up to 200 ms for a while.
+    LatencySpike,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// When the fault starts, from the beginning of the workload.
+    pub at: Duration,
+    pub fault: Fault,
+    pub lasting: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub seed: u64,
+    pub brokers: u64,
+    pub partitions: u32,
+    pub replication: u32,
+    pub producers: u64,
+    /// Members of the group that must read everything (`g1`).
+    pub members: u64,
+    /// Simulated time producers write while faults happen.
+    pub safety: Duration,
+    /// Simulated time allowed, faults healed, for consumers to catch up.
+    pub liveness: Duration,
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn from_seed(seed: u64, safety: Duration) -> Self {
+        let mut rng = SeededRng::new(seed ^ 0x5EED_F00D);
+        let brokers = 3 + rng.below(3);
+        let partitions = 1 + rng.below(6) as u32;
+        let replication = 3;
+        let producers = 2 + rng.below(3);
+        let members = 1 + rng.below(3);
+        let mut steps = Vec::new();
+        let mut at = Duration::from_millis(2_000 + rng.below(2_000));
+        while at + Duration::from_secs(2) < safety {
+            let lasting = Duration::from_millis(500 + rng.below(4_000));
+            let broker = 1 + rng.below(brokers);
+            let fault = match rng.below(7) {
+                0 | 1 => Fault::KillRestart { broker, seed: rng.next_u64() },
+                2 => Fault::Isolate { broker },
+                3 => {
+                    let other = 1 + (broker + rng.below(brokers - 1)) % brokers;
+                    Fault::CutLink { a: broker, b: other }
+                }
+                4 => Fault::Pause { broker },
+                5 => {
+                    if rng.chance(1, 2) {
+                        Fault::EtcdOutage
+                    } else {
+                        Fault::LatencySpike
+                    }
+                }
+                _ => {
+                    let mut all: Vec<u64> = (1..=brokers).collect();
+                    // A seeded shuffle; the first three become the replicas.
+                    for i in (1..all.len()).rev() {
+                        all.swap(i, rng.below(i as u64 + 1) as usize);
+                    }
+                    all.truncate(replication as usize);
+                    Fault::Move { partition: rng.below(u64::from(partitions)) as u32, replicas: all }
+                }
+            };
+            steps.push(Step { at, fault, lasting });
+            at += lasting + Duration::from_millis(1_000 + rng.below(3_000));
+        }
+        Self {
+            seed,
+            brokers,
+            partitions,
+            replication,
+            producers,
+            members,
+            safety,
+            liveness: Duration::from_secs(60),
+            steps,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_always_gives_the_same_plan_and_seeds_differ() {
+        let a = Plan::from_seed(7, Duration::from_secs(60));
+        assert_eq!(a, Plan::from_seed(7, Duration::from_secs(60)));
+        assert!((3..=5).contains(&a.brokers) && (1..=6).contains(&a.partitions));
+        assert!(!a.steps.is_empty());
+        assert!(a.steps.windows(2).all(|w| w[0].at + w[0].lasting < w[1].at), "one fault at a time");
+        let plans: Vec<Plan> = (0..20).map(|s| Plan::from_seed(s, Duration::from_secs(60))).collect();
+        assert!(plans.iter().any(|p| p.brokers != plans[0].brokers || p.partitions != plans[0].partitions));
+        for plan in &plans {
+            for step in &plan.steps {
+                match &step.fault {
+                    Fault::CutLink { a, b } => assert!(a != b && *b >= 1 && *b <= plan.brokers, "{step:?}"),
+                    Fault::Move { replicas, partition } => {
+                        assert_eq!(replicas.len(), 3);
+                        assert!(*partition < plan.partitions);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

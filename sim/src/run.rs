@@ -1,0 +1,330 @@
+//! One simulated run: a cluster from the plan, idempotent acks=all
+//! producers and two consumer groups recording a history, the nemesis
+//! injecting the plan's faults (safety phase), then faults healed while the
+//! first group must catch up (liveness phase), a final read of every
+//! partition, and the checkers' verdict.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use weir::client::consumer::{ConsumerConfig, GroupConsumer};
+use weir::client::{Client, Producer, ProducerConfig};
+use weir::proto;
+use weir::sys::rng::SeededRng;
+
+use crate::checker::{self, Anomaly, Input};
+use crate::cluster::Cluster;
+use crate::history::{History, Kind, Op, Value};
+use crate::plan::{Fault, Plan};
+
+pub const TOPIC: &str = "jepsen";
+/// The group that must read everything; the second one reads alongside.
+pub const GROUP: &str = "g1";
+const OTHER_GROUP: &str = "g2";
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub ops: Vec<Op>,
+    pub anomalies: Vec<Anomaly>,
+    pub acknowledged: usize,
+    pub faults: usize,
+}
+
+pub async fn run(plan: Plan) -> Outcome {
+    let mut cluster = Cluster::start("sim", plan.brokers, |_| {}).await;
+    let bootstrap = cluster.addresses().join(",");
+    let history = History::new();
+
+    let address = bootstrap.clone();
+    let (partitions, replication) = (plan.partitions, plan.replication);
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let config = proto::TopicConfig { partitions, replication_factor: Some(replication), ..Default::default() };
+            client.create_topic(TOPIC, config).await.expect("create the topic");
+        })
+        .await;
+
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let stop_consuming = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 1..=plan.producers {
+        let task = produce(bootstrap.clone(), plan.clone(), p, history.clone(), stop_producing.clone());
+        producers.push(cluster.spawn_client(task));
+    }
+    let mut consumers = Vec::new();
+    for m in 0..plan.members {
+        let task = consume(bootstrap.clone(), GROUP, 100 + m, history.clone(), stop_consuming.clone());
+        consumers.push(cluster.spawn_client(task));
+    }
+    let task = consume(bootstrap.clone(), OTHER_GROUP, 200, history.clone(), stop_consuming.clone());
+    consumers.push(cluster.spawn_client(task));
+
+    // Safety: the plan's faults, one at a time, each healed before the next.
+    let start = tokio::time::Instant::now();
+    for step in &plan.steps {
+        tokio::time::sleep_until(start + step.at).await;
+        tracing::info!(fault = ?step.fault, lasting = ?step.lasting, "nemesis");
+        inject(&mut cluster, &bootstrap, &step.fault, step.lasting).await;
+    }
+    tokio::time::sleep_until(start + plan.safety).await;
+    stop_producing.store(true, Ordering::Relaxed);
+    for producer in producers {
+        let _ = producer.await;
+    }
+
+    // Liveness: everything healed; the first group must read all that was
+    // acknowledged.
+    let acknowledged: Vec<(u32, u64)> = Input { ops: history.ops(), ..Input::default() }
+        .acknowledged()
+        .into_iter()
+        .map(|(_, partition, _, value)| (partition, value))
+        .collect();
+    let deadline = tokio::time::Instant::now() + plan.liveness;
+    while tokio::time::Instant::now() < deadline {
+        let seen = polled_by(&history.ops(), &[100, 101, 102]);
+        if acknowledged.iter().all(|key| seen.contains(key)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop_consuming.store(true, Ordering::Relaxed);
+    for consumer in consumers {
+        let _ = consumer.await;
+    }
+
+    let address = bootstrap.clone();
+    let final_log = cluster.run(read_all(address, plan.partitions)).await;
+    let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()) };
+    let anomalies = checker::check(&input);
+    Outcome { acknowledged: acknowledged.len(), anomalies, ops: input.ops, faults: plan.steps.len() }
+}
+
+fn polled_by(ops: &[Op], processes: &[u64]) -> std::collections::BTreeSet<(u32, u64)> {
+    ops.iter()
+        .filter(|op| op.kind == Kind::Ok && processes.contains(&op.process))
+        .filter_map(|op| match &op.value {
+            Value::Poll(polled) => Some(polled),
+            _ => None,
+        })
+        .flat_map(|polled| polled.iter().flat_map(|(p, records)| records.iter().map(move |(_, v)| (*p, *v))))
+        .collect()
+}
+
+/// A producer: unique values (`process * 1e9 + n`) to partitions in turn,
+/// acks=all, idempotent, one at a time.
+async fn produce(bootstrap: String, plan: Plan, process: u64, history: History, stop: Arc<AtomicBool>) {
+    let Ok(client) = Client::connect(&bootstrap).await else { return };
+    let producer = Producer::new(client, ProducerConfig { batch_bytes_max: 0, ..ProducerConfig::default() });
+    let mut rng = SeededRng::new(plan.seed.wrapping_mul(31).wrapping_add(process));
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let partition = rng.below(u64::from(plan.partitions)) as u32;
+        let value = process * 1_000_000_000 + n;
+        n += 1;
+        history.record(process, Kind::Invoke, Value::Send { partition, value, offset: None });
+        let record = weir::client::producer::record(None, value.to_string().as_bytes(), 1);
+        let delivered = match producer.send(TOPIC, Some(partition), record).await {
+            Ok(delivery) => delivery.wait().await,
+            Err(error) => Err(error),
+        };
+        match delivered {
+            Ok(delivered) => {
+                let done = Value::Send { partition, value, offset: Some(delivered.offset) };
+                history.record(process, Kind::Ok, done);
+            }
+            // Whether it was written is unknown: a retry may have landed.
+            Err(_) => {
+                history.record(process, Kind::Info, Value::Send { partition, value, offset: None });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10 + rng.below(40))).await;
+    }
+}
+
+/// A group member: polls, notes each new assignment, commits what it read.
+async fn consume(bootstrap: String, group: &'static str, process: u64, history: History, stop: Arc<AtomicBool>) {
+    let mut consumer = None;
+    let mut noted: Option<(u64, Vec<u32>)> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let member = match consumer.as_mut() {
+            Some(member) => member,
+            None => {
+                let joined = match Client::connect(&bootstrap).await {
+                    Ok(client) => {
+                        let mut config = ConsumerConfig::new(group, &[TOPIC]);
+                        config.auto_commit = false;
+                        config.session_timeout = Duration::from_secs(6);
+                        config.heartbeat_interval = Duration::from_secs(1);
+                        GroupConsumer::join(client, config).await
+                    }
+                    Err(error) => Err(error),
+                };
+                match joined {
+                    Ok(member) => consumer.insert(member),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        history.record(process, Kind::Invoke, Value::Poll(BTreeMap::new()));
+        let polled = member.poll(Duration::from_millis(300)).await;
+        note_assignment(member, group, process, &history, &mut noted);
+        match polled {
+            Ok(records) => {
+                let mut by_partition: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+                for consumed in records {
+                    let value = consumed
+                        .record
+                        .value
+                        .as_deref()
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(u64::MAX);
+                    by_partition.entry(consumed.partition).or_default().push((consumed.record.offset, value));
+                }
+                let read_any = !by_partition.is_empty();
+                history.record(process, Kind::Ok, Value::Poll(by_partition));
+                if read_any {
+                    let generation = member.generation();
+                    let offsets: BTreeMap<u32, u64> =
+                        member.positions().into_iter().map(|((_, partition), offset)| (partition, offset)).collect();
+                    let value = Value::Commit { group: group.to_owned(), generation, offsets };
+                    history.record(process, Kind::Invoke, value.clone());
+                    let kind = if member.commit().await.is_ok() { Kind::Ok } else { Kind::Info };
+                    history.record(process, kind, value);
+                }
+            }
+            Err(_) => {
+                history.record(process, Kind::Info, Value::Poll(BTreeMap::new()));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    if let Some(member) = consumer {
+        let _ = member.close().await;
+    }
+}
+
+fn note_assignment(
+    member: &GroupConsumer,
+    group: &str,
+    process: u64,
+    history: &History,
+    noted: &mut Option<(u64, Vec<u32>)>,
+) {
+    let generation = member.generation();
+    let mut partitions: Vec<u32> = member.assignment().into_iter().map(|(_, p)| p).collect();
+    partitions.sort_unstable();
+    if noted.as_ref() != Some(&(generation, partitions.clone())) {
+        let value = Value::Assign { group: group.to_owned(), generation, partitions: partitions.clone() };
+        history.record(process, Kind::Ok, value);
+        *noted = Some((generation, partitions));
+    }
+}
+
+/// Every partition read from offset 0 to its high watermark, retrying while
+/// leaders settle.
+async fn read_all(bootstrap: String, partitions: u32) -> BTreeMap<u32, Vec<(u64, u64)>> {
+    let client = Client::connect(&bootstrap).await.expect("connect for the final read");
+    let mut out = BTreeMap::new();
+    for partition in 0..partitions {
+        let mut records = Vec::new();
+        let mut offset = 0;
+        let mut failures = 0;
+        loop {
+            match client.fetch(TOPIC, partition, offset, 1 << 20, Duration::ZERO).await {
+                Ok(fetched) => {
+                    for record in &fetched.records {
+                        let value = record
+                            .value
+                            .as_deref()
+                            .and_then(|v| std::str::from_utf8(v).ok())
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(u64::MAX);
+                        records.push((record.offset, value));
+                    }
+                    if fetched.next_offset >= fetched.high_watermark {
+                        break;
+                    }
+                    offset = fetched.next_offset;
+                }
+                Err(error) => {
+                    failures += 1;
+                    assert!(failures < 100, "the final read of partition {partition} keeps failing: {error}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        out.insert(partition, records);
+    }
+    out
+}
+
+/// Injects one fault, waits `lasting`, heals it.
+async fn inject(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, lasting: Duration) {
+    let net = NetSim::current();
+    match fault {
+        Fault::KillRestart { broker, seed } => {
+            cluster.kill(*broker, *seed).await;
+            tokio::time::sleep(lasting).await;
+            cluster.restart(*broker).await;
+        }
+        Fault::Isolate { broker } => {
+            let node = cluster.node_id(*broker);
+            net.clog_node(node);
+            tokio::time::sleep(lasting).await;
+            net.unclog_node(node);
+        }
+        Fault::CutLink { a, b } => {
+            let (a, b) = (cluster.node_id(*a), cluster.node_id(*b));
+            net.clog_link(a, b);
+            net.clog_link(b, a);
+            tokio::time::sleep(lasting).await;
+            net.unclog_link(a, b);
+            net.unclog_link(b, a);
+        }
+        Fault::Pause { broker } => {
+            cluster.pause(*broker);
+            tokio::time::sleep(lasting).await;
+            cluster.resume(*broker);
+        }
+        Fault::EtcdOutage => {
+            let node = cluster.etcd_node_id();
+            net.clog_node(node);
+            tokio::time::sleep(lasting).await;
+            net.unclog_node(node);
+        }
+        Fault::LatencySpike => {
+            let mut usual = None;
+            net.update_config(|c| {
+                usual = Some(c.send_latency.clone());
+                c.send_latency = Duration::from_millis(1)..Duration::from_millis(200);
+            });
+            tokio::time::sleep(lasting).await;
+            if let Some(usual) = usual {
+                net.update_config(|c| c.send_latency = usual);
+            }
+        }
+        Fault::Move { partition, replicas } => {
+            let (address, partition, replicas) = (bootstrap.to_owned(), *partition, replicas.clone());
+            // Recorded, not waited for: the move goes on under later faults.
+            cluster
+                .run(async move {
+                    if let Ok(client) = Client::connect(&address).await {
+                        if let Err(error) = client.move_partition(TOPIC, partition, replicas).await {
+                            tracing::info!(%error, "the nemesis's move was refused");
+                        }
+                    }
+                })
+                .await;
+            tokio::time::sleep(lasting).await;
+        }
+    }
+}
