@@ -445,6 +445,35 @@ async fn a_member_that_leaves_hands_over_at_once_without_gaps_or_repeats() {
 }
 
 #[tokio::test]
+async fn a_group_formed_before_its_topic_exists_gets_the_partitions_once_it_does() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            let mut early = GroupConsumer::join(client.clone(), config("early", &["later"])).await.unwrap();
+            assert!(early.assignment().is_empty(), "nothing to own yet: {:?}", early.assignment());
+            let generation = early.generation();
+
+            tracing::info!("the topic appears; the coordinator notices and rebalances");
+            client.create_topic("later", proto::TopicConfig { partitions: 3, ..Default::default() }).await.unwrap();
+            produce_numbered(&client, "later", 3, 30).await;
+            let mut seen = Vec::new();
+            for _ in 0..ROUNDS_MAX {
+                seen.extend(early.poll(POLL).await.unwrap());
+                if seen.len() >= 30 {
+                    break;
+                }
+            }
+            assert!(early.generation() > generation);
+            assert_eq!(early.assignment().len(), 3);
+            let numbers: BTreeSet<u32> = seen.iter().map(number).collect();
+            assert_eq!(numbers, (0..30).collect(), "everything delivered");
+        })
+        .await;
+}
+
+#[tokio::test]
 async fn push_mode_members_share_partitions_and_can_seek() {
     let broker = TestBroker::start().await;
     let address = broker.address.clone();

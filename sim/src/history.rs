@@ -148,9 +148,15 @@ pub fn to_edn(ops: &[Op]) -> String {
                 format!("{{{}}}", keys.join(", "))
             }
         };
+        let extra = match &op.value {
+            Value::Assign { group, generation, .. } | Value::Commit { group, generation, .. } => {
+                format!(", :group \"{group}\", :generation {generation}")
+            }
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{{:index {}, :time {}, :type :{kind}, :process {}, :f :{}, :value {value}}}",
+            "{{:index {}, :time {}, :type :{kind}, :process {}, :f :{}, :value {value}{extra}}}",
             op.index,
             op.time.as_nanos(),
             op.process,

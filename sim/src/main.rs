@@ -114,12 +114,19 @@ mod runner {
             plan.members,
             plan.steps.len()
         );
-        let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
         // Simulated time: the phases, plus room for startup and the final read.
-        runtime.set_time_limit(plan.safety + plan.liveness + Duration::from_secs(240));
+        let limit = plan.safety + plan.liveness + Duration::from_secs(240);
         let started = Instant::now();
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(weir_sim::run::run(plan))));
+        // A thread of its own, as madsim's test runner does: std's hash
+        // keys are per thread, and madsim can seed them only in a thread
+        // that has not made a HashMap yet (this one has: argument parsing,
+        // the log filter).
+        let outcome = std::thread::spawn(move || {
+            let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+            runtime.set_time_limit(limit);
+            runtime.block_on(weir_sim::run::run(plan))
+        })
+        .join();
         let wall = started.elapsed().as_secs_f64();
         match outcome {
             Ok(outcome) => {

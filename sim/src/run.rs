@@ -24,6 +24,8 @@ pub const TOPIC: &str = "jepsen";
 /// The group that must read everything; the second one reads alongside.
 pub const GROUP: &str = "g1";
 const OTHER_GROUP: &str = "g2";
+/// How long a stopped producer or consumer may take to finish.
+const SETTLE: Duration = Duration::from_secs(30);
 
 /// What a run produced.
 #[derive(Debug)]
@@ -73,8 +75,11 @@ pub async fn run(plan: Plan) -> Outcome {
     }
     tokio::time::sleep_until(start + plan.safety).await;
     stop_producing.store(true, Ordering::Relaxed);
+    // A send still retrying when the phase ends stays unknown (`:info`).
     for producer in producers {
-        let _ = producer.await;
+        if tokio::time::timeout(SETTLE, &mut *Box::pin(producer)).await.is_err() {
+            tracing::info!("a producer was still retrying a send; its outcome stays unknown");
+        }
     }
 
     // Liveness: everything healed; the first group must read all that was
@@ -94,7 +99,9 @@ pub async fn run(plan: Plan) -> Outcome {
     }
     stop_consuming.store(true, Ordering::Relaxed);
     for consumer in consumers {
-        let _ = consumer.await;
+        if tokio::time::timeout(SETTLE, &mut *Box::pin(consumer)).await.is_err() {
+            tracing::info!("a consumer did not stop in time");
+        }
     }
 
     let address = bootstrap.clone();
@@ -166,7 +173,8 @@ async fn consume(bootstrap: String, group: &'static str, process: u64, history: 
                 };
                 match joined {
                     Ok(member) => consumer.insert(member),
-                    Err(_) => {
+                    Err(error) => {
+                        tracing::info!(process, %error, "joining failed");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         continue;
                     }
@@ -197,11 +205,18 @@ async fn consume(bootstrap: String, group: &'static str, process: u64, history: 
                         member.positions().into_iter().map(|((_, partition), offset)| (partition, offset)).collect();
                     let value = Value::Commit { group: group.to_owned(), generation, offsets };
                     history.record(process, Kind::Invoke, value.clone());
-                    let kind = if member.commit().await.is_ok() { Kind::Ok } else { Kind::Info };
+                    let kind = match member.commit().await {
+                        Ok(()) => Kind::Ok,
+                        Err(error) => {
+                            tracing::info!(process, %error, "commit failed");
+                            Kind::Info
+                        }
+                    };
                     history.record(process, kind, value);
                 }
             }
-            Err(_) => {
+            Err(error) => {
+                tracing::info!(process, %error, "poll failed");
                 history.record(process, Kind::Info, Value::Poll(BTreeMap::new()));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

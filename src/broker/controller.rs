@@ -307,6 +307,7 @@ mod tests {
             replicas,
             members: Vec::new(),
             moves: Vec::new(),
+            confirmations: Vec::new(),
             controller_epoch: 0,
         }
     }

@@ -406,11 +406,12 @@ impl Broker {
         let me = self.config.broker_id;
         let old_enough = self.clock.now_ms().saturating_sub(state.record.created_ms) >= BOOTSTRAP_GRACE_MS;
         for (&index, partition) in &state.partitions {
-            let replicas = state.replicas(index);
-            // A partition that was ever reassigned already has a group:
-            // its new replicas join through its leader.
-            let first_group = state.record.moves(index) == 0;
-            if partition.replica().has_membership() || !first_group || !(replicas.first() == Some(&me) || old_enough) {
+            // The group's first voters start it, all with the same set, even
+            // if the partition is already being moved; once its leader has
+            // confirmed a change, new replicas join through the leader.
+            let replicas = state.record.members(index);
+            let first_voters = state.record.bootstrappable(index) && replicas.contains(&me);
+            if partition.replica().has_membership() || !first_voters || !(replicas.first() == Some(&me) || old_enough) {
                 continue;
             }
             let members: Option<BTreeMap<NodeId, String>> =

@@ -50,6 +50,9 @@ struct Group {
     members: BTreeMap<String, Member>,
     generation: u64,
     assignment: BTreeMap<String, Vec<TopicPartition>>,
+    /// The partition counts of the subscribed topics `assignment` was made
+    /// for: a topic created, grown or deleted since calls for a rebalance.
+    counts: BTreeMap<String, u32>,
     rebalance: Option<Rebalance>,
     /// The generation, published when a rebalance completes.
     completed: watch::Sender<u64>,
@@ -62,6 +65,7 @@ impl Group {
             members: BTreeMap::new(),
             generation,
             assignment: BTreeMap::new(),
+            counts: BTreeMap::new(),
             rebalance: None,
             completed: watch::channel(generation).0,
         }
@@ -156,6 +160,7 @@ impl GroupCoordinator {
         let counts: BTreeMap<String, u32> =
             topics.into_iter().filter_map(|topic| Some((topic.clone(), self.broker.partition_count(topic)?))).collect();
         group.assignment = group.assignor.assign(&subscriptions, &counts, &group.assignment);
+        group.counts = counts;
         group.generation += 1;
         group.completed.send_replace(group.generation);
         tracing::info!(generation = group.generation, members = group.members.len(), "group rebalanced");
@@ -307,10 +312,24 @@ impl GroupCoordinator {
                 }
                 self.departed(group, now_ms);
             }
+            if group.rebalance.is_none() && !group.members.is_empty() && self.counts_changed(group) {
+                tracing::info!(group = name, "the subscribed topics' partitions changed; rebalancing");
+                group.start_rebalance(now_ms);
+            }
             if group.rebalance.as_ref().is_some_and(|r| now_ms >= r.deadline_ms) {
                 self.complete(group);
             }
         }
+    }
+
+    /// Whether a subscribed topic appeared, vanished or changed its
+    /// partition count since the group's assignment was made (a group
+    /// formed before its topic existed owned nothing until it changed).
+    fn counts_changed(&self, group: &Group) -> bool {
+        let topics: BTreeSet<&String> = group.members.values().flat_map(|m| m.topics.iter()).collect();
+        let now: BTreeMap<String, u32> =
+            topics.into_iter().filter_map(|topic| Some((topic.clone(), self.broker.partition_count(topic)?))).collect();
+        now != group.counts
     }
 
     /// Runs [`GroupCoordinator::tick`] until the coordinator is dropped.
@@ -364,13 +383,26 @@ impl GroupCoordinator {
         let now_ms = self.clock.now_ms();
         let mut entries = Vec::with_capacity(request.offsets.len());
         for offset in &request.offsets {
-            let partition = self.broker.partition(&offset.topic, offset.partition)?;
-            let bounds = partition.bounds()?;
-            if offset.offset > bounds.log_end_offset {
-                return Err(BrokerError::new(
-                    ErrorCode::OffsetOutOfRange,
-                    format!("cannot commit offset {} past the log end {}", offset.offset, bounds.log_end_offset),
-                ));
+            // An offset past the log end is refused where this broker can
+            // tell: it leads the partition (a follower's log end lags). The
+            // coordinator need not host the partition at all; then only the
+            // partition's existence is checked.
+            match self.broker.partition(&offset.topic, offset.partition) {
+                Ok(partition) if partition.replica().is_leader() => {
+                    let bounds = partition.bounds()?;
+                    if offset.offset > bounds.log_end_offset {
+                        return Err(BrokerError::new(
+                            ErrorCode::OffsetOutOfRange,
+                            format!(
+                                "cannot commit offset {} past the log end {}",
+                                offset.offset, bounds.log_end_offset
+                            ),
+                        ));
+                    }
+                }
+                Ok(_) => {}
+                Err(error) if matches!(error.code, ErrorCode::NotLeader | ErrorCode::PartitionUnavailable) => {}
+                Err(error) => return Err(error),
             }
             let key =
                 OffsetKey { group: request.group.clone(), topic: offset.topic.clone(), partition: offset.partition };
