@@ -114,6 +114,16 @@ impl Partition {
         Ok(self.replica.propose(batch, acks).await?)
     }
 
+    /// Appends with acks=all only while this replica leads in `term`, and
+    /// answers success only if the batch was committed as an entry of that
+    /// term. State built from the log at the start of a leadership (the
+    /// group coordinator's offsets) stays in step with the log this way: a
+    /// write from an earlier leadership cannot land behind a later one's
+    /// back.
+    pub async fn append_in_term(&self, batch: Batch, term: u64) -> BrokerResult<Applied> {
+        Ok(self.replica.propose_in_term(batch, term).await?)
+    }
+
     /// Lets the whole segments below `offset` go (not the active one).
     pub async fn delete_before(&self, offset: u64) -> BrokerResult<()> {
         self.replica.purge_before(offset).await.map_err(|e| BrokerError::new(ErrorCode::StorageFailed, e))

@@ -86,7 +86,7 @@ async fn coordinate(broker: &Arc<Broker>, ready: &GroupsSender) -> BrokerResult<
         return Ok(());
     }
     let offsets = OffsetStore::load(partition.clone(), config.offsets_bytes_max).await?;
-    let term = partition.replica().term();
+    let term = offsets.term();
     let groups = Arc::new(GroupCoordinator::new(broker.clone(), offsets, broker.clock(), term));
     ready.send_replace(Some(groups.clone()));
     tracing::info!(broker = broker.broker_id(), "coordinating consumer groups");

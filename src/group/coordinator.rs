@@ -416,6 +416,13 @@ impl GroupCoordinator {
         }
         self.offsets.commit(entries, now_ms).await?;
         drop(writer);
+        tracing::debug!(
+            group = request.group,
+            member = request.member_id,
+            generation = request.generation,
+            offsets = ?request.offsets.iter().map(|o| (o.partition, o.offset)).collect::<Vec<_>>(),
+            "committed"
+        );
         Ok(())
     }
 

@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use crate::broker::error::{BrokerError, BrokerResult, ErrorCode};
 use crate::broker::partition::Partition;
 use crate::log::{BatchBuilder, Record};
-use crate::raft::Acks;
 use crate::sys::task::blocking;
 
 /// Records per batch when writing a snapshot.
@@ -47,6 +46,10 @@ pub struct OffsetStore {
     /// Serializes appends, so the log's order is the order commits apply in.
     write: tokio::sync::Mutex<()>,
     bytes_max: u64,
+    /// The Raft term of the partition's leadership this store was loaded
+    /// under: it writes only while that leadership lasts (see
+    /// [`Partition::append_in_term`]).
+    term: u64,
 }
 
 fn corrupt(reason: String) -> BrokerError {
@@ -65,6 +68,9 @@ fn encode(key: &OffsetKey, value: &Committed, timestamp_ms: i64) -> Record {
 impl OffsetStore {
     /// Reads every committed offset from the internal partition.
     pub async fn load(partition: Arc<Partition>, bytes_max: u64) -> BrokerResult<Self> {
+        // Taken first: the store then holds at least what was applied when
+        // this term began.
+        let term = partition.replica().term();
         let source = partition.clone();
         let committed = blocking(move || {
             let mut committed = BTreeMap::new();
@@ -95,7 +101,12 @@ impl OffsetStore {
             Ok::<_, BrokerError>(committed)
         })
         .await?;
-        Ok(Self { partition, committed: Mutex::new(committed), write: tokio::sync::Mutex::new(()), bytes_max })
+        Ok(Self { partition, committed: Mutex::new(committed), write: tokio::sync::Mutex::new(()), bytes_max, term })
+    }
+
+    /// The leadership term this store writes under.
+    pub fn term(&self) -> u64 {
+        self.term
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<OffsetKey, Committed>> {
@@ -117,7 +128,7 @@ impl OffsetStore {
             builder.push(&encode(key, value, now_ms));
         }
         let batch = builder.build().map_err(|e| BrokerError::new(ErrorCode::Internal, e.to_string()))?;
-        self.partition.append(batch, Acks::All).await?;
+        self.partition.append_in_term(batch, self.term).await?;
         self.lock().extend(entries);
         self.maybe_snapshot(now_ms).await
     }
@@ -137,7 +148,7 @@ impl OffsetStore {
                 builder.push(&encode(key, value, now_ms));
             }
             let batch = builder.build().map_err(|e| BrokerError::new(ErrorCode::Internal, e.to_string()))?;
-            self.partition.append(batch, Acks::All).await?;
+            self.partition.append_in_term(batch, self.term).await?;
         }
         // The segments before the rewrite go once Raft has purged them.
         self.partition.delete_before(start).await?;
@@ -159,7 +170,7 @@ impl OffsetStore {
             builder.push(&Record { timestamp_ms: now_ms, key: Some(key), ..Record::default() });
         }
         let batch = builder.build().map_err(|e| BrokerError::new(ErrorCode::Internal, e.to_string()))?;
-        self.partition.append(batch, Acks::All).await?;
+        self.partition.append_in_term(batch, self.term).await?;
         let mut committed = self.lock();
         for key in &doomed {
             committed.remove(key);

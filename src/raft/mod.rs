@@ -546,6 +546,22 @@ impl Replica {
         }
     }
 
+    /// Proposes a batch (acks=all) only while this replica leads in `term`;
+    /// succeeds only if it was committed as an entry of `term`.
+    pub async fn propose_in_term(&self, batch: Batch, term: u64) -> Result<Applied, ProposeError> {
+        if !self.is_leader() || self.term() != term {
+            return Err(self.not_leader(self.leader()));
+        }
+        let written = self.raft.client_write(Proposal::new(batch)).await.map_err(|e| self.write_error(e))?;
+        if written.log_id.leader_id.term != term {
+            return Err(self.unavailable(format!(
+                "leadership changed while writing: the batch landed in term {}, not {term}",
+                written.log_id.leader_id.term
+            )));
+        }
+        Ok(written.data)
+    }
+
     async fn propose_plain(&self, batch: Batch, acks: Acks) -> Result<Option<Applied>, ProposeError> {
         match acks {
             Acks::All => {
