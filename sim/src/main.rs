@@ -93,8 +93,10 @@ mod runner {
         std::process::exit(if ok { 0 } else { 1 });
     }
 
+    /// The command that replays `seed` with this very build.
     fn replay_command(seed: u64, secs: u64) -> String {
-        format!("RUSTFLAGS=\"--cfg madsim\" cargo run --release -p weir-sim -- run --seed {seed} --secs {secs}")
+        let profile = if cfg!(debug_assertions) { "WEIR_SIM_PROFILE=debug " } else { "" };
+        format!("{profile}sim/run run --seed {seed} --secs {secs}")
     }
 
     /// Runs one seed in this process. Prints the seed first and, last, one
