@@ -35,9 +35,9 @@ mod runner {
     use weir_sim::history::{fingerprint, to_edn};
     use weir_sim::plan::Plan;
 
-    const USAGE: &str = "usage: weir-sim run --seed N [--secs S] [--history FILE]\n       \
-                         weir-sim sweep --seeds A..B [--jobs J] [--secs S] [--out DIR]\n       \
-                         weir-sim determinism --seed N [--secs S]";
+    const USAGE: &str = "usage: weir-sim run --seed N [--secs S] [--brokers B] [--history FILE]\n       \
+                         weir-sim sweep --seeds A..B [--jobs J] [--secs S] [--brokers B] [--minutes M] [--out DIR]\n       \
+                         weir-sim determinism --seed N [--secs S] [--brokers B]";
 
     struct Args {
         command: String,
@@ -45,6 +45,9 @@ mod runner {
         seeds: std::ops::Range<u64>,
         secs: u64,
         jobs: usize,
+        brokers: Option<u64>,
+        /// A sweep starts no seed after this many minutes.
+        minutes: Option<u64>,
         history: Option<PathBuf>,
         out: PathBuf,
     }
@@ -52,8 +55,17 @@ mod runner {
     fn parse() -> Result<Args, String> {
         let mut raw = std::env::args().skip(1);
         let command = raw.next().ok_or("no command")?;
-        let mut args =
-            Args { command, seed: 0, seeds: 0..0, secs: 60, jobs: 2, history: None, out: PathBuf::from("target/sim") };
+        let mut args = Args {
+            command,
+            seed: 0,
+            seeds: 0..0,
+            secs: 60,
+            jobs: 2,
+            brokers: None,
+            minutes: None,
+            history: None,
+            out: PathBuf::from("target/sim"),
+        };
         while let Some(flag) = raw.next() {
             let value = raw.next().ok_or(format!("{flag} needs a value"))?;
             let number = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag} {v}: {e}"));
@@ -61,6 +73,8 @@ mod runner {
                 "--seed" => args.seed = number(&value)?,
                 "--secs" => args.secs = number(&value)?,
                 "--jobs" => args.jobs = number(&value)?.max(1) as usize,
+                "--brokers" => args.brokers = Some(number(&value)?),
+                "--minutes" => args.minutes = Some(number(&value)?),
                 "--history" => args.history = Some(PathBuf::from(value)),
                 "--out" => args.out = PathBuf::from(value),
                 "--seeds" => {
@@ -94,9 +108,10 @@ mod runner {
     }
 
     /// The command that replays `seed` with this very build.
-    fn replay_command(seed: u64, secs: u64) -> String {
+    fn replay_command(seed: u64, args: &Args) -> String {
         let profile = if cfg!(debug_assertions) { "WEIR_SIM_PROFILE=debug " } else { "" };
-        format!("{profile}sim/run run --seed {seed} --secs {secs}")
+        let brokers = args.brokers.map(|b| format!(" --brokers {b}")).unwrap_or_default();
+        format!("{profile}sim/run run --seed {seed} --secs {}{brokers}", args.secs)
     }
 
     /// Runs one seed in this process. Prints the seed first and, last, one
@@ -107,7 +122,7 @@ mod runner {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
             .try_init();
-        let plan = Plan::from_seed(seed, Duration::from_secs(args.secs));
+        let plan = Plan::with_brokers(seed, Duration::from_secs(args.secs), args.brokers);
         println!(
             "plan: {} brokers, {} partitions, {} producers, {} members, {} faults",
             plan.brokers,
@@ -145,7 +160,7 @@ mod runner {
                     }
                 }
                 if !valid {
-                    println!("replay: {}", replay_command(seed, args.secs));
+                    println!("replay: {}", replay_command(seed, args));
                 }
                 println!(
                     "RESULT seed={seed} valid={valid} ops={} acknowledged={} faults={} anomalies={} \
@@ -158,17 +173,20 @@ mod runner {
                 valid
             }
             Err(_) => {
-                println!("replay: {}", replay_command(seed, args.secs));
+                println!("replay: {}", replay_command(seed, args));
                 println!("RESULT seed={seed} valid=false panicked=true wall={wall:.1}s");
                 false
             }
         }
     }
 
-    fn child(seed: u64, secs: u64, history: Option<&PathBuf>) -> std::io::Result<Child> {
+    fn child(seed: u64, args: &Args, history: Option<&PathBuf>) -> std::io::Result<Child> {
         let exe = std::env::current_exe()?;
         let mut command = Command::new(exe);
-        command.args(["run", "--seed", &seed.to_string(), "--secs", &secs.to_string()]);
+        command.args(["run", "--seed", &seed.to_string(), "--secs", &args.secs.to_string()]);
+        if let Some(brokers) = args.brokers {
+            command.args(["--brokers", &brokers.to_string()]);
+        }
         if let Some(path) = history {
             command.arg("--history").arg(path);
         }
@@ -201,10 +219,12 @@ mod runner {
         let (mut done, mut failed) = (0u64, Vec::new());
         let mut wall_sum = 0.0;
         loop {
-            while running.len() < args.jobs {
+            let out_of_time =
+                args.minutes.is_some_and(|m| started.elapsed() >= Duration::from_secs(m.saturating_mul(60)));
+            while running.len() < args.jobs && !out_of_time {
                 let Some(seed) = pending.next() else { break };
                 let history = args.out.join(format!("seed-{seed}.edn"));
-                match child(seed, args.secs, Some(&history)) {
+                match child(seed, args, Some(&history)) {
                     Ok(process) => running.push((seed, process)),
                     Err(error) => {
                         eprintln!("weir-sim: cannot start seed {seed}: {error}");
@@ -242,7 +262,7 @@ mod runner {
                             log.display(),
                             args.out.join(format!("seed-{seed}.edn")).display()
                         );
-                        println!("  replay: {}", replay_command(seed, args.secs));
+                        println!("  replay: {}", replay_command(seed, args));
                     }
                     let minutes = started.elapsed().as_secs_f64() / 60.0;
                     print!(
@@ -259,6 +279,9 @@ mod runner {
         }
         let minutes = started.elapsed().as_secs_f64() / 60.0;
         println!();
+        if !pending.is_empty() {
+            println!("time is up: seeds {}..{} not started", pending.start, pending.end);
+        }
         println!(
             "summary: {done} seeds in {minutes:.1} min ({:.1} seeds/min, {:.1} s per seed per job), {} failed{}",
             done as f64 / minutes.max(1e-9),
@@ -274,7 +297,7 @@ mod runner {
     fn determinism(args: &Args) -> bool {
         let mut hashes = Vec::new();
         for _ in 0..2 {
-            let output = match child(args.seed, args.secs, None).and_then(|c| c.wait_with_output()) {
+            let output = match child(args.seed, args, None).and_then(|c| c.wait_with_output()) {
                 Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
                 Err(error) => {
                     eprintln!("weir-sim: cannot run seed {}: {error}", args.seed);

@@ -54,8 +54,15 @@ pub struct Plan {
 
 impl Plan {
     pub fn from_seed(seed: u64, safety: Duration) -> Self {
+        Self::with_brokers(seed, safety, None)
+    }
+
+    /// The plan of `seed`, with `brokers` brokers if given (the rest still
+    /// comes from the seed).
+    pub fn with_brokers(seed: u64, safety: Duration, brokers: Option<u64>) -> Self {
         let mut rng = SeededRng::new(seed ^ 0x5EED_F00D);
-        let brokers = 3 + rng.below(3);
+        let drawn = 3 + rng.below(3);
+        let brokers = brokers.unwrap_or(drawn).max(3);
         let partitions = 1 + rng.below(6) as u32;
         let replication = 3;
         let producers = 2 + rng.below(3);
@@ -118,6 +125,14 @@ mod tests {
         assert!((3..=5).contains(&a.brokers) && (1..=6).contains(&a.partitions));
         assert!(!a.steps.is_empty());
         assert!(a.steps.windows(2).all(|w| w[0].at + w[0].lasting < w[1].at), "one fault at a time");
+        let three = Plan::with_brokers(7, Duration::from_secs(60), Some(3));
+        assert_eq!((three.brokers, three.partitions), (3, a.partitions));
+        assert!(three.steps.iter().all(|s| match &s.fault {
+            Fault::KillRestart { broker, .. } | Fault::Isolate { broker } | Fault::Pause { broker } => *broker <= 3,
+            Fault::CutLink { a, b } => *a <= 3 && *b <= 3,
+            Fault::Move { replicas, .. } => replicas.iter().all(|b| *b <= 3),
+            _ => true,
+        }));
         let plans: Vec<Plan> = (0..20).map(|s| Plan::from_seed(s, Duration::from_secs(60))).collect();
         assert!(plans.iter().any(|p| p.brokers != plans[0].brokers || p.partitions != plans[0].partitions));
         for plan in &plans {
