@@ -21,6 +21,7 @@ use weir::broker::error::ErrorCode;
 use weir::client::{Client, Producer, ProducerConfig};
 use weir::proto;
 
+use weir_sim::cluster::read_partition;
 use weir_sim::etcd;
 
 use harness::{Cluster, LogDir};
@@ -412,23 +413,6 @@ fn start_producer(
         }
         acknowledged
     })
-}
-
-/// Every message of a partition below its high watermark: (offset, value).
-async fn read_partition(client: &Client, topic: &str, partition: u32) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let fetched = client.fetch(topic, partition, offset, 1 << 20, Duration::ZERO).await.expect("fetch");
-        for record in &fetched.records {
-            out.push((record.offset, String::from_utf8(record.value.clone().unwrap_or_default()).unwrap()));
-        }
-        if fetched.next_offset >= fetched.high_watermark {
-            return out;
-        }
-        assert!(fetched.next_offset > offset, "a fetch below the high watermark moves on: {offset}");
-        offset = fetched.next_offset;
-    }
 }
 
 /// Every acknowledged write is stored at its offset (no lost write); no

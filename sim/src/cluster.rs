@@ -331,6 +331,7 @@ pub async fn read_partition(client: &Client, topic: &str, partition: u32) -> Vec
         if fetched.next_offset >= fetched.high_watermark {
             return out;
         }
+        assert!(fetched.next_offset > offset, "a fetch below the high watermark moves on: {offset}");
         offset = fetched.next_offset;
     }
 }

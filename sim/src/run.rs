@@ -188,13 +188,7 @@ async fn consume(bootstrap: String, group: &'static str, process: u64, history: 
             Ok(records) => {
                 let mut by_partition: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
                 for consumed in records {
-                    let value = consumed
-                        .record
-                        .value
-                        .as_deref()
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(u64::MAX);
+                    let value = value_of(&consumed.record);
                     by_partition.entry(consumed.partition).or_default().push((consumed.record.offset, value));
                 }
                 let read_any = !by_partition.is_empty();
@@ -227,6 +221,12 @@ async fn consume(bootstrap: String, group: &'static str, process: u64, history: 
     }
 }
 
+/// The integer a producer sent in `record` (`u64::MAX` for anything else,
+/// which no producer sends, so the checkers see it as foreign).
+fn value_of(record: &proto::Record) -> u64 {
+    record.value.as_deref().and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
 fn note_assignment(
     member: &GroupConsumer,
     group: &str,
@@ -256,15 +256,7 @@ async fn read_all(bootstrap: String, partitions: u32) -> BTreeMap<u32, Vec<(u64,
         loop {
             match client.fetch(TOPIC, partition, offset, 1 << 20, Duration::ZERO).await {
                 Ok(fetched) => {
-                    for record in &fetched.records {
-                        let value = record
-                            .value
-                            .as_deref()
-                            .and_then(|v| std::str::from_utf8(v).ok())
-                            .and_then(|v| v.parse::<u64>().ok())
-                            .unwrap_or(u64::MAX);
-                        records.push((record.offset, value));
-                    }
+                    records.extend(fetched.records.iter().map(|record| (record.offset, value_of(record))));
                     if fetched.next_offset >= fetched.high_watermark {
                         break;
                     }

@@ -156,9 +156,7 @@ impl GroupCoordinator {
         group.members.retain(|id, _| rebalance.joined.contains(id));
         let subscriptions: BTreeMap<String, BTreeSet<String>> =
             group.members.iter().map(|(id, m)| (id.clone(), m.topics.clone())).collect();
-        let topics: BTreeSet<&String> = subscriptions.values().flatten().collect();
-        let counts: BTreeMap<String, u32> =
-            topics.into_iter().filter_map(|topic| Some((topic.clone(), self.broker.partition_count(topic)?))).collect();
+        let counts = self.partition_counts(group);
         group.assignment = group.assignor.assign(&subscriptions, &counts, &group.assignment);
         group.counts = counts;
         group.generation += 1;
@@ -326,10 +324,14 @@ impl GroupCoordinator {
     /// partition count since the group's assignment was made (a group
     /// formed before its topic existed owned nothing until it changed).
     fn counts_changed(&self, group: &Group) -> bool {
+        self.partition_counts(group) != group.counts
+    }
+
+    /// The partition counts of the topics the group's members subscribe to
+    /// (topics that do not exist are left out).
+    fn partition_counts(&self, group: &Group) -> BTreeMap<String, u32> {
         let topics: BTreeSet<&String> = group.members.values().flat_map(|m| m.topics.iter()).collect();
-        let now: BTreeMap<String, u32> =
-            topics.into_iter().filter_map(|topic| Some((topic.clone(), self.broker.partition_count(topic)?))).collect();
-        now != group.counts
+        topics.into_iter().filter_map(|topic| Some((topic.clone(), self.broker.partition_count(topic)?))).collect()
     }
 
     /// Runs [`GroupCoordinator::tick`] until the coordinator is dropped.

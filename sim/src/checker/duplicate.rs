@@ -11,17 +11,8 @@ use super::{Anomaly, Input};
 
 pub fn check(input: &Input) -> Vec<Anomaly> {
     let mut offsets: BTreeMap<(u32, u64), BTreeSet<u64>> = BTreeMap::new();
-    for (partition, log) in &input.final_log {
-        for (offset, value) in log {
-            offsets.entry((*partition, *value)).or_default().insert(*offset);
-        }
-    }
-    for (_, _, polled) in input.polls() {
-        for (partition, records) in polled {
-            for (offset, value) in records {
-                offsets.entry((*partition, *value)).or_default().insert(*offset);
-            }
-        }
+    for (partition, offset, value) in input.reads() {
+        offsets.entry((partition, value)).or_default().insert(offset);
     }
     offsets
         .into_iter()

@@ -10,20 +10,9 @@ use super::{Anomaly, Input};
 
 pub fn check(input: &Input) -> Vec<Anomaly> {
     let mut values: BTreeMap<(u32, u64), BTreeSet<u64>> = BTreeMap::new();
-    for (partition, log) in &input.final_log {
-        for (offset, value) in log {
-            values.entry((*partition, *offset)).or_default().insert(*value);
-        }
-    }
-    for (_, partition, offset, value) in input.acknowledged() {
+    let acknowledged = input.acknowledged().into_iter().map(|(_, partition, offset, value)| (partition, offset, value));
+    for (partition, offset, value) in input.reads().into_iter().chain(acknowledged) {
         values.entry((partition, offset)).or_default().insert(value);
-    }
-    for (_, _, polled) in input.polls() {
-        for (partition, records) in polled {
-            for (offset, value) in records {
-                values.entry((*partition, *offset)).or_default().insert(*value);
-            }
-        }
     }
     values
         .into_iter()

@@ -60,6 +60,16 @@ impl Input {
             .collect()
     }
 
+    /// Every (partition, offset, value) read: the final log's and every
+    /// successful poll's.
+    pub fn reads(&self) -> Vec<(u32, u64, u64)> {
+        let logged = self.final_log.iter().flat_map(|(p, log)| log.iter().map(move |(o, v)| (*p, *o, *v)));
+        let polled = self.polls().into_iter().flat_map(|(_, _, polled)| {
+            polled.iter().flat_map(|(p, records)| records.iter().map(move |(o, v)| (*p, *o, *v)))
+        });
+        logged.chain(polled).collect()
+    }
+
     /// Successful polls: (process, completion index, what they returned).
     pub fn polls(&self) -> Vec<(u64, usize, &Polled)> {
         self.ops
