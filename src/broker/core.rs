@@ -47,6 +47,9 @@ const HAND_OVER_EVERY: Duration = Duration::from_secs(10);
 /// How long a new replica may take to catch up before a change of voters
 /// gives up (and is tried again).
 const MEMBER_CATCH_UP: Duration = Duration::from_secs(30);
+/// How long a leader waits for every voter to hold a membership change
+/// before it confirms the change (and retries later if they do not).
+const MEMBERSHIP_LEARNED: Duration = Duration::from_secs(10);
 
 /// A topic as this broker knows it: its record, and the partitions it
 /// holds a replica of.
@@ -373,6 +376,12 @@ impl Broker {
                     replica.change_voters(&addresses, MEMBER_CATCH_UP).await
                 } else {
                     Ok(())
+                };
+                // Confirming lets removed brokers delete their replicas:
+                // first every voter must be past the old configuration.
+                let changed = match changed {
+                    Ok(()) => replica.wait_voters_learned_membership(MEMBERSHIP_LEARNED).await,
+                    Err(error) => Err(error),
                 };
                 match changed {
                     Ok(()) => {

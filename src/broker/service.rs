@@ -296,6 +296,7 @@ impl groups_server::Groups for BrokerService {
     ) -> Result<Response<proto::FetchOffsetsResponse>, Status> {
         with_groups!(self, |g| g
             .fetch_offsets(request.get_ref())
+            .await
             .map(|offsets| proto::FetchOffsetsResponse { offsets }))
     }
 

@@ -433,8 +433,17 @@ impl GroupCoordinator {
         self.offsets.forget_topic(topic, self.clock.now_ms()).await
     }
 
-    pub fn fetch_offsets(&self, request: &proto::FetchOffsetsRequest) -> BrokerResult<Vec<proto::PartitionOffset>> {
+    /// The group's committed offsets, once every commit in flight has
+    /// landed or failed: a member that joined a new generation must not read
+    /// an offset that an old generation's commit, fenced before the
+    /// rebalance but still being written, is about to replace (as Kafka's
+    /// `require_stable` offset fetch waits for pending commits).
+    pub async fn fetch_offsets(
+        &self,
+        request: &proto::FetchOffsetsRequest,
+    ) -> BrokerResult<Vec<proto::PartitionOffset>> {
         validate_group(&request.group)?;
+        let _stable = self.offsets.writer().await;
         let committed: Vec<(OffsetKey, Committed)> = if request.partitions.is_empty() {
             self.offsets.of_group(&request.group)
         } else {

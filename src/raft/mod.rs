@@ -336,6 +336,51 @@ impl Replica {
         Ok(())
     }
 
+    /// On the leader: waits until every voter holds the group's latest
+    /// membership entry in its log, so that none can still campaign, or vote,
+    /// under the configuration before it.
+    ///
+    /// Only then may a removed replica's data be deleted. Otherwise a voter
+    /// lagging behind the change could win an election under the old
+    /// configuration with the vote of the removed broker's replica, wiped
+    /// and created afresh by a later move: its empty log refuses no one, so
+    /// a leader without committed entries would be elected (simulator seed
+    /// 98 did exactly this and lost committed entries).
+    pub async fn wait_voters_learned_membership(&self, within: Duration) -> Result<(), String> {
+        let mut metrics = self.raft.metrics();
+        let learned = async {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    if m.state != ServerState::Leader {
+                        return Err(format!("no longer leader of group {}", self.group));
+                    }
+                    let config = m.membership_config.clone();
+                    let goal = config.log_id().map(|id| id.index);
+                    let lagging: Vec<NodeId> = config
+                        .membership()
+                        .voter_ids()
+                        .filter(|&id| id != self.node_id)
+                        .filter(|id| {
+                            let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten());
+                            matched.map(|l| l.index) < goal
+                        })
+                        .collect();
+                    if lagging.is_empty() {
+                        return Ok(());
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(format!("group {} stopped", self.group));
+                }
+            }
+        };
+        match tokio::time::timeout(within, learned).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("voters of group {} did not learn its membership within {within:?}", self.group)),
+        }
+    }
+
     /// On the leader: hands leadership to voter `to` if it has everything
     /// this leader has, by asking it to start an election now. (openraft
     /// 0.9 has no leadership transfer.) The leader, which has led longer
