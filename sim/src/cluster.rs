@@ -152,12 +152,29 @@ mod harness {
         tweak: Tweak,
         etcd: etcd::EtcdServer,
         nodes: Vec<(NodeHandle, SimDisk, std::net::SocketAddr)>,
+        client_nodes: u8,
+        supervised: bool,
     }
 
     impl Cluster {
+        /// A cluster whose broker panics end the simulation (what tests
+        /// want: a panic fails them).
         pub async fn start(name: &str, brokers: u64, tweak: Tweak) -> Self {
+            Self::start_with(name, brokers, tweak, false).await
+        }
+
+        /// A cluster whose brokers restart after a panic, as under a
+        /// supervisor (systemd), so a run goes on and its history shows
+        /// what the panic cost; the caller must count panics itself (a
+        /// panic hook), or they go unnoticed.
+        pub async fn start_supervised(name: &str, brokers: u64, tweak: Tweak) -> Self {
+            Self::start_with(name, brokers, tweak, true).await
+        }
+
+        async fn start_with(name: &str, brokers: u64, tweak: Tweak, supervised: bool) -> Self {
             let etcd = etcd::EtcdServer::start().await;
-            let mut cluster = Self { name: name.to_owned(), tweak, etcd, nodes: Vec::new() };
+            let mut cluster =
+                Self { name: name.to_owned(), tweak, etcd, nodes: Vec::new(), client_nodes: 0, supervised };
             for _ in 0..brokers {
                 cluster.add_node();
             }
@@ -174,10 +191,12 @@ mod harness {
             let mut config = config(id, listen, &self.etcd.endpoint(), &self.name);
             (self.tweak)(&mut config);
             let node_disk = disk.clone();
-            let node = Handle::current()
-                .create_node()
-                .name(format!("broker-{id}"))
-                .ip(listen.ip())
+            let handle = Handle::current();
+            let mut builder = handle.create_node().name(format!("broker-{id}")).ip(listen.ip());
+            if self.supervised {
+                builder = builder.restart_on_panic();
+            }
+            let node = builder
                 .init(move || {
                     let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
                     let config = config.clone();
@@ -248,6 +267,25 @@ mod harness {
             F::Output: Send + 'static,
         {
             self.etcd.spawn(f)
+        }
+
+        /// Starts client code on a node of its own (`client-<n>`, address
+        /// 10.0.4.n), which the simulator can pause and resume as a
+        /// whole: a client process stopped, background tasks and all.
+        pub fn spawn_client_node<F>(&mut self, f: F) -> (madsim::task::NodeId, madsim::task::JoinHandle<F::Output>)
+        where
+            F: Future + Send + 'static,
+            F::Output: Send + 'static,
+        {
+            self.client_nodes += 1;
+            let n = self.client_nodes;
+            let node = Handle::current()
+                .create_node()
+                .name(format!("client-{n}"))
+                .ip(format!("10.0.4.{n}").parse().unwrap())
+                .build();
+            let task = node.spawn(f);
+            (node.id(), task)
         }
 
         pub async fn run<F>(&self, f: F) -> F::Output

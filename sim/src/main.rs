@@ -9,7 +9,12 @@
 //! weir-sim run --seed 7 [--secs 60] [--history FILE]
 //! weir-sim sweep --seeds 0..1000 [--jobs 2] [--secs 60] [--out DIR]
 //! weir-sim determinism --seed 7 [--secs 20]
+//! weir-sim planted [--seeds 0..200] [--secs 60] [--plant NAME]
 //! ```
+//!
+//! `--plant NAME` runs with one of the planted bugs of `weir::sys::planted`
+//! switched on; `planted` hunts each planted bug through the seeds in order
+//! and fails unless every one is caught.
 
 #[cfg(not(madsim))]
 fn main() {
@@ -32,13 +37,17 @@ mod runner {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
+    use weir::sys::planted::{self, Bug};
     use weir_sim::history::{fingerprint, to_edn};
     use weir_sim::plan::Plan;
 
     const USAGE: &str = "usage: weir-sim run --seed N [--secs S] [--brokers B] [--history FILE]\n       \
                          weir-sim sweep --seeds A..B [--jobs J] [--secs S] [--brokers B] [--minutes M] [--out DIR]\n       \
-                         weir-sim determinism --seed N [--secs S] [--brokers B]";
+                         weir-sim determinism --seed N [--secs S] [--brokers B]\n       \
+                         weir-sim planted [--seeds A..B] [--jobs J] [--secs S] [--plant BUG]\n\
+                         run, sweep and determinism also take --plant BUG";
 
+    #[derive(Clone)]
     struct Args {
         command: String,
         seed: u64,
@@ -50,6 +59,8 @@ mod runner {
         minutes: Option<u64>,
         history: Option<PathBuf>,
         out: PathBuf,
+        /// A planted bug switched on in every seed's process.
+        plant: Option<Bug>,
     }
 
     fn parse() -> Result<Args, String> {
@@ -65,6 +76,7 @@ mod runner {
             minutes: None,
             history: None,
             out: PathBuf::from("target/sim"),
+            plant: None,
         };
         while let Some(flag) = raw.next() {
             let value = raw.next().ok_or(format!("{flag} needs a value"))?;
@@ -77,6 +89,11 @@ mod runner {
                 "--minutes" => args.minutes = Some(number(&value)?),
                 "--history" => args.history = Some(PathBuf::from(value)),
                 "--out" => args.out = PathBuf::from(value),
+                "--plant" => {
+                    let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+                    let bug = Bug::parse(&value).ok_or(format!("--plant {value}: one of {}", names.join(", ")))?;
+                    args.plant = Some(bug);
+                }
                 "--seeds" => {
                     let (a, b) = value.split_once("..").ok_or(format!("--seeds {value}: expected A..B"))?;
                     args.seeds = number(a)?..number(b)?;
@@ -99,6 +116,7 @@ mod runner {
             "run" => run_here(&args),
             "sweep" => sweep(&args),
             "determinism" => determinism(&args),
+            "planted" => hunt_planted(&args),
             other => {
                 eprintln!("weir-sim: unknown command {other}\n{USAGE}");
                 std::process::exit(2);
@@ -111,7 +129,8 @@ mod runner {
     fn replay_command(seed: u64, args: &Args) -> String {
         let profile = if cfg!(debug_assertions) { "WEIR_SIM_PROFILE=debug " } else { "" };
         let brokers = args.brokers.map(|b| format!(" --brokers {b}")).unwrap_or_default();
-        format!("{profile}sim/run run --seed {seed} --secs {}{brokers}", args.secs)
+        let plant = args.plant.map(|b| format!(" --plant {b}")).unwrap_or_default();
+        format!("{profile}sim/run run --seed {seed} --secs {}{brokers}{plant}", args.secs)
     }
 
     /// Runs one seed in this process. Prints the seed first and, last, one
@@ -119,18 +138,32 @@ mod runner {
     fn run_here(args: &Args) -> bool {
         let seed = args.seed;
         println!("seed {seed}");
+        if let Some(bug) = args.plant {
+            planted::plant(bug);
+            println!("planted bug: {bug}");
+        }
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
             .try_init();
         let plan = Plan::with_brokers(seed, Duration::from_secs(args.secs), args.brokers);
         println!(
-            "plan: {} brokers, {} partitions, {} producers, {} members, {} faults",
+            "plan: {} brokers, {} partitions, {} producers, {} members, {} faults, {} member stalls",
             plan.brokers,
             plan.partitions,
             plan.producers,
             plan.members,
-            plan.steps.len()
+            plan.steps.len(),
+            plan.stalls.len()
         );
+        // Every panic, a supervised broker's included (it restarts and the
+        // run goes on), is reported as an anomaly.
+        let panics = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = panics.clone();
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push(info.to_string());
+            default_hook(info);
+        }));
         // Simulated time: the phases, plus room for startup and the final read.
         let limit = plan.safety + plan.liveness + Duration::from_secs(240);
         let started = Instant::now();
@@ -146,7 +179,12 @@ mod runner {
         .join();
         let wall = started.elapsed().as_secs_f64();
         match outcome {
-            Ok(outcome) => {
+            Ok(mut outcome) => {
+                for panic in panics.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    outcome
+                        .anomalies
+                        .push(weir_sim::checker::Anomaly { kind: "panic", detail: panic.replace('\n', " ") });
+                }
                 let hash = fingerprint(&outcome.ops);
                 let valid = outcome.anomalies.is_empty();
                 for anomaly in &outcome.anomalies {
@@ -186,6 +224,9 @@ mod runner {
         command.args(["run", "--seed", &seed.to_string(), "--secs", &args.secs.to_string()]);
         if let Some(brokers) = args.brokers {
             command.args(["--brokers", &brokers.to_string()]);
+        }
+        if let Some(bug) = args.plant {
+            command.args(["--plant", bug.name()]);
         }
         if let Some(path) = history {
             command.arg("--history").arg(path);
@@ -311,5 +352,88 @@ mod runner {
         let same = hashes[0].is_some() && hashes[0] == hashes[1];
         println!("determinism: seed {} gave {} histories", args.seed, if same { "identical" } else { "DIFFERENT" });
         same
+    }
+
+    /// Hunts each planted bug (or the one `--plant` names) through the seeds
+    /// in order; fails unless every one is caught. Prints how many seeds each
+    /// needed and what caught it.
+    fn hunt_planted(args: &Args) -> bool {
+        let seeds = if args.seeds.is_empty() { 0..200 } else { args.seeds.clone() };
+        let bugs: Vec<Bug> = match args.plant {
+            Some(bug) => vec![bug],
+            None => Bug::ALL.to_vec(),
+        };
+        let mut all_caught = true;
+        for bug in bugs {
+            let started = Instant::now();
+            let planted = Args { plant: Some(bug), seeds: seeds.clone(), ..args.clone() };
+            match hunt(&planted) {
+                Some((seed, caught_by)) => println!(
+                    "planted {bug}: caught by seed {seed}, the {} seed tried ({:.0} s): {caught_by}",
+                    ordinal(seed - seeds.start + 1),
+                    started.elapsed().as_secs_f64()
+                ),
+                None => {
+                    all_caught = false;
+                    println!("planted {bug}: NOT CAUGHT in seeds {}..{}", seeds.start, seeds.end);
+                }
+            }
+        }
+        all_caught
+    }
+
+    fn ordinal(n: u64) -> String {
+        let suffix = match (n % 10, n % 100) {
+            (_, 11..=13) => "th",
+            (1, _) => "st",
+            (2, _) => "nd",
+            (3, _) => "rd",
+            _ => "th",
+        };
+        format!("{n}{suffix}")
+    }
+
+    /// Runs `args.seeds` in order, `jobs` at a time, until one fails; then
+    /// lets the seeds before it finish. The lowest failing seed and what
+    /// it reported (its anomalies' kinds, or a panic).
+    fn hunt(args: &Args) -> Option<(u64, String)> {
+        let mut pending = args.seeds.clone();
+        let mut running: Vec<(u64, Child)> = Vec::new();
+        let mut caught: Option<(u64, String)> = None;
+        loop {
+            while running.len() < args.jobs && caught.is_none() {
+                let Some(seed) = pending.next() else { break };
+                match child(seed, args, None) {
+                    Ok(process) => running.push((seed, process)),
+                    Err(error) => eprintln!("weir-sim: cannot start seed {seed}: {error}"),
+                }
+            }
+            if running.is_empty() {
+                return caught;
+            }
+            let (seed, process) = running.remove(0);
+            let stdout =
+                process.wait_with_output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            let line = result_line(&stdout).unwrap_or("");
+            if field(line, "valid") == Some("true") {
+                continue;
+            }
+            let mut kinds: Vec<&str> = stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix("anomaly: "))
+                .filter_map(|a| a.split(':').next())
+                .collect();
+            kinds.dedup();
+            let what = if field(line, "panicked") == Some("true") {
+                "a broker panicked".to_owned()
+            } else if kinds.is_empty() {
+                format!("no result ({line})")
+            } else {
+                kinds.join(", ")
+            };
+            if caught.as_ref().is_none_or(|(s, _)| seed < *s) {
+                caught = Some((seed, what));
+            }
+        }
     }
 }

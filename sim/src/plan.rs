@@ -36,6 +36,17 @@ pub struct Step {
     pub lasting: Duration,
 }
 
+/// A member of the first group stopped whole (SIGSTOP: its heartbeats
+/// too) for longer than its session, then resumed: a zombie that still
+/// believes in its generation and commits under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    /// Which member of `g1` (0-based).
+    pub member: u64,
+    pub at: Duration,
+    pub lasting: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub seed: u64,
@@ -50,6 +61,8 @@ pub struct Plan {
     /// Simulated time allowed, faults healed, for consumers to catch up.
     pub liveness: Duration,
     pub steps: Vec<Step>,
+    /// Consumer stalls, beside the nemesis's faults.
+    pub stalls: Vec<Stall>,
 }
 
 impl Plan {
@@ -100,6 +113,16 @@ impl Plan {
             steps.push(Step { at, fault, lasting });
             at += lasting + Duration::from_millis(1_000 + rng.below(3_000));
         }
+        // Drawn apart, so the faults above stay what they were for a seed.
+        let mut stall_rng = SeededRng::new(seed ^ 0x57A1_1ED0);
+        let mut stalls = Vec::new();
+        let mut at = Duration::from_millis(3_000 + stall_rng.below(10_000));
+        while at + Duration::from_secs(2) < safety {
+            // Longer than the members' 6 s session.
+            let lasting = Duration::from_millis(7_000 + stall_rng.below(5_000));
+            stalls.push(Stall { member: stall_rng.below(members), at, lasting });
+            at += lasting + Duration::from_millis(5_000 + stall_rng.below(20_000));
+        }
         Self {
             seed,
             brokers,
@@ -110,6 +133,7 @@ impl Plan {
             safety,
             liveness: Duration::from_secs(60),
             steps,
+            stalls,
         }
     }
 }
@@ -133,6 +157,10 @@ mod tests {
             Fault::Move { replicas, .. } => replicas.iter().all(|b| *b <= 3),
             _ => true,
         }));
+        assert!(!a.stalls.is_empty());
+        assert!(a.stalls.iter().all(|s| s.member < a.members && s.lasting > Duration::from_secs(6)));
+        assert!(a.stalls.windows(2).all(|w| w[0].at + w[0].lasting < w[1].at), "one stall at a time");
+        assert_eq!(three.steps.len(), a.steps.len(), "the cluster size does not move the schedule");
         let plans: Vec<Plan> = (0..20).map(|s| Plan::from_seed(s, Duration::from_secs(60))).collect();
         assert!(plans.iter().any(|p| p.brokers != plans[0].brokers || p.partitions != plans[0].partitions));
         for plan in &plans {

@@ -37,7 +37,9 @@ pub struct Outcome {
 }
 
 pub async fn run(plan: Plan) -> Outcome {
-    let mut cluster = Cluster::start("sim", plan.brokers, |_| {}).await;
+    // A broker that panics restarts and the run goes on; the runner's panic
+    // hook reports every panic as an anomaly.
+    let mut cluster = Cluster::start_supervised("sim", plan.brokers, |_| {}).await;
     let bootstrap = cluster.addresses().join(",");
     let history = History::new();
 
@@ -59,21 +61,38 @@ pub async fn run(plan: Plan) -> Outcome {
         producers.push(cluster.spawn_client(task));
     }
     let mut consumers = Vec::new();
+    let mut member_nodes = Vec::new();
     for m in 0..plan.members {
         let task = consume(bootstrap.clone(), GROUP, 100 + m, history.clone(), stop_consuming.clone());
-        consumers.push(cluster.spawn_client(task));
+        let (node, task) = cluster.spawn_client_node(task);
+        member_nodes.push(node);
+        consumers.push(task);
     }
     let task = consume(bootstrap.clone(), OTHER_GROUP, 200, history.clone(), stop_consuming.clone());
     consumers.push(cluster.spawn_client(task));
 
-    // Safety: the plan's faults, one at a time, each healed before the next.
+    // Safety: the plan's faults, one at a time, each healed before the next;
+    // beside them, members stalled one at a time.
     let start = tokio::time::Instant::now();
+    let stalls = plan.stalls.clone();
+    let stalling = tokio::spawn(async move {
+        for stall in stalls {
+            tokio::time::sleep_until(start + stall.at).await;
+            let node = member_nodes[stall.member as usize];
+            tracing::info!(member = stall.member, lasting = ?stall.lasting, "stalling a member");
+            madsim::runtime::Handle::current().pause(node);
+            tokio::time::sleep(stall.lasting).await;
+            madsim::runtime::Handle::current().resume(node);
+        }
+    });
     for step in &plan.steps {
         tokio::time::sleep_until(start + step.at).await;
         tracing::info!(fault = ?step.fault, lasting = ?step.lasting, "nemesis");
         inject(&mut cluster, &bootstrap, &step.fault, step.lasting).await;
     }
     tokio::time::sleep_until(start + plan.safety).await;
+    // The last stall ends before the liveness phase.
+    let _ = stalling.await;
     stop_producing.store(true, Ordering::Relaxed);
     // A send still retrying when the phase ends stays unknown (`:info`).
     for producer in producers {
@@ -108,7 +127,12 @@ pub async fn run(plan: Plan) -> Outcome {
     let final_log = cluster.run(read_all(address, plan.partitions)).await;
     let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()) };
     let anomalies = checker::check(&input);
-    Outcome { acknowledged: acknowledged.len(), anomalies, ops: input.ops, faults: plan.steps.len() }
+    Outcome {
+        acknowledged: acknowledged.len(),
+        anomalies,
+        ops: input.ops,
+        faults: plan.steps.len() + plan.stalls.len(),
+    }
 }
 
 fn polled_by(ops: &[Op], processes: &[u64]) -> std::collections::BTreeSet<(u32, u64)> {

@@ -15,6 +15,7 @@ use crate::log::{Batch, LogConfig, LogError, PartitionLog};
 use crate::proto::PartitionDescription;
 use crate::raft::log_store::lock_log;
 use crate::raft::{Acks, Applied, GroupId, Replica, ReplicaEnv};
+use crate::sys::planted::{self, Bug};
 
 /// How long a read waits for a new leader to apply its log.
 const READABLE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -144,6 +145,10 @@ impl Partition {
     pub fn read(&self, offset: u64, max_bytes: usize) -> BrokerResult<(Vec<Batch>, Bounds)> {
         let high_watermark = self.high_watermark();
         self.with_log(|log| {
+            let high_watermark = match planted::on(Bug::UncommittedReads) {
+                true => log.log_end_offset(),
+                false => high_watermark,
+            };
             let batches = log.read(offset, max_bytes, high_watermark)?;
             let bounds = Bounds {
                 log_start_offset: log.log_start_offset(),

@@ -22,6 +22,7 @@ use crate::broker::error::{BrokerError, BrokerResult, ErrorCode};
 use crate::broker::Broker;
 use crate::proto;
 use crate::sys::clock::Clock;
+use crate::sys::planted::{self, Bug};
 use crate::sys::rng::random_u64;
 
 pub const SESSION_TIMEOUT_MS_MIN: u32 = 100;
@@ -358,6 +359,12 @@ impl GroupCoordinator {
                     ))
                 }
                 (false, None) => return Err(unknown_group(&request.group)),
+                // Planted bug: no fence, so a stale member's commit is taken
+                // whatever its generation and whatever it owned then.
+                (false, Some(group))
+                    if planted::on(Bug::StaleGenerationCommits)
+                        && (request.generation != group.generation
+                            || !group.members.contains_key(&request.member_id)) => {}
                 (false, Some(group)) => {
                     group.member(&request.member_id)?;
                     if request.generation != group.generation {

@@ -241,6 +241,11 @@ impl LogStore {
         }
     }
 
+    /// The index of the last entry in the log.
+    pub fn last_index(&self) -> Option<u64> {
+        self.index().last_log_id().map(|id| id.index)
+    }
+
     /// The last purged entry: everything up to it is gone from the log.
     pub fn last_purged(&self) -> Option<LogId> {
         self.index().hard.purged

@@ -38,6 +38,7 @@ use crate::log::batch::BATCH_BYTES_MAX;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server;
 use crate::proto::{RaftBatch, RaftBatchItem, RaftBatchReply, RaftGroup, RaftKind, RaftMessage, RaftReply};
+use crate::sys::planted::{self, Bug};
 
 /// A Raft message carries at most this many bytes of entries plus framing;
 /// a batch of messages at most this many bytes in all (one message larger
@@ -137,7 +138,11 @@ impl RaftService {
         let payload = &message.payload;
         let reply = match RaftKind::try_from(message.kind) {
             Ok(RaftKind::RaftVote) => {
-                let rpc: VoteRequest<NodeId> = decode(payload).map_err(|e| bad_request("vote request", e))?;
+                let mut rpc: VoteRequest<NodeId> = decode(payload).map_err(|e| bad_request("vote request", e))?;
+                if planted::on(Bug::TruncateCommittedOnLeaderChange) {
+                    // Every candidate's log looks up to date.
+                    rpc.last_log_id = Some(super::log_store::log_id(rpc.vote.leader_id.term, u64::MAX));
+                }
                 encode(&raft.vote(rpc).await)
             }
             Ok(RaftKind::RaftAppendEntries) => {

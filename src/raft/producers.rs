@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::log::BatchHeader;
+use crate::sys::planted::{self, Bug};
 
 /// Batches per producer whose offsets are kept to answer retries with.
 pub const RECENT_BATCHES: usize = 5;
@@ -96,6 +97,10 @@ impl ProducerTable {
                     return Verdict::Duplicate(*written);
                 }
             }
+        }
+        if entry.is_none() && planted::on(Bug::ForgetProducersOnRestart) {
+            // The forgetful table takes a producer it does not know for new.
+            return Verdict::Append;
         }
         let same_epoch = entry.is_some_and(|e| e.epoch == epoch);
         let expected = match after {

@@ -22,6 +22,7 @@ use super::producers::ProducerTable;
 use super::state_file;
 use super::types::{offsets_taken, Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::sys::disk::Disk;
+use crate::sys::planted::{self, Bug};
 use crate::sys::task::blocking;
 
 const SNAPSHOT_FILE: &str = "raft-snapshot";
@@ -50,6 +51,9 @@ struct Applying {
     producers: ProducerTable,
     snapshot: Option<StoredSnapshot>,
     snapshots_built: u64,
+    /// Planted bug [`Bug::ForgetProducersOnRestart`]: entries up to this
+    /// index were in the log when the replica opened, and are not counted.
+    forgotten_through: Option<u64>,
 }
 
 struct Shared {
@@ -86,7 +90,9 @@ impl StateMachine {
             applying.last_applied = snapshot.meta.last_log_id;
             applying.membership = snapshot.meta.last_membership.clone();
             applying.next_offset = snapshot.state.next_offset;
-            applying.producers = snapshot.state.producers.clone();
+            if !planted::on(Bug::ForgetProducersOnRestart) {
+                applying.producers = snapshot.state.producers.clone();
+            }
             // The log holds the snapshot's last entry, or has purged up to
             // it (a completed install, or a purge after a snapshot). If
             // neither, a crash cut an install short (the snapshot is saved
@@ -99,6 +105,9 @@ impl StateMachine {
             }
         }
         applying.snapshot = snapshot;
+        if planted::on(Bug::ForgetProducersOnRestart) {
+            applying.forgotten_through = log.last_index();
+        }
         let high_watermark = watch::channel(applying.next_offset).0;
         let shared = Shared { dir: dir.to_path_buf(), disk, log, state: Mutex::new(applying), high_watermark };
         Ok(Self { shared: Arc::new(shared) })
@@ -190,7 +199,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             state.next_offset = base_offset + offsets_taken(&entry.payload);
             if let EntryPayload::Normal(proposal) = &entry.payload {
-                state.producers.apply(proposal.batch.header(), base_offset);
+                if state.forgotten_through.is_none_or(|through| entry.log_id.index > through) {
+                    state.producers.apply(proposal.batch.header(), base_offset);
+                }
             }
             if let EntryPayload::Membership(membership) = &entry.payload {
                 state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());

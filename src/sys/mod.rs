@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod disk;
 pub mod net;
+pub mod planted;
 pub mod process;
 pub mod raft_runtime;
 pub mod reflection;

@@ -5,6 +5,12 @@
 //! older generation must be refused, KIP-98/KIP-447 fencing), so among the
 //! commits a group's coordinator accepted, each partition's offset never
 //! goes down.
+//!
+//! Commits are ordered in real time, as Jepsen orders operations: one
+//! precedes another if it completed before the other was invoked. Two
+//! commits in flight at once may take effect in either order (an old
+//! generation's commit, accepted before a rebalance, may be acknowledged
+//! after the next generation's first commit), so they are not compared.
 
 use std::collections::BTreeMap;
 
@@ -12,27 +18,56 @@ use crate::history::{pairs, Kind, Value};
 
 use super::{Anomaly, Input};
 
+/// An accepted commit of one partition: where it was invoked and completed
+/// in the history, its offset and generation.
+struct Accepted {
+    invoked: usize,
+    completed: usize,
+    offset: u64,
+    generation: u64,
+}
+
 pub fn check(input: &Input) -> Vec<Anomaly> {
-    let mut last: BTreeMap<(String, u32), (u64, u64)> = BTreeMap::new();
-    let mut out = Vec::new();
-    for (_, done) in pairs(&input.ops) {
+    let mut accepted: BTreeMap<(String, u32), Vec<Accepted>> = BTreeMap::new();
+    for (invoke, done) in pairs(&input.ops) {
         if done.kind != Kind::Ok {
             continue;
         }
         let Value::Commit { group, generation, offsets } = &done.value else { continue };
         for (partition, offset) in offsets {
-            if let Some((previous, previous_generation)) = last.get(&(group.clone(), *partition)) {
-                if offset < previous {
-                    out.push(Anomaly {
-                        kind: "commit-backwards",
-                        detail: format!(
-                            "group {group} committed {offset} for partition {partition} in generation {generation} \
-                             after {previous} in generation {previous_generation}"
-                        ),
-                    });
+            accepted.entry((group.clone(), *partition)).or_default().push(Accepted {
+                invoked: invoke.index,
+                completed: done.index,
+                offset: *offset,
+                generation: *generation,
+            });
+        }
+    }
+    let mut out = Vec::new();
+    for ((group, partition), mut commits) in accepted {
+        commits.sort_by_key(|c| c.invoked);
+        // A stack: the next to complete on top.
+        let mut by_completion: Vec<&Accepted> = commits.iter().collect();
+        by_completion.sort_by_key(|c| std::cmp::Reverse(c.completed));
+        // The highest commit completed before each one's invocation.
+        let mut highest: Option<&Accepted> = None;
+        for commit in &commits {
+            while by_completion.last().is_some_and(|c| c.completed < commit.invoked) {
+                let earlier = by_completion.pop().expect("just seen");
+                if highest.is_none_or(|h| earlier.offset > h.offset) {
+                    highest = Some(earlier);
                 }
             }
-            last.insert((group.clone(), *partition), (*offset, *generation));
+            if let Some(before) = highest.filter(|h| commit.offset < h.offset) {
+                out.push(Anomaly {
+                    kind: "commit-backwards",
+                    detail: format!(
+                        "group {group} committed {} for partition {partition} in generation {} \
+                         after {} in generation {} had completed",
+                        commit.offset, commit.generation, before.offset, before.generation
+                    ),
+                });
+            }
         }
     }
     out
@@ -50,5 +85,17 @@ mod tests {
         assert_eq!(check(&s.input(&[])), vec![], "refused commits do not count");
         s.commit(8, 2, 0, 4, Kind::Ok);
         assert_eq!(check(&s.input(&[])).len(), 1);
+    }
+
+    #[test]
+    fn commits_in_flight_together_may_land_in_either_order() {
+        let mut s = Script::new();
+        let old = Value::Commit { group: "g".into(), generation: 1, offsets: BTreeMap::from([(0, 7)]) };
+        s.push(9, Kind::Invoke, old.clone());
+        s.commit(8, 2, 0, 9, Kind::Ok);
+        s.push(9, Kind::Ok, old);
+        assert_eq!(check(&s.input(&[])), vec![], "the old generation's commit overlapped the new one");
+        s.commit(8, 2, 0, 8, Kind::Ok);
+        assert_eq!(check(&s.input(&[])).len(), 1, "but once both completed, a lower commit goes backwards");
     }
 }

@@ -147,7 +147,7 @@ pub(crate) mod tests {
             Self { ops: Vec::new() }
         }
 
-        fn push(&mut self, process: u64, kind: Kind, value: Value) -> &mut Self {
+        pub fn push(&mut self, process: u64, kind: Kind, value: Value) -> &mut Self {
             let index = self.ops.len();
             self.ops.push(Op { index, process, kind, value, time: Duration::from_millis(index as u64) });
             self

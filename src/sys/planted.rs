@@ -1,0 +1,90 @@
+//! Planted bugs: switches, compiled only into the simulator build, that put
+//! a known class of bug into the broker so that the simulator's checkers can
+//! be shown to catch it (a checker that cannot fail is itself a bug).
+//!
+//! `weir-sim run --plant <name>` turns one on for the seed's process; in the
+//! ordinary build [`on`] is the constant `false` and the branches it guards
+//! compile away.
+
+use std::fmt;
+
+/// A class of bug the simulator must catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Bug {
+    /// acks=all answers once the leader has the batch, before a majority
+    /// does (before commit).
+    AckBeforeCommit,
+    /// Flushing the log reports success without syncing the file.
+    SkipFsync,
+    /// Fetches read up to the log end instead of the high watermark.
+    UncommittedReads,
+    /// The idempotent producers' table lives in memory only: a restarted
+    /// replica forgets it, and takes producers it does not know for new.
+    ForgetProducersOnRestart,
+    /// Votes are granted without Raft's election restriction (is the
+    /// candidate's log at least as up to date?), so a lagging replica can
+    /// lead and truncate committed entries on the others.
+    TruncateCommittedOnLeaderChange,
+    /// The group coordinator accepts offset commits from any generation.
+    StaleGenerationCommits,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 6] = [
+        Bug::AckBeforeCommit,
+        Bug::SkipFsync,
+        Bug::UncommittedReads,
+        Bug::ForgetProducersOnRestart,
+        Bug::TruncateCommittedOnLeaderChange,
+        Bug::StaleGenerationCommits,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeCommit => "ack-before-commit",
+            Bug::SkipFsync => "skip-fsync",
+            Bug::UncommittedReads => "uncommitted-reads",
+            Bug::ForgetProducersOnRestart => "forget-producers-on-restart",
+            Bug::TruncateCommittedOnLeaderChange => "truncate-committed-on-leader-change",
+            Bug::StaleGenerationCommits => "stale-generation-commits",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
+
+    #[cfg(madsim)]
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+impl fmt::Display for Bug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(madsim)]
+static PLANTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Turns `bug` on for the rest of this process (a simulator seed runs in a
+/// process of its own).
+#[cfg(madsim)]
+pub fn plant(bug: Bug) {
+    PLANTED.fetch_or(bug.bit(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether `bug` is planted.
+#[cfg(madsim)]
+pub fn on(bug: Bug) -> bool {
+    PLANTED.load(std::sync::atomic::Ordering::Relaxed) & bug.bit() != 0
+}
+
+/// Whether `bug` is planted: never, outside the simulator.
+#[cfg(not(madsim))]
+#[inline(always)]
+pub const fn on(_bug: Bug) -> bool {
+    false
+}
