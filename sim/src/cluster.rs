@@ -241,6 +241,13 @@ mod harness {
             self.etcd.stop().await;
         }
 
+        /// Stops broker `id` for good, its disk left as it is: everything
+        /// it wrote stays readable, synced or not (a process stopped, not a
+        /// machine crashed).
+        pub fn halt(&self, id: u64) {
+            Handle::current().kill(self.node_id(id));
+        }
+
         /// The simulator's node of broker `id` (1-based), for network faults.
         pub fn node_id(&self, id: u64) -> madsim::task::NodeId {
             self.nodes[(id - 1) as usize].0.id()

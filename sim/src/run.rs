@@ -12,9 +12,13 @@ use std::time::Duration;
 use madsim::net::NetSim;
 use weir::client::consumer::{ConsumerConfig, GroupConsumer};
 use weir::client::{Client, Producer, ProducerConfig};
+use weir::log::{LogConfig, PartitionLog};
 use weir::proto;
+use weir::sys::clock::system_clock;
+use weir::sys::disk::Disk;
 use weir::sys::rng::SeededRng;
 
+use crate::checker::replicas::Replica;
 use crate::checker::{self, Anomaly, Input};
 use crate::cluster::Cluster;
 use crate::history::{History, Kind, Op, Value};
@@ -125,7 +129,8 @@ pub async fn run(plan: Plan) -> Outcome {
 
     let address = bootstrap.clone();
     let final_log = cluster.run(read_all(address, plan.partitions)).await;
-    let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()) };
+    let replicas = replicas(&cluster, plan.brokers).await;
+    let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()), replicas };
     let anomalies = checker::check(&input);
     Outcome {
         acknowledged: acknowledged.len(),
@@ -296,6 +301,81 @@ async fn read_all(bootstrap: String, partitions: u32) -> BTreeMap<u32, Vec<(u64,
         out.insert(partition, records);
     }
     out
+}
+
+/// Every replica of the topic: its bounds as its broker describes them,
+/// then, with every broker halted (their disks as they are), its log as
+/// its disk holds it.
+async fn replicas(cluster: &Cluster, brokers: u64) -> Vec<Replica> {
+    let addresses = cluster.addresses();
+    let described = cluster
+        .run(async move {
+            let mut out = Vec::new();
+            for (i, address) in addresses.iter().enumerate() {
+                let broker = i as u64 + 1;
+                let Ok(client) = Client::connect(address).await else { continue };
+                let Ok(topic) = client.describe_topic(TOPIC).await else { continue };
+                out.extend(topic.partitions.iter().filter(|p| p.hosted).map(|p| Replica {
+                    broker,
+                    partition: p.partition,
+                    log_start: p.log_start_offset,
+                    high_watermark: p.high_watermark,
+                    log_end: p.log_end_offset,
+                    records: BTreeMap::new(),
+                }));
+            }
+            out
+        })
+        .await;
+    for broker in 1..=brokers {
+        cluster.halt(broker);
+    }
+    let read: Vec<Replica> = described
+        .into_iter()
+        .map(|mut replica| {
+            replica.records = read_replica(cluster, replica.broker, replica.partition);
+            replica
+        })
+        .collect();
+    tracing::info!(
+        replicas = read.len(),
+        records = read.iter().map(|r| r.records.len()).sum::<usize>(),
+        "replicas read from their disks"
+    );
+    read
+}
+
+/// A replica's log read from its broker's disk: offset → value (empty if
+/// the disk holds no such replica).
+fn read_replica(cluster: &Cluster, broker: u64, partition: u32) -> BTreeMap<u64, u64> {
+    let disk: Arc<dyn Disk> = Arc::new(cluster.disk(broker));
+    let topics = std::path::PathBuf::from(format!("/data/broker-{broker}/topics"));
+    let Some(dir) = disk
+        .list_subdirs(&topics)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|name| name.rsplit_once('-').is_some_and(|(topic, _)| topic == TOPIC))
+    else {
+        return BTreeMap::new();
+    };
+    let dir = topics.join(dir).join(partition.to_string());
+    let Ok(log) = PartitionLog::open(disk, &dir, LogConfig::default(), system_clock()) else {
+        return BTreeMap::new();
+    };
+    let mut records = BTreeMap::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let Ok(batches) = log.read(offset, 1 << 20, u64::MAX) else { break };
+        let Some(last) = batches.last() else { break };
+        offset = last.next_offset();
+        for batch in &batches {
+            for record in batch.records().flatten() {
+                let value = record.value.as_deref().and_then(|v| std::str::from_utf8(v).ok());
+                records.insert(record.offset, value.and_then(|v| v.parse().ok()).unwrap_or(u64::MAX));
+            }
+        }
+    }
+    records
 }
 
 /// Injects one fault, waits `lasting`, heals it.

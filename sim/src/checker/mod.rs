@@ -14,6 +14,7 @@ pub mod lost_write;
 pub mod nonmonotonic_poll;
 pub mod nonmonotonic_send;
 pub mod poll_skip;
+pub mod replicas;
 pub mod unseen;
 
 /// One thing that should not have happened.
@@ -42,6 +43,8 @@ pub struct Input {
     /// The group whose members must, together, have read every
     /// acknowledged value by the end (`unseen`).
     pub complete_group: Option<String>,
+    /// Every replica of the topic after the run (`replicas`).
+    pub replicas: Vec<replicas::Replica>,
 }
 
 impl Input {
@@ -95,6 +98,7 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
     out.extend(poll_skip::check(input));
     out.extend(group_ownership::check(input));
     out.extend(commits::check(input));
+    out.extend(replicas::check(input));
     out
 }
 
@@ -180,6 +184,7 @@ pub(crate) mod tests {
                 ops: self.ops.clone(),
                 final_log: final_log.iter().map(|(p, log)| (*p, log.to_vec())).collect(),
                 complete_group: None,
+                replicas: Vec::new(),
             }
         }
     }

@@ -1,0 +1,120 @@
+//! Broker invariants, checked on every replica after a run.
+//!
+//! Sources: Raft's Log Matching and State Machine Safety properties
+//! (Ongaro and Ousterhout, "In Search of an Understandable Consensus
+//! Algorithm", 2014, §5.3 and §5.4): entries a replica knows to be committed
+//! are the same on every replica that holds them. Kafka's replica bounds:
+//! log start offset ≤ high watermark ≤ log end offset on every replica (the
+//! high watermark is what a consumer may read; nothing committed may lie
+//! before the log start or past the log end).
+//!
+//! Each replica is described by its broker (log start, high watermark, log
+//! end) and read from its disk once the brokers have stopped. A record
+//! below a replica's own high watermark is one it takes for committed, so
+//! two replicas must agree on every offset below both their high
+//! watermarks, and neither may miss one there.
+
+use std::collections::BTreeMap;
+
+use super::{Anomaly, Input};
+
+/// One replica of one partition after the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replica {
+    pub broker: u64,
+    pub partition: u32,
+    pub log_start: u64,
+    pub high_watermark: u64,
+    pub log_end: u64,
+    /// Its log as its disk holds it: offset → value.
+    pub records: BTreeMap<u64, u64>,
+}
+
+pub fn check(input: &Input) -> Vec<Anomaly> {
+    let mut out = Vec::new();
+    for r in &input.replicas {
+        if !(r.log_start <= r.high_watermark && r.high_watermark <= r.log_end) {
+            out.push(Anomaly {
+                kind: "replica-bounds",
+                detail: format!(
+                    "partition {} on broker {}: log start {}, high watermark {}, log end {}",
+                    r.partition, r.broker, r.log_start, r.high_watermark, r.log_end
+                ),
+            });
+        }
+        if let Some(missing) = (r.log_start..r.high_watermark).find(|o| !r.records.contains_key(o)) {
+            out.push(Anomaly {
+                kind: "replica-hole",
+                detail: format!(
+                    "partition {} on broker {} lacks offset {missing}, below its high watermark {}",
+                    r.partition, r.broker, r.high_watermark
+                ),
+            });
+        }
+    }
+    for (i, a) in input.replicas.iter().enumerate() {
+        for b in input.replicas[i + 1..].iter().filter(|b| b.partition == a.partition) {
+            let committed = a.high_watermark.min(b.high_watermark);
+            let differs = a
+                .records
+                .range(..committed)
+                .find(|(offset, value)| b.records.get(offset).is_some_and(|other| other != *value));
+            if let Some((offset, value)) = differs {
+                out.push(Anomaly {
+                    kind: "replica-divergence",
+                    detail: format!(
+                        "partition {} offset {offset}, committed on both: {value} on broker {}, {} on broker {}",
+                        a.partition, a.broker, b.records[offset], b.broker
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(broker: u64, high_watermark: u64, values: &[u64]) -> Replica {
+        Replica {
+            broker,
+            partition: 0,
+            log_start: 0,
+            high_watermark,
+            log_end: values.len() as u64,
+            records: values.iter().enumerate().map(|(o, v)| (o as u64, *v)).collect(),
+        }
+    }
+
+    fn check_replicas(replicas: Vec<Replica>) -> Vec<&'static str> {
+        check(&Input { replicas, ..Input::default() }).into_iter().map(|a| a.kind).collect()
+    }
+
+    #[test]
+    fn replicas_agree_below_their_high_watermarks_and_may_differ_above() {
+        // Broker 3 lags and holds an old uncommitted entry at offset 2.
+        let ok = vec![replica(1, 3, &[10, 11, 12]), replica(2, 3, &[10, 11, 12, 13]), replica(3, 2, &[10, 11, 99])];
+        assert_eq!(check_replicas(ok), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_committed_entry_that_differs_is_divergence() {
+        let diverged = vec![replica(1, 3, &[10, 11, 12]), replica(2, 3, &[10, 99, 12])];
+        assert_eq!(check_replicas(diverged), vec!["replica-divergence"]);
+    }
+
+    #[test]
+    fn bounds_out_of_order_and_holes_are_caught() {
+        let mut past_end = replica(1, 4, &[10, 11, 12]);
+        past_end.records.remove(&3);
+        assert_eq!(check_replicas(vec![past_end]), vec!["replica-bounds", "replica-hole"]);
+        let mut holed = replica(1, 3, &[10, 11, 12]);
+        holed.records.remove(&1);
+        assert_eq!(check_replicas(vec![holed]), vec!["replica-hole"]);
+        let mut start_past = replica(1, 1, &[10, 11, 12]);
+        start_past.log_start = 2;
+        assert_eq!(check_replicas(vec![start_past]), vec!["replica-bounds"]);
+    }
+}
