@@ -200,8 +200,10 @@ mod runner {
                 if !valid {
                     println!("replay: {}", replay_command(seed, args));
                 }
+                let [(leader_acked, leader_lost), (none_acked, none_lost)] = outcome.weak_losses;
                 println!(
                     "RESULT seed={seed} valid={valid} ops={} acknowledged={} faults={} anomalies={} \
+                     leader_lost={leader_lost}/{leader_acked} none_lost={none_lost}/{none_acked} \
                      hash={hash:016x} wall={wall:.1}s",
                     outcome.ops.len(),
                     outcome.acknowledged,
@@ -259,6 +261,8 @@ mod runner {
         let mut running: Vec<(u64, Child)> = Vec::new();
         let (mut done, mut failed) = (0u64, Vec::new());
         let mut wall_sum = 0.0;
+        // acks=leader and acks=none: (lost, acknowledged) summed over seeds.
+        let mut weak = [(0u64, 0u64); 2];
         loop {
             let out_of_time =
                 args.minutes.is_some_and(|m| started.elapsed() >= Duration::from_secs(m.saturating_mul(60)));
@@ -287,6 +291,15 @@ mod runner {
                     done += 1;
                     wall_sum +=
                         field(&line, "wall").and_then(|w| w.trim_end_matches('s').parse::<f64>().ok()).unwrap_or(0.0);
+                    for (sum, name) in weak.iter_mut().zip(["leader_lost", "none_lost"]) {
+                        let counts = field(&line, name).and_then(|f| f.split_once('/'));
+                        if let Some((lost, acked)) =
+                            counts.and_then(|(l, a)| Some((l.parse::<u64>().ok()?, a.parse::<u64>().ok()?)))
+                        {
+                            sum.0 += lost;
+                            sum.1 += acked;
+                        }
+                    }
                     if field(&line, "valid") == Some("true") {
                         let _ = std::fs::remove_file(args.out.join(format!("seed-{seed}.edn")));
                     } else {
@@ -329,6 +342,10 @@ mod runner {
             wall_sum / (done.max(1) as f64),
             failed.len(),
             if failed.is_empty() { String::new() } else { format!(": {failed:?}") }
+        );
+        println!(
+            "weaker acks (measured, not failures): acks=leader lost {} of {} acknowledged, acks=none lost {} of {} accepted",
+            weak[0].0, weak[0].1, weak[1].0, weak[1].1
         );
         failed.is_empty()
     }

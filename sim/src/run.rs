@@ -14,6 +14,7 @@ use weir::client::consumer::{ConsumerConfig, GroupConsumer};
 use weir::client::{Client, Producer, ProducerConfig};
 use weir::log::{LogConfig, PartitionLog};
 use weir::proto;
+use weir::proto::Acks;
 use weir::sys::clock::system_clock;
 use weir::sys::disk::Disk;
 use weir::sys::rng::SeededRng;
@@ -28,6 +29,9 @@ pub const TOPIC: &str = "jepsen";
 /// The group that must read everything; the second one reads alongside.
 pub const GROUP: &str = "g1";
 const OTHER_GROUP: &str = "g2";
+/// The producers with weaker acks (see [`checker::WEAK_PRODUCERS_FROM`]).
+pub const LEADER_ACKS_PRODUCER: u64 = checker::WEAK_PRODUCERS_FROM;
+pub const NO_ACKS_PRODUCER: u64 = checker::WEAK_PRODUCERS_FROM + 1;
 /// How long a stopped producer or consumer may take to finish.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -38,6 +42,9 @@ pub struct Outcome {
     pub anomalies: Vec<Anomaly>,
     pub acknowledged: usize,
     pub faults: usize,
+    /// The acks=leader and the acks=none producer: (sends acknowledged,
+    /// of those not in the final read).
+    pub weak_losses: [(usize, usize); 2],
 }
 
 pub async fn run(plan: Plan) -> Outcome {
@@ -61,7 +68,13 @@ pub async fn run(plan: Plan) -> Outcome {
     let stop_consuming = Arc::new(AtomicBool::new(false));
     let mut producers = Vec::new();
     for p in 1..=plan.producers {
-        let task = produce(bootstrap.clone(), plan.clone(), p, history.clone(), stop_producing.clone());
+        let task = produce(bootstrap.clone(), plan.clone(), p, Acks::All, history.clone(), stop_producing.clone());
+        producers.push(cluster.spawn_client(task));
+    }
+    // Beside them, one producer each with acks=leader and acks=none: what
+    // they lose is measured, not an anomaly.
+    for (process, acks) in [(LEADER_ACKS_PRODUCER, Acks::Leader), (NO_ACKS_PRODUCER, Acks::None)] {
+        let task = produce(bootstrap.clone(), plan.clone(), process, acks, history.clone(), stop_producing.clone());
         producers.push(cluster.spawn_client(task));
     }
     let mut consumers = Vec::new();
@@ -132,9 +145,11 @@ pub async fn run(plan: Plan) -> Outcome {
     let replicas = replicas(&cluster, plan.brokers).await;
     let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()), replicas };
     let anomalies = checker::check(&input);
+    let weak = checker::weak_losses(&input);
     Outcome {
         acknowledged: acknowledged.len(),
         anomalies,
+        weak_losses: [LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER].map(|p| weak.get(&p).copied().unwrap_or_default()),
         ops: input.ops,
         faults: plan.steps.len() + plan.stalls.len(),
     }
@@ -152,10 +167,10 @@ fn polled_by(ops: &[Op], processes: &[u64]) -> std::collections::BTreeSet<(u32, 
 }
 
 /// A producer: unique values (`process * 1e9 + n`) to partitions in turn,
-/// acks=all, idempotent, one at a time.
-async fn produce(bootstrap: String, plan: Plan, process: u64, history: History, stop: Arc<AtomicBool>) {
+/// idempotent, one at a time.
+async fn produce(bootstrap: String, plan: Plan, process: u64, acks: Acks, history: History, stop: Arc<AtomicBool>) {
     let Ok(client) = Client::connect(&bootstrap).await else { return };
-    let producer = Producer::new(client, ProducerConfig { batch_bytes_max: 0, ..ProducerConfig::default() });
+    let producer = Producer::new(client, ProducerConfig { batch_bytes_max: 0, acks, ..ProducerConfig::default() });
     let mut rng = SeededRng::new(plan.seed.wrapping_mul(31).wrapping_add(process));
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -170,7 +185,9 @@ async fn produce(bootstrap: String, plan: Plan, process: u64, history: History, 
         };
         match delivered {
             Ok(delivered) => {
-                let done = Value::Send { partition, value, offset: Some(delivered.offset) };
+                // acks=none learns no offset.
+                let offset = (acks != Acks::None).then_some(delivered.offset);
+                let done = Value::Send { partition, value, offset };
                 history.record(process, Kind::Ok, done);
             }
             // Whether it was written is unknown: a retry may have landed.
@@ -332,9 +349,9 @@ async fn replicas(cluster: &Cluster, brokers: u64) -> Vec<Replica> {
     }
     let read: Vec<Replica> = described
         .into_iter()
-        .map(|mut replica| {
-            replica.records = read_replica(cluster, replica.broker, replica.partition);
-            replica
+        .filter_map(|mut replica| {
+            replica.records = read_replica(cluster, replica.broker, replica.partition)?;
+            Some(replica)
         })
         .collect();
     tracing::info!(
@@ -345,22 +362,25 @@ async fn replicas(cluster: &Cluster, brokers: u64) -> Vec<Replica> {
     read
 }
 
-/// A replica's log read from its broker's disk: offset → value (empty if
-/// the disk holds no such replica).
-fn read_replica(cluster: &Cluster, broker: u64, partition: u32) -> BTreeMap<u64, u64> {
+/// A replica's log read from its broker's disk: offset → value; `None` if
+/// the disk no longer holds it (a move completed after it was described).
+fn read_replica(cluster: &Cluster, broker: u64, partition: u32) -> Option<BTreeMap<u64, u64>> {
     let disk: Arc<dyn Disk> = Arc::new(cluster.disk(broker));
     let topics = std::path::PathBuf::from(format!("/data/broker-{broker}/topics"));
-    let Some(dir) = disk
+    let topic = disk
         .list_subdirs(&topics)
         .unwrap_or_default()
         .into_iter()
-        .find(|name| name.rsplit_once('-').is_some_and(|(topic, _)| topic == TOPIC))
-    else {
-        return BTreeMap::new();
-    };
-    let dir = topics.join(dir).join(partition.to_string());
-    let Ok(log) = PartitionLog::open(disk, &dir, LogConfig::default(), system_clock()) else {
-        return BTreeMap::new();
+        .find(|name| name.rsplit_once('-').is_some_and(|(topic, _)| topic == TOPIC))?;
+    let topic = topics.join(topic);
+    disk.list_subdirs(&topic).unwrap_or_default().contains(&partition.to_string()).then_some(())?;
+    let dir = topic.join(partition.to_string());
+    let log = match PartitionLog::open(disk, &dir, LogConfig::default(), system_clock()) {
+        Ok(log) => log,
+        Err(error) => {
+            tracing::warn!(broker, partition, %error, "a replica's log does not open");
+            return Some(BTreeMap::new());
+        }
     };
     let mut records = BTreeMap::new();
     let mut offset = log.log_start_offset();
@@ -375,7 +395,7 @@ fn read_replica(cluster: &Cluster, broker: u64, partition: u32) -> BTreeMap<u64,
             }
         }
     }
-    records
+    Some(records)
 }
 
 /// Injects one fault, waits `lasting`, heals it.
