@@ -26,6 +26,17 @@ pub enum Fault {
     Move { partition: u32, replicas: Vec<u64> },
     /// Message latency up to 200 ms for a while.
     LatencySpike,
+    /// Messages from `from` to `to` are lost; the other way works (a
+    /// one-way partition).
+    OneWay { from: u64, to: u64 },
+    /// Every message has this chance in a thousand of being lost.
+    PacketLoss { per_mille: u32 },
+    /// A broker's next fsyncs and writes fail (an I/O error poisons the
+    /// log it hits); healed by restarting the broker, as an operator would.
+    DiskErrors { broker: u64, syncs: u32, writes: u32 },
+    /// A broker's disk is full; healed by freeing space and restarting the
+    /// broker.
+    FullDisk { broker: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +96,7 @@ impl Plan {
         while at + Duration::from_secs(2) < safety {
             let lasting = Duration::from_millis(500 + rng.below(4_000));
             let broker = 1 + rng.below(brokers);
-            let fault = match rng.below(7) {
+            let fault = match rng.below(11) {
                 0 | 1 => Fault::KillRestart { broker, seed: rng.next_u64() },
                 2 => Fault::Isolate { broker },
                 3 => {
@@ -98,6 +109,18 @@ impl Plan {
                         Fault::EtcdOutage
                     } else {
                         Fault::LatencySpike
+                    }
+                }
+                7 => {
+                    let other = 1 + (broker + rng.below(brokers - 1)) % brokers;
+                    Fault::OneWay { from: broker, to: other }
+                }
+                8 => Fault::PacketLoss { per_mille: 20 + rng.below(180) as u32 },
+                9 => {
+                    if rng.chance(1, 2) {
+                        Fault::DiskErrors { broker, syncs: 1 + rng.below(3) as u32, writes: rng.below(3) as u32 }
+                    } else {
+                        Fault::FullDisk { broker }
                     }
                 }
                 _ => {
@@ -154,6 +177,8 @@ mod tests {
         assert!(three.steps.iter().all(|s| match &s.fault {
             Fault::KillRestart { broker, .. } | Fault::Isolate { broker } | Fault::Pause { broker } => *broker <= 3,
             Fault::CutLink { a, b } => *a <= 3 && *b <= 3,
+            Fault::OneWay { from, to } => *from <= 3 && *to <= 3,
+            Fault::DiskErrors { broker, .. } | Fault::FullDisk { broker } => *broker <= 3,
             Fault::Move { replicas, .. } => replicas.iter().all(|b| *b <= 3),
             _ => true,
         }));
@@ -166,7 +191,9 @@ mod tests {
         for plan in &plans {
             for step in &plan.steps {
                 match &step.fault {
-                    Fault::CutLink { a, b } => assert!(a != b && *b >= 1 && *b <= plan.brokers, "{step:?}"),
+                    Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } => {
+                        assert!(a != b && *b >= 1 && *b <= plan.brokers, "{step:?}")
+                    }
                     Fault::Move { replicas, partition } => {
                         assert_eq!(replicas.len(), 3);
                         assert!(*partition < plan.partitions);

@@ -457,5 +457,40 @@ async fn inject(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, lasting: 
                 .await;
             tokio::time::sleep(lasting).await;
         }
+        Fault::OneWay { from, to } => {
+            let (from, to) = (cluster.node_id(*from), cluster.node_id(*to));
+            net.clog_link(from, to);
+            tokio::time::sleep(lasting).await;
+            net.unclog_link(from, to);
+        }
+        Fault::PacketLoss { per_mille } => {
+            let mut usual = 0.0;
+            net.update_config(|c| {
+                usual = c.packet_loss_rate;
+                c.packet_loss_rate = f64::from(*per_mille) / 1000.0;
+            });
+            tokio::time::sleep(lasting).await;
+            net.update_config(|c| c.packet_loss_rate = usual);
+        }
+        Fault::DiskErrors { broker, syncs, writes } => {
+            let disk = cluster.disk(*broker);
+            disk.fail_next_syncs(*syncs);
+            disk.fail_next_writes(*writes);
+            tokio::time::sleep(lasting).await;
+            disk.fail_next_syncs(0);
+            disk.fail_next_writes(0);
+            // A failed fsync may have lost what it was to make durable: the
+            // broker goes down as a crash would and comes back.
+            cluster.kill(*broker, u64::from(*syncs) << 32 | u64::from(*writes)).await;
+            cluster.restart(*broker).await;
+        }
+        Fault::FullDisk { broker } => {
+            let disk = cluster.disk(*broker);
+            disk.set_capacity(Some(disk.used_bytes()));
+            tokio::time::sleep(lasting).await;
+            disk.set_capacity(None);
+            cluster.kill(*broker, *broker).await;
+            cluster.restart(*broker).await;
+        }
     }
 }
