@@ -414,18 +414,27 @@ mod runner {
     /// lets the seeds before it finish. The lowest failing seed and what
     /// it reported (its anomalies' kinds, or a panic).
     fn hunt(args: &Args) -> Option<(u64, String)> {
+        let bug = args.plant.map(|b| b.name()).unwrap_or("none");
+        let history = |seed: u64| args.out.join(format!("{bug}-seed-{seed}.edn"));
+        if let Err(error) = std::fs::create_dir_all(&args.out) {
+            eprintln!("weir-sim: cannot create {}: {error}", args.out.display());
+            return None;
+        }
         let mut pending = args.seeds.clone();
         let mut running: Vec<(u64, Child)> = Vec::new();
         let mut caught: Option<(u64, String)> = None;
         loop {
             while running.len() < args.jobs && caught.is_none() {
                 let Some(seed) = pending.next() else { break };
-                match child(seed, args, None) {
+                match child(seed, args, Some(&history(seed))) {
                     Ok(process) => running.push((seed, process)),
                     Err(error) => eprintln!("weir-sim: cannot start seed {seed}: {error}"),
                 }
             }
             if running.is_empty() {
+                if let Some((seed, _)) = &caught {
+                    println!("  history of the catching seed: {}", history(*seed).display());
+                }
                 return caught;
             }
             let (seed, process) = running.remove(0);
@@ -433,6 +442,7 @@ mod runner {
                 process.wait_with_output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
             let line = result_line(&stdout).unwrap_or("");
             if field(line, "valid") == Some("true") {
+                let _ = std::fs::remove_file(history(seed));
                 continue;
             }
             let mut kinds: Vec<&str> = stdout
@@ -442,7 +452,7 @@ mod runner {
                 .collect();
             kinds.dedup();
             let what = if field(line, "panicked") == Some("true") {
-                "a broker panicked".to_owned()
+                "the run panicked".to_owned()
             } else if kinds.is_empty() {
                 format!("no result ({line})")
             } else {

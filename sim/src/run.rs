@@ -270,7 +270,11 @@ async fn consume(bootstrap: String, group: &'static str, process: u64, history: 
 /// The integer a producer sent in `record` (`u64::MAX` for anything else,
 /// which no producer sends, so the checkers see it as foreign).
 fn value_of(record: &proto::Record) -> u64 {
-    record.value.as_deref().and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+    parse_value(record.value.as_deref())
+}
+
+fn parse_value(value: Option<&[u8]>) -> u64 {
+    value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
 }
 
 fn note_assignment(
@@ -390,8 +394,7 @@ fn read_replica(cluster: &Cluster, broker: u64, partition: u32) -> Option<BTreeM
         offset = last.next_offset();
         for batch in &batches {
             for record in batch.records().flatten() {
-                let value = record.value.as_deref().and_then(|v| std::str::from_utf8(v).ok());
-                records.insert(record.offset, value.and_then(|v| v.parse().ok()).unwrap_or(u64::MAX));
+                records.insert(record.offset, parse_value(record.value.as_deref()));
             }
         }
     }

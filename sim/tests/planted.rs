@@ -14,6 +14,8 @@ use std::process::Command;
 fn every_planted_bug_is_caught_within_200_seeds() {
     let output = Command::new(env!("CARGO_BIN_EXE_weir-sim"))
         .args(["planted", "--seeds", "0..200", "--secs", "60", "--jobs", "2"])
+        .arg("--out")
+        .arg(std::env::temp_dir().join("weir-sim-planted"))
         .env_remove("RUST_LOG")
         .output()
         .expect("weir-sim runs");

@@ -14,7 +14,6 @@
 //!   Running out of space is not fatal: the append fails with
 //!   [`LogError::NoSpace`] and the log stays usable.
 
-use crate::sys::planted::{self, Bug};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use super::recovery::{recover, RecoveryReport};
 use super::segment::Segment;
 use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
+use crate::sys::planted::{self, Bug};
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
