@@ -50,7 +50,8 @@ fn filled_disk() -> (SimDisk, Vec<Record>) {
         records.iter().for_each(|r| {
             builder.push(r);
         });
-        let appended = log.append(builder.build().unwrap()).unwrap();
+        // Raft entry b + 1, as the Raft log storage would append it.
+        let appended = log.append_entry(builder.build().unwrap(), 1, b + 1).unwrap();
         all.extend(
             records.into_iter().enumerate().map(|(i, r)| Record { offset: appended.base_offset + i as u64, ..r }),
         );
@@ -138,7 +139,70 @@ proptest! {
         prop_assert_eq!(&read[..], &all[..read.len()]);
         prop_assert!(read.len() < all.len(), "the damaged batch is gone");
         prop_assert_eq!(log.log_end_offset(), read.len() as u64);
+
+        // Damage, unless it hit the very last batch: then it looks exactly
+        // like a torn write, which a crash may leave.
+        let last_batch = read.len() as u64 == 2 * (BATCHES - 1);
+        match (&report.damage, last_batch) {
+            (None, true) => {}
+            (Some(damage), false) => {
+                prop_assert_eq!(damage.offset, log.log_end_offset());
+                prop_assert_eq!(damage.raft_index_lost, Some(BATCHES), "the last entry is seen beyond the cut");
+            }
+            other => prop_assert!(false, "damage misjudged: {:?}", other),
+        }
     }
+
+    /// Damage that reads meet in a segment recovery trusted: a rescan
+    /// trusts nothing, cuts the log there and reports how far it reached.
+    #[test]
+    fn rescan_after_a_read_met_damage_cuts_and_reports(pick in any::<prop::sample::Index>(), at in any::<prop::sample::Index>(), mask in 1u8..=255) {
+        let (disk, all) = filled_disk();
+        let mut segments = files(&disk, ".log");
+        segments.pop(); // the active one, re-checked at every open
+        let damaged = pick.get(&segments).clone();
+        let position = at.index(disk.file_len(&damaged).unwrap() as usize) as u64;
+        disk.corrupt_byte(&damaged, position, mask).unwrap();
+
+        let log = open(&disk).unwrap();
+        prop_assert!(log.recovery_report().damage.is_none(), "trusted segments are not scanned at open");
+        let (_, error) = read_until_error(&log);
+        prop_assert!(matches!(error, Some(LogError::Corrupt { .. })), "{:?}", error);
+        let log = log.rescan().unwrap();
+        let damage = log.recovery_report().damage.clone().expect("damage in a sealed segment");
+        prop_assert_eq!(damage.offset, log.log_end_offset());
+        prop_assert_eq!(damage.raft_index_lost, Some(BATCHES));
+        let (read, error) = read_until_error(&log);
+        prop_assert!(error.is_none(), "{:?}", error);
+        prop_assert_eq!(&read[..], &all[..read.len()]);
+        prop_assert!(read.len() < all.len());
+    }
+}
+
+#[test]
+fn truncated_sealed_segment_is_damage_not_a_torn_tail() {
+    let (disk, all) = filled_disk();
+    let segments = files(&disk, ".log");
+    let victim = &segments[1];
+    let len = disk.file_len(victim).unwrap();
+    let file = disk.open(victim, false).unwrap();
+    file.set_len(len - 30).unwrap();
+    file.sync().unwrap();
+    drop(file);
+
+    let log = open(&disk).unwrap();
+    let (_, error) = read_until_error(&log);
+    assert!(matches!(error, Some(LogError::Corrupt { .. })), "{error:?}");
+    let log = log.rescan().unwrap();
+    let damage = log.recovery_report().damage.clone().expect("a sealed segment lost its end");
+    assert_eq!(damage.offset, log.log_end_offset());
+    assert_eq!(damage.raft_index_lost, Some(BATCHES), "the later segments are read before they go");
+    let third = segments[2].file_name().unwrap().to_str().unwrap();
+    assert_eq!(damage.reached_offset, third.strip_suffix(".log").unwrap().parse().ok());
+    let (read, error) = read_until_error(&log);
+    assert!(error.is_none());
+    assert_eq!(read[..], all[..read.len()]);
+    assert_eq!(log.segment_count(), 2, "the segments after the damage are gone");
 }
 
 #[test]
@@ -158,6 +222,7 @@ fn truncated_active_segment_is_cut_to_the_last_whole_batch() {
     let report = log.recovery_report();
     assert!(!report.clean);
     assert!(report.cut.is_some(), "a torn tail is reported: {report:?}");
+    assert!(report.damage.is_none(), "a torn tail is not damage: {report:?}");
     let (read, error) = read_until_error(&log);
     assert!(error.is_none());
     assert_eq!(read.len(), all.len() - 2, "only the torn batch is lost");

@@ -21,4 +21,4 @@ pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Record, RecordHead
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{LogError, LogResult};
 pub use partition_log::{Appended, PartitionLog};
-pub use recovery::RecoveryReport;
+pub use recovery::{Damage, RecoveryReport};

@@ -70,9 +70,19 @@ impl PartitionLog {
     /// Opens the log in `dir`, creating it if empty and recovering it if it
     /// was not closed cleanly.
     pub fn open(disk: Arc<dyn Disk>, dir: &Path, config: LogConfig, clock: Arc<dyn Clock>) -> LogResult<Self> {
+        Self::recover(disk, dir, config, clock, true)
+    }
+
+    fn recover(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+        trust_checkpoint: bool,
+    ) -> LogResult<Self> {
         config.validate()?;
         let now_ms = clock.now_ms();
-        let recovered = recover(disk.as_ref(), dir, &config, now_ms)?;
+        let recovered = recover(disk.as_ref(), dir, &config, now_ms, trust_checkpoint)?;
         let mut log = Self {
             dir: dir.to_path_buf(),
             disk,
@@ -96,6 +106,21 @@ impl PartitionLog {
         log.flushed.send_replace(log.flushed_offset);
         log.write_checkpoint(log.active().base_offset(), false)?;
         log.validate();
+        Ok(log)
+    }
+
+    /// Closes the log (without marking it clean) and recovers it again,
+    /// this time scanning every segment whatever the checkpoint vouches for:
+    /// for when a read met damage in a segment recovery had trusted. The log
+    /// is cut at the first bad batch; the new log's
+    /// [`PartitionLog::recovery_report`] says what was lost.
+    pub fn rescan(self) -> LogResult<Self> {
+        let (disk, dir, config, clock) = (self.disk.clone(), self.dir.clone(), self.config.clone(), self.clock.clone());
+        // Every file closes (and every index map is written back) before
+        // recovery touches them.
+        drop(self);
+        let log = Self::recover(disk, &dir, config, clock, false)?;
+        tracing::warn!(dir = %dir.display(), report = ?log.recovery, "partition log rescanned");
         Ok(log)
     }
 

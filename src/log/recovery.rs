@@ -30,6 +30,26 @@ pub struct RecoveryReport {
     pub bytes_cut: u64,
     /// Segments deleted because they lay beyond a cut or below the log start.
     pub segments_dropped: usize,
+    /// The cut removed data that had been durable: damage at rest, not a
+    /// torn tail. Set when the bad batch lay in a sealed segment (fsynced
+    /// before the next one began), had intact batches after it, or was in a
+    /// log closed cleanly. A bad last batch after a crash cannot be told
+    /// from a torn write and is not reported here.
+    pub damage: Option<Damage>,
+}
+
+/// Durable data that recovery had to cut away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The first offset lost: the log now ends here.
+    pub offset: u64,
+    pub reason: String,
+    /// The largest Raft index among the intact batches cut away with the
+    /// damaged one: how far the log reached before.
+    pub raft_index_lost: Option<u64>,
+    /// How far the log reached before, where the next segment's name says
+    /// so: every offset in `[offset, reached_offset)` was lost.
+    pub reached_offset: Option<u64>,
 }
 
 pub(super) struct Recovered {
@@ -61,7 +81,16 @@ fn segment_bases(disk: &dyn Disk, dir: &Path) -> LogResult<Vec<u64>> {
     Ok(bases)
 }
 
-pub(super) fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig, now_ms: i64) -> LogResult<Recovered> {
+/// Recovers the log in `dir`. With `trust_checkpoint` false every segment is
+/// scanned, whatever the checkpoint vouches for (after a read met damage in a
+/// segment recovery had trusted).
+pub(super) fn recover(
+    disk: &dyn Disk,
+    dir: &Path,
+    config: &LogConfig,
+    now_ms: i64,
+    trust_checkpoint: bool,
+) -> LogResult<Recovered> {
     disk.create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
     let mut report = RecoveryReport::default();
     let checkpoint = match Checkpoint::read(disk, dir)? {
@@ -94,10 +123,11 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig, now_ms: i
     for (i, &base) in bases.iter().enumerate() {
         let next_base = bases.get(i + 1).copied();
         let mut segment = Segment::open(disk, dir, base, config, now_ms, false)?;
-        let trusted = match next_base {
-            Some(next_base) => next_base <= checkpoint.recovery_point,
-            None => checkpoint.clean && base <= checkpoint.recovery_point,
-        };
+        let trusted = trust_checkpoint
+            && match next_base {
+                Some(next_base) => next_base <= checkpoint.recovery_point,
+                None => checkpoint.clean && base <= checkpoint.recovery_point,
+            };
         let loaded = if trusted { segment.load_trusted(next_base)? } else { None };
         let scanned = loaded.is_none();
         let outcome = match loaded {
@@ -112,15 +142,33 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig, now_ms: i
         };
         report.batches_scanned += outcome.batches;
         report.bytes_cut += outcome.bytes_cut;
-        if let Some((position, reason)) = outcome.cut {
+        if let Some((position, reason)) = outcome.cut.clone() {
+            // Sealed segments and a cleanly closed log were durable whole.
+            let durable = next_base.is_some() || checkpoint.clean;
+            if durable || outcome.intact_after_cut {
+                report.damage = Some(Damage {
+                    offset: segment.next_offset(),
+                    reason: format!("{}: {reason}", segment.path().display()),
+                    raft_index_lost: outcome.raft_index_after_cut,
+                    reached_offset: next_base,
+                });
+            }
             report.cut = Some((segment.path().to_path_buf(), position, reason));
         }
         let broken = match next_base {
             Some(next_base) if segment.next_offset() != next_base => {
+                let reason = format!("segment ends at {} but the next starts at {next_base}", segment.next_offset());
                 if report.cut.is_none() {
-                    let reason =
-                        format!("segment ends at {} but the next starts at {next_base}", segment.next_offset());
-                    report.cut = Some((segment.path().to_path_buf(), segment.size(), reason));
+                    report.cut = Some((segment.path().to_path_buf(), segment.size(), reason.clone()));
+                }
+                if report.damage.is_none() {
+                    let reason = format!("{}: {reason}", segment.path().display());
+                    report.damage = Some(Damage {
+                        offset: segment.next_offset(),
+                        reason,
+                        raft_index_lost: None,
+                        reached_offset: Some(next_base),
+                    });
                 }
                 true
             }
@@ -139,6 +187,12 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig, now_ms: i
     }
     if let Some(from) = dropped_from {
         for &base in &bases[from..] {
+            // What the dropped segments held tells how far the log reached.
+            if let Some(damage) = report.damage.as_mut() {
+                if let Ok(segment) = Segment::open(disk, dir, base, config, now_ms, false) {
+                    damage.raft_index_lost = damage.raft_index_lost.max(segment.raft_index_in_file()?);
+                }
+            }
             Segment::remove_files(disk, dir, base)?;
             report.segments_dropped += 1;
         }

@@ -33,7 +33,15 @@ pub struct ScanOutcome {
     /// Where the first bad batch started and why, if the tail was cut.
     pub cut: Option<(u64, String)>,
     pub bytes_cut: u64,
+    /// Intact batches (whole, both CRCs good) lay beyond the cut: the bad
+    /// bytes were not a torn tail but damage in the middle of the data.
+    pub intact_after_cut: bool,
+    /// The largest Raft index among those intact batches.
+    pub raft_index_after_cut: Option<u64>,
 }
+
+/// How much of a segment file a search for intact batches reads at a time.
+const SEARCH_CHUNK_BYTES: usize = 1 << 20;
 
 pub struct Segment {
     base_offset: u64,
@@ -246,11 +254,97 @@ impl Segment {
             }
         }
         if position < file_len {
+            if outcome.cut.is_some() {
+                let (intact, raft_index) = self.intact_batches_after(position, file_len)?;
+                outcome.intact_after_cut = intact;
+                outcome.raft_index_after_cut = raft_index;
+            }
             outcome.bytes_cut = file_len - position;
             self.file.set_len(position).map_err(|e| self.io(e))?;
             self.file.sync().map_err(|e| self.io(e))?;
         }
         Ok(outcome)
+    }
+
+    /// The header at `position` if it is intact (its CRC holds) and its
+    /// batch fits in the first `end` bytes.
+    fn intact_header_at(&self, position: u64, end: u64) -> LogResult<Option<BatchHeader>> {
+        if end.saturating_sub(position) < BATCH_HEADER_BYTES as u64 {
+            return Ok(None);
+        }
+        let mut buf = [0u8; BATCH_HEADER_BYTES];
+        self.file.read_exact_at(position, &mut buf).map_err(|e| self.io(e))?;
+        Ok(BatchHeader::parse(&buf).ok().filter(|h| position + u64::from(h.batch_len) <= end))
+    }
+
+    /// The first position at or after `from` where an intact batch (header
+    /// and body CRCs good, whole within `end`) starts. Tries `from` itself,
+    /// then searches byte by byte, a chunk at a time.
+    fn find_intact_batch(&self, from: u64, end: u64) -> LogResult<Option<(u64, BatchHeader)>> {
+        let mut chunk_start = from;
+        while end.saturating_sub(chunk_start) >= BATCH_HEADER_BYTES as u64 {
+            let chunk_end = end.min(chunk_start + (SEARCH_CHUNK_BYTES + BATCH_HEADER_BYTES) as u64);
+            let mut buf = vec![0u8; (chunk_end - chunk_start) as usize];
+            self.file.read_exact_at(chunk_start, &mut buf).map_err(|e| self.io(e))?;
+            for at in 0..=buf.len() - BATCH_HEADER_BYTES {
+                // Cheap filter first: the version byte and the reserved one.
+                if buf[at + 32] != super::batch::BATCH_VERSION || buf[at + 33] != 0 {
+                    continue;
+                }
+                let Ok(header) = BatchHeader::parse(&buf[at..]) else { continue };
+                let position = chunk_start + at as u64;
+                if position + u64::from(header.batch_len) > end {
+                    continue;
+                }
+                if self.read_checked(position, header.base_offset, end).is_ok() {
+                    return Ok(Some((position, header)));
+                }
+            }
+            chunk_start += (buf.len() - BATCH_HEADER_BYTES + 1) as u64;
+        }
+        Ok(None)
+    }
+
+    /// The intact batch at `from`, or else the next one found by searching.
+    fn next_intact_batch(&self, from: u64, end: u64) -> LogResult<Option<(u64, BatchHeader)>> {
+        if let Some(header) = self.intact_header_at(from, end)? {
+            if self.read_checked(from, header.base_offset, end).is_ok() {
+                return Ok(Some((from, header)));
+            }
+        }
+        self.find_intact_batch(from, end)
+    }
+
+    /// Whether intact batches lie beyond the bad batch at `bad`, and the
+    /// largest Raft index among them: what tells damage at rest (bad bytes
+    /// with good data after them) from a torn tail (nothing good after).
+    fn intact_batches_after(&self, bad: u64, end: u64) -> LogResult<(bool, Option<u64>)> {
+        let mut from = match self.intact_header_at(bad, end)? {
+            // The header holds, so the body is what is bad: skip it.
+            Some(header) => bad + u64::from(header.batch_len),
+            None => bad + 1,
+        };
+        let (mut intact, mut raft_index) = (false, None);
+        while let Some((position, header)) = self.next_intact_batch(from, end)? {
+            intact = true;
+            raft_index = raft_index.max(Some(header.raft_index));
+            from = position + u64::from(header.batch_len);
+        }
+        Ok((intact, raft_index))
+    }
+
+    /// The largest Raft index among the intact batches anywhere in this
+    /// segment's file, read before the file is deleted as lying beyond a
+    /// cut. `None` if it holds none.
+    pub fn raft_index_in_file(&self) -> LogResult<Option<u64>> {
+        let end = self.file.len().map_err(|e| self.io(e))?;
+        let mut from = 0;
+        let mut raft_index = None;
+        while let Some((position, header)) = self.next_intact_batch(from, end)? {
+            raft_index = raft_index.max(Some(header.raft_index));
+            from = position + u64::from(header.batch_len);
+        }
+        Ok(raft_index)
     }
 
     /// Reads the batch header at `position`, checked. `None` at end of data.

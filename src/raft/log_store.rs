@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::control_file::{ControlFile, ControlRecord};
 use super::state_file;
 use super::types::{Control, Entry, LogId, Proposal, StorageError, TypeConfig, Vote};
-use crate::log::{Batch, PartitionLog};
+use crate::log::{Batch, LogError, PartitionLog};
 use crate::sys::disk::Disk;
 use crate::sys::task::blocking;
 
@@ -51,6 +51,11 @@ pub fn log_id(term: u64, index: u64) -> LogId {
 struct HardState {
     vote: Option<Vote>,
     purged: Option<LogId>,
+    /// Damage cut entries this replica may have acknowledged, up to this
+    /// Raft index. Until a leader has brought the log back past it, the
+    /// replica neither votes nor campaigns (see `Replica::open`).
+    #[serde(default)]
+    repair_through: Option<u64>,
 }
 
 /// One Raft entry's place: a batch at `offset`, or a control entry (which
@@ -127,12 +132,12 @@ fn read_err(e: impl ToString) -> StorageError {
 }
 
 /// Every batch in the log from its start: (Raft index, base offset, term).
-fn scan_batches(log: &PartitionLog) -> Result<Vec<(u64, u64, u64)>, String> {
+fn scan_batches(log: &PartitionLog) -> Result<Vec<(u64, u64, u64)>, LogError> {
     let mut out = Vec::new();
     let mut offset = log.log_start_offset();
     let end = log.log_end_offset();
     while offset < end {
-        let batches = log.read(offset, READ_CHUNK_BYTES, end).map_err(|e| e.to_string())?;
+        let batches = log.read(offset, READ_CHUNK_BYTES, end)?;
         let Some(last) = batches.last() else { break };
         offset = last.next_offset();
         out.extend(batches.iter().map(|b| (b.raft_index(), b.base_offset(), b.term())));
@@ -161,12 +166,47 @@ impl LogStore {
         }
         let (control_file, records) = ControlFile::open(disk.clone(), dir)?;
         let records_in_file = records.len();
+        // Reading every batch checks every CRC, also in the segments that
+        // recovery trusted; damage found there means recovering again,
+        // trusting nothing, which cuts the log at the damage.
+        let scanned = match scan_batches(&log) {
+            Err(LogError::Corrupt { file, position, reason }) => {
+                tracing::error!(file = %file.display(), position, reason, "damaged batch in the Raft log; rescanning it");
+                log = log.rescan().map_err(|e| e.to_string())?;
+                scan_batches(&log)
+            }
+            scanned => scanned,
+        };
+        let scanned = scanned.map_err(|e| e.to_string())?;
+        if let Some(damage) = log.recovery_report().damage.clone() {
+            // Entries this replica acknowledged may be gone: it must not
+            // vote on the strength of its log until a leader restores them.
+            let in_log = scanned.last().map(|&(index, _, _)| index);
+            let in_control_file = records.iter().map(|r| r.index).max();
+            // Each lost offset held at most one entry.
+            let by_offsets =
+                damage.reached_offset.map(|reached| in_log.unwrap_or(0) + reached.saturating_sub(damage.offset));
+            let through = [damage.raft_index_lost, in_log, in_control_file, by_offsets, hard.repair_through]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(0);
+            tracing::error!(
+                dir = %dir.display(),
+                offset = damage.offset,
+                reason = damage.reason,
+                repair_through = through,
+                "damage cut the Raft log; this replica abstains from elections until a leader repairs it"
+            );
+            hard.repair_through = Some(through);
+            state_file::save(disk.as_ref(), dir, HARD_STATE_FILE, &hard)?;
+        }
         let first = hard.purged.map_or(0, |p| p.index + 1);
         let mut controls: BTreeMap<u64, ControlRecord> =
             records.into_iter().filter(|r| r.index >= first).map(|r| (r.index, r)).collect();
         let mut offset = log.log_start_offset();
         let mut slots = VecDeque::new();
-        let mut batches = scan_batches(&log)?.into_iter().peekable();
+        let mut batches = scanned.into_iter().peekable();
         // Batches a purge covered, in segments not deleted yet.
         while batches.peek().is_some_and(|&(index, _, _)| index < first) {
             batches.next();
@@ -244,6 +284,18 @@ impl LogStore {
     /// The index of the last entry in the log.
     pub fn last_index(&self) -> Option<u64> {
         self.index().last_log_id().map(|id| id.index)
+    }
+
+    /// Set while damage has cut entries this replica may have acknowledged,
+    /// up to this Raft index, and no leader has restored them yet.
+    pub fn repair_through(&self) -> Option<u64> {
+        self.index().hard.repair_through
+    }
+
+    /// Records that the log holds, from a leader, everything up to the
+    /// repair point: the replica may vote again. Blocks on disk I/O.
+    pub fn finish_repair(&self) -> Result<(), String> {
+        self.save_hard(|hard| hard.repair_through = None)
     }
 
     /// The last purged entry: everything up to it is gone from the log.

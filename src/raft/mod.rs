@@ -20,6 +20,7 @@ pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +93,7 @@ pub fn raft_config() -> Arc<Config> {
 /// in every term, forever. This breaks the tie: after a leaderless spell
 /// longer than any election should take, plus a random share, this replica
 /// starts an election itself.
-async fn break_election_ties(raft: RaftNode, node_id: NodeId) {
+async fn break_election_ties(raft: RaftNode, node_id: NodeId, abstaining: Arc<AtomicBool>) {
     let config = raft.config().clone();
     // Server metrics change with leadership and membership only, not with
     // every heartbeat as the full metrics do: cheap to watch per group.
@@ -107,7 +108,7 @@ async fn break_election_ties(raft: RaftNode, node_id: NodeId) {
             Ok(false) => return,
             Err(_) => {
                 let voter = metrics.borrow().membership_config.membership().voter_ids().any(|id| id == node_id);
-                if voter {
+                if voter && !abstaining.load(Ordering::Acquire) {
                     tracing::debug!(node_id, "no leader for {patience_ms} ms; starting an election");
                     if raft.trigger().elect().await.is_err() {
                         return;
@@ -115,6 +116,54 @@ async fn break_election_ties(raft: RaftNode, node_id: NodeId) {
                 }
             }
         }
+    }
+}
+
+/// A replica whose log lost entries to damage (see
+/// [`LogStore::repair_through`]) may have acknowledged some of them: a
+/// leader may have counted them towards a commit. Voting on the strength of
+/// the shorter log could elect a leader without a committed entry, so the
+/// replica abstains (grants no votes, starts no elections) until a leader
+/// has appended its log back past every entry it may have held. Whatever
+/// the leader appends matches the leader's log, which holds every committed
+/// entry; from then on the replica is an ordinary follower.
+///
+/// The only voter of its group has nobody to repair it from: it goes on
+/// with what is left, and says so.
+async fn repair_from_leader(raft: RaftNode, log_store: LogStore, abstaining: Arc<AtomicBool>, node_id: NodeId) {
+    let Some(through) = log_store.repair_through() else { return };
+    let mut metrics = raft.metrics();
+    let repaired = loop {
+        {
+            let m = metrics.borrow_and_update();
+            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            if voters == BTreeSet::from([node_id]) {
+                tracing::error!(
+                    node_id,
+                    through,
+                    "the only voter's log was damaged: nobody can repair it; going on with what is left"
+                );
+                break true;
+            }
+            if m.last_log_index.is_some_and(|last| last >= through) {
+                tracing::warn!(node_id, through, leader = ?m.current_leader, "replica repaired from its leader");
+                break true;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            break false; // the Raft node stopped; the repair resumes at the next open
+        }
+    };
+    if !repaired {
+        return;
+    }
+    let store = log_store.clone();
+    match blocking(move || store.finish_repair()).await {
+        Ok(()) => {
+            abstaining.store(false, Ordering::Release);
+            raft.runtime_config().elect(true);
+        }
+        Err(error) => tracing::error!(node_id, %error, "recording the repair failed; still abstaining"),
     }
 }
 
@@ -147,6 +196,7 @@ pub struct Replica {
     router: Arc<Router>,
     connections: Arc<Connections>,
     in_flight: Arc<tokio::sync::Mutex<InFlight>>,
+    abstaining: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -183,8 +233,14 @@ impl Replica {
             RaftNode::new(env.node_id, env.raft_config.clone(), network, log_store.clone(), state_machine.clone())
                 .await
                 .map_err(|e| format!("starting Raft for group {group}: {e}"))?;
-        env.router.register(group, raft.clone());
-        tokio::spawn(break_election_ties(raft.clone(), env.node_id));
+        let abstaining = Arc::new(AtomicBool::new(false));
+        if log_store.repair_through().is_some() {
+            abstaining.store(true, Ordering::Release);
+            raft.runtime_config().elect(false);
+            tokio::spawn(repair_from_leader(raft.clone(), log_store.clone(), abstaining.clone(), env.node_id));
+        }
+        env.router.register(group, raft.clone(), abstaining.clone());
+        tokio::spawn(break_election_ties(raft.clone(), env.node_id, abstaining.clone()));
         Ok(Self {
             group,
             node_id: env.node_id,
@@ -195,7 +251,14 @@ impl Replica {
             router: env.router.clone(),
             connections: env.connections.clone(),
             in_flight: Arc::default(),
+            abstaining,
         })
+    }
+
+    /// Whether this replica waits for a leader to repair damage to its log
+    /// (and meanwhile grants no votes and starts no elections).
+    pub fn repairing(&self) -> bool {
+        self.abstaining.load(Ordering::Acquire)
     }
 
     pub fn group(&self) -> GroupId {

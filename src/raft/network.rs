@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::error::Error;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -57,10 +57,19 @@ pub const BATCH_MESSAGES_MAX: usize = 1024;
 /// A batch call that takes longer than this fails all its messages.
 const BATCH_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A group as the router knows it.
+#[derive(Clone)]
+pub struct Routed {
+    pub raft: RaftNode,
+    /// Set while the replica waits for a leader to repair damage to its
+    /// log: it grants no votes and starts no elections.
+    pub abstaining: Arc<AtomicBool>,
+}
+
 /// The partition groups this broker is a member of, by group id.
 #[derive(Default)]
 pub struct Router {
-    groups: RwLock<HashMap<GroupId, RaftNode>>,
+    groups: RwLock<HashMap<GroupId, Routed>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -74,15 +83,15 @@ impl Router {
         Arc::new(Self::default())
     }
 
-    pub fn register(&self, group: GroupId, raft: RaftNode) {
-        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(group, raft);
+    pub fn register(&self, group: GroupId, raft: RaftNode, abstaining: Arc<AtomicBool>) {
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(group, Routed { raft, abstaining });
     }
 
-    pub fn unregister(&self, group: GroupId) -> Option<RaftNode> {
+    pub fn unregister(&self, group: GroupId) -> Option<Routed> {
         self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&group)
     }
 
-    pub fn get(&self, group: GroupId) -> Option<RaftNode> {
+    pub fn get(&self, group: GroupId) -> Option<Routed> {
         self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&group).cloned()
     }
 
@@ -131,12 +140,25 @@ impl RaftService {
         }
         let group = message.group.ok_or_else(|| Status::invalid_argument("Raft message without a group"))?;
         let group = GroupId { topic_id: group.topic_id, partition: group.partition };
-        let raft = self
+        let Routed { raft, abstaining } = self
             .router
             .get(group)
             .ok_or_else(|| Status::not_found(format!("broker {} has no Raft group {group}", self.node_id)))?;
+        let abstaining = abstaining.load(Ordering::Acquire);
         let payload = &message.payload;
         let reply = match RaftKind::try_from(message.kind) {
+            Ok(RaftKind::RaftVote) if abstaining => {
+                // Refusing a vote is always safe; this replica's log may
+                // lack entries it acknowledged, so it cannot judge whether
+                // the candidate's log holds every committed one.
+                let _: VoteRequest<NodeId> = decode(payload).map_err(|e| bad_request("vote request", e))?;
+                let vote = raft.metrics().borrow().vote;
+                let reply: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse::new(vote, None, false));
+                encode(&reply)
+            }
+            Ok(RaftKind::RaftCampaign) if abstaining => {
+                encode(&Err::<(), String>(format!("broker {} is repairing its replica of {group}", self.node_id)))
+            }
             Ok(RaftKind::RaftVote) => {
                 let mut rpc: VoteRequest<NodeId> = decode(payload).map_err(|e| bad_request("vote request", e))?;
                 if planted::on(Bug::TruncateCommittedOnLeaderChange) {
