@@ -385,3 +385,80 @@ async fn idle_groups_share_their_heartbeat_calls() {
     })
     .await;
 }
+
+/// The `.log` files of a host's replica, oldest first.
+fn segment_files(disk: &SimDisk) -> Vec<PathBuf> {
+    let mut names: Vec<String> =
+        disk.list_dir(&replica_dir()).expect("replica dir").into_iter().filter(|n| n.ends_with(".log")).collect();
+    names.sort();
+    names.into_iter().map(|n| replica_dir().join(n)).collect()
+}
+
+/// Broker B held entries that only it and A had (C was down). B's copy is
+/// damaged at rest, and A goes down. B's log, cut at the damage, lacks
+/// committed entries: if B voted (or ran) on its strength, B and C could
+/// elect a leader without them, and acknowledged writes would be lost. B
+/// abstains instead: nobody leads until A is back, and then A repairs B.
+#[tokio::test]
+async fn a_replica_cut_by_damage_abstains_until_a_leader_repairs_it() {
+    with_deadline(async {
+        let mut cluster = Cluster::start(3).await;
+        let mut acknowledged: Vec<(u64, String)> = Vec::new();
+        let filler = "x".repeat(900);
+        for i in 0..5 {
+            let applied = cluster.write(&format!("early-{i}-{filler}"), Acks::All).await.unwrap();
+            acknowledged.push((applied.base_offset, format!("early-{i}-{filler}")));
+        }
+        cluster.wait_committed_everywhere(acknowledged.last().unwrap().0 + 1).await;
+        let a = cluster.leader().await;
+        let (b, c) = ((a + 1) % 3, (a + 2) % 3);
+        cluster.hosts[c].crash(1).await;
+        // Committed by A and B alone, across several segments.
+        for i in 0..60 {
+            let value = format!("only-ab-{i}-{filler}");
+            let applied = cluster.write(&value, Acks::All).await.unwrap();
+            acknowledged.push((applied.base_offset, value));
+        }
+        assert_eq!(cluster.leader().await, a, "A kept leading");
+        cluster.hosts[b].crash(2).await;
+        cluster.hosts[a].crash(3).await;
+        let segments = segment_files(&cluster.hosts[b].disk);
+        assert!(segments.len() >= 4, "the entries span segments: {segments:?}");
+        // Damage in a sealed segment holding entries C never got.
+        let victim = &segments[2];
+        let middle = cluster.hosts[b].disk.file_len(victim).unwrap() / 2;
+        cluster.hosts[b].disk.corrupt_byte(victim, middle, 0x10).unwrap();
+
+        cluster.hosts[b].open().await;
+        cluster.hosts[c].open().await;
+        assert!(cluster.hosts[b].replica().repairing(), "the damaged replica abstains");
+        assert!(!cluster.hosts[c].replica().repairing());
+        // Long enough for several elections and the tie breaker.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        for host in [b, c] {
+            assert!(
+                !cluster.hosts[host].replica().is_leader(),
+                "broker {} was elected without the entries only A holds",
+                cluster.hosts[host].id
+            );
+        }
+
+        cluster.hosts[a].open().await;
+        assert_eq!(cluster.leader().await, a, "only A's log can win");
+        let value = format!("after-{filler}");
+        let applied = cluster.write(&value, Acks::All).await.unwrap();
+        acknowledged.push((applied.base_offset, value));
+        cluster.wait_committed_everywhere(applied.next_offset).await;
+        tokio::time::timeout(STEP, async {
+            while cluster.hosts[b].replica().repairing() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the leader repairs the damaged replica");
+        for host in &cluster.hosts {
+            assert_eq!(committed_messages(host.replica()), acknowledged, "broker {}", host.id);
+        }
+    })
+    .await;
+}
