@@ -11,8 +11,11 @@ use weir::sys::rng::SeededRng;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Kill -9 a broker (its disk keeps only what it fsynced, maybe a torn
-    /// tail), restart it after `lasting`.
-    KillRestart { broker: u64, seed: u64 },
+    /// tail), restart it after `lasting`. With `rot`, one of its segment
+    /// files is damaged while it is down: a flipped bit anywhere, or a sealed
+    /// segment cut short. Recovery must detect it by CRC, the replica must be
+    /// healed from its peers, and no damaged byte may be served.
+    KillRestart { broker: u64, seed: u64, rot: bool },
     /// Cut a broker off from everyone (an isolated node or leader).
     Isolate { broker: u64 },
     /// Cut the link between two brokers both ways (a bridge partition
@@ -97,7 +100,12 @@ impl Plan {
             let lasting = Duration::from_millis(500 + rng.below(4_000));
             let broker = 1 + rng.below(brokers);
             let fault = match rng.below(11) {
-                0 | 1 => Fault::KillRestart { broker, seed: rng.next_u64() },
+                0 | 1 => {
+                    // Decided by the kill's seed, not a draw of its own, so
+                    // the schedules of existing seeds stay as they were.
+                    let seed = rng.next_u64();
+                    Fault::KillRestart { broker, seed, rot: seed % 3 == 0 }
+                }
                 2 => Fault::Isolate { broker },
                 3 => {
                     let other = 1 + (broker + rng.below(brokers - 1)) % brokers;

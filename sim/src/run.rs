@@ -16,7 +16,7 @@ use weir::log::{LogConfig, PartitionLog};
 use weir::proto;
 use weir::proto::Acks;
 use weir::sys::clock::system_clock;
-use weir::sys::disk::Disk;
+use weir::sys::disk::{Disk, SimDisk};
 use weir::sys::rng::SeededRng;
 
 use crate::checker::replicas::Replica;
@@ -302,7 +302,10 @@ async fn read_all(bootstrap: String, partitions: u32) -> BTreeMap<u32, Vec<(u64,
     for partition in 0..partitions {
         let mut records = Vec::new();
         let mut offset = 0;
-        let mut failures = 0;
+        // Bounded in time, not in attempts: one fetch retries for a while
+        // itself, and a leaderless partition must fail the run with this
+        // message, well within madsim's time limit.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             match client.fetch(TOPIC, partition, offset, 1 << 20, Duration::ZERO).await {
                 Ok(fetched) => {
@@ -313,8 +316,8 @@ async fn read_all(bootstrap: String, partitions: u32) -> BTreeMap<u32, Vec<(u64,
                     offset = fetched.next_offset;
                 }
                 Err(error) => {
-                    failures += 1;
-                    assert!(failures < 100, "the final read of partition {partition} keeps failing: {error}");
+                    let now = tokio::time::Instant::now();
+                    assert!(now < deadline, "the final read of partition {partition} keeps failing: {error}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -401,12 +404,62 @@ fn read_replica(cluster: &Cluster, broker: u64, partition: u32) -> Option<BTreeM
     Some(records)
 }
 
+/// Every segment file on a broker's disk, by partition directory, oldest
+/// first.
+fn segment_files(disk: &dyn Disk, broker: u64) -> Vec<Vec<std::path::PathBuf>> {
+    let topics = std::path::PathBuf::from(format!("/data/broker-{broker}/topics"));
+    let mut out = Vec::new();
+    for topic in disk.list_subdirs(&topics).unwrap_or_default() {
+        let topic = topics.join(topic);
+        for partition in disk.list_subdirs(&topic).unwrap_or_default() {
+            let dir = topic.join(partition);
+            let mut names: Vec<String> =
+                disk.list_dir(&dir).unwrap_or_default().into_iter().filter(|n| n.ends_with(".log")).collect();
+            names.sort();
+            out.push(names.into_iter().map(|n| dir.join(n)).collect());
+        }
+    }
+    out
+}
+
+/// Bit rot on a stopped broker, chosen by `seed`: one bit flipped anywhere
+/// in one segment file, or (one time in three) a sealed segment cut short.
+/// The active segment is not cut: after a crash a shortened active segment
+/// is a torn tail, which recovery cannot tell from lost acknowledged data.
+fn rot_a_segment(disk: &SimDisk, broker: u64, seed: u64) {
+    let mut rng = SeededRng::new(seed ^ 0xB17_F11B);
+    let partitions = segment_files(disk, broker);
+    let sealed: Vec<&std::path::PathBuf> =
+        partitions.iter().flat_map(|files| files.iter().take(files.len().saturating_sub(1))).collect();
+    let all: Vec<&std::path::PathBuf> = partitions.iter().flatten().collect();
+    let cut = !sealed.is_empty() && rng.chance(1, 3);
+    let candidates: Vec<&std::path::PathBuf> = if cut { sealed } else { all };
+    let candidates: Vec<_> = candidates.into_iter().filter(|p| disk.file_len(p).is_some_and(|len| len > 0)).collect();
+    if candidates.is_empty() {
+        return;
+    }
+    let victim = candidates[rng.below(candidates.len() as u64) as usize];
+    let len = disk.file_len(victim).unwrap_or(0);
+    let position = rng.below(len);
+    if cut {
+        let file = disk.open(victim, false).and_then(|file| file.set_len(position).and_then(|()| file.sync()));
+        tracing::info!(broker, file = %victim.display(), position, ok = file.is_ok(), "nemesis: sealed segment cut short");
+    } else {
+        let mask = 1u8 << rng.below(8);
+        let flipped = disk.corrupt_byte(victim, position, mask);
+        tracing::info!(broker, file = %victim.display(), position, mask, ok = flipped.is_ok(), "nemesis: bit flipped");
+    }
+}
+
 /// Injects one fault, waits `lasting`, heals it.
 async fn inject(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, lasting: Duration) {
     let net = NetSim::current();
     match fault {
-        Fault::KillRestart { broker, seed } => {
+        Fault::KillRestart { broker, seed, rot } => {
             cluster.kill(*broker, *seed).await;
+            if *rot {
+                rot_a_segment(&cluster.disk(*broker), *broker, *seed);
+            }
             tokio::time::sleep(lasting).await;
             cluster.restart(*broker).await;
         }

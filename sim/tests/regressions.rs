@@ -24,6 +24,7 @@ const SEEDS: &[(u64, u64, &str)] = &[
     (98, 60, "a removed replica deleted while a voter lagged; committed entries lost (cluster_moves)"),
     (325, 60, "an offset fetch answered while an old generation's commit was in flight"),
     (751, 60, "an offset fetch answered while an old generation's commit was in flight"),
+    (5727, 60, "a move replaced before its confirmation: two voters deleted their replicas (topics.rs unit test)"),
 ];
 
 #[test]

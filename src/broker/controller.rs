@@ -308,6 +308,7 @@ mod tests {
             members: Vec::new(),
             moves: Vec::new(),
             confirmations: Vec::new(),
+            retained: Vec::new(),
             controller_epoch: 0,
         }
     }

@@ -53,6 +53,16 @@ pub struct TopicRecord {
     /// started was otherwise never started: madsim seed 56 of weir-sim.)
     #[serde(default)]
     pub confirmations: Vec<u32>,
+    /// Per partition, the brokers of targets that a later reassignment
+    /// replaced before the leader confirmed them. The group's voters may
+    /// already be such a target (openraft finished the change; the
+    /// confirmation had not landed), so those brokers keep their replicas
+    /// until a confirmation names the voters again. (madsim seed 5727 of
+    /// weir-sim: a second move while the first was finishing made brokers
+    /// 1 and 5 delete their replicas while they were two of three voters,
+    /// and the partition never had a leader again.)
+    #[serde(default)]
+    pub retained: Vec<Vec<u64>>,
     /// The epoch of the controller that last reassigned a partition; a
     /// controller with a lower epoch may no longer change the record.
     #[serde(default)]
@@ -80,7 +90,12 @@ impl TopicRecord {
 
     /// Whether `broker` holds (or should hold) a replica of partition `p`.
     pub fn hosts(&self, p: u32, broker: u64) -> bool {
-        self.target(p).contains(&broker) || self.members(p).contains(&broker)
+        self.target(p).contains(&broker) || self.members(p).contains(&broker) || self.retained(p).contains(&broker)
+    }
+
+    /// Brokers of superseded, unconfirmed targets of partition `p`.
+    pub fn retained(&self, p: u32) -> &[u64] {
+        self.retained.get(p as usize).map_or(&[], Vec::as_slice)
     }
 
     /// How many times partition `p` was reassigned.
@@ -93,6 +108,17 @@ impl TopicRecord {
         let n = self.config.partitions as usize;
         self.moves.resize(n, 0);
         self.members.resize(n, Vec::new());
+        self.retained.resize(n, Vec::new());
+        if self.moving(p) {
+            // The voters may already be the target being replaced.
+            let superseded = self.target(p).to_vec();
+            let retained = &mut self.retained[p as usize];
+            for broker in superseded {
+                if !retained.contains(&broker) {
+                    retained.push(broker);
+                }
+            }
+        }
         let members = self.members(p).to_vec();
         self.members[p as usize] = members;
         self.replicas[p as usize] = replicas;
@@ -106,6 +132,10 @@ impl TopicRecord {
         self.confirmations.resize(n, 0);
         self.members[p as usize] = members;
         self.confirmations[p as usize] += 1;
+        // The voters are exactly `members` now: superseded targets are not.
+        if let Some(retained) = self.retained.get_mut(p as usize) {
+            retained.clear();
+        }
     }
 
     /// Whether partition `p`'s group may still be started by the brokers
@@ -235,6 +265,7 @@ impl Topics {
             members: Vec::new(),
             moves: Vec::new(),
             confirmations: Vec::new(),
+            retained: Vec::new(),
             controller_epoch: 0,
         };
         let value = serde_json::to_vec(&record).expect("topic record serializes");
@@ -345,6 +376,7 @@ mod tests {
             members: Vec::new(),
             moves: Vec::new(),
             confirmations: Vec::new(),
+            retained: Vec::new(),
             controller_epoch: 0,
         };
         assert!(record.bootstrappable(0));
@@ -353,10 +385,54 @@ mod tests {
         record.reassign(0, vec![5, 4, 2]);
         assert!(record.bootstrappable(0), "no leader confirmed a change yet");
         assert_eq!(record.members(0), [2, 3, 4], "the first voters stay pinned through both moves");
-        assert!(record.moving(0) && record.hosts(0, 3) && record.hosts(0, 5) && !record.hosts(0, 1));
+        assert!(record.moving(0) && record.hosts(0, 3) && record.hosts(0, 5));
+        assert!(record.hosts(0, 1), "the superseded target is kept until a confirmation");
         record.confirm_members(0, vec![5, 4, 2]);
         assert!(!record.bootstrappable(0), "new replicas now join through the leader");
-        assert!(!record.moving(0) && !record.hosts(0, 3));
+        assert!(!record.moving(0) && !record.hosts(0, 3) && !record.hosts(0, 1));
+    }
+
+    /// madsim seed 5727 of weir-sim: openraft had made [1, 2, 5] the voters
+    /// of a partition confirmed as [2, 3, 4], and a second move to [3, 2, 4]
+    /// came before the confirmation. Brokers 1 and 5 must keep their
+    /// replicas: they are two of the three voters that carry out the second
+    /// move.
+    #[test]
+    fn a_move_replaced_before_its_confirmation_keeps_its_brokers_hosting() {
+        let config = TopicConfig {
+            partitions: 2,
+            retention_ms: None,
+            retention_bytes: None,
+            segment_bytes: None,
+            replication_factor: Some(3),
+        };
+        let mut record = TopicRecord {
+            name: "t".into(),
+            id: 1,
+            config,
+            created_ms: 0,
+            replicas: vec![vec![1, 2, 3], vec![2, 3, 4]],
+            members: Vec::new(),
+            moves: Vec::new(),
+            confirmations: Vec::new(),
+            retained: Vec::new(),
+            controller_epoch: 0,
+        };
+        record.reassign(1, vec![1, 2, 5]);
+        assert!(record.retained(1).is_empty(), "nothing superseded by a first move");
+        record.reassign(1, vec![3, 2, 4]);
+        for broker in 1..=5 {
+            assert!(record.hosts(1, broker), "broker {broker} may be a voter");
+        }
+        assert!(!record.hosts(0, 5) && record.retained(0).is_empty(), "other partitions unaffected");
+        record.confirm_members(1, vec![3, 2, 4]);
+        assert!(!record.hosts(1, 1) && !record.hosts(1, 5), "confirmed: the superseded brokers let go");
+        // A move that had not started anything is not retained.
+        record.reassign(1, vec![3, 2, 1]);
+        record.confirm_members(1, vec![3, 2, 1]);
+        record.reassign(1, vec![3, 2, 4]);
+        assert_eq!(record.retained(1), [] as [u64; 0]);
+        assert!(record.hosts(1, 1), "a confirmed member keeps hosting until the next confirmation");
     }
 
     #[test]
