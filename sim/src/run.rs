@@ -59,7 +59,14 @@ pub async fn run(plan: Plan) -> Outcome {
     cluster
         .run(async move {
             let client = Client::connect(&address).await.expect("connect");
-            let config = proto::TopicConfig { partitions, replication_factor: Some(replication), ..Default::default() };
+            // Small segments, so logs roll, and damage, truncation and
+            // recovery meet sealed segments as well as active ones.
+            let config = proto::TopicConfig {
+                partitions,
+                replication_factor: Some(replication),
+                segment_bytes: Some(SEGMENT_BYTES),
+                ..Default::default()
+            };
             client.create_topic(TOPIC, config).await.expect("create the topic");
         })
         .await;
@@ -178,7 +185,10 @@ async fn produce(bootstrap: String, plan: Plan, process: u64, acks: Acks, histor
         let value = process * 1_000_000_000 + n;
         n += 1;
         history.record(process, Kind::Invoke, Value::Send { partition, value, offset: None });
-        let record = weir::client::producer::record(None, value.to_string().as_bytes(), 1);
+        // Stamped with the simulated wall clock, as a real producer would:
+        // retention by age then keeps what a week keeps (all of it).
+        let now_ms = system_clock().now_ms();
+        let record = weir::client::producer::record(None, value.to_string().as_bytes(), now_ms);
         let delivered = match producer.send(TOPIC, Some(partition), record).await {
             Ok(delivery) => delivery.wait().await,
             Err(error) => Err(error),
@@ -450,6 +460,10 @@ fn rot_a_segment(disk: &SimDisk, broker: u64, seed: u64) {
         tracing::info!(broker, file = %victim.display(), position, mask, ok = flipped.is_ok(), "nemesis: bit flipped");
     }
 }
+
+/// The test topic's segment size: a partition's log rolls every hundred or
+/// so batches.
+const SEGMENT_BYTES: u64 = 16 << 10;
 
 /// Injects one fault, waits `lasting`, heals it.
 async fn inject(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, lasting: Duration) {

@@ -84,7 +84,20 @@ impl StateMachine {
     /// Loads the last snapshot, if any, and brings the log in line with it.
     /// Blocks on disk I/O.
     pub fn open(disk: Arc<dyn Disk>, dir: &Path, log: LogStore) -> Result<Self, String> {
-        let snapshot: Option<StoredSnapshot> = state_file::load(disk.as_ref(), dir, SNAPSHOT_FILE)?;
+        let mut snapshot: Option<StoredSnapshot> = state_file::load(disk.as_ref(), dir, SNAPSHOT_FILE)?;
+        if let Some(last) = snapshot.as_ref().and_then(|s| s.meta.last_log_id) {
+            // Damage cut the log below the snapshot's last entry. Starting
+            // the log over at the snapshot would throw away this replica's
+            // history below it; while the log still starts at the group's
+            // first entry, the state is rebuilt from the log instead, and the
+            // leader restores the entries that were cut. (The snapshot file
+            // stays: once the log holds its last entry again it is valid.)
+            let damaged = log.repair_through().is_some() && log.last_purged().is_none();
+            if damaged && !log.contains(&last) {
+                tracing::warn!(dir = %dir.display(), snapshot = %last, "damage cut the log below the snapshot; replaying the log instead");
+                snapshot = None;
+            }
+        }
         let mut applying = Applying::default();
         if let Some(snapshot) = &snapshot {
             applying.last_applied = snapshot.meta.last_log_id;
