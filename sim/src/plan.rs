@@ -104,7 +104,7 @@ impl Plan {
                     // Decided by the kill's seed, not a draw of its own, so
                     // the schedules of existing seeds stay as they were.
                     let seed = rng.next_u64();
-                    Fault::KillRestart { broker, seed, rot: seed % 3 == 0 }
+                    Fault::KillRestart { broker, seed, rot: seed.is_multiple_of(3) }
                 }
                 2 => Fault::Isolate { broker },
                 3 => {
