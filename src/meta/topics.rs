@@ -358,27 +358,32 @@ mod tests {
         assert!(validate_name(&"a".repeat(201), false).is_err());
     }
 
-    #[test]
-    fn a_partition_moved_before_its_group_started_is_started_by_its_first_voters() {
+    /// A topic placed on `replicas` (one list per partition), never moved.
+    fn unconfirmed(replicas: Vec<Vec<u64>>) -> TopicRecord {
         let config = TopicConfig {
-            partitions: 1,
+            partitions: replicas.len() as u32,
             retention_ms: None,
             retention_bytes: None,
             segment_bytes: None,
             replication_factor: Some(3),
         };
-        let mut record = TopicRecord {
+        TopicRecord {
             name: "t".into(),
             id: 1,
             config,
             created_ms: 0,
-            replicas: vec![vec![2, 3, 4]],
+            replicas,
             members: Vec::new(),
             moves: Vec::new(),
             confirmations: Vec::new(),
             retained: Vec::new(),
             controller_epoch: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn a_partition_moved_before_its_group_started_is_started_by_its_first_voters() {
+        let mut record = unconfirmed(vec![vec![2, 3, 4]]);
         assert!(record.bootstrappable(0));
         assert_eq!(record.members(0), [2, 3, 4]);
         record.reassign(0, vec![2, 1, 4]);
@@ -399,25 +404,7 @@ mod tests {
     /// move.
     #[test]
     fn a_move_replaced_before_its_confirmation_keeps_its_brokers_hosting() {
-        let config = TopicConfig {
-            partitions: 2,
-            retention_ms: None,
-            retention_bytes: None,
-            segment_bytes: None,
-            replication_factor: Some(3),
-        };
-        let mut record = TopicRecord {
-            name: "t".into(),
-            id: 1,
-            config,
-            created_ms: 0,
-            replicas: vec![vec![1, 2, 3], vec![2, 3, 4]],
-            members: Vec::new(),
-            moves: Vec::new(),
-            confirmations: Vec::new(),
-            retained: Vec::new(),
-            controller_epoch: 0,
-        };
+        let mut record = unconfirmed(vec![vec![1, 2, 3], vec![2, 3, 4]]);
         record.reassign(1, vec![1, 2, 5]);
         assert!(record.retained(1).is_empty(), "nothing superseded by a first move");
         record.reassign(1, vec![3, 2, 4]);
