@@ -31,6 +31,10 @@ pub enum Value {
     Assign { group: String, generation: u64, partitions: Vec<u32> },
     /// Offsets a consumer committed for its group (next offset to read).
     Commit { group: String, generation: u64, offsets: BTreeMap<u32, u64> },
+    /// A consumer moved its position in one of its partitions; `offset` is
+    /// where it moved to, once known (a seek by time or to the beginning
+    /// asks the broker), and `partitions` the assignment it held.
+    Seek { group: String, partition: u32, offset: Option<u64>, partitions: Vec<u32> },
 }
 
 impl Value {
@@ -40,6 +44,7 @@ impl Value {
             Value::Poll(_) => "poll",
             Value::Assign { .. } => "assign",
             Value::Commit { .. } => "commit",
+            Value::Seek { .. } => "seek",
         }
     }
 }
@@ -147,12 +152,28 @@ pub fn to_edn(ops: &[Op]) -> String {
                 let keys: Vec<String> = offsets.iter().map(|(p, o)| format!("{p} {o}")).collect();
                 format!("{{{}}}", keys.join(", "))
             }
+            // Jepsen's workload has no seek; an assignment is what tells its
+            // checker a consumer's position may have moved, so a seek
+            // exports as the assignment it kept, the seek beside it.
+            Value::Seek { partitions, .. } => {
+                let keys: Vec<String> = partitions.iter().map(u32::to_string).collect();
+                format!("[{}]", keys.join(" "))
+            }
         };
         let extra = match &op.value {
             Value::Assign { group, generation, .. } | Value::Commit { group, generation, .. } => {
                 format!(", :group \"{group}\", :generation {generation}")
             }
+            Value::Seek { group, partition, offset, .. } => {
+                let to = offset.map_or_else(|| "nil".to_owned(), |o| o.to_string());
+                format!(", :group \"{group}\", :seek {{{partition} {to}}}")
+            }
             _ => String::new(),
+        };
+        // Exported under the function Jepsen's checker knows (see above).
+        let f = match op.value {
+            Value::Seek { .. } => "assign",
+            _ => op.value.f(),
         };
         let _ = writeln!(
             out,
@@ -160,7 +181,7 @@ pub fn to_edn(ops: &[Op]) -> String {
             op.index,
             op.time.as_nanos(),
             op.process,
-            op.value.f()
+            f
         );
     }
     out
@@ -210,5 +231,18 @@ mod tests {
         // The send still open when the run ended counts as unknown.
         assert_eq!((paired[2].0.index, paired[2].1.kind), (4, Kind::Info));
         assert_ne!(fingerprint(&ops), fingerprint(&ops[..4]));
+    }
+
+    #[test]
+    fn a_seek_exports_as_the_assignment_it_kept() {
+        let seek = |offset| Value::Seek { group: "g".into(), partition: 2, offset, partitions: vec![0, 2] };
+        let ops = vec![op(0, 4, Kind::Invoke, seek(None)), op(1, 4, Kind::Ok, seek(Some(5)))];
+        let edn = to_edn(&ops);
+        let lines: Vec<&str> = edn.lines().collect();
+        assert_eq!(
+            lines[1],
+            "{:index 1, :time 1000000, :type :ok, :process 4, :f :assign, :value [0 2], :group \"g\", :seek {2 5}}"
+        );
+        assert_eq!(pairs(&ops).len(), 1, "the seek's completion pairs with its invocation");
     }
 }

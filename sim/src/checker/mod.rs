@@ -127,12 +127,23 @@ pub fn weak_losses(input: &Input) -> BTreeMap<u64, (usize, usize)> {
     out
 }
 
+/// One stretch of a consumer's reading of one partition.
+pub(crate) struct Run {
+    pub process: u64,
+    pub partition: u32,
+    /// Where a seek put the consumer when the run began (a run begun by an
+    /// assignment starts wherever its group's commit says).
+    pub sought: Option<u64>,
+    /// The offsets of its successful polls, in order.
+    pub offsets: Vec<u64>,
+}
+
 /// Per consumer process and partition, the offsets of its successful polls
 /// in order, split where the process's assignment changed (a new
-/// generation): within one run of the same assignment a consumer reads on
-/// from where it was; across them it may start over from a commit.
-pub(crate) fn poll_runs(input: &Input) -> Vec<(u64, u32, Vec<u64>)> {
-    let mut current: BTreeMap<(u64, u32), Vec<u64>> = BTreeMap::new();
+/// generation) or it sought in that partition: within one run a consumer
+/// reads on from where it was; across them it may start over.
+pub(crate) fn poll_runs(input: &Input) -> Vec<Run> {
+    let mut current: BTreeMap<(u64, u32), Run> = BTreeMap::new();
     let mut out = Vec::new();
     for op in &input.ops {
         if op.kind != Kind::Ok {
@@ -141,21 +152,27 @@ pub(crate) fn poll_runs(input: &Input) -> Vec<(u64, u32, Vec<u64>)> {
         match &op.value {
             Value::Assign { .. } => {
                 let ended: Vec<(u64, u32)> = current.keys().filter(|(p, _)| *p == op.process).copied().collect();
-                for key in ended {
-                    if let Some(offsets) = current.remove(&key) {
-                        out.push((key.0, key.1, offsets));
-                    }
-                }
+                out.extend(ended.into_iter().filter_map(|key| current.remove(&key)));
+            }
+            Value::Seek { partition, offset, .. } => {
+                let run = Run { process: op.process, partition: *partition, sought: *offset, offsets: Vec::new() };
+                out.extend(current.insert((op.process, *partition), run));
             }
             Value::Poll(polled) => {
                 for (partition, records) in polled {
-                    current.entry((op.process, *partition)).or_default().extend(records.iter().map(|(o, _)| *o));
+                    let run = current.entry((op.process, *partition)).or_insert_with(|| Run {
+                        process: op.process,
+                        partition: *partition,
+                        sought: None,
+                        offsets: Vec::new(),
+                    });
+                    run.offsets.extend(records.iter().map(|(o, _)| *o));
                 }
             }
             _ => {}
         }
     }
-    out.extend(current.into_iter().map(|((p, k), offsets)| (p, k, offsets)));
+    out.extend(current.into_values());
     out
 }
 
@@ -202,6 +219,12 @@ pub(crate) mod tests {
             let value = Value::Commit { group: "g".into(), generation, offsets: BTreeMap::from([(partition, offset)]) };
             self.push(process, Kind::Invoke, value.clone());
             self.push(process, kind, value)
+        }
+
+        pub fn seek(&mut self, process: u64, partition: u32, offset: u64) -> &mut Self {
+            let value = |offset| Value::Seek { group: "g".into(), partition, offset, partitions: vec![partition] };
+            self.push(process, Kind::Invoke, value(None));
+            self.push(process, Kind::Ok, value(Some(offset)))
         }
 
         pub fn input(&self, final_log: &[(u32, &[(u64, u64)])]) -> Input {

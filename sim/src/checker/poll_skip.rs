@@ -4,13 +4,26 @@
 //! assigned consumer that skip over offsets holding values). Offsets in a
 //! weir partition are dense, so within one assignment each read offset
 //! follows the previous one; only offsets that exist in the final log
-//! count, so a run cut short by the end is not a skip.
+//! count, so a run cut short by the end is not a skip. After a seek, the
+//! first read must be the offset sought.
 
 use super::{poll_runs, Anomaly, Input};
 
 pub fn check(input: &Input) -> Vec<Anomaly> {
     let mut out = Vec::new();
-    for (process, partition, offsets) in poll_runs(input) {
+    for run in poll_runs(input) {
+        let (process, partition, offsets) = (run.process, run.partition, &run.offsets);
+        if let (Some(sought), Some(&first)) = (run.sought, offsets.first()) {
+            if first > sought {
+                out.push(Anomaly {
+                    kind: "poll-skip",
+                    detail: format!(
+                        "process {process} sought partition {partition} to {sought} but read {first} first"
+                    ),
+                });
+                continue;
+            }
+        }
         if let Some(pair) = offsets.windows(2).find(|w| w[1] > w[0] + 1) {
             out.push(Anomaly {
                 kind: "poll-skip",
@@ -39,5 +52,15 @@ mod tests {
         assert_eq!(check(&s.input(&[])), vec![], "a new assignment starts where its commit says");
         s.poll(9, 0, &[(7, 17)]);
         assert_eq!(check(&s.input(&[])).len(), 1);
+    }
+
+    #[test]
+    fn a_seek_starts_a_run_at_the_offset_sought() {
+        let mut s = Script::new();
+        s.assign(9, 1, &[0]).poll(9, 0, &[(0, 10), (1, 11), (2, 12)]);
+        s.seek(9, 0, 1).poll(9, 0, &[(1, 11), (2, 12)]);
+        assert_eq!(check(&s.input(&[])), vec![], "rereading from the offset sought");
+        s.seek(9, 0, 0).poll(9, 0, &[(1, 11)]);
+        assert_eq!(check(&s.input(&[])).len(), 1, "the record at the offset sought was skipped");
     }
 }
