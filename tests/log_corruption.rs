@@ -177,6 +177,46 @@ proptest! {
         prop_assert_eq!(&read[..], &all[..read.len()]);
         prop_assert!(read.len() < all.len());
     }
+
+    /// A scrub of an open log, chunk by chunk, walks every durable batch:
+    /// it reaches the end of an intact log, and stops at a flipped byte
+    /// anywhere in a trusted segment, naming it and marking the log, so
+    /// that damage no reader met yet is still found.
+    #[test]
+    fn scrubbing_finds_damage_no_read_met(pick in any::<prop::sample::Index>(), at in any::<prop::sample::Index>(), mask in 1u8..=255, chunk in 1usize..4096) {
+        let (disk, _) = filled_disk();
+        let log = open(&disk).unwrap();
+        let mut from = 0;
+        while let Some(next) = log.scrub(from, chunk).unwrap() {
+            prop_assert!(next > from && next < log.log_end_offset(), "a scrub chunk moves on: {} to {}", from, next);
+            from = next;
+        }
+        prop_assert!(!log.damage_seen());
+        drop(log);
+
+        let mut segments = files(&disk, ".log");
+        segments.pop();
+        let damaged = pick.get(&segments).clone();
+        let position = at.index(disk.file_len(&damaged).unwrap() as usize) as u64;
+        disk.corrupt_byte(&damaged, position, mask).unwrap();
+        let log = open(&disk).unwrap();
+        let mut from = 0;
+        let error = loop {
+            match log.scrub(from, chunk) {
+                Ok(Some(next)) => from = next,
+                Ok(None) => break None,
+                Err(error) => break Some(error),
+            }
+        };
+        match error {
+            Some(LogError::Corrupt { file, position: found, .. }) => {
+                prop_assert_eq!(file, damaged);
+                prop_assert!(found <= position);
+            }
+            other => prop_assert!(false, "the scrub missed the damage: {:?}", other),
+        }
+        prop_assert!(log.damage_seen(), "the log knows it must be reopened");
+    }
 }
 
 #[test]

@@ -26,6 +26,9 @@ pub fn config(id: u64, listen: std::net::SocketAddr, etcd: &str, cluster: &str) 
         etcd: vec![etcd.to_owned()],
         cluster_name: cluster.to_owned(),
         session_timeout_ms: 2_000,
+        // Damage the nemesis leaves on a running broker is found within
+        // seconds, as on a real cluster within hours.
+        scrub_interval_ms: 2_000,
         ..BrokerConfig::default()
     }
 }

@@ -16,6 +16,11 @@ pub enum Fault {
     /// segment cut short. Recovery must detect it by CRC, the replica must be
     /// healed from its peers, and no damaged byte may be served.
     KillRestart { broker: u64, seed: u64, rot: bool },
+    /// A bit flipped in one of a running broker's segment files, in bytes
+    /// it had made durable. Its scrubber (or a read) must find it by CRC,
+    /// the broker must reopen the replica and have it healed from its
+    /// peers, and no damaged byte may be served.
+    Rot { broker: u64, seed: u64 },
     /// Cut a broker off from everyone (an isolated node or leader).
     Isolate { broker: u64 },
     /// Cut the link between two brokers both ways (a bridge partition
@@ -104,7 +109,11 @@ impl Plan {
                     // Decided by the kill's seed, not a draw of its own, so
                     // the schedules of existing seeds stay as they were.
                     let seed = rng.next_u64();
-                    Fault::KillRestart { broker, seed, rot: seed.is_multiple_of(3) }
+                    match seed % 3 {
+                        0 => Fault::KillRestart { broker, seed, rot: true },
+                        1 => Fault::Rot { broker, seed },
+                        _ => Fault::KillRestart { broker, seed, rot: false },
+                    }
                 }
                 2 => Fault::Isolate { broker },
                 3 => {
@@ -183,7 +192,10 @@ mod tests {
         let three = Plan::with_brokers(7, Duration::from_secs(60), Some(3));
         assert_eq!((three.brokers, three.partitions), (3, a.partitions));
         assert!(three.steps.iter().all(|s| match &s.fault {
-            Fault::KillRestart { broker, .. } | Fault::Isolate { broker } | Fault::Pause { broker } => *broker <= 3,
+            Fault::KillRestart { broker, .. }
+            | Fault::Rot { broker, .. }
+            | Fault::Isolate { broker }
+            | Fault::Pause { broker } => *broker <= 3,
             Fault::CutLink { a, b } => *a <= 3 && *b <= 3,
             Fault::OneWay { from, to } => *from <= 3 && *to <= 3,
             Fault::DiskErrors { broker, .. } | Fault::FullDisk { broker } => *broker <= 3,

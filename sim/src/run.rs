@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::net::NetSim;
-use weir::client::consumer::{ConsumerConfig, GroupConsumer};
+use weir::client::consumer::{ConsumerConfig, GroupConsumer, SeekTo};
 use weir::client::{Client, Producer, ProducerConfig};
 use weir::log::{LogConfig, PartitionLog};
 use weir::proto;
@@ -87,12 +87,12 @@ pub async fn run(plan: Plan) -> Outcome {
     let mut consumers = Vec::new();
     let mut member_nodes = Vec::new();
     for m in 0..plan.members {
-        let task = consume(bootstrap.clone(), GROUP, 100 + m, history.clone(), stop_consuming.clone());
+        let task = consume(bootstrap.clone(), GROUP, 100 + m, plan.seed, history.clone(), stop_consuming.clone());
         let (node, task) = cluster.spawn_client_node(task);
         member_nodes.push(node);
         consumers.push(task);
     }
-    let task = consume(bootstrap.clone(), OTHER_GROUP, 200, history.clone(), stop_consuming.clone());
+    let task = consume(bootstrap.clone(), OTHER_GROUP, 200, plan.seed, history.clone(), stop_consuming.clone());
     consumers.push(cluster.spawn_client(task));
 
     // Safety: the plan's faults, one at a time, each healed before the next;
@@ -209,8 +209,17 @@ async fn produce(bootstrap: String, plan: Plan, process: u64, acks: Acks, histor
     }
 }
 
-/// A group member: polls, notes each new assignment, commits what it read.
-async fn consume(bootstrap: String, group: &'static str, process: u64, history: History, stop: Arc<AtomicBool>) {
+/// A group member: polls, notes each new assignment, commits what it read,
+/// and now and then seeks back in one of its partitions.
+async fn consume(
+    bootstrap: String,
+    group: &'static str,
+    process: u64,
+    seed: u64,
+    history: History,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = SeededRng::new(seed.wrapping_mul(37).wrapping_add(process));
     let mut consumer = None;
     let mut noted: Option<(u64, Vec<u32>)> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -237,6 +246,9 @@ async fn consume(bootstrap: String, group: &'static str, process: u64, history: 
                 }
             }
         };
+        if rng.chance(1, 25) {
+            seek_back(member, group, process, &mut rng, &history).await;
+        }
         history.record(process, Kind::Invoke, Value::Poll(BTreeMap::new()));
         let polled = member.poll(Duration::from_millis(300)).await;
         note_assignment(member, group, process, &history, &mut noted);
@@ -274,6 +286,43 @@ async fn consume(bootstrap: String, group: &'static str, process: u64, history: 
     }
     if let Some(member) = consumer {
         let _ = member.close().await;
+    }
+}
+
+/// Moves one assigned partition's position back: a few records, to the
+/// beginning, or to a time in the last few seconds (never forward, so the
+/// group still reads everything). Recorded as a seek with where it landed.
+async fn seek_back(member: &mut GroupConsumer, group: &str, process: u64, rng: &mut SeededRng, history: &History) {
+    let positions = member.positions();
+    if positions.is_empty() {
+        return;
+    }
+    let ((topic, partition), position) = positions[rng.below(positions.len() as u64) as usize].clone();
+    let mut partitions: Vec<u32> = positions.iter().map(|((_, p), _)| *p).collect();
+    partitions.sort_unstable();
+    let value = |offset| Value::Seek { group: group.to_owned(), partition, offset, partitions: partitions.clone() };
+    history.record(process, Kind::Invoke, value(None));
+    let target = match rng.below(4) {
+        0 => SeekTo::Beginning,
+        1 => SeekTo::Timestamp(system_clock().now_ms() - 1 - rng.below(5_000) as i64),
+        _ => SeekTo::Offset(position.saturating_sub(1 + rng.below(30))),
+    };
+    match member.seek_to(&topic, partition, target).await {
+        Ok(offset) if offset <= position => {
+            history.record(process, Kind::Ok, value(Some(offset)));
+        }
+        Ok(_) => {
+            // The time lies ahead of what this member has read: back to
+            // where it was, which is a seek too.
+            let moved = member.seek(&topic, partition, position).map(|()| position);
+            let kind = if moved.is_ok() { Kind::Ok } else { Kind::Info };
+            history.record(process, kind, value(moved.ok()));
+        }
+        Err(error) => {
+            // A lookup that failed leaves the position where it was.
+            tracing::info!(process, %error, "seek failed");
+            history.record(process, Kind::Fail, value(None));
+        }
     }
 }
 
@@ -432,24 +481,28 @@ fn segment_files(disk: &dyn Disk, broker: u64) -> Vec<Vec<std::path::PathBuf>> {
     out
 }
 
-/// Bit rot on a stopped broker, chosen by `seed`: one bit flipped anywhere
-/// in one segment file, or (one time in three) a sealed segment cut short.
-/// The active segment is not cut: after a crash a shortened active segment
-/// is a torn tail, which recovery cannot tell from lost acknowledged data.
-fn rot_a_segment(disk: &SimDisk, broker: u64, seed: u64) {
+/// Bit rot chosen by `seed`: one bit flipped anywhere in one segment file,
+/// or (one time in three, with `may_cut`, for a stopped broker) a sealed
+/// segment cut short. The active segment is not cut: after a crash a
+/// shortened active segment is a torn tail, which recovery cannot tell from
+/// lost acknowledged data. A running broker's file is only flipped, and
+/// only where its bytes are durable.
+fn rot_a_segment(disk: &SimDisk, broker: u64, seed: u64, may_cut: bool) {
     let mut rng = SeededRng::new(seed ^ 0xB17_F11B);
     let partitions = segment_files(disk, broker);
     let sealed: Vec<&std::path::PathBuf> =
         partitions.iter().flat_map(|files| files.iter().take(files.len().saturating_sub(1))).collect();
     let all: Vec<&std::path::PathBuf> = partitions.iter().flatten().collect();
-    let cut = !sealed.is_empty() && rng.chance(1, 3);
+    let cut = !sealed.is_empty() && rng.chance(1, 3) && may_cut;
     let candidates: Vec<&std::path::PathBuf> = if cut { sealed } else { all };
-    let candidates: Vec<_> = candidates.into_iter().filter(|p| disk.file_len(p).is_some_and(|len| len > 0)).collect();
+    // Bytes both reads and a crash would see.
+    let len = |p: &std::path::Path| disk.file_len(p).unwrap_or(0).min(disk.durable_len(p).unwrap_or(0));
+    let candidates: Vec<_> = candidates.into_iter().filter(|p| len(p) > 0).collect();
     if candidates.is_empty() {
         return;
     }
     let victim = candidates[rng.below(candidates.len() as u64) as usize];
-    let len = disk.file_len(victim).unwrap_or(0);
+    let len = len(victim);
     let position = rng.below(len);
     if cut {
         let file = disk.open(victim, false).and_then(|file| file.set_len(position).and_then(|()| file.sync()));
@@ -472,10 +525,14 @@ async fn inject(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, lasting: 
         Fault::KillRestart { broker, seed, rot } => {
             cluster.kill(*broker, *seed).await;
             if *rot {
-                rot_a_segment(&cluster.disk(*broker), *broker, *seed);
+                rot_a_segment(&cluster.disk(*broker), *broker, *seed, true);
             }
             tokio::time::sleep(lasting).await;
             cluster.restart(*broker).await;
+        }
+        Fault::Rot { broker, seed } => {
+            rot_a_segment(&cluster.disk(*broker), *broker, *seed, false);
+            tokio::time::sleep(lasting).await;
         }
         Fault::Isolate { broker } => {
             let node = cluster.node_id(*broker);

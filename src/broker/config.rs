@@ -46,6 +46,12 @@ pub struct BrokerConfig {
     /// Cap on a long poll's wait.
     pub fetch_wait_ms_max: u32,
     pub retention_check_interval_ms: i64,
+    /// Background scrubbing reads every replica's durable log and checks
+    /// its CRCs at up to this many bytes a second (0: off), so damage at
+    /// rest is repaired from peers before a reader or a restart needs it.
+    pub scrub_bytes_per_sec: u64,
+    /// A replica's scrub pass starts at most this often.
+    pub scrub_interval_ms: i64,
     /// Committed offsets are snapshotted and older segments dropped once
     /// their partition outgrows this.
     pub offsets_bytes_max: u64,
@@ -94,6 +100,8 @@ impl Default for BrokerConfig {
             fetch_bytes_max: 16 << 20,
             fetch_wait_ms_max: 30_000,
             retention_check_interval_ms: 60_000,
+            scrub_bytes_per_sec: 8 << 20,
+            scrub_interval_ms: 6 * 3_600_000,
             offsets_bytes_max: 64 << 20,
             offsets_segment_bytes: 16 << 20,
         }

@@ -34,6 +34,12 @@ use crate::sys::task::blocking;
 /// Replicas other than the preferred leader start a new group themselves
 /// once its topic is this old (the preferred one may be down).
 const BOOTSTRAP_GRACE_MS: i64 = 5_000;
+/// The scrubber's clock: its budget is spent, and damage found is healed,
+/// once a tick.
+const SCRUB_TICK: Duration = Duration::from_secs(1);
+/// At most this much of one replica's log is checked at a time (with the
+/// log locked).
+const SCRUB_CHUNK_BYTES: usize = 1 << 20;
 /// Reconciliation runs at least this often, besides on metadata changes.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How long a partition whose only replica is this broker may take to
@@ -63,6 +69,20 @@ impl TopicState {
     fn replicas(&self, partition: u32) -> &[u64] {
         self.record.target(partition)
     }
+
+    /// Whether a replica `broker` should host is not open (one whose
+    /// reopening failed).
+    fn lacks_a_replica(&self, broker: u64) -> bool {
+        (0..self.record.config.partitions).any(|p| self.record.hosts(p, broker) && !self.partitions.contains_key(&p))
+    }
+}
+
+/// One replica's background scrub: where its pass is, or when the next
+/// one starts.
+#[derive(Debug, Clone, Copy)]
+struct ScrubPass {
+    cursor: Option<u64>,
+    due: tokio::time::Instant,
 }
 
 pub struct Broker {
@@ -81,6 +101,8 @@ pub struct Broker {
     /// Groups whose leader (this broker) is changing their voters now.
     converging: Arc<Mutex<BTreeSet<GroupId>>>,
     leadership: Mutex<Leadership>,
+    /// Per group, how often a replica here opened with damage to repair.
+    repairs: Mutex<HashMap<GroupId, u64>>,
 }
 
 /// When this broker became leader of each group it leads, and when it last
@@ -161,6 +183,7 @@ impl Broker {
             reconciling: tokio::sync::Mutex::new(()),
             converging: Arc::default(),
             leadership: Mutex::default(),
+            repairs: Mutex::default(),
         });
         let me = BrokerRecord { id: node_id, address: broker.advertised_address() };
         let ttl = Duration::from_millis(broker.config.session_timeout_ms.max(1_000));
@@ -273,7 +296,7 @@ impl Broker {
         for record in records {
             let known = self.topic(&record.name).ok().filter(|state| state.record.id == record.id);
             let state = match known {
-                Some(state) if state.record == record => state,
+                Some(state) if state.record == record && !state.lacks_a_replica(self.config.broker_id) => state,
                 known => match self.open_topic(record, known).await {
                     Ok(state) => state,
                     Err(error) => {
@@ -497,6 +520,9 @@ impl Broker {
         });
         let opened = futures::future::try_join_all(opening).await?;
         let alone = BTreeMap::from([(me, self.advertised_address())]);
+        for partition in opened.iter().filter(|p| p.replica().repairing()) {
+            *lock(&self.repairs).entry(partition.replica().group()).or_default() += 1;
+        }
         for partition in &opened {
             let index = partition.index();
             let only_me = record.target(index) == [me] && record.members(index) == [me] && record.moves(index) == 0;
@@ -687,6 +713,10 @@ impl Broker {
                 None => proto::PartitionDescription { partition: index, ..Default::default() },
             };
             description.hosted = state.partitions.contains_key(&index);
+            if let Some(partition) = state.partitions.get(&index) {
+                description.repairing = partition.replica().repairing();
+                description.repairs = lock(&self.repairs).get(&partition.replica().group()).copied().unwrap_or(0);
+            }
             if let Some((leader, address)) = state.partitions.get(&index).and_then(|p| p.replica().leader()) {
                 description.leader = leader;
                 description.leader_address = address;
@@ -974,6 +1004,89 @@ impl Broker {
                 if let Err(error) = partition.maintain(true).await {
                     tracing::warn!(topic = partition.topic(), partition = partition.index(), %error, "maintenance failed");
                 }
+            }
+        }
+    }
+
+    /// Scrubs the hosted replicas' logs in the background
+    /// ([`BrokerConfig::scrub_bytes_per_sec`]) and reopens every replica
+    /// whose log met damage, by a scrub or any read, until the broker is
+    /// dropped.
+    pub async fn run_scrubber(self: Arc<Self>) {
+        let mut passes: BTreeMap<(String, u32), ScrubPass> = BTreeMap::new();
+        loop {
+            tokio::time::sleep(SCRUB_TICK).await;
+            if self.config.scrub_bytes_per_sec > 0 {
+                self.scrub_some(&mut passes).await;
+            }
+            if self.partitions().iter().any(|p| p.damaged()) {
+                self.heal_damaged().await;
+            }
+        }
+    }
+
+    /// One tick's worth of scrubbing, a chunk per replica whose pass is
+    /// under way or due, in order, until the tick's budget is spent.
+    async fn scrub_some(&self, passes: &mut BTreeMap<(String, u32), ScrubPass>) {
+        let now = tokio::time::Instant::now();
+        let interval = Duration::from_millis(self.config.scrub_interval_ms.max(1) as u64);
+        let per_tick = self.config.scrub_bytes_per_sec as f64 * SCRUB_TICK.as_secs_f64();
+        let mut budget = (per_tick as usize).max(1);
+        let partitions = self.partitions();
+        passes.retain(|(topic, index), _| partitions.iter().any(|p| p.topic() == topic && p.index() == *index));
+        for partition in partitions {
+            if budget == 0 {
+                break;
+            }
+            let key = (partition.topic().to_owned(), partition.index());
+            let pass = passes.entry(key).or_insert(ScrubPass { cursor: None, due: now });
+            if pass.cursor.is_none() && pass.due > now {
+                continue;
+            }
+            let (from, chunk) = (pass.cursor.unwrap_or(0), budget.min(SCRUB_CHUNK_BYTES));
+            budget -= chunk;
+            let scrubbed = blocking({
+                let partition = partition.clone();
+                move || partition.scrub(from, chunk)
+            })
+            .await;
+            match scrubbed {
+                Ok(Some(next)) => pass.cursor = Some(next),
+                Ok(None) => *pass = ScrubPass { cursor: None, due: now + interval },
+                Err(error) => {
+                    tracing::warn!(topic = partition.topic(), partition = partition.index(), %error, "scrub stopped");
+                    *pass = ScrubPass { cursor: None, due: now + interval };
+                }
+            }
+        }
+    }
+
+    /// Closes every replica whose log met damage and opens it again.
+    /// Reopening cuts the log at the damage and records how far the lost
+    /// entries may have reached; the replica then grants no votes until a
+    /// leader has repaired it (see [`crate::raft::Replica::open`]).
+    async fn heal_damaged(&self) {
+        let _one_at_a_time = self.reconciling.lock().await;
+        let states: Vec<Arc<TopicState>> =
+            self.open.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for state in states {
+            let damaged: Vec<u32> = state.partitions.iter().filter(|(_, p)| p.damaged()).map(|(i, _)| *i).collect();
+            if damaged.is_empty() {
+                continue;
+            }
+            let mut kept = state.partitions.clone();
+            for index in damaged {
+                let partition = kept.remove(&index).expect("listed above");
+                tracing::warn!(topic = %state.record.name, partition = index, "damage at rest in a running replica; reopening it to repair it from its peers");
+                if let Err(error) = partition.close().await {
+                    tracing::warn!(topic = %state.record.name, partition = index, %error, "closing a damaged replica failed");
+                }
+            }
+            let without = Arc::new(TopicState { record: state.record.clone(), partitions: kept });
+            if let Err(error) = self.open_topic(state.record.clone(), Some(without.clone())).await {
+                // The reconciler opens it again later.
+                tracing::warn!(topic = %state.record.name, %error, "reopening a damaged replica failed; will retry");
+                self.open.write().unwrap_or_else(|p| p.into_inner()).insert(state.record.name.clone(), without);
             }
         }
     }

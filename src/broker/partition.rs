@@ -82,6 +82,18 @@ impl Partition {
         f(log).map_err(BrokerError::from)
     }
 
+    /// Whether a read or a scrub met damage at rest in this replica's log:
+    /// the replica must be reopened to cut the damage and be repaired.
+    pub fn damaged(&self) -> bool {
+        lock_log(self.replica.log()).as_ref().is_some_and(|log| log.damage_seen())
+    }
+
+    /// Checks about `max_bytes` of the durable log from `from` on (see
+    /// [`PartitionLog::scrub`]); where to go on, `None` once done.
+    pub fn scrub(&self, from: u64, max_bytes: usize) -> BrokerResult<Option<u64>> {
+        self.with_log(|log| log.scrub(from, max_bytes))
+    }
+
     pub fn high_watermark(&self) -> u64 {
         *self.high_watermark.borrow()
     }

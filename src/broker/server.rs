@@ -131,6 +131,7 @@ pub async fn serve(
         .map(|at| AbortOnDrop(tokio::spawn(metrics::serve(at, metrics, broker.clone(), groups.clone()))));
     let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));
     let reconciler = AbortOnDrop(tokio::spawn(broker.clone().run_reconciler()));
+    let scrubber = AbortOnDrop(tokio::spawn(broker.clone().run_scrubber()));
     let controller = AbortOnDrop(tokio::spawn(broker.clone().run_controller()));
     let group_ticks = AbortOnDrop(tokio::spawn(run_groups(broker.clone(), groups_tx)));
     tracing::info!(%listen, "weir broker serving");
@@ -153,7 +154,7 @@ pub async fn serve(
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         );
     let served = with_reflection(router).serve_with_shutdown(listen, shutdown).await;
-    drop((maintenance, reconciler, controller, group_ticks, metrics_server));
+    drop((maintenance, reconciler, scrubber, controller, group_ticks, metrics_server));
     broker.shutdown().await?;
     tracing::info!("weir broker stopped");
     served.map_err(Into::into)

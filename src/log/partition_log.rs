@@ -13,9 +13,15 @@
 //!   the kernel may have dropped data that reads would still return.
 //!   Running out of space is not fatal: the append fails with
 //!   [`LogError::NoSpace`] and the log stays usable.
+//! - A read that meets a damaged batch fails with [`LogError::Corrupt`] and
+//!   marks the log ([`PartitionLog::damage_seen`]): its owner must reopen it,
+//!   which cuts the damage and says what was lost, so that the replica can
+//!   be repaired from its peers. [`PartitionLog::scrub`] looks for damage
+//!   before a read meets it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -51,6 +57,8 @@ pub struct PartitionLog {
     flushed: watch::Sender<u64>,
     last_flush_ms: i64,
     failed: Option<String>,
+    /// A read met a damaged batch (reads take `&self`).
+    damage_seen: AtomicBool,
     recovery: RecoveryReport,
 }
 
@@ -95,6 +103,7 @@ impl PartitionLog {
             flushed: watch::channel(0).0,
             last_flush_ms: now_ms,
             failed: None,
+            damage_seen: AtomicBool::new(false),
             recovery: recovered.report,
         };
         if !log.recovery.clean {
@@ -171,6 +180,23 @@ impl PartitionLog {
         self.segments.values_mut().next_back().expect("a log always has an active segment")
     }
 
+    /// Whether a read (or a scrub) met damage at rest since the log was
+    /// opened: the log must be reopened ([`PartitionLog::rescan`] or a clean
+    /// close and an open), which cuts it at the damage.
+    pub fn damage_seen(&self) -> bool {
+        self.damage_seen.load(Ordering::Acquire)
+    }
+
+    /// Notes damage in a read's result.
+    fn seen<T>(&self, result: LogResult<T>) -> LogResult<T> {
+        if let Err(LogError::Corrupt { file, position, reason }) = &result {
+            if !self.damage_seen.swap(true, Ordering::AcqRel) {
+                tracing::error!(file = %file.display(), position, reason, "damaged batch in a partition log");
+            }
+        }
+        result
+    }
+
     fn check_usable(&self) -> LogResult<()> {
         match &self.failed {
             Some(reason) => Err(LogError::Failed(reason.clone())),
@@ -180,6 +206,9 @@ impl PartitionLog {
 
     /// Poisons the log on any I/O failure but running out of space.
     fn fail(&mut self, error: LogError) -> LogError {
+        if matches!(error, LogError::Corrupt { .. }) {
+            self.damage_seen.store(true, Ordering::Release);
+        }
         if matches!(error, LogError::Io { .. } | LogError::Corrupt { .. }) {
             tracing::error!(dir = %self.dir.display(), %error, "partition log failed; it must be reopened");
             self.failed = Some(error.to_string());
@@ -298,7 +327,25 @@ impl PartitionLog {
         if offset >= segment.next_offset() {
             return Ok(Vec::new());
         }
-        segment.read(offset, max_bytes, limit)
+        self.seen(segment.read(offset, max_bytes, limit))
+    }
+
+    /// Checks about `max_bytes` of durable batches from `from` on (every
+    /// batch read passes its CRCs or is damage): background scrubbing, so
+    /// that damage at rest is found and repaired before a reader or a
+    /// restart needs those bytes, on followers too. Returns where the pass
+    /// goes on, `None` once it reached the durable end.
+    pub fn scrub(&self, from: u64, max_bytes: usize) -> LogResult<Option<u64>> {
+        let end = self.flushed_offset;
+        let mut offset = from.max(self.log_start_offset);
+        let mut checked = 0;
+        while offset < end && checked < max_bytes {
+            let batches = self.read(offset, max_bytes - checked, end)?;
+            let Some(last) = batches.last() else { return Ok(None) };
+            checked += batches.iter().map(Batch::len).sum::<usize>();
+            offset = last.next_offset();
+        }
+        Ok((offset < end).then_some(offset))
     }
 
     /// The first offset whose record's timestamp is at or after
@@ -309,7 +356,7 @@ impl PartitionLog {
             if segment.next_offset() <= self.log_start_offset || segment.max_timestamp_ms() < timestamp_ms {
                 continue;
             }
-            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms)? {
+            if let Some(offset) = self.seen(segment.offset_for_timestamp(timestamp_ms))? {
                 return Ok(Some(offset.max(self.log_start_offset)));
             }
         }

@@ -337,6 +337,13 @@ impl SimDisk {
         Ok(())
     }
 
+    /// How many of the file's bytes would survive a crash now, if it exists.
+    pub fn durable_len(&self, path: &Path) -> Option<u64> {
+        let state = self.lock();
+        let inode = state.names.get(path)?;
+        Some(state.inodes[inode].durable.len() as u64)
+    }
+
     /// The length reads see, if the file exists.
     pub fn file_len(&self, path: &Path) -> Option<u64> {
         let state = self.lock();
