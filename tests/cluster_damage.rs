@@ -235,3 +235,39 @@ async fn damaged_leader() {
     wait_repaired(&cluster, leader, 1).await;
     every_disk_holds(cluster, &acknowledged).await;
 }
+
+#[tokio::test]
+async fn two_damaged_replicas_elect_the_intact_one_and_are_both_repaired() {
+    init_tracing();
+    tokio::time::timeout(TEST_DEADLINE, two_damaged()).await.expect("the test finishes within its deadline");
+}
+
+/// The leader and a follower both damaged: both reopen and abstain, and
+/// only the third replica has the whole log. The abstaining two must still
+/// vote for it (its log is as up to date as theirs was before the damage),
+/// or the partition never has a leader again.
+async fn two_damaged() {
+    let cluster = Cluster::start("two-damaged", 3, |c| {
+        c.scrub_interval_ms = 200;
+        c.prefer_leaders = false;
+    })
+    .await;
+    let (leader, acknowledged) = create_and_fill(&cluster, 200).await;
+    let follower = (1..=3).find(|&b| b != leader).expect("a follower");
+    let intact = (1..=3).find(|&b| b != leader && b != follower).expect("a third broker");
+    flip_a_sealed_byte(&cluster.disk(leader), leader);
+    flip_a_sealed_byte(&cluster.disk(follower), follower);
+    wait_repaired(&cluster, leader, 1).await;
+    wait_repaired(&cluster, follower, 1).await;
+    let address = cluster.addresses().join(",");
+    let checked = acknowledged.clone();
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let now = leaders(&client, TOPIC).await[&0].0;
+            assert_eq!(now, intact, "only the intact replica could lead");
+            check_history(&client, TOPIC, 1, &checked).await;
+        })
+        .await;
+    every_disk_holds(cluster, &acknowledged).await;
+}

@@ -47,8 +47,14 @@ fn print_topic(topic: &proto::TopicDescription) {
     for p in &topic.partitions {
         let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
         let leader = if p.leader == 0 { "?".to_owned() } else { p.leader.to_string() };
+        // Damage at rest this broker found in its replica (and had repaired).
+        let repairs = match (p.repairing, p.repairs) {
+            (true, n) => format!("  repairing (repairs={n})"),
+            (false, 0) => String::new(),
+            (false, n) => format!("  repairs={n}"),
+        };
         println!(
-            "  partition {:>3}  leader={leader} replicas=[{}] start={} high_watermark={} end={} bytes={} segments={}",
+            "  partition {:>3}  leader={leader} replicas=[{}] start={} high_watermark={} end={} bytes={} segments={}{repairs}",
             p.partition,
             replicas.join(","),
             p.log_start_offset,

@@ -56,6 +56,11 @@ struct HardState {
     /// replica neither votes nor campaigns (see `Replica::open`).
     #[serde(default)]
     repair_through: Option<u64>,
+    /// The vote's term when damage was found (the largest over every
+    /// damage not yet repaired): no lost entry has a later term, since a
+    /// replica takes a leader's vote before its entries.
+    #[serde(default)]
+    repair_term: Option<u64>,
 }
 
 /// One Raft entry's place: a batch at `offset`, or a control entry (which
@@ -199,6 +204,8 @@ impl LogStore {
                 "damage cut the Raft log; this replica abstains from elections until a leader repairs it"
             );
             hard.repair_through = Some(through);
+            let term = hard.vote.map(|v| v.leader_id.term);
+            hard.repair_term = term.max(hard.repair_term);
             state_file::save(disk.as_ref(), dir, HARD_STATE_FILE, &hard)?;
         }
         let first = hard.purged.map_or(0, |p| p.index + 1);
@@ -292,10 +299,22 @@ impl LogStore {
         self.index().hard.repair_through
     }
 
+    /// While repairing: a log id no entry this replica may have lost is
+    /// more up to date than (no later term, no higher index). A candidate
+    /// whose last log id is at least this has every entry the replica's
+    /// log held before the damage, as Raft's vote rule demands.
+    pub fn repair_bar(&self) -> Option<LogId> {
+        let hard = &self.index().hard;
+        Some(log_id(hard.repair_term?, hard.repair_through?))
+    }
+
     /// Records that the log holds, from a leader, everything up to the
     /// repair point: the replica may vote again. Blocks on disk I/O.
     pub fn finish_repair(&self) -> Result<(), String> {
-        self.save_hard(|hard| hard.repair_through = None)
+        self.save_hard(|hard| {
+            hard.repair_through = None;
+            hard.repair_term = None;
+        })
     }
 
     /// The last purged entry: everything up to it is gone from the log.

@@ -30,7 +30,7 @@ use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
 pub use self::log_store::{LogStore, SharedLog};
-pub use self::network::{Connections, RaftService, Router};
+pub use self::network::{Connections, RaftService, Routed, Router};
 use self::producers::Verdict;
 pub use self::state_machine::StateMachine;
 pub use self::types::{Applied, GroupId, NodeId, Proposal, RaftNode};
@@ -239,7 +239,8 @@ impl Replica {
             raft.runtime_config().elect(false);
             tokio::spawn(repair_from_leader(raft.clone(), log_store.clone(), abstaining.clone(), env.node_id));
         }
-        env.router.register(group, raft.clone(), abstaining.clone());
+        let repair_bar = log_store.repair_bar();
+        env.router.register(group, Routed { raft: raft.clone(), abstaining: abstaining.clone(), repair_bar });
         tokio::spawn(break_election_ties(raft.clone(), env.node_id, abstaining.clone()));
         Ok(Self {
             group,

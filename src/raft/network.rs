@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::types::{GroupId, NodeId, RaftNode, TypeConfig};
+use super::types::{GroupId, LogId, NodeId, RaftNode, TypeConfig};
 use crate::log::batch::BATCH_BYTES_MAX;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server;
@@ -64,6 +64,9 @@ pub struct Routed {
     /// Set while the replica waits for a leader to repair damage to its
     /// log: it grants no votes and starts no elections.
     pub abstaining: Arc<AtomicBool>,
+    /// While abstaining, the votes it may still grant: to candidates whose
+    /// last log id is at least this (see `LogStore::repair_bar`).
+    pub repair_bar: Option<LogId>,
 }
 
 /// The partition groups this broker is a member of, by group id.
@@ -83,8 +86,8 @@ impl Router {
         Arc::new(Self::default())
     }
 
-    pub fn register(&self, group: GroupId, raft: RaftNode, abstaining: Arc<AtomicBool>) {
-        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(group, Routed { raft, abstaining });
+    pub fn register(&self, group: GroupId, routed: Routed) {
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(group, routed);
     }
 
     pub fn unregister(&self, group: GroupId) -> Option<Routed> {
@@ -140,7 +143,7 @@ impl RaftService {
         }
         let group = message.group.ok_or_else(|| Status::invalid_argument("Raft message without a group"))?;
         let group = GroupId { topic_id: group.topic_id, partition: group.partition };
-        let Routed { raft, abstaining } = self
+        let Routed { raft, abstaining, repair_bar } = self
             .router
             .get(group)
             .ok_or_else(|| Status::not_found(format!("broker {} has no Raft group {group}", self.node_id)))?;
@@ -148,13 +151,26 @@ impl RaftService {
         let payload = &message.payload;
         let reply = match RaftKind::try_from(message.kind) {
             Ok(RaftKind::RaftVote) if abstaining => {
-                // Refusing a vote is always safe; this replica's log may
-                // lack entries it acknowledged, so it cannot judge whether
-                // the candidate's log holds every committed one.
-                let _: VoteRequest<NodeId> = decode(payload).map_err(|e| bad_request("vote request", e))?;
-                let vote = raft.metrics().borrow().vote;
-                let reply: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse::new(vote, None, false));
-                encode(&reply)
+                // This replica's log may lack entries it acknowledged, so
+                // its log cannot judge whether the candidate holds every
+                // committed one. A candidate at least as up to date as the
+                // log was before the damage can be judged (Raft's vote rule
+                // against the lost log); then openraft's own check, against
+                // the shorter log, decides. Anyone else is refused, which
+                // is always safe.
+                let rpc: VoteRequest<NodeId> = decode(payload).map_err(|e| bad_request("vote request", e))?;
+                let covers = match (repair_bar, rpc.last_log_id) {
+                    (Some(bar), Some(last)) => last.leader_id.term >= bar.leader_id.term && last.index >= bar.index,
+                    _ => false,
+                };
+                if covers {
+                    encode(&raft.vote(rpc).await)
+                } else {
+                    let vote = raft.metrics().borrow().vote;
+                    let reply: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+                        Ok(VoteResponse::new(vote, None, false));
+                    encode(&reply)
+                }
             }
             Ok(RaftKind::RaftCampaign) if abstaining => {
                 encode(&Err::<(), String>(format!("broker {} is repairing its replica of {group}", self.node_id)))
