@@ -12,8 +12,9 @@
 //! generation's commit, accepted before a rebalance, may be acknowledged
 //! after the next generation's first commit), so they are not compared.
 //! A seek moves a consumer back on purpose, and Kafka accepts the lower
-//! commit that follows it, so commits are compared only with those that
-//! completed after the partition's latest seek.
+//! commit that follows it, so a commit is compared only with those invoked
+//! after the partition's latest seek (one in flight across the seek may
+//! land after it, from before it).
 
 use std::collections::BTreeMap;
 
@@ -60,7 +61,7 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
         by_completion.sort_by_key(|c| std::cmp::Reverse(c.completed));
         let seeks = seeks.remove(&(group.clone(), partition)).unwrap_or_default();
         // The commits completed before the current one's invocation, and
-        // the highest of them that completed after the latest seek.
+        // the highest of them invoked after the latest seek.
         let mut completed: Vec<&Accepted> = Vec::new();
         let mut highest: Option<&Accepted> = None;
         let mut floor = None;
@@ -68,18 +69,15 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
             while by_completion.last().is_some_and(|c| c.completed < commit.invoked) {
                 let earlier = by_completion.pop().expect("just seen");
                 completed.push(earlier);
-                if floor.is_none_or(|f| earlier.completed > f) && highest.is_none_or(|h| earlier.offset > h.offset) {
+                if floor.is_none_or(|f| earlier.invoked > f) && highest.is_none_or(|h| earlier.offset > h.offset) {
                     highest = Some(earlier);
                 }
             }
             let latest_seek = seeks.iter().take_while(|&&s| s < commit.invoked).last().copied();
             if latest_seek != floor {
                 floor = latest_seek;
-                highest = completed
-                    .iter()
-                    .copied()
-                    .filter(|c| floor.is_none_or(|f| c.completed > f))
-                    .max_by_key(|c| c.offset);
+                highest =
+                    completed.iter().copied().filter(|c| floor.is_none_or(|f| c.invoked > f)).max_by_key(|c| c.offset);
             }
             if let Some(before) = highest.filter(|h| commit.offset < h.offset) {
                 out.push(Anomaly {
@@ -129,5 +127,16 @@ mod tests {
         assert_eq!(check(&s.input(&[])), vec![], "the commit after the seek may be lower");
         s.commit(9, 1, 0, 2, Kind::Ok);
         assert_eq!(check(&s.input(&[])).len(), 1, "but commits after the seek still only go forward");
+    }
+
+    #[test]
+    fn a_commit_in_flight_across_a_seek_is_from_before_it() {
+        let mut s = Script::new();
+        let old = Value::Commit { group: "g".into(), generation: 1, offsets: BTreeMap::from([(0, 37)]) };
+        s.push(8, Kind::Invoke, old.clone());
+        s.seek(9, 0, 0);
+        s.push(8, Kind::Ok, old);
+        s.commit(9, 2, 0, 4, Kind::Ok);
+        assert_eq!(check(&s.input(&[])), vec![], "the commit of 37 was invoked before the seek");
     }
 }
