@@ -514,6 +514,28 @@ fn rot_a_segment(disk: &SimDisk, broker: u64, seed: u64, may_cut: bool) {
     }
 }
 
+/// Whether any broker is repairing a replica (or cannot say): damage is
+/// put into one replica at a time, as the fault model has it. Two damaged
+/// replicas of three may leave nobody with the whole log, and then the
+/// partition waits for an operator, by design (sim/README.md).
+async fn repair_under_way(cluster: &Cluster) -> bool {
+    let addresses = cluster.addresses();
+    cluster
+        .run(async move {
+            for address in addresses {
+                let Ok(client) = Client::connect(&address).await else { return true };
+                for topic in [TOPIC, weir::broker::server::OFFSETS_TOPIC] {
+                    match client.describe_topic(topic).await {
+                        Ok(described) if described.partitions.iter().all(|p| !p.repairing) => {}
+                        _ => return true,
+                    }
+                }
+            }
+            false
+        })
+        .await
+}
+
 /// The test topic's segment size: a partition's log rolls every hundred or
 /// so batches.
 const SEGMENT_BYTES: u64 = 16 << 10;
@@ -523,15 +545,18 @@ async fn inject(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, lasting: 
     let net = NetSim::current();
     match fault {
         Fault::KillRestart { broker, seed, rot } => {
+            let rot = *rot && !repair_under_way(cluster).await;
             cluster.kill(*broker, *seed).await;
-            if *rot {
+            if rot {
                 rot_a_segment(&cluster.disk(*broker), *broker, *seed, true);
             }
             tokio::time::sleep(lasting).await;
             cluster.restart(*broker).await;
         }
         Fault::Rot { broker, seed } => {
-            rot_a_segment(&cluster.disk(*broker), *broker, *seed, false);
+            if !repair_under_way(cluster).await {
+                rot_a_segment(&cluster.disk(*broker), *broker, *seed, false);
+            }
             tokio::time::sleep(lasting).await;
         }
         Fault::Isolate { broker } => {

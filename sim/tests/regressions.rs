@@ -25,6 +25,7 @@ const SEEDS: &[(u64, u64, &str)] = &[
     (325, 60, "an offset fetch answered while an old generation's commit was in flight"),
     (751, 60, "an offset fetch answered while an old generation's commit was in flight"),
     (5727, 60, "a move replaced before its confirmation: two voters deleted their replicas (topics.rs unit test)"),
+    (7359, 60, "a move replaced before its confirmation, then a full disk (as 5727)"),
     (218, 60, "a damaged leader and a damaged follower refused the intact replica their votes (cluster_damage)"),
 ];
 

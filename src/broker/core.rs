@@ -34,6 +34,36 @@ use crate::sys::task::blocking;
 /// Replicas other than the preferred leader start a new group themselves
 /// once its topic is this old (the preferred one may be down).
 const BOOTSTRAP_GRACE_MS: i64 = 5_000;
+/// A damaged leader about to reopen hands its leadership to a caught-up
+/// follower first, so the group has a leader (which will repair this
+/// replica) at once instead of after an election timeout; a follower
+/// damaged meanwhile could otherwise leave the group with two replicas
+/// waiting for repair and no leader.
+async fn hand_over_before_closing(partition: &Partition) {
+    let replica = partition.replica();
+    if !replica.is_leader() {
+        return;
+    }
+    let mut progress = replica.progress();
+    progress.sort_by_key(|(_, lag)| *lag);
+    for (broker, lag) in progress {
+        if broker == replica.node_id() || lag > 0 || replica.hand_over(broker).await.is_err() {
+            continue;
+        }
+        for _ in 0..HAND_OVER_PATIENCE_TICKS {
+            if !replica.is_leader() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        return;
+    }
+}
+
+/// How long (in 10 ms ticks) a damaged leader waits for the follower it
+/// handed leadership to.
+const HAND_OVER_PATIENCE_TICKS: u32 = 100;
+
 /// The scrubber's clock: its budget is spent, and damage found is healed,
 /// once a tick.
 const SCRUB_TICK: Duration = Duration::from_secs(1);
@@ -1078,6 +1108,7 @@ impl Broker {
             for index in damaged {
                 let partition = kept.remove(&index).expect("listed above");
                 tracing::warn!(topic = %state.record.name, partition = index, "damage at rest in a running replica; reopening it to repair it from its peers");
+                hand_over_before_closing(&partition).await;
                 if let Err(error) = partition.close().await {
                     tracing::warn!(topic = %state.record.name, partition = index, %error, "closing a damaged replica failed");
                 }

@@ -262,6 +262,10 @@ impl Replica {
         self.abstaining.load(Ordering::Acquire)
     }
 
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
     pub fn group(&self) -> GroupId {
         self.group
     }
