@@ -573,6 +573,8 @@ async fn prometheus_metrics_count_traffic_and_lag() {
                 "weir_produce_latency_seconds_count 1",
                 "weir_partition_high_watermark{topic=\"metered\",partition=\"0\"} 3",
                 "weir_group_lag{group=\"readers\",topic=\"metered\",partition=\"0\"} 2",
+                "weir_partition_repairing{topic=\"metered\",partition=\"0\"} 0",
+                "weir_partition_repairs_total{topic=\"metered\",partition=\"0\"} 0",
             ] {
                 assert!(page.lines().any(|l| l == line), "missing {line:?} in:\n{page}");
             }

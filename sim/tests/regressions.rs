@@ -26,6 +26,7 @@ const SEEDS: &[(u64, u64, &str)] = &[
     (751, 60, "an offset fetch answered while an old generation's commit was in flight"),
     (5727, 60, "a move replaced before its confirmation: two voters deleted their replicas (topics.rs unit test)"),
     (7359, 60, "a move replaced before its confirmation, then a full disk (as 5727)"),
+    (299, 60, "two replicas damaged before the first was repaired: no leader (one replica at a time; hand-over)"),
     (218, 60, "a damaged leader and a damaged follower refused the intact replica their votes (cluster_damage)"),
 ];
 

@@ -69,7 +69,7 @@ const HAND_OVER_PATIENCE_TICKS: u32 = 100;
 const SCRUB_TICK: Duration = Duration::from_secs(1);
 /// At most this much of one replica's log is checked at a time (with the
 /// log locked).
-const SCRUB_CHUNK_BYTES: usize = 1 << 20;
+const SCRUB_CHUNK_BYTES: usize = 256 << 10;
 /// Reconciliation runs at least this often, besides on metadata changes.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How long a partition whose only replica is this broker may take to
@@ -133,6 +133,9 @@ pub struct Broker {
     leadership: Mutex<Leadership>,
     /// Per group, how often a replica here opened with damage to repair.
     repairs: Mutex<HashMap<GroupId, u64>>,
+    /// Scrub passes completed over every replica (each read its whole
+    /// durable log without finding damage).
+    scrub_passes: std::sync::atomic::AtomicU64,
 }
 
 /// When this broker became leader of each group it leads, and when it last
@@ -214,6 +217,7 @@ impl Broker {
             converging: Arc::default(),
             leadership: Mutex::default(),
             repairs: Mutex::default(),
+            scrub_passes: std::sync::atomic::AtomicU64::new(0),
         });
         let me = BrokerRecord { id: node_id, address: broker.advertised_address() };
         let ttl = Duration::from_millis(broker.config.session_timeout_ms.max(1_000));
@@ -745,7 +749,7 @@ impl Broker {
             description.hosted = state.partitions.contains_key(&index);
             if let Some(partition) = state.partitions.get(&index) {
                 description.repairing = partition.replica().repairing();
-                description.repairs = lock(&self.repairs).get(&partition.replica().group()).copied().unwrap_or(0);
+                description.repairs = self.repairs(partition.replica().group());
             }
             if let Some((leader, address)) = state.partitions.get(&index).and_then(|p| p.replica().leader()) {
                 description.leader = leader;
@@ -1038,6 +1042,17 @@ impl Broker {
         }
     }
 
+    /// How often this broker found damage in its replica of `group` and
+    /// had it repaired from peers, since it started.
+    pub fn repairs(&self, group: GroupId) -> u64 {
+        lock(&self.repairs).get(&group).copied().unwrap_or(0)
+    }
+
+    /// Scrub passes completed since the broker started.
+    pub fn scrub_passes(&self) -> u64 {
+        self.scrub_passes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Scrubs the hosted replicas' logs in the background
     /// ([`BrokerConfig::scrub_bytes_per_sec`]) and reopens every replica
     /// whose log met damage, by a scrub or any read, until the broker is
@@ -1055,8 +1070,9 @@ impl Broker {
         }
     }
 
-    /// One tick's worth of scrubbing, a chunk per replica whose pass is
-    /// under way or due, in order, until the tick's budget is spent.
+    /// One tick's worth of scrubbing: a chunk at a time from each replica
+    /// whose pass is under way or due, round robin, until the tick's budget
+    /// is spent or every pass is done.
     async fn scrub_some(&self, passes: &mut BTreeMap<(String, u32), ScrubPass>) {
         let now = tokio::time::Instant::now();
         let interval = Duration::from_millis(self.config.scrub_interval_ms.max(1) as u64);
@@ -1064,30 +1080,45 @@ impl Broker {
         let mut budget = (per_tick as usize).max(1);
         let partitions = self.partitions();
         passes.retain(|(topic, index), _| partitions.iter().any(|p| p.topic() == topic && p.index() == *index));
-        for partition in partitions {
-            if budget == 0 {
-                break;
-            }
-            let key = (partition.topic().to_owned(), partition.index());
-            let pass = passes.entry(key).or_insert(ScrubPass { cursor: None, due: now });
-            if pass.cursor.is_none() && pass.due > now {
-                continue;
-            }
-            let (from, chunk) = (pass.cursor.unwrap_or(0), budget.min(SCRUB_CHUNK_BYTES));
-            budget -= chunk;
-            let scrubbed = blocking({
-                let partition = partition.clone();
-                move || partition.scrub(from, chunk)
+        let mut active: Vec<Arc<Partition>> = partitions
+            .into_iter()
+            .filter(|partition| {
+                let key = (partition.topic().to_owned(), partition.index());
+                let pass = passes.entry(key).or_insert(ScrubPass { cursor: None, due: now });
+                pass.cursor.is_some() || pass.due <= now
             })
-            .await;
-            match scrubbed {
-                Ok(Some(next)) => pass.cursor = Some(next),
-                Ok(None) => *pass = ScrubPass { cursor: None, due: now + interval },
-                Err(error) => {
-                    tracing::warn!(topic = partition.topic(), partition = partition.index(), %error, "scrub stopped");
-                    *pass = ScrubPass { cursor: None, due: now + interval };
+            .collect();
+        while budget > 0 && !active.is_empty() {
+            let mut still = Vec::with_capacity(active.len());
+            for partition in active {
+                if budget == 0 {
+                    break;
+                }
+                let key = (partition.topic().to_owned(), partition.index());
+                let pass = passes.get_mut(&key).expect("entered above");
+                let (from, chunk) = (pass.cursor.unwrap_or(0), budget.min(SCRUB_CHUNK_BYTES));
+                budget -= chunk;
+                let scrubbed = blocking({
+                    let partition = partition.clone();
+                    move || partition.scrub(from, chunk)
+                })
+                .await;
+                match scrubbed {
+                    Ok(Some(next)) => {
+                        pass.cursor = Some(next);
+                        still.push(partition);
+                    }
+                    Ok(None) => {
+                        self.scrub_passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        *pass = ScrubPass { cursor: None, due: now + interval };
+                    }
+                    Err(error) => {
+                        tracing::warn!(topic = partition.topic(), partition = partition.index(), %error, "scrub stopped");
+                        *pass = ScrubPass { cursor: None, due: now + interval };
+                    }
                 }
             }
+            active = still;
         }
     }
 

@@ -91,16 +91,33 @@ impl Metrics {
 
         let _ = writeln!(out, "# HELP weir_partition_high_watermark Offset consumers read up to.");
         let _ = writeln!(out, "# TYPE weir_partition_high_watermark gauge");
-        let mut sizes = String::new();
+        let (mut sizes, mut repairing, mut repairs) = (String::new(), String::new(), String::new());
         for partition in broker.partitions() {
             let labels = format!("topic=\"{}\",partition=\"{}\"", label(partition.topic()), partition.index());
             let _ = writeln!(out, "weir_partition_high_watermark{{{labels}}} {}", partition.high_watermark());
             if let Ok(description) = partition.describe() {
                 let _ = writeln!(sizes, "weir_partition_size_bytes{{{labels}}} {}", description.size_bytes);
             }
+            let now = u8::from(partition.replica().repairing());
+            let _ = writeln!(repairing, "weir_partition_repairing{{{labels}}} {now}");
+            let total = broker.repairs(partition.replica().group());
+            let _ = writeln!(repairs, "weir_partition_repairs_total{{{labels}}} {total}");
         }
         let _ = writeln!(out, "# HELP weir_partition_size_bytes Bytes a partition's log holds.");
         let _ = writeln!(out, "# TYPE weir_partition_size_bytes gauge\n{sizes}");
+        let _ = writeln!(
+            out,
+            "# HELP weir_partition_repairing 1 while the replica waits for its leader to repair damage at rest."
+        );
+        let _ = writeln!(out, "# TYPE weir_partition_repairing gauge\n{repairing}");
+        let _ = writeln!(
+            out,
+            "# HELP weir_partition_repairs_total Damage at rest found in the replica and repaired from peers."
+        );
+        let _ = writeln!(out, "# TYPE weir_partition_repairs_total counter\n{repairs}");
+        let passes = broker.scrub_passes();
+        let _ = writeln!(out, "# HELP weir_scrub_passes_total Replica logs scrubbed whole without finding damage.");
+        let _ = writeln!(out, "# TYPE weir_scrub_passes_total counter\nweir_scrub_passes_total {passes}");
 
         let _ =
             writeln!(out, "# HELP weir_group_lag Messages between a group's committed offset and the high watermark.");
