@@ -642,3 +642,55 @@ async fn an_idempotent_producer_writes_each_batch_once_across_restarts() {
         })
         .await;
 }
+
+/// `weir bench` against a live broker: each mode moves the messages asked
+/// for and measures latencies from real acknowledgements and receipts.
+#[tokio::test]
+async fn the_benchmarks_move_what_they_are_asked_and_measure_it() {
+    use clap::Parser;
+    use weir::cli::bench::{measure, BenchCommand};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    }
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let command = |line: String| Cli::parse_from(line.split(' ')).bench;
+            let common = format!("--broker {address} --topic benched --partitions 3 --size 100 --quiet");
+            let produced = measure(command(format!("weir produce {common} --messages 3000 --producers 2")))
+                .await
+                .expect("produce bench");
+            assert_eq!((produced.mode, produced.messages, produced.errors), ("produce", 3000, 0));
+            assert_eq!(produced.bytes, 300_000);
+            assert!(produced.latency_ms.max > 0.0 && produced.latency_ms.p50 <= produced.latency_ms.max);
+
+            let consumed = measure(command(format!("weir consume {common} --messages 2500 --consumers 2")))
+                .await
+                .expect("consume bench");
+            assert_eq!((consumed.mode, consumed.errors), ("consume", 0));
+            assert!(consumed.messages >= 2500, "read {} of the 3000 held", consumed.messages);
+
+            let e2e =
+                measure(command(format!("weir e2e {common} --messages 1000 --rate 2000"))).await.expect("e2e bench");
+            assert_eq!((e2e.mode, e2e.messages, e2e.errors), ("e2e", 1000, 0), "every message sent was received");
+            assert!(e2e.latency_ms.max > 0.0);
+
+            let client = connect(&address).await;
+            let held: u64 = (0..3)
+                .map(|p| client.list_offset("benched", p, OffsetSpec::Latest, 0))
+                .collect::<futures::future::JoinAll<_>>()
+                .await
+                .into_iter()
+                .map(|end| end.expect("end offset"))
+                .sum();
+            assert_eq!(held, 4000, "3000 from produce, 1000 from e2e; consume wrote nothing");
+
+            let refused = measure(command(format!("weir produce {common} --in-flight 0"))).await;
+            assert_eq!(refused.unwrap_err(), "--in-flight must be positive");
+        })
+        .await;
+}

@@ -2,7 +2,7 @@
 //! (`topic`, `produce`, `consume`). Settings come from flags, `WEIR_*`
 //! environment variables and, for `server`, a TOML config file.
 
-mod bench;
+pub mod bench;
 mod cluster;
 mod consume;
 mod group;
@@ -24,7 +24,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
     /// The broker to talk to.
     #[arg(long, env = "WEIR_BROKER", default_value = BROKER_DEFAULT, global = true)]

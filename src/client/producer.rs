@@ -68,6 +68,9 @@ impl Delivery {
 pub struct Delivered {
     pub partition: u32,
     pub offset: u64,
+    /// When the producer had the broker's answer (latency measurements do
+    /// not depend on when the delivery is awaited).
+    pub acknowledged_at: tokio::time::Instant,
 }
 
 struct Pending {
@@ -200,9 +203,10 @@ impl Producer {
                 }
             }
             let result = self.send_batch(&topic, partition, &batch, &mut sequencing).await;
+            let acknowledged_at = tokio::time::Instant::now();
             for (i, pending) in batch.into_iter().enumerate() {
                 let outcome = match &result {
-                    Ok(base_offset) => Ok(Delivered { partition, offset: base_offset + i as u64 }),
+                    Ok(base_offset) => Ok(Delivered { partition, offset: base_offset + i as u64, acknowledged_at }),
                     Err(error) => Err(error.clone()),
                 };
                 let _ = pending.done.send(outcome);
