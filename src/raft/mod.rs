@@ -750,16 +750,20 @@ impl Replica {
         self.raft.trigger().purge_log(upto).await.map_err(|e| e.to_string())
     }
 
-    /// Stops the Raft node and closes the log cleanly.
+    /// Stops the Raft node and closes the log cleanly. The log is closed
+    /// even if the node had already stopped on an error (a storage error
+    /// ends openraft's core): a replica reopened after damage must not
+    /// find the old log still open.
     pub async fn shutdown(&self) -> Result<(), String> {
         self.router.unregister(self.group);
-        self.raft.shutdown().await.map_err(|e| format!("stopping Raft for group {}: {e}", self.group))?;
+        let stopped = self.raft.shutdown().await.map_err(|e| format!("stopping Raft for group {}: {e}", self.group));
         let log = self.log.clone();
-        blocking(move || match log_store::lock_log(&log).take() {
+        let closed = blocking(move || match log_store::lock_log(&log).take() {
             Some(log) => log.close().map_err(|e| e.to_string()),
             None => Ok(()),
         })
-        .await
+        .await;
+        stopped.and(closed)
     }
 
     /// Stops the Raft node and drops the log without closing it, as a crash
