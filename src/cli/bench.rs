@@ -303,6 +303,24 @@ struct Measured {
     errors: u64,
 }
 
+impl Measured {
+    fn new() -> Self {
+        Self { messages: 0, latency: histogram(), errors: 0 }
+    }
+
+    /// What the producer or consumer tasks measured, together.
+    async fn sum(tasks: Vec<tokio::task::JoinHandle<Result<Measured, ClientError>>>) -> Result<Measured, ClientError> {
+        let mut total = Measured::new();
+        for task in tasks {
+            let measured = task.await.map_err(joined)??;
+            total.messages += measured.messages;
+            total.errors += measured.errors;
+            total.latency.add(&measured.latency).map_err(|e| ClientError::InvalidReply(e.to_string()))?;
+        }
+        Ok(total)
+    }
+}
+
 /// Every producer's share of `args.messages`, until the deadline.
 async fn produce_all(
     client: &Client,
@@ -320,14 +338,7 @@ async fn produce_all(
             produce_one(client, args, partitions, p, share, base, deadline, progress).await
         }));
     }
-    let mut total = Measured { messages: 0, latency: histogram(), errors: 0 };
-    for task in tasks {
-        let measured = task.await.map_err(joined)??;
-        total.messages += measured.messages;
-        total.errors += measured.errors;
-        total.latency.add(&measured.latency).map_err(|e| ClientError::InvalidReply(e.to_string()))?;
-    }
-    Ok(total)
+    Measured::sum(tasks).await
 }
 
 /// One producer: `count` messages, round robin over the partitions from
@@ -355,7 +366,7 @@ async fn produce_one(
     let start = Instant::now();
     let mut value = vec![b'x'; args.size];
     let mut waiting: VecDeque<(Instant, crate::client::Delivery)> = VecDeque::new();
-    let mut measured = Measured { messages: 0, latency: histogram(), errors: 0 };
+    let mut measured = Measured::new();
     let settle = |measured: &mut Measured, due: Instant, delivered: Result<Delivered, ClientError>| match delivered {
         Ok(delivered) => {
             record_latency(&mut measured.latency, delivered.acknowledged_at.saturating_duration_since(due));
@@ -414,7 +425,7 @@ async fn consume_all(
         let (client, topic, progress, read) = (client.clone(), args.topic.clone(), progress.clone(), read.clone());
         let goal = args.messages;
         tasks.push(tokio::spawn(async move {
-            let mut measured = Measured { messages: 0, latency: histogram(), errors: 0 };
+            let mut measured = Measured::new();
             let mut positions = mine;
             'reading: while !positions.is_empty() && Instant::now() < deadline {
                 for (partition, offset) in positions.iter_mut() {
@@ -449,14 +460,7 @@ async fn consume_all(
             Ok::<_, ClientError>(measured)
         }));
     }
-    let mut total = Measured { messages: 0, latency: histogram(), errors: 0 };
-    for task in tasks {
-        let measured = task.await.map_err(joined)??;
-        total.messages += measured.messages;
-        total.errors += measured.errors;
-        total.latency.add(&measured.latency).map_err(|e| ClientError::InvalidReply(e.to_string()))?;
-    }
-    Ok(total)
+    Measured::sum(tasks).await
 }
 
 /// A progress bar on stderr, or nothing.
