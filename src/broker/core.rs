@@ -899,7 +899,7 @@ impl Broker {
                         format!("batch of {} bytes exceeds {BATCH_BYTES_MAX}", request.batch.len()),
                     ));
                 }
-                let batch = Batch::decode(Bytes::copy_from_slice(&request.batch))
+                let batch = Batch::decode(request.batch.clone())
                     .map_err(|e| BrokerError::new(ErrorCode::InvalidBatch, e.to_string()))?;
                 for record in batch.records() {
                     let record = record.map_err(|e| BrokerError::new(ErrorCode::InvalidBatch, e.to_string()))?;

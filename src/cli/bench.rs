@@ -114,6 +114,9 @@ pub struct Report {
     pub latency_ms: Percentiles,
     /// Sends that failed (not counted in the figures).
     pub errors: u64,
+    /// The first of them, as the client reported it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -270,10 +273,15 @@ async fn bench(mode: Mode, args: &BenchArgs) -> Result<Report, ClientError> {
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
     // What the figures count: messages acknowledged (produce) or received.
-    let send_errors = produced.as_ref().map_or(0, |p| p.errors);
-    let (messages, latency, errors) = match (produced, consumed) {
-        (_, Some(consumed)) => (consumed.messages, consumed.latency, consumed.errors + send_errors),
-        (Some(produced), None) => (produced.messages, produced.latency, produced.errors),
+    let (send_errors, send_error) = produced.as_ref().map_or((0, None), |p| (p.errors, p.first_error.clone()));
+    let (messages, latency, errors, first_error) = match (produced, consumed) {
+        (_, Some(consumed)) => (
+            consumed.messages,
+            consumed.latency,
+            consumed.errors + send_errors,
+            send_error.or(consumed.first_error),
+        ),
+        (Some(produced), None) => (produced.messages, produced.latency, produced.errors, produced.first_error),
         (None, None) => unreachable!("every mode produces or consumes"),
     };
     let bytes = messages * args.size as u64;
@@ -294,6 +302,7 @@ async fn bench(mode: Mode, args: &BenchArgs) -> Result<Report, ClientError> {
         megabytes_per_sec: bytes as f64 / seconds / 1e6,
         latency_ms: Percentiles::of(&latency),
         errors,
+        first_error,
     })
 }
 
@@ -301,11 +310,17 @@ struct Measured {
     messages: u64,
     latency: Histogram<u64>,
     errors: u64,
+    first_error: Option<String>,
 }
 
 impl Measured {
     fn new() -> Self {
-        Self { messages: 0, latency: histogram(), errors: 0 }
+        Self { messages: 0, latency: histogram(), errors: 0, first_error: None }
+    }
+
+    fn failed(&mut self, error: &ClientError) {
+        self.errors += 1;
+        self.first_error.get_or_insert_with(|| error.to_string());
     }
 
     /// What the producer or consumer tasks measured, together.
@@ -315,6 +330,7 @@ impl Measured {
             let measured = task.await.map_err(joined)??;
             total.messages += measured.messages;
             total.errors += measured.errors;
+            total.first_error = total.first_error.or(measured.first_error);
             total.latency.add(&measured.latency).map_err(|e| ClientError::InvalidReply(e.to_string()))?;
         }
         Ok(total)
@@ -373,7 +389,7 @@ async fn produce_one(
             measured.messages += 1;
             progress.inc(1);
         }
-        Err(_) => measured.errors += 1,
+        Err(error) => measured.failed(&error),
     };
     for n in 0..count {
         let due = match interval {
@@ -397,7 +413,7 @@ async fn produce_one(
         let partition = ((index + n) % u64::from(partitions)) as u32;
         match producer.send(&args.topic, Some(partition), record).await {
             Ok(delivery) => waiting.push_back((due, delivery)),
-            Err(_) => measured.errors += 1,
+            Err(error) => measured.failed(&error),
         }
     }
     while let Some((due, delivery)) = waiting.pop_front() {
@@ -435,8 +451,8 @@ async fn consume_all(
                     let wait = Duration::from_millis(100);
                     let fetched = match client.fetch(&topic, *partition, *offset, 4 << 20, wait).await {
                         Ok(fetched) => fetched,
-                        Err(_) => {
-                            measured.errors += 1;
+                        Err(error) => {
+                            measured.failed(&error);
                             continue;
                         }
                     };
@@ -523,6 +539,9 @@ fn print_report(report: &Report) {
         l.max,
         if report.errors > 0 { format!("  ({} errors)", report.errors) } else { String::new() }
     );
+    if let Some(error) = &report.first_error {
+        println!("  first error: {error}");
+    }
 }
 
 #[cfg(test)]

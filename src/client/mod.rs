@@ -359,7 +359,7 @@ impl Client {
         acks: proto::Acks,
     ) -> ClientResult<proto::ProduceResponse> {
         let request =
-            proto::ProduceRequest { topic: topic.to_owned(), partition, acks: acks as i32, records, batch: Vec::new() };
+            proto::ProduceRequest { topic: topic.to_owned(), partition, acks: acks as i32, records, batch: Default::default() };
         self.send_produce(request).await
     }
 
@@ -382,7 +382,7 @@ impl Client {
             partition,
             acks: acks as i32,
             records: Vec::new(),
-            batch: batch.as_bytes().to_vec(),
+            batch: batch.as_bytes().clone(),
         };
         self.send_produce(request).await
     }

@@ -406,19 +406,27 @@ impl RecordIter<'_> {
 /// Builds a batch from records. Offsets are left at zero for the log to set.
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
-    body: Vec<u8>,
+    /// Room for the header, then the records as they will be stored: the
+    /// batch is built in place, without a copy.
+    bytes: Vec<u8>,
     record_count: u32,
     first_timestamp_ms: i64,
     max_timestamp_ms: i64,
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
-    scratch: Vec<u8>,
 }
 
 impl Default for BatchBuilder {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+fn optional_len(value: Option<&Bytes>) -> usize {
+    match value {
+        None => varint::len_i64(-1),
+        Some(bytes) => varint::len_i64(bytes.len() as i64) + bytes.len(),
     }
 }
 
@@ -435,14 +443,13 @@ fn put_optional(out: &mut Vec<u8>, value: Option<&Bytes>) {
 impl BatchBuilder {
     pub fn new() -> Self {
         Self {
-            body: Vec::new(),
+            bytes: vec![0; BATCH_HEADER_BYTES],
             record_count: 0,
             first_timestamp_ms: 0,
             max_timestamp_ms: i64::MIN,
             producer_id: PRODUCER_ID_NONE,
             producer_epoch: -1,
             base_sequence: -1,
-            scratch: Vec::new(),
         }
     }
 
@@ -460,7 +467,7 @@ impl BatchBuilder {
 
     /// Bytes the batch would take if built now.
     pub fn encoded_len(&self) -> usize {
-        BATCH_HEADER_BYTES + self.body.len()
+        self.bytes.len()
     }
 
     pub fn push(&mut self, record: &Record) -> &mut Self {
@@ -468,27 +475,41 @@ impl BatchBuilder {
             self.first_timestamp_ms = record.timestamp_ms;
         }
         self.max_timestamp_ms = self.max_timestamp_ms.max(record.timestamp_ms);
-        let scratch = &mut self.scratch;
-        scratch.clear();
-        scratch.push(0);
-        varint::put_i64(scratch, record.timestamp_ms.wrapping_sub(self.first_timestamp_ms));
-        varint::put_u64(scratch, u64::from(self.record_count));
-        put_optional(scratch, record.key.as_ref());
-        put_optional(scratch, record.value.as_ref());
-        varint::put_u64(scratch, record.headers.len() as u64);
+        let delta = record.timestamp_ms.wrapping_sub(self.first_timestamp_ms);
+        let headers_len: usize = record
+            .headers
+            .iter()
+            .map(|h| varint::len_u64(h.key.len() as u64) + h.key.len() + optional_len(h.value.as_ref()))
+            .sum();
+        let len = 1
+            + varint::len_i64(delta)
+            + varint::len_u64(u64::from(self.record_count))
+            + optional_len(record.key.as_ref())
+            + optional_len(record.value.as_ref())
+            + varint::len_u64(record.headers.len() as u64)
+            + headers_len;
+        let out = &mut self.bytes;
+        out.reserve(varint::len_u64(len as u64) + len);
+        varint::put_u64(out, len as u64);
+        let start = out.len();
+        out.push(0);
+        varint::put_i64(out, delta);
+        varint::put_u64(out, u64::from(self.record_count));
+        put_optional(out, record.key.as_ref());
+        put_optional(out, record.value.as_ref());
+        varint::put_u64(out, record.headers.len() as u64);
         for header in &record.headers {
-            varint::put_u64(scratch, header.key.len() as u64);
-            scratch.extend_from_slice(header.key.as_bytes());
-            put_optional(scratch, header.value.as_ref());
+            varint::put_u64(out, header.key.len() as u64);
+            out.extend_from_slice(header.key.as_bytes());
+            put_optional(out, header.value.as_ref());
         }
-        varint::put_u64(&mut self.body, scratch.len() as u64);
-        self.body.extend_from_slice(scratch);
+        debug_assert_eq!(out.len() - start, len, "a record's length is counted as it is written");
         self.record_count += 1;
         self
     }
 
     /// Seals the batch. Fails if it is empty or larger than [`BATCH_BYTES_MAX`].
-    pub fn build(&self) -> Result<Batch, BatchError> {
+    pub fn build(mut self) -> Result<Batch, BatchError> {
         if self.record_count == 0 {
             return Err(BatchError::Empty);
         }
@@ -502,7 +523,7 @@ impl BatchBuilder {
             raft_index: 0,
             batch_len: batch_len as u32,
             attributes: 0,
-            body_crc: crc32c::crc32c(&self.body),
+            body_crc: crc32c::crc32c(&self.bytes[BATCH_HEADER_BYTES..]),
             record_count: self.record_count,
             first_timestamp_ms: self.first_timestamp_ms,
             max_timestamp_ms: self.max_timestamp_ms,
@@ -510,9 +531,7 @@ impl BatchBuilder {
             producer_epoch: self.producer_epoch,
             base_sequence: self.base_sequence,
         };
-        let mut bytes = vec![0u8; batch_len];
-        header.encode(&mut bytes[..BATCH_HEADER_BYTES]);
-        bytes[BATCH_HEADER_BYTES..].copy_from_slice(&self.body);
-        Ok(Batch { header, bytes: Bytes::from(bytes) })
+        header.encode(&mut self.bytes[..BATCH_HEADER_BYTES]);
+        Ok(Batch { header, bytes: Bytes::from(self.bytes) })
     }
 }

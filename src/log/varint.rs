@@ -13,7 +13,21 @@ pub fn put_u64(out: &mut Vec<u8>, mut value: u64) {
 }
 
 pub fn put_i64(out: &mut Vec<u8>, value: i64) {
-    put_u64(out, ((value << 1) ^ (value >> 63)) as u64);
+    put_u64(out, zigzag(value));
+}
+
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+/// Bytes `put_u64(value)` writes.
+pub fn len_u64(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes `put_i64(value)` writes.
+pub fn len_i64(value: i64) -> usize {
+    len_u64(zigzag(value))
 }
 
 /// Reads bytes from a slice, failing instead of overrunning it.
@@ -92,6 +106,21 @@ mod tests {
             put_u64(&mut out, value);
             assert!(out.len() <= VARINT_BYTES_MAX);
             assert_eq!(Reader::new(&out).u64(), Ok(value));
+        }
+    }
+
+    proptest::proptest! {
+        /// The builder sizes each record before writing it: the lengths
+        /// must be exactly what the writers write.
+        #[test]
+        fn lengths_are_what_is_written(shift in 0u32..64, low in proptest::num::u64::ANY, signed in proptest::num::i64::ANY) {
+            let value = low >> shift;
+            let mut out = Vec::new();
+            put_u64(&mut out, value);
+            proptest::prop_assert_eq!(len_u64(value), out.len());
+            out.clear();
+            put_i64(&mut out, signed >> shift);
+            proptest::prop_assert_eq!(len_i64(signed >> shift), out.len());
         }
     }
 

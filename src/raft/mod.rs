@@ -181,8 +181,27 @@ async fn leader_known(metrics: &mut watch::Receiver<RaftServerMetrics<NodeId, Ba
 }
 
 /// Idempotent batches a leader proposed and has not yet seen applied:
-/// producer id → (epoch, the (first, last) sequences of each batch).
+/// producer id → (epoch, the (first, last) sequences of each batch, in the
+/// order proposed).
 type InFlight = BTreeMap<i64, (i16, Vec<(i32, i32)>)>;
+
+/// Drops a batch from the in-flight list once it is applied (then with
+/// every batch proposed before it: the log applies them in order, so they
+/// are in the producer table too, even if their own waiters have not run
+/// yet) or has failed (then only itself). A stale earlier batch left in
+/// the list would be taken for the producer's latest, and its next batch
+/// refused as out of order.
+fn forget_in_flight(in_flight: &mut InFlight, producer_id: i64, batch: (i32, i32), applied: bool) {
+    if let Some((_, batches)) = in_flight.get_mut(&producer_id) {
+        match batches.iter().position(|b| *b == batch) {
+            Some(at) if applied => drop(batches.drain(..=at)),
+            _ => batches.retain(|b| *b != batch),
+        }
+        if batches.is_empty() {
+            in_flight.remove(&producer_id);
+        }
+    }
+}
 
 /// This broker's member of one partition group.
 #[derive(Clone)]
@@ -587,7 +606,7 @@ impl Replica {
         let committed = match submitted {
             Ok(committed) => committed,
             Err(e) => {
-                self.forget_in_flight(producer_id, (first, last)).await;
+                self.forget_in_flight(producer_id, (first, last), false).await;
                 return Err(self.unavailable(e));
             }
         };
@@ -598,7 +617,7 @@ impl Replica {
                     Ok(Err(e)) => Err(self.write_error(RaftError::APIError(e))),
                     Err(_) => Err(self.unavailable("the Raft node stopped")),
                 };
-                self.forget_in_flight(producer_id, (first, last)).await;
+                self.forget_in_flight(producer_id, (first, last), result.is_ok()).await;
                 result.map(Some)
             }
             Acks::Leader | Acks::None => {
@@ -608,8 +627,8 @@ impl Replica {
                 };
                 let replica = self.clone();
                 tokio::spawn(async move {
-                    let _ = committed.await;
-                    replica.forget_in_flight(producer_id, (first, last)).await;
+                    let applied = matches!(committed.await, Ok(Ok(_)));
+                    replica.forget_in_flight(producer_id, (first, last), applied).await;
                 });
                 match durable_offset {
                     None => Ok(None),
@@ -620,14 +639,8 @@ impl Replica {
         }
     }
 
-    async fn forget_in_flight(&self, producer_id: i64, batch: (i32, i32)) {
-        let mut in_flight = self.in_flight.lock().await;
-        if let Some((_, batches)) = in_flight.get_mut(&producer_id) {
-            batches.retain(|b| *b != batch);
-            if batches.is_empty() {
-                in_flight.remove(&producer_id);
-            }
-        }
+    async fn forget_in_flight(&self, producer_id: i64, batch: (i32, i32), applied: bool) {
+        forget_in_flight(&mut *self.in_flight.lock().await, producer_id, batch, applied);
     }
 
     /// Waits (bounded) until a batch proposed earlier is applied, and
@@ -772,5 +785,39 @@ impl Replica {
         self.router.unregister(self.group);
         let _ = self.raft.shutdown().await;
         log_store::lock_log(&self.log).take();
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+
+    /// Batches A then B of one producer; B's waiter runs first. Once B is
+    /// applied, A is too: neither may stay listed, or the producer's next
+    /// batch would be judged against A and refused as out of order.
+    #[test]
+    fn an_applied_batch_takes_the_earlier_ones_with_it() {
+        let (a, b, c) = ((0, 255), (256, 511), (512, 767));
+        let mut in_flight = InFlight::new();
+        in_flight.insert(7, (0, vec![a, b, c]));
+        forget_in_flight(&mut in_flight, 7, b, true);
+        assert_eq!(in_flight.get(&7), Some(&(0, vec![c])));
+        // A's own waiter, late, finds nothing left to drop.
+        forget_in_flight(&mut in_flight, 7, a, true);
+        assert_eq!(in_flight.get(&7), Some(&(0, vec![c])));
+        forget_in_flight(&mut in_flight, 7, c, true);
+        assert!(in_flight.is_empty());
+    }
+
+    /// A failed batch says nothing of those before it.
+    #[test]
+    fn a_failed_batch_drops_only_itself() {
+        let (a, b) = ((0, 9), (10, 19));
+        let mut in_flight = InFlight::new();
+        in_flight.insert(7, (0, vec![a, b]));
+        forget_in_flight(&mut in_flight, 7, b, false);
+        assert_eq!(in_flight.get(&7), Some(&(0, vec![a])));
+        forget_in_flight(&mut in_flight, 7, a, false);
+        assert!(in_flight.is_empty());
     }
 }
