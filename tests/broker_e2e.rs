@@ -264,7 +264,7 @@ async fn bad_input_gets_typed_errors_and_loses_nothing() {
             let garbage = proto::ProduceRequest {
                 topic: "good".into(),
                 partition: 0,
-                batch: vec![0xAB; 100],
+                batch: vec![0xAB; 100].into(),
                 ..Default::default()
             };
             let mut raw =
@@ -278,7 +278,7 @@ async fn bad_input_gets_typed_errors_and_loses_nothing() {
             let last = flipped.len() - 1;
             flipped[last] ^= 1;
             let damaged =
-                proto::ProduceRequest { topic: "good".into(), partition: 0, batch: flipped, ..Default::default() };
+                proto::ProduceRequest { topic: "good".into(), partition: 0, batch: flipped.into(), ..Default::default() };
             assert_eq!(raw.produce(damaged).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
             tracing::info!("nothing was lost and the broker keeps serving");

@@ -180,7 +180,7 @@ async fn bad_input() {
                 partition: 0,
                 acks: Acks::All as i32,
                 records: vec![proto::Record { value: Some(b"x".to_vec()), ..Default::default() }],
-                batch: Vec::new(),
+                batch: Default::default(),
             };
             // A follower names the leader once it has heard from it; until
             // then it answers PARTITION_UNAVAILABLE (no leader known).

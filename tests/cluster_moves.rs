@@ -199,7 +199,7 @@ async fn operator_move() {
                 partition: 0,
                 acks: proto::Acks::All as i32,
                 records: vec![proto::Record { value: Some(b"stray".to_vec()), ..Default::default() }],
-                batch: Vec::new(),
+                batch: Default::default(),
             };
             let status = raw.produce(request).await.expect_err("the old leader refuses");
             let error = BrokerError::from_status(&status);

@@ -1200,7 +1200,7 @@ fn fetch_response(
         ..proto::FetchResponse::default()
     };
     if encoded {
-        response.batches = batches.into_iter().map(|b| b.into_bytes().into()).collect();
+        response.batches = batches.into_iter().map(|b| b.into_bytes()).collect();
         return Ok(response);
     }
     for batch in &batches {

@@ -275,12 +275,9 @@ async fn bench(mode: Mode, args: &BenchArgs) -> Result<Report, ClientError> {
     // What the figures count: messages acknowledged (produce) or received.
     let (send_errors, send_error) = produced.as_ref().map_or((0, None), |p| (p.errors, p.first_error.clone()));
     let (messages, latency, errors, first_error) = match (produced, consumed) {
-        (_, Some(consumed)) => (
-            consumed.messages,
-            consumed.latency,
-            consumed.errors + send_errors,
-            send_error.or(consumed.first_error),
-        ),
+        (_, Some(consumed)) => {
+            (consumed.messages, consumed.latency, consumed.errors + send_errors, send_error.or(consumed.first_error))
+        }
         (Some(produced), None) => (produced.messages, produced.latency, produced.errors, produced.first_error),
         (None, None) => unreachable!("every mode produces or consumes"),
     };

@@ -358,8 +358,13 @@ impl Client {
         records: Vec<proto::Record>,
         acks: proto::Acks,
     ) -> ClientResult<proto::ProduceResponse> {
-        let request =
-            proto::ProduceRequest { topic: topic.to_owned(), partition, acks: acks as i32, records, batch: Default::default() };
+        let request = proto::ProduceRequest {
+            topic: topic.to_owned(),
+            partition,
+            acks: acks as i32,
+            records,
+            batch: Default::default(),
+        };
         self.send_produce(request).await
     }
 

@@ -193,7 +193,8 @@ async fn main() -> Result<(), Error> {
     let deadline = started + Duration::from_secs(args.duration);
     let mut tasks = Vec::new();
     for p in 0..args.producers {
-        let share = args.messages / args.producers as u64 + u64::from((p as u64) < args.messages % args.producers as u64);
+        let share =
+            args.messages / args.producers as u64 + u64::from((p as u64) < args.messages % args.producers as u64);
         tasks.push(tokio::spawn(produce(args.clone(), p, share, deadline)));
     }
     let mut total = Measured { messages: 0, errors: 0, latency: histogram() };
