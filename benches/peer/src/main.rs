@@ -19,6 +19,7 @@ use async_nats::jetstream::{context::ContextBuilder, stream};
 use bytes::Bytes;
 use clap::Parser;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use hdrhistogram::Histogram;
 
 #[derive(Debug, Clone, Parser)]
@@ -42,6 +43,9 @@ struct Args {
     /// Publishes a producer may have awaiting acknowledgement.
     #[arg(long, default_value_t = 4096)]
     in_flight: usize,
+    /// Messages per second in all (0: as fast as the window allows).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Messages in all; the run ends at this or `--duration`, whichever first.
     #[arg(long, default_value_t = 1_000_000)]
     messages: u64,
@@ -58,6 +62,8 @@ struct Report {
     producers: usize,
     partitions: usize,
     in_flight: usize,
+    /// The rate asked for (0: open loop).
+    rate: u64,
     seconds: f64,
     messages: u64,
     bytes: u64,
@@ -155,26 +161,56 @@ async fn produce(args: Args, index: usize, count: u64, deadline: Instant) -> Res
     let payload = Bytes::from(vec![b'x'; args.size]);
     let mut measured = Measured { messages: 0, errors: 0, latency: histogram() };
     let mut waiting = FuturesUnordered::new();
-    let settle = |measured: &mut Measured, (sent, acked): (Instant, Result<_, _>)| match acked {
+    // Each acknowledgement is timed when its future completes; the loop
+    // below polls them between publishes and while it waits for a due time,
+    // so a finished acknowledgement is not left unnoticed (and its latency
+    // inflated) while the producer is busy.
+    let settle = |measured: &mut Measured, (sent, acked_at, acked): (Instant, Instant, Result<_, _>)| match acked {
         Ok(_) => {
-            let micros = sent.elapsed().as_micros() as u64;
+            let micros = acked_at.saturating_duration_since(sent).as_micros() as u64;
             measured.latency.saturating_record(micros.max(1));
             measured.messages += 1;
         }
         Err(_) => measured.errors += 1,
     };
+    // At a fixed rate, one message every `interval`, latency counted from
+    // when it was due (a late send is the system's delay, not excused).
+    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.producers as f64 / args.rate as f64));
+    let start = Instant::now();
     for n in 0..count {
-        if Instant::now() >= deadline {
+        let due = match interval {
+            Some(interval) => {
+                let due = start + interval.mul_f64(n as f64);
+                let sleep = tokio::time::sleep_until(due.into());
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(done) = waiting.next(), if !waiting.is_empty() => settle(&mut measured, done),
+                        _ = &mut sleep => break,
+                    }
+                }
+                due
+            }
+            None => Instant::now(),
+        };
+        if due >= deadline {
             break;
         }
         while waiting.len() >= args.in_flight {
             let done = waiting.next().await.expect("not empty");
             settle(&mut measured, done);
         }
+        while let Some(Some(done)) = waiting.next().now_or_never() {
+            settle(&mut measured, done);
+        }
         let subject = subjects[(index + n as usize) % subjects.len()].clone();
-        let sent = Instant::now();
+        let sent = due;
         match context.publish(subject, payload.clone()).await {
-            Ok(ack) => waiting.push(async move { (sent, ack.await) }),
+            Ok(ack) => waiting.push(async move {
+                let acked = ack.await;
+                (sent, Instant::now(), acked)
+            }),
             Err(_) => measured.errors += 1,
         }
     }
@@ -213,6 +249,7 @@ async fn main() -> Result<(), Error> {
         producers: args.producers,
         partitions: args.streams,
         in_flight: args.in_flight,
+        rate: args.rate,
         seconds,
         messages: total.messages,
         bytes,
