@@ -277,8 +277,12 @@ async fn bad_input_gets_typed_errors_and_loses_nothing() {
             let mut flipped = builder.build().unwrap().into_bytes().to_vec();
             let last = flipped.len() - 1;
             flipped[last] ^= 1;
-            let damaged =
-                proto::ProduceRequest { topic: "good".into(), partition: 0, batch: flipped.into(), ..Default::default() };
+            let damaged = proto::ProduceRequest {
+                topic: "good".into(),
+                partition: 0,
+                batch: flipped.into(),
+                ..Default::default()
+            };
             assert_eq!(raw.produce(damaged).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
             tracing::info!("nothing was lost and the broker keeps serving");
