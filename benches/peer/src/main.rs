@@ -13,7 +13,9 @@
 //!
 //! Prints one JSON object with the same field names as `weir bench --json`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_nats::jetstream::{context::ContextBuilder, stream};
 use bytes::Bytes;
@@ -181,7 +183,7 @@ async fn produce(args: Args, index: usize, count: u64, deadline: Instant) -> Res
         let due = match interval {
             Some(interval) => {
                 let due = start + interval.mul_f64(n as f64);
-                let sleep = tokio::time::sleep_until(due.into());
+                let sleep = tokio::time::sleep_until(due);
                 tokio::pin!(sleep);
                 loop {
                     tokio::select! {
