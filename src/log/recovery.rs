@@ -150,7 +150,9 @@ pub(super) fn recover(
                     offset: segment.next_offset(),
                     reason: format!("{}: {reason}", segment.path().display()),
                     raft_index_lost: outcome.raft_index_after_cut,
-                    reached_offset: next_base,
+                    // The last segment of a cleanly closed log ended where
+                    // the checkpoint says.
+                    reached_offset: next_base.or(checkpoint.clean.then_some(checkpoint.recovery_point)),
                 });
             }
             report.cut = Some((segment.path().to_path_buf(), position, reason));

@@ -188,9 +188,15 @@ impl LogStore {
             // vote on the strength of its log until a leader restores them.
             let in_log = scanned.last().map(|&(index, _, _)| index);
             let in_control_file = records.iter().map(|r| r.index).max();
-            // Each lost offset held at most one entry.
-            let by_offsets =
-                damage.reached_offset.map(|reached| in_log.unwrap_or(0) + reached.saturating_sub(damage.offset));
+            // Past the last intact batch come the lost batches, one entry
+            // each (at least the damaged one; at most one per lost offset),
+            // and control entries, which the control file holds. (Counting
+            // the damaged batch itself matters: when it was the last, the
+            // log otherwise looked whole, and the replica stopped abstaining
+            // at once without an entry it had acknowledged; seed 247.)
+            let lost_offsets = damage.reached_offset.map_or(1, |reached| reached.saturating_sub(damage.offset).max(1));
+            let controls_after = records.iter().filter(|r| in_log.is_none_or(|last| r.index > last)).count() as u64;
+            let by_offsets = Some(in_log.unwrap_or(0) + lost_offsets + controls_after);
             let through = [damage.raft_index_lost, in_log, in_control_file, by_offsets, hard.repair_through]
                 .into_iter()
                 .flatten()
@@ -286,6 +292,12 @@ impl LogStore {
             Some(log) => Ok(log.log_end_offset()),
             None => Err("partition log is closed".into()),
         }
+    }
+
+    /// The id of the last entry in the log (appended, not necessarily
+    /// flushed), or of the last purged one.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.index().last_log_id()
     }
 
     /// The index of the last entry in the log.

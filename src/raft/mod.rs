@@ -11,6 +11,7 @@
 //! A [`Replica`] is this broker's member of one group.
 
 pub mod control_file;
+pub mod election;
 pub mod log_store;
 pub mod network;
 pub mod producers;
@@ -25,10 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::metrics::RaftServerMetrics;
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
+use self::election::{run_elections, Contact, Elector};
 pub use self::log_store::{LogStore, SharedLog};
 pub use self::network::{Connections, RaftService, Routed, Router};
 use self::producers::Verdict;
@@ -38,7 +39,6 @@ use crate::log::{Batch, LogConfig, PartitionLog};
 use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
 use crate::sys::planted::{self, Bug};
-use crate::sys::rng::random_u64;
 use crate::sys::task::blocking;
 
 /// How long a retried batch waits for its earlier copy, still in flight,
@@ -75,6 +75,8 @@ pub fn raft_config() -> Arc<Config> {
         heartbeat_interval: 250,
         election_timeout_min: 1000,
         election_timeout_max: 2000,
+        // Elections are weir's own, with a pre-vote (see `election`).
+        enable_elect: false,
         // Entries are batches of up to 16 MiB: keep a message bounded.
         max_payload_entries: 4,
         // A snapshot is tiny (no data): take them often so a restart replays
@@ -85,38 +87,6 @@ pub fn raft_config() -> Arc<Config> {
         ..Config::default()
     };
     Arc::new(config.validate().expect("weir's Raft config is valid"))
-}
-
-/// openraft 0.9 draws each node's election timeout once, and checks it on
-/// a fixed tick. Voters whose timeouts fall on the same tick (likely in the
-/// simulator, where every node starts at the same instant) split the vote
-/// in every term, forever. This breaks the tie: after a leaderless spell
-/// longer than any election should take, plus a random share, this replica
-/// starts an election itself.
-async fn break_election_ties(raft: RaftNode, node_id: NodeId, abstaining: Arc<AtomicBool>) {
-    let config = raft.config().clone();
-    // Server metrics change with leadership and membership only, not with
-    // every heartbeat as the full metrics do: cheap to watch per group.
-    let mut metrics = raft.server_metrics();
-    loop {
-        if !leader_known(&mut metrics, false).await {
-            return; // the Raft node stopped
-        }
-        let patience_ms = 2 * config.election_timeout_max + random_u64() % config.election_timeout_max.max(1);
-        match tokio::time::timeout(Duration::from_millis(patience_ms), leader_known(&mut metrics, true)).await {
-            Ok(true) => continue,
-            Ok(false) => return,
-            Err(_) => {
-                let voter = metrics.borrow().membership_config.membership().voter_ids().any(|id| id == node_id);
-                if voter && !abstaining.load(Ordering::Acquire) {
-                    tracing::debug!(node_id, "no leader for {patience_ms} ms; starting an election");
-                    if raft.trigger().elect().await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// A replica whose log lost entries to damage (see
@@ -161,22 +131,8 @@ async fn repair_from_leader(raft: RaftNode, log_store: LogStore, abstaining: Arc
     match blocking(move || store.finish_repair()).await {
         Ok(()) => {
             abstaining.store(false, Ordering::Release);
-            raft.runtime_config().elect(true);
         }
         Err(error) => tracing::error!(node_id, %error, "recording the repair failed; still abstaining"),
-    }
-}
-
-/// Waits until whether a leader is known equals `known`; false if the Raft
-/// node stopped.
-async fn leader_known(metrics: &mut watch::Receiver<RaftServerMetrics<NodeId, BasicNode>>, known: bool) -> bool {
-    loop {
-        if metrics.borrow_and_update().current_leader.is_some() == known {
-            return true;
-        }
-        if metrics.changed().await.is_err() {
-            return false;
-        }
     }
 }
 
@@ -255,12 +211,32 @@ impl Replica {
         let abstaining = Arc::new(AtomicBool::new(false));
         if log_store.repair_through().is_some() {
             abstaining.store(true, Ordering::Release);
-            raft.runtime_config().elect(false);
             tokio::spawn(repair_from_leader(raft.clone(), log_store.clone(), abstaining.clone(), env.node_id));
         }
         let repair_bar = log_store.repair_bar();
-        env.router.register(group, Routed { raft: raft.clone(), abstaining: abstaining.clone(), repair_bar });
-        tokio::spawn(break_election_ties(raft.clone(), env.node_id, abstaining.clone()));
+        let contact = Contact::new();
+        env.router.register(
+            group,
+            Routed {
+                raft: raft.clone(),
+                abstaining: abstaining.clone(),
+                repair_bar,
+                log_store: log_store.clone(),
+                contact: contact.clone(),
+            },
+        );
+        let config = raft.config();
+        tokio::spawn(run_elections(Elector {
+            raft: raft.clone(),
+            node_id: env.node_id,
+            group,
+            connections: env.connections.clone(),
+            log_store: log_store.clone(),
+            abstaining: abstaining.clone(),
+            contact,
+            timeout_ms: (config.election_timeout_min, config.election_timeout_max),
+            lease: Duration::from_millis(config.election_timeout_max),
+        }));
         Ok(Self {
             group,
             node_id: env.node_id,

@@ -33,6 +33,8 @@ use tonic::{Request, Response, Status};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::election::{covers, would_vote, Contact, PreVote, Voter};
+use super::log_store::LogStore;
 use super::types::{GroupId, LogId, NodeId, RaftNode, TypeConfig};
 use crate::log::batch::BATCH_BYTES_MAX;
 use crate::proto::raft_client::RaftClient;
@@ -67,6 +69,9 @@ pub struct Routed {
     /// While abstaining, the votes it may still grant: to candidates whose
     /// last log id is at least this (see `LogStore::repair_bar`).
     pub repair_bar: Option<LogId>,
+    pub log_store: LogStore,
+    /// When the replica last heard from a leader.
+    pub contact: Arc<Contact>,
 }
 
 /// The partition groups this broker is a member of, by group id.
@@ -128,6 +133,14 @@ impl RaftService {
     }
 }
 
+/// Raft's timer rule: granting a vote counts as hearing from a leader.
+fn voted<E>(reply: Result<VoteResponse<NodeId>, E>, contact: &Contact) -> Result<VoteResponse<NodeId>, E> {
+    if matches!(reply, Ok(ref r) if r.vote_granted) {
+        contact.touch();
+    }
+    reply
+}
+
 fn bad_request(what: &str, e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{what}: {e}"))
 }
@@ -143,7 +156,7 @@ impl RaftService {
         }
         let group = message.group.ok_or_else(|| Status::invalid_argument("Raft message without a group"))?;
         let group = GroupId { topic_id: group.topic_id, partition: group.partition };
-        let Routed { raft, abstaining, repair_bar } = self
+        let Routed { raft, abstaining, repair_bar, log_store, contact } = self
             .router
             .get(group)
             .ok_or_else(|| Status::not_found(format!("broker {} has no Raft group {group}", self.node_id)))?;
@@ -159,12 +172,8 @@ impl RaftService {
                 // the shorter log, decides. Anyone else is refused, which
                 // is always safe.
                 let rpc: VoteRequest<NodeId> = decode(payload).map_err(|e| bad_request("vote request", e))?;
-                let covers = match (repair_bar, rpc.last_log_id) {
-                    (Some(bar), Some(last)) => last.leader_id.term >= bar.leader_id.term && last.index >= bar.index,
-                    _ => false,
-                };
-                if covers {
-                    encode(&raft.vote(rpc).await)
+                if covers(repair_bar, rpc.last_log_id) {
+                    encode(&voted(raft.vote(rpc).await, &contact))
                 } else {
                     let vote = raft.metrics().borrow().vote;
                     let reply: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
@@ -181,12 +190,28 @@ impl RaftService {
                     // Every candidate's log looks up to date.
                     rpc.last_log_id = Some(super::log_store::log_id(rpc.vote.leader_id.term, u64::MAX));
                 }
-                encode(&raft.vote(rpc).await)
+                encode(&voted(raft.vote(rpc).await, &contact))
+            }
+            Ok(RaftKind::RaftPreVote) => {
+                let rpc: PreVote = decode(payload).map_err(|e| bad_request("pre-vote request", e))?;
+                let voter = Voter {
+                    raft: &raft,
+                    log_store: &log_store,
+                    contact: &contact,
+                    abstaining: abstaining.then_some(repair_bar),
+                    // openraft's leader lease, which its real votes heed too.
+                    patience: Duration::from_millis(raft.config().election_timeout_max),
+                };
+                encode(&would_vote(&voter, &rpc))
             }
             Ok(RaftKind::RaftAppendEntries) => {
                 let rpc: AppendEntriesRequest<TypeConfig> =
                     decode(payload).map_err(|e| bad_request("append-entries request", e))?;
-                encode(&raft.append_entries(rpc).await)
+                let reply = raft.append_entries(rpc).await;
+                if matches!(reply, Ok(ref r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                    contact.touch(); // a leader of at least our term
+                }
+                encode(&reply)
             }
             Ok(RaftKind::RaftCampaign) => {
                 let started = raft.trigger().elect().await.map_err(|e| e.to_string());
@@ -195,7 +220,11 @@ impl RaftService {
             Ok(RaftKind::RaftInstallSnapshot) => {
                 let rpc: InstallSnapshotRequest<TypeConfig> =
                     decode(payload).map_err(|e| bad_request("install-snapshot request", e))?;
-                encode(&raft.install_snapshot(rpc).await)
+                let reply = raft.install_snapshot(rpc).await;
+                if reply.is_ok() {
+                    contact.touch();
+                }
+                encode(&reply)
             }
             _ => return Err(Status::invalid_argument(format!("unknown Raft message kind {}", message.kind))),
         };
@@ -448,6 +477,32 @@ impl Connections {
             .map_err(|_| format!("broker {target} did not answer in time"))?
             .map_err(|status| format!("{} ({:?})", status.message(), status.code()))?;
         decode::<Result<(), String>>(&reply)?
+    }
+
+    /// Asks broker `target` (at `address` unless a newer one is known)
+    /// whether its replica of `group` would vote for `request` now; no
+    /// answer within `timeout` is a no.
+    pub async fn pre_vote(
+        &self,
+        target: NodeId,
+        address: &str,
+        group: GroupId,
+        request: &PreVote,
+        timeout: Duration,
+    ) -> bool {
+        let Ok(payload) = encode(request) else { return false };
+        let message = RaftMessage {
+            group: Some(RaftGroup { topic_id: group.topic_id, partition: group.partition }),
+            target,
+            kind: RaftKind::RaftPreVote as i32,
+            payload,
+        };
+        let address = self.address_of(target).unwrap_or_else(|| address.to_owned());
+        let Ok(outbox) = self.outbox(&address) else { return false };
+        match tokio::time::timeout(timeout, outbox.call(message, false)).await {
+            Ok(Ok(reply)) => decode::<bool>(&reply).unwrap_or(false),
+            _ => false,
+        }
     }
 
     /// The network one group uses.
