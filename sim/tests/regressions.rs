@@ -28,6 +28,7 @@ const SEEDS: &[(u64, u64, &str)] = &[
     (7359, 60, "a move replaced before its confirmation, then a full disk (as 5727)"),
     (299, 60, "two replicas damaged before the first was repaired: no leader (one replica at a time; hand-over)"),
     (218, 60, "a damaged leader and a damaged follower refused the intact replica their votes (cluster_damage)"),
+    (247, 60, "damage to the last batch of a running replica: it stopped abstaining at once and was elected without it (raft_cluster)"),
     (2581, 60, "a stale replica's campaigns kept the only electable one a term behind: no leader for minutes (pre-vote; raft_cluster)"),
 ];
 
