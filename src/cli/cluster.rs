@@ -1,5 +1,7 @@
 //! `weir cluster status`: the live brokers and, for every partition, its
 //! leader, replicas, high watermark and how far each replica lags.
+//! `weir cluster health`: whether the cluster can lose any one broker now
+//! (what a rolling restart waits for between brokers).
 
 use std::collections::BTreeMap;
 
@@ -13,6 +15,19 @@ use crate::proto;
 pub enum ClusterCommand {
     /// Brokers, and every partition's leader, replicas and lag.
     Status,
+    /// Whether any one broker may go down now: every broker live, every
+    /// partition led, its replicas caught up, none repairing or moving.
+    /// Prints what is wrong and fails if anything is.
+    Health {
+        /// How many brokers must be live (by default, every broker that
+        /// holds a replica).
+        #[arg(long)]
+        brokers: Option<usize>,
+        /// Raft entries a replica may lag behind its leader and still
+        /// count as caught up.
+        #[arg(long, default_value_t = 0)]
+        max_lag: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,7 +88,122 @@ pub async fn run(command: ClusterCommand, broker: &str) -> CliResult {
     let client = Client::connect(broker).await?;
     match command {
         ClusterCommand::Status => status(&client).await,
+        ClusterCommand::Health { brokers, max_lag } => health(&client, brokers, max_lag).await,
     }
+}
+
+/// One partition as the cluster sees it.
+struct PartitionView {
+    topic: String,
+    /// As its leader describes it (the leader knows the lag), else as any
+    /// broker does.
+    description: proto::PartitionDescription,
+    /// Brokers whose replica waits to be repaired.
+    repairing: Vec<u64>,
+}
+
+/// Every partition of every topic (the offsets topic too), asked of every
+/// live broker.
+async fn survey(
+    client: &Client,
+    cluster: &proto::DescribeClusterResponse,
+) -> Result<Vec<PartitionView>, Box<dyn std::error::Error>> {
+    let mut views = Vec::new();
+    for broker in &cluster.brokers {
+        if let Ok(view) = client.via(&broker.address).await {
+            views.push((broker.id, view));
+        }
+    }
+    let mut names: Vec<String> = client.list_topics().await?.into_iter().map(|t| t.name).collect();
+    names.push(crate::broker::server::OFFSETS_TOPIC.to_owned());
+    let mut out = Vec::new();
+    for name in names {
+        let mut best: BTreeMap<u32, PartitionView> = BTreeMap::new();
+        for (id, view) in &views {
+            let Ok(topic) = view.describe_topic(&name).await else { continue };
+            for p in topic.partitions {
+                let from_leader = p.leader == *id;
+                let entry = best.entry(p.partition).or_insert_with(|| PartitionView {
+                    topic: name.clone(),
+                    description: p.clone(),
+                    repairing: Vec::new(),
+                });
+                if p.hosted && p.repairing {
+                    entry.repairing.push(*id);
+                }
+                if from_leader {
+                    entry.description = p;
+                }
+            }
+        }
+        out.extend(best.into_values());
+    }
+    Ok(out)
+}
+
+/// What keeps the cluster from losing any one broker safely; empty if
+/// nothing does.
+fn health_problems(
+    live: &[u64],
+    expected_brokers: Option<usize>,
+    partitions: &[PartitionView],
+    max_lag: u64,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(expected) = expected_brokers {
+        if live.len() < expected {
+            problems.push(format!("{} live broker(s), {expected} expected", live.len()));
+        }
+    }
+    let mut missing: Vec<u64> = partitions
+        .iter()
+        .flat_map(|p| p.description.replicas.iter().chain(&p.description.members).copied())
+        .filter(|id| !live.contains(id))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    for id in missing {
+        problems.push(format!("broker {id} holds replicas but is not live"));
+    }
+    for view in partitions {
+        let p = &view.description;
+        let name = format!("{}/{}", view.topic, p.partition);
+        if p.leader == 0 {
+            problems.push(format!("{name}: no leader"));
+            continue;
+        }
+        if !p.members.is_empty() && sorted(&p.members) != sorted(&p.replicas) {
+            problems.push(format!("{name}: moving from {:?} to {:?}", sorted(&p.members), sorted(&p.replicas)));
+        }
+        for id in &view.repairing {
+            problems.push(format!("{name}: the replica on broker {id} is being repaired"));
+        }
+        let voters = if p.members.is_empty() { &p.replicas } else { &p.members };
+        for id in voters.iter().filter(|id| **id != p.leader) {
+            match p.progress.iter().find(|r| r.broker == *id) {
+                Some(r) if r.lag <= max_lag => {}
+                Some(r) => problems.push(format!("{name}: the replica on broker {id} lags {} entries", r.lag)),
+                None => problems.push(format!("{name}: the leader reports no progress for broker {id}")),
+            }
+        }
+    }
+    problems
+}
+
+async fn health(client: &Client, expected_brokers: Option<usize>, max_lag: u64) -> CliResult {
+    let cluster = client.describe_cluster().await?;
+    let live: Vec<u64> = cluster.brokers.iter().map(|b| b.id).collect();
+    let partitions = survey(client, &cluster).await?;
+    let problems = health_problems(&live, expected_brokers, &partitions, max_lag);
+    if problems.is_empty() {
+        println!("healthy: {} live broker(s), {} partition(s) led and caught up", live.len(), partitions.len());
+        return Ok(());
+    }
+    println!("unhealthy:");
+    for problem in &problems {
+        println!("  {problem}");
+    }
+    Err(format!("{} problem(s) keep a broker from going down safely", problems.len()).into())
 }
 
 async fn status(client: &Client) -> CliResult {
@@ -142,4 +272,55 @@ async fn status(client: &Client) -> CliResult {
     let spread: Vec<String> = leading.iter().map(|(id, n)| format!("{id}={n}")).collect();
     println!("\npartitions led per broker: {}", spread.join(" "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(leader: u64, replicas: &[u64], lags: &[(u64, u64)]) -> PartitionView {
+        PartitionView {
+            topic: "t".into(),
+            description: proto::PartitionDescription {
+                partition: 0,
+                leader,
+                replicas: replicas.to_vec(),
+                members: replicas.to_vec(),
+                progress: lags.iter().map(|&(broker, lag)| proto::ReplicaProgress { broker, lag }).collect(),
+                ..Default::default()
+            },
+            repairing: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_led_caught_up_cluster_is_healthy() {
+        let p = partition(1, &[1, 2, 3], &[(1, 0), (2, 0), (3, 2)]);
+        assert!(health_problems(&[1, 2, 3], Some(3), &[p], 2).is_empty());
+    }
+
+    #[test]
+    fn each_reason_a_broker_may_not_go_down_is_named() {
+        let lagging = partition(1, &[1, 2, 3], &[(2, 0), (3, 5)]);
+        assert_eq!(health_problems(&[1, 2, 3], None, &[lagging], 0), ["t/0: the replica on broker 3 lags 5 entries"]);
+        let leaderless = partition(0, &[1, 2, 3], &[]);
+        assert_eq!(health_problems(&[1, 2, 3], None, &[leaderless], 0), ["t/0: no leader"]);
+        let unreported = partition(1, &[1, 2, 3], &[(2, 0)]);
+        assert_eq!(
+            health_problems(&[1, 2, 3], None, &[unreported], 0),
+            ["t/0: the leader reports no progress for broker 3"]
+        );
+        let down = partition(1, &[1, 2, 4], &[(2, 0), (4, 0)]);
+        assert_eq!(
+            health_problems(&[1, 2, 3], Some(4), &[down], 0),
+            ["3 live broker(s), 4 expected", "broker 4 holds replicas but is not live"]
+        );
+        let mut moving = partition(1, &[1, 2, 3], &[(2, 0), (3, 0)]);
+        moving.description.replicas = vec![1, 2, 4];
+        moving.repairing = vec![2];
+        assert_eq!(
+            health_problems(&[1, 2, 3, 4], None, &[moving], 0),
+            ["t/0: moving from [1, 2, 3] to [1, 2, 4]", "t/0: the replica on broker 2 is being repaired"]
+        );
+    }
 }
