@@ -106,10 +106,11 @@ pub fn would_vote(voter: &Voter<'_>, request: &PreVote) -> bool {
 }
 
 /// Whether a candidate whose log ends at `last` is at least as up to date
-/// as the log a repairing replica lost, which ended at `bar` or before it.
+/// (Raft's order: term, then index) as the log a repairing replica lost,
+/// whose last entry's term was at most `bar`'s and index at most `bar`'s.
 pub fn covers(bar: Option<LogId>, last: Option<LogId>) -> bool {
     match (bar, last) {
-        (Some(bar), Some(last)) => last.leader_id.term >= bar.leader_id.term && last.index >= bar.index,
+        (Some(bar), Some(last)) => last >= bar,
         _ => false,
     }
 }
@@ -241,7 +242,9 @@ mod tests {
         let bar = Some(log_id(2, 213));
         assert!(covers(bar, Some(log_id(2, 213))));
         assert!(covers(bar, Some(log_id(3, 300))));
+        assert!(covers(bar, Some(log_id(3, 100))), "a later term holds every entry of earlier ones that counted");
         assert!(!covers(bar, Some(log_id(1, 212))), "an earlier term may lack a lost entry");
+        assert!(!covers(bar, Some(log_id(1, 900))), "an earlier term may lack a lost entry");
         assert!(!covers(bar, Some(log_id(2, 212))), "a shorter log may lack a lost entry");
         assert!(!covers(bar, None));
         assert!(!covers(None, Some(log_id(9, 999))), "no bar: it may vote for nobody");

@@ -56,9 +56,9 @@ struct HardState {
     /// replica neither votes nor campaigns (see `Replica::open`).
     #[serde(default)]
     repair_through: Option<u64>,
-    /// The vote's term when damage was found (the largest over every
-    /// damage not yet repaired): no lost entry has a later term, since a
-    /// replica takes a leader's vote before its entries.
+    /// The term of the last entry damage may have cut (the largest over
+    /// every damage not yet repaired), at most the vote's term then, since
+    /// a replica takes a leader's vote before its entries.
     #[serde(default)]
     repair_term: Option<u64>,
 }
@@ -210,7 +210,25 @@ impl LogStore {
                 "damage cut the Raft log; this replica abstains from elections until a leader repairs it"
             );
             hard.repair_through = Some(through);
-            let term = hard.vote.map(|v| v.leader_id.term);
+            // The term of the last entry the lost log held, or more. Every
+            // term's first entry is its leader's blank control entry, which
+            // the control file holds (or, purged, the purged point's term
+            // is that term), so the highest term in the control file, among
+            // the intact batches and at the purge point is that term. The
+            // vote's term bounds it too. Too high a term would refuse the
+            // votes of a candidate with every entry this replica lost, and
+            // could leave a partition without a leader.
+            let in_log_terms = records
+                .iter()
+                .map(|r| r.term)
+                .chain(scanned.iter().map(|&(_, _, term)| term))
+                .chain(hard.purged.map(|p| p.leader_id.term))
+                .max();
+            let voted = hard.vote.map(|v| v.leader_id.term);
+            let term = match (in_log_terms, voted) {
+                (Some(logged), Some(voted)) => Some(logged.min(voted)),
+                (logged, voted) => logged.or(voted),
+            };
             hard.repair_term = term.max(hard.repair_term);
             state_file::save(disk.as_ref(), dir, HARD_STATE_FILE, &hard)?;
         }
