@@ -78,6 +78,11 @@ pub async fn run_partition(command: PartitionCommand, broker: &str) -> CliResult
     }
 }
 
+/// Whether the partition's voters are not yet its assigned replicas.
+fn moving(p: &proto::PartitionDescription) -> bool {
+    !p.members.is_empty() && sorted(&p.members) != sorted(&p.replicas)
+}
+
 fn sorted(ids: &[u64]) -> Vec<u64> {
     let mut ids = ids.to_vec();
     ids.sort_unstable();
@@ -102,25 +107,26 @@ struct PartitionView {
     repairing: Vec<u64>,
 }
 
-/// Every partition of every topic (the offsets topic too), asked of every
-/// live broker.
-async fn survey(
-    client: &Client,
-    cluster: &proto::DescribeClusterResponse,
-) -> Result<Vec<PartitionView>, Box<dyn std::error::Error>> {
-    let mut views = Vec::new();
-    for broker in &cluster.brokers {
-        if let Ok(view) = client.via(&broker.address).await {
-            views.push((broker.id, view));
-        }
-    }
+/// One topic as the cluster sees it.
+struct TopicView {
+    name: String,
+    /// `None` if no broker described the topic.
+    config: Option<proto::TopicConfig>,
+    partitions: Vec<PartitionView>,
+}
+
+/// Every topic (the offsets topic too), each partition asked of every
+/// broker in `views` (broker id, a client of that broker).
+async fn survey(client: &Client, views: &[(u64, Client)]) -> Result<Vec<TopicView>, Box<dyn std::error::Error>> {
     let mut names: Vec<String> = client.list_topics().await?.into_iter().map(|t| t.name).collect();
     names.push(crate::broker::server::OFFSETS_TOPIC.to_owned());
     let mut out = Vec::new();
     for name in names {
         let mut best: BTreeMap<u32, PartitionView> = BTreeMap::new();
-        for (id, view) in &views {
+        let mut config = None;
+        for (id, view) in views {
             let Ok(topic) = view.describe_topic(&name).await else { continue };
+            config = config.or(topic.config);
             for p in topic.partitions {
                 let from_leader = p.leader == *id;
                 let entry = best.entry(p.partition).or_insert_with(|| PartitionView {
@@ -136,7 +142,7 @@ async fn survey(
                 }
             }
         }
-        out.extend(best.into_values());
+        out.push(TopicView { name, config, partitions: best.into_values().collect() });
     }
     Ok(out)
 }
@@ -172,7 +178,7 @@ fn health_problems(
             problems.push(format!("{name}: no leader"));
             continue;
         }
-        if !p.members.is_empty() && sorted(&p.members) != sorted(&p.replicas) {
+        if moving(p) {
             problems.push(format!("{name}: moving from {:?} to {:?}", sorted(&p.members), sorted(&p.replicas)));
         }
         for id in &view.repairing {
@@ -193,7 +199,14 @@ fn health_problems(
 async fn health(client: &Client, expected_brokers: Option<usize>, max_lag: u64) -> CliResult {
     let cluster = client.describe_cluster().await?;
     let live: Vec<u64> = cluster.brokers.iter().map(|b| b.id).collect();
-    let partitions = survey(client, &cluster).await?;
+    let mut views = Vec::new();
+    for broker in &cluster.brokers {
+        if let Ok(view) = client.via(&broker.address).await {
+            views.push((broker.id, view));
+        }
+    }
+    let partitions: Vec<PartitionView> =
+        survey(client, &views).await?.into_iter().flat_map(|topic| topic.partitions).collect();
     let problems = health_problems(&live, expected_brokers, &partitions, max_lag);
     if problems.is_empty() {
         println!("healthy: {} live broker(s), {} partition(s) led and caught up", live.len(), partitions.len());
@@ -221,41 +234,27 @@ async fn status(client: &Client) -> CliResult {
             Err(error) => println!("    (unreachable: {error})"),
         }
     }
-    let mut names: Vec<String> = client.list_topics().await?.into_iter().map(|t| t.name).collect();
-    names.push(crate::broker::server::OFFSETS_TOPIC.to_owned());
     let mut leading: BTreeMap<u64, usize> = cluster.brokers.iter().map(|b| (b.id, 0)).collect();
-    for name in names {
-        // Each partition as its leader describes it (the leader knows the lag).
-        let mut best: BTreeMap<u32, proto::PartitionDescription> = BTreeMap::new();
-        let mut config = None;
-        for (id, view) in &views {
-            let Ok(topic) = view.describe_topic(&name).await else { continue };
-            config = config.or(topic.config);
-            for p in topic.partitions {
-                let from_leader = p.leader == *id;
-                if from_leader || !best.contains_key(&p.partition) {
-                    best.insert(p.partition, p);
-                }
-            }
-        }
+    for TopicView { name, config, partitions } in survey(client, &views).await? {
         let Some(config) = config else { continue };
+        let best: Vec<proto::PartitionDescription> = partitions.into_iter().map(|view| view.description).collect();
         println!(
             "\ntopic {name}: {} partition(s), replication {}",
             config.partitions,
-            best.values().next().map_or(0, |p| p.replicas.len())
+            best.first().map_or(0, |p| p.replicas.len())
         );
         println!(
             "  {:>9}  {:>6}  {:<12}  {:>14}  lag (entries behind the leader)",
             "partition", "leader", "replicas", "high_watermark"
         );
-        for p in best.values() {
+        for p in &best {
             let leader = if p.leader == 0 { "none".to_owned() } else { p.leader.to_string() };
             if p.leader != 0 {
                 *leading.entry(p.leader).or_default() += 1;
             }
             let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
             let mut lag: Vec<String> = p.progress.iter().map(|r| format!("{}:{}", r.broker, r.lag)).collect();
-            if !p.members.is_empty() && sorted(&p.members) != sorted(&p.replicas) {
+            if moving(p) {
                 let members: Vec<String> = p.members.iter().map(u64::to_string).collect();
                 lag.push(format!("(moving from {})", members.join(",")));
             }

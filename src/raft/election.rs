@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::{Config, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -64,10 +64,16 @@ impl Contact {
     }
 }
 
-/// A pre-vote request: the candidate and the last entry of its log.
+/// openraft's leader lease (its `election_timeout_max`, as openraft sets
+/// it): a voter refuses votes for this long after it last heard from a
+/// leader.
+pub fn leader_lease(config: &Config) -> Duration {
+    Duration::from_millis(config.election_timeout_max)
+}
+
+/// A pre-vote request: the last entry of the candidate's log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PreVote {
-    pub candidate: NodeId,
     pub last_log_id: Option<LogId>,
 }
 
@@ -132,8 +138,8 @@ pub struct Elector {
     pub contact: Arc<Contact>,
     /// Election timeouts are drawn from this range, in milliseconds.
     pub timeout_ms: (u64, u64),
-    /// openraft's leader lease: a voter refuses votes for this long after
-    /// it last heard from a leader (pre-votes too, see [`would_vote`]).
+    /// [`leader_lease`]: voters refuse votes (and pre-votes, see
+    /// [`would_vote`]) for this long after they last heard from a leader.
     pub lease: Duration,
 }
 
@@ -195,7 +201,7 @@ pub async fn run_elections(elector: Elector) {
         if !configs.iter().any(|config| config.contains(&node_id)) {
             continue; // not a voter
         }
-        let request = PreVote { candidate: node_id, last_log_id: log_store.last_log_id() };
+        let request = PreVote { last_log_id: log_store.last_log_id() };
         let answer_within = Duration::from_millis(min);
         let answers = futures::future::join_all(addresses.iter().map(|(peer, address)| {
             let (connections, request) = (&connections, &request);

@@ -225,10 +225,7 @@ impl LogStore {
                 .chain(hard.purged.map(|p| p.leader_id.term))
                 .max();
             let voted = hard.vote.map(|v| v.leader_id.term);
-            let term = match (in_log_terms, voted) {
-                (Some(logged), Some(voted)) => Some(logged.min(voted)),
-                (logged, voted) => logged.or(voted),
-            };
+            let term = [in_log_terms, voted].into_iter().flatten().min();
             hard.repair_term = term.max(hard.repair_term);
             state_file::save(disk.as_ref(), dir, HARD_STATE_FILE, &hard)?;
         }

@@ -29,7 +29,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
-use self::election::{run_elections, Contact, Elector};
+use self::election::{leader_lease, run_elections, Contact, Elector};
 pub use self::log_store::{LogStore, SharedLog};
 pub use self::network::{Connections, RaftService, Routed, Router};
 use self::producers::Verdict;
@@ -235,7 +235,7 @@ impl Replica {
             abstaining: abstaining.clone(),
             contact,
             timeout_ms: (config.election_timeout_min, config.election_timeout_max),
-            lease: Duration::from_millis(config.election_timeout_max),
+            lease: leader_lease(config),
         }));
         Ok(Self {
             group,

@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::election::{covers, would_vote, Contact, PreVote, Voter};
+use super::election::{covers, leader_lease, would_vote, Contact, PreVote, Voter};
 use super::log_store::LogStore;
 use super::types::{GroupId, LogId, NodeId, RaftNode, TypeConfig};
 use crate::log::batch::BATCH_BYTES_MAX;
@@ -199,8 +199,7 @@ impl RaftService {
                     log_store: &log_store,
                     contact: &contact,
                     abstaining: abstaining.then_some(repair_bar),
-                    // openraft's leader lease, which its real votes heed too.
-                    patience: Duration::from_millis(raft.config().election_timeout_max),
+                    patience: leader_lease(raft.config()),
                 };
                 encode(&would_vote(&voter, &rpc))
             }
@@ -465,17 +464,7 @@ impl Connections {
     /// Asks broker `target`'s replica of `group` to start an election now.
     pub async fn campaign(&self, target: NodeId, group: GroupId) -> Result<(), String> {
         let address = self.address_of(target).ok_or_else(|| format!("no address known for broker {target}"))?;
-        let message = RaftMessage {
-            group: Some(RaftGroup { topic_id: group.topic_id, partition: group.partition }),
-            target,
-            kind: RaftKind::RaftCampaign as i32,
-            payload: Vec::new(),
-        };
-        let outbox = self.outbox(&address)?;
-        let reply = tokio::time::timeout(CAMPAIGN_TIMEOUT, outbox.call(message, false))
-            .await
-            .map_err(|_| format!("broker {target} did not answer in time"))?
-            .map_err(|status| format!("{} ({:?})", status.message(), status.code()))?;
+        let reply = self.ask(target, &address, group, RaftKind::RaftCampaign, Vec::new(), CAMPAIGN_TIMEOUT).await?;
         decode::<Result<(), String>>(&reply)?
     }
 
@@ -491,18 +480,35 @@ impl Connections {
         timeout: Duration,
     ) -> bool {
         let Ok(payload) = encode(request) else { return false };
+        let address = self.address_of(target).unwrap_or_else(|| address.to_owned());
+        match self.ask(target, &address, group, RaftKind::RaftPreVote, payload, timeout).await {
+            Ok(reply) => decode::<bool>(&reply).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    /// One of weir's own messages to broker `target`'s replica of `group`,
+    /// at `address`; its encoded reply within `timeout`.
+    async fn ask(
+        &self,
+        target: NodeId,
+        address: &str,
+        group: GroupId,
+        kind: RaftKind,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
         let message = RaftMessage {
             group: Some(RaftGroup { topic_id: group.topic_id, partition: group.partition }),
             target,
-            kind: RaftKind::RaftPreVote as i32,
+            kind: kind as i32,
             payload,
         };
-        let address = self.address_of(target).unwrap_or_else(|| address.to_owned());
-        let Ok(outbox) = self.outbox(&address) else { return false };
-        match tokio::time::timeout(timeout, outbox.call(message, false)).await {
-            Ok(Ok(reply)) => decode::<bool>(&reply).unwrap_or(false),
-            _ => false,
-        }
+        let outbox = self.outbox(address)?;
+        tokio::time::timeout(timeout, outbox.call(message, false))
+            .await
+            .map_err(|_| format!("broker {target} did not answer in time"))?
+            .map_err(|status| format!("{} ({:?})", status.message(), status.code()))
     }
 
     /// The network one group uses.
