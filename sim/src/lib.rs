@@ -6,6 +6,9 @@ pub mod checker;
 pub mod cluster;
 pub mod etcd;
 pub mod history;
+#[cfg(not(madsim))]
+pub mod nemesis;
 pub mod plan;
 #[cfg(madsim)]
 pub mod run;
+pub mod workload;

@@ -1,0 +1,570 @@
+//! The nemesis harness against a deployed cluster on real hosts (the
+//! namespace hosts of `deploy/hosts`, or any hosts reachable over SSH with
+//! weir and etcd installed by `deploy/site.yml`'s plain launchers).
+//!
+//! The workload is the simulator's ([`crate::workload`]): idempotent acks=all
+//! producers, an acks=leader and an acks=none producer, three members of one
+//! group and one of another, commits and seeks, all recorded in the same
+//! [`History`]. The faults are real ones, injected over SSH: `kill -9` and
+//! restart, SIGSTOP/SIGCONT, iptables partitions (one host against the rest,
+//! an isolated partition leader, a bridge), random packet drop, an etcd
+//! member killed, and a broker's disk filled to the last byte. After the
+//! safety phase every fault is healed, the first group must read everything
+//! acknowledged, every partition is read in full, and the simulator's
+//! checker gives the verdict.
+
+// The harness drives ssh processes and wall-clock waits around a real
+// cluster; none of it is broker code under the seam.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir::client::Client;
+use weir::proto;
+use weir::proto::Acks;
+use weir::sys::rng::SeededRng;
+
+use crate::checker::{self, Anomaly, Input};
+use crate::history::{History, Kind, Op, Value};
+use crate::workload::{
+    consume, describe_replicas, polled_by, produce, read_all, read_replica, GROUP, LEADER_ACKS_PRODUCER,
+    NO_ACKS_PRODUCER, OTHER_GROUP, TOPIC,
+};
+
+/// One host of the cluster: an etcd member and a broker, installed under
+/// `root` by the Ansible roles (launchers `bin/weir.sh` and `bin/etcd.sh`,
+/// pid files `weir.pid` and `etcd.pid`, data in `data/`).
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    /// Where SSH and the broker reach it.
+    pub address: String,
+    pub root: PathBuf,
+}
+
+/// What the harness is told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub hosts: Vec<Host>,
+    pub ssh_key: PathBuf,
+    pub broker_port: u16,
+    pub seed: u64,
+    /// The whole run; the last `liveness` of it has every fault healed.
+    pub duration: Duration,
+    pub liveness: Duration,
+    pub partitions: u32,
+    /// Whether the hosts' directories are on this machine's filesystem (the
+    /// namespace hosts): then every replica is also read from its disk once
+    /// the brokers have stopped, for the replica checker.
+    pub local_disks: bool,
+    /// The kinds of fault to inject (of [`KINDS`]).
+    pub kinds: Vec<&'static str>,
+    /// Each kind in turn, rather than one at random each time: a short run
+    /// then meets every kind.
+    pub cycle: bool,
+}
+
+/// One fault the nemesis can inject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// `kill -9` the broker, start it again when healed.
+    Kill { host: usize },
+    /// SIGSTOP the broker, SIGCONT when healed.
+    Pause { host: usize },
+    /// Hosts that drop each other's packets: each pair is cut both ways.
+    Partition { name: &'static str, cuts: Vec<(usize, usize)> },
+    /// Every host drops this share of incoming packets (SSH excepted).
+    Drop { percent: u32 },
+    /// `kill -9` the etcd member, start it again when healed.
+    EtcdKill { host: usize },
+    /// The broker's data filesystem filled to the last byte; freed and the
+    /// broker restarted when healed (as the simulator does: a write that
+    /// failed may have left a torn tail only a restart's recovery cuts).
+    FullDisk { host: usize },
+}
+
+impl Fault {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Kill { .. } => "kill",
+            Fault::Pause { .. } => "pause",
+            Fault::Partition { name, .. } => name,
+            Fault::Drop { .. } => "packet-drop",
+            Fault::EtcdKill { .. } => "etcd-kill",
+            Fault::FullDisk { .. } => "full-disk",
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Kill { host } | Fault::Pause { host } | Fault::EtcdKill { host } | Fault::FullDisk { host } => {
+                write!(f, "{} h{}", self.kind(), host + 1)
+            }
+            Fault::Partition { name, cuts } => {
+                let cuts: Vec<String> = cuts.iter().map(|(a, b)| format!("h{}|h{}", a + 1, b + 1)).collect();
+                write!(f, "{name} {}", cuts.join(" "))
+            }
+            Fault::Drop { percent } => write!(f, "packet-drop {percent}%"),
+        }
+    }
+}
+
+/// The chain every iptables rule of the nemesis goes into: healing flushes it.
+const CHAIN: &str = "WEIR-NEMESIS";
+
+/// Runs commands on the hosts over SSH.
+#[derive(Debug, Clone)]
+pub struct Ssh {
+    hosts: Vec<Host>,
+    key: PathBuf,
+}
+
+impl Ssh {
+    pub fn new(hosts: Vec<Host>, key: PathBuf) -> Self {
+        Self { hosts, key }
+    }
+
+    /// Runs `command` on host `host` with a shell; its stdout, or why not.
+    pub async fn run(&self, host: usize, command: &str) -> Result<String, String> {
+        let target = &self.hosts[host];
+        let mut child = tokio::process::Command::new("ssh");
+        child
+            .arg("-q")
+            .arg("-i")
+            .arg(&self.key)
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"])
+            .arg(format!("root@{}", target.address))
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(Duration::from_secs(30), child.output())
+            .await
+            .map_err(|_| format!("{}: `{command}` took over 30 s", target.name))?
+            .map_err(|error| format!("{}: ssh: {error}", target.name))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{}: `{command}` failed ({}): {}",
+                target.name,
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    }
+
+    fn root(&self, host: usize) -> String {
+        self.hosts[host].root.display().to_string()
+    }
+
+    /// The chain, hooked into INPUT, exists and is empty.
+    async fn prepare(&self, host: usize) -> Result<(), String> {
+        let command = format!(
+            "iptables -N {CHAIN} 2>/dev/null; iptables -F {CHAIN} && \
+             (iptables -C INPUT -j {CHAIN} 2>/dev/null || iptables -I INPUT -j {CHAIN})"
+        );
+        self.run(host, &command).await.map(drop)
+    }
+
+    async fn inject(&self, fault: &Fault) -> Result<(), String> {
+        match fault {
+            Fault::Kill { host } => self.signal(*host, "weir", "KILL").await,
+            Fault::Pause { host } => self.signal(*host, "weir", "STOP").await,
+            Fault::EtcdKill { host } => self.signal(*host, "etcd", "KILL").await,
+            Fault::Partition { cuts, .. } => {
+                for (a, b) in cuts {
+                    for (from, to) in [(a, b), (b, a)] {
+                        let address = &self.hosts[*from].address;
+                        self.run(*to, &format!("iptables -A {CHAIN} -s {address} -j DROP")).await?;
+                    }
+                }
+                Ok(())
+            }
+            Fault::Drop { percent } => {
+                let probability = f64::from(*percent) / 100.0;
+                for host in 0..self.hosts.len() {
+                    let command = format!(
+                        "iptables -A {CHAIN} -p tcp --dport 22 -j RETURN && \
+                         iptables -A {CHAIN} -m statistic --mode random --probability {probability} -j DROP"
+                    );
+                    self.run(host, &command).await?;
+                }
+                Ok(())
+            }
+            Fault::FullDisk { host } => {
+                let data = format!("{}/data", self.root(*host));
+                // Fill what is free, then whatever a block's rounding left.
+                let command = format!(
+                    "free=$(df --output=avail -B1 {data} | tail -1); \
+                     fallocate -l \"$free\" {data}/ballast 2>/dev/null; \
+                     dd if=/dev/zero of={data}/ballast-tail bs=4k 2>/dev/null; \
+                     df --output=avail -B1 {data} | tail -1"
+                );
+                let left = self.run(*host, &command).await?;
+                tracing::info!(host, left = left.trim(), "the disk is full");
+                Ok(())
+            }
+        }
+    }
+
+    /// Undoes `fault` (and only it).
+    async fn heal(&self, fault: &Fault) -> Result<(), String> {
+        match fault {
+            Fault::Kill { host } => self.start(*host, "weir").await,
+            Fault::Pause { host } => self.signal(*host, "weir", "CONT").await,
+            Fault::EtcdKill { host } => self.start(*host, "etcd").await,
+            Fault::Partition { .. } | Fault::Drop { .. } => {
+                for host in 0..self.hosts.len() {
+                    self.run(host, &format!("iptables -F {CHAIN}")).await?;
+                }
+                Ok(())
+            }
+            Fault::FullDisk { host } => {
+                let data = format!("{}/data", self.root(*host));
+                self.run(*host, &format!("rm -f {data}/ballast {data}/ballast-tail")).await?;
+                self.signal(*host, "weir", "KILL").await?;
+                self.start(*host, "weir").await
+            }
+        }
+    }
+
+    /// Everything back as deployed, whatever state a failed step left.
+    pub async fn heal_all(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for host in 0..self.hosts.len() {
+            let root = self.root(host);
+            let command = format!(
+                "iptables -F {CHAIN} 2>/dev/null; rm -f {root}/data/ballast {root}/data/ballast-tail; \
+                 for p in weir etcd; do [ -f {root}/$p.pid ] && kill -CONT $(cat {root}/$p.pid) 2>/dev/null; \
+                 {root}/bin/$p.sh start >/dev/null || exit 1; done; true"
+            );
+            if let Err(error) = self.run(host, &command).await {
+                errors.push(error);
+            }
+        }
+        errors
+    }
+
+    async fn signal(&self, host: usize, process: &str, signal: &str) -> Result<(), String> {
+        let pidfile = format!("{}/{process}.pid", self.root(host));
+        self.run(host, &format!("kill -{signal} $(cat {pidfile})")).await.map(drop)
+    }
+
+    async fn start(&self, host: usize, process: &str) -> Result<(), String> {
+        self.run(host, &format!("{}/bin/{process}.sh start", self.root(host))).await.map(drop)
+    }
+
+    /// Stops a broker cleanly (the launcher's SIGTERM, waited for).
+    pub async fn stop_broker(&self, host: usize) -> Result<(), String> {
+        self.run(host, &format!("{}/bin/weir.sh stop", self.root(host))).await.map(drop)
+    }
+}
+
+/// Every kind of fault, as [`Fault::kind`] names them.
+pub const KINDS: [&str; 8] = [
+    "kill",
+    "pause",
+    "partition-halves",
+    "partition-leader",
+    "partition-bridge",
+    "packet-drop",
+    "etcd-kill",
+    "full-disk",
+];
+
+/// A fault of `kind` (one of [`KINDS`]). `leader` is the host leading some
+/// partition, when one is known.
+pub fn fault_of(kind: &str, rng: &mut SeededRng, hosts: usize, leader: Option<usize>) -> Fault {
+    let host = rng.below(hosts as u64) as usize;
+    let cut_off = |lone: usize| (0..hosts).filter(|&other| other != lone).map(|other| (lone, other)).collect();
+    match kind {
+        "kill" => Fault::Kill { host },
+        "pause" => Fault::Pause { host },
+        // One host against the rest: the minority side of halves.
+        "partition-halves" => Fault::Partition { name: "partition-halves", cuts: cut_off(host) },
+        "partition-leader" => Fault::Partition { name: "partition-leader", cuts: cut_off(leader.unwrap_or(host)) },
+        "partition-bridge" => {
+            // `host` sees everyone; the others split in two halves that
+            // see only it.
+            let mut others: Vec<usize> = (0..hosts).filter(|&other| other != host).collect();
+            for i in (1..others.len()).rev() {
+                others.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let (left, right) = others.split_at(others.len() / 2);
+            let cuts = left.iter().flat_map(|&a| right.iter().map(move |&b| (a, b))).collect();
+            Fault::Partition { name: "partition-bridge", cuts }
+        }
+        "packet-drop" => Fault::Drop { percent: 5 + rng.below(26) as u32 },
+        "etcd-kill" => Fault::EtcdKill { host },
+        "full-disk" => Fault::FullDisk { host },
+        other => unreachable!("no fault kind {other}: the options are checked against KINDS"),
+    }
+}
+
+/// What a run did and found.
+#[derive(Debug)]
+pub struct Report {
+    pub ops: Vec<Op>,
+    pub anomalies: Vec<Anomaly>,
+    pub acknowledged: usize,
+    /// Every fault injected: (seconds into the run it began, how long it
+    /// lasted, what it was).
+    pub faults: Vec<(f64, f64, Fault)>,
+    /// Faults that could not be injected or healed (the run goes on).
+    pub nemesis_errors: Vec<String>,
+    pub weak_losses: [(usize, usize); 2],
+    /// Replicas read back from the brokers' disks.
+    pub replicas_read: usize,
+}
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// The whole run: topic, workload, faults, healing, final reads, verdict.
+pub async fn run(options: Options) -> Result<Report, String> {
+    let hosts = options.hosts.len();
+    let addresses: Vec<String> =
+        options.hosts.iter().map(|h| format!("http://{}:{}", h.address, options.broker_port)).collect();
+    let bootstrap = addresses.join(",");
+    let ssh = Ssh::new(options.hosts.clone(), options.ssh_key.clone());
+    for host in 0..hosts {
+        ssh.prepare(host).await?;
+    }
+
+    let client = Client::connect(&bootstrap).await.map_err(|e| format!("connecting to {bootstrap}: {e}"))?;
+    let config = proto::TopicConfig {
+        partitions: options.partitions,
+        replication_factor: Some(hosts.min(3) as u32),
+        segment_bytes: Some(1 << 20),
+        ..Default::default()
+    };
+    client.create_topic(TOPIC, config).await.map_err(|e| format!("creating topic {TOPIC}: {e}"))?;
+    wait_for_leaders(&client, options.partitions).await?;
+
+    let history = History::new();
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let stop_consuming = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    let writers = [(1, Acks::All), (2, Acks::All), (3, Acks::All), (LEADER_ACKS_PRODUCER, Acks::Leader)];
+    for (process, acks) in writers.into_iter().chain([(NO_ACKS_PRODUCER, Acks::None)]) {
+        let task = produce(
+            bootstrap.clone(),
+            options.seed,
+            options.partitions,
+            process,
+            acks,
+            history.clone(),
+            stop_producing.clone(),
+        );
+        producers.push(tokio::spawn(task));
+    }
+    let mut consumers = Vec::new();
+    let members = [(GROUP, 100), (GROUP, 101), (GROUP, 102), (OTHER_GROUP, 200)];
+    for (group, process) in members {
+        let task = consume(bootstrap.clone(), group, process, options.seed, history.clone(), stop_consuming.clone());
+        consumers.push(tokio::spawn(task));
+    }
+
+    // Safety: one fault at a time, each healed before a quiet spell and
+    // the next.
+    let start = tokio::time::Instant::now();
+    let safety_end = start + options.duration.saturating_sub(options.liveness);
+    let mut rng = SeededRng::new(options.seed);
+    let mut faults = Vec::new();
+    let mut nemesis_errors = Vec::new();
+    loop {
+        let quiet = Duration::from_millis(2_000 + rng.below(6_000));
+        let lasting = Duration::from_millis(3_000 + rng.below(12_000));
+        if tokio::time::Instant::now() + quiet + lasting > safety_end {
+            break;
+        }
+        tokio::time::sleep(quiet).await;
+        let leader = some_leader(&client, &mut rng, options.partitions).await;
+        let kind = if options.cycle {
+            options.kinds[faults.len() % options.kinds.len()]
+        } else {
+            options.kinds[rng.below(options.kinds.len() as u64) as usize]
+        };
+        let fault = fault_of(kind, &mut rng, hosts, leader);
+        let began = start.elapsed();
+        tracing::info!(at = ?began, %fault, ?lasting, "nemesis: inject");
+        eprintln!("nemesis {:>7.1} s  {fault} for {:.1} s", began.as_secs_f64(), lasting.as_secs_f64());
+        if let Err(error) = ssh.inject(&fault).await {
+            nemesis_errors.push(format!("inject {fault}: {error}"));
+        }
+        tokio::time::sleep(lasting).await;
+        if let Err(error) = ssh.heal(&fault).await {
+            nemesis_errors.push(format!("heal {fault}: {error}"));
+        }
+        faults.push((began.as_secs_f64(), start.elapsed().saturating_sub(began).as_secs_f64(), fault));
+    }
+    tokio::time::sleep_until(safety_end).await;
+
+    // Liveness: everything healed; the producers stop (a send still
+    // retrying stays unknown) and the first group must read everything
+    // acknowledged.
+    nemesis_errors.extend(ssh.heal_all().await.into_iter().map(|e| format!("heal all: {e}")));
+    stop_producing.store(true, Ordering::Relaxed);
+    for producer in producers {
+        if tokio::time::timeout(SETTLE, producer).await.is_err() {
+            tracing::info!("a producer was still retrying a send; its outcome stays unknown");
+        }
+    }
+    let acknowledged: Vec<(u32, u64)> = Input { ops: history.ops(), ..Input::default() }
+        .acknowledged()
+        .into_iter()
+        .map(|(_, partition, _, value)| (partition, value))
+        .collect();
+    let deadline = tokio::time::Instant::now() + options.liveness;
+    while tokio::time::Instant::now() < deadline {
+        let seen = polled_by(&history.ops(), &[100, 101, 102]);
+        if acknowledged.iter().all(|key| seen.contains(key)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop_consuming.store(true, Ordering::Relaxed);
+    for consumer in consumers {
+        if tokio::time::timeout(SETTLE, consumer).await.is_err() {
+            tracing::info!("a consumer did not stop in time");
+        }
+    }
+
+    let final_log = read_all(bootstrap.clone(), options.partitions).await?;
+    let mut replicas = describe_replicas(addresses).await;
+    if options.local_disks {
+        for host in 0..hosts {
+            ssh.stop_broker(host).await?;
+        }
+        let disk = weir::sys::disk::real_disk();
+        replicas.retain_mut(|replica| {
+            let topics = options.hosts[replica.broker as usize - 1].root.join("data").join("topics");
+            match read_replica(disk.clone(), &topics, replica.broker, replica.partition) {
+                Some(records) => {
+                    replica.records = records;
+                    true
+                }
+                None => false,
+            }
+        });
+    } else {
+        // Bounds only: the replica checker compares what it has.
+        replicas.clear();
+    }
+    let replicas_read = replicas.len();
+    let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()), replicas };
+    let anomalies = checker::check(&input);
+    let weak = checker::weak_losses(&input);
+    Ok(Report {
+        acknowledged: acknowledged.len(),
+        anomalies,
+        weak_losses: [LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER].map(|p| weak.get(&p).copied().unwrap_or_default()),
+        ops: input.ops,
+        faults,
+        nemesis_errors,
+        replicas_read,
+    })
+}
+
+/// Every partition has a leader (bounded: a minute).
+async fn wait_for_leaders(client: &Client, partitions: u32) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(topic) = client.describe_topic(TOPIC).await {
+            if topic.partitions.len() == partitions as usize && topic.partitions.iter().all(|p| p.leader != 0) {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("topic {TOPIC} still has partitions without a leader after 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The host leading a partition chosen at random, if the cluster says.
+async fn some_leader(client: &Client, rng: &mut SeededRng, partitions: u32) -> Option<usize> {
+    let partition = rng.below(u64::from(partitions)) as u32;
+    let described = tokio::time::timeout(Duration::from_secs(5), client.describe_topic(TOPIC)).await.ok()?.ok()?;
+    let leader = described.partitions.iter().find(|p| p.partition == partition)?.leader;
+    (leader != 0).then(|| leader as usize - 1)
+}
+
+/// Counts of the history's operations, by function and outcome.
+pub fn tally(ops: &[Op]) -> BTreeMap<(&'static str, &'static str), usize> {
+    let mut out = BTreeMap::new();
+    for op in ops {
+        let f = match op.value {
+            Value::Send { .. } => "send",
+            Value::Poll(_) => "poll",
+            Value::Assign { .. } => "assign",
+            Value::Commit { .. } => "commit",
+            Value::Seek { .. } => "seek",
+        };
+        let kind = match op.kind {
+            Kind::Invoke => "invoke",
+            Kind::Ok => "ok",
+            Kind::Fail => "fail",
+            Kind::Info => "info",
+        };
+        *out.entry((f, kind)).or_default() += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_makes_its_fault_and_partitions_cut_real_pairs() {
+        let mut rng = SeededRng::new(7);
+        for _ in 0..200 {
+            for kind in KINDS {
+                let fault = fault_of(kind, &mut rng, 3, Some(2));
+                assert_eq!(fault.kind(), kind);
+                if let Fault::Partition { name, cuts } = &fault {
+                    assert!(!cuts.is_empty(), "{name} cuts nothing");
+                    for (a, b) in cuts {
+                        assert!(a != b && *a < 3 && *b < 3, "{name} cuts {a}|{b}");
+                    }
+                    match *name {
+                        "partition-leader" => {
+                            assert_eq!(cuts.len(), 2, "{cuts:?}");
+                            assert!(cuts.iter().all(|(a, _)| *a == 2), "the leader (host 2) is cut off: {cuts:?}");
+                        }
+                        "partition-halves" => assert_eq!(cuts.len(), 2, "one host against two: {cuts:?}"),
+                        _ => assert_eq!(cuts.len(), 1, "with three hosts a bridge cuts one pair: {cuts:?}"),
+                    }
+                }
+            }
+        }
+        // Five hosts: a bridge splits the other four two and two.
+        let bridge = fault_of("partition-bridge", &mut rng, 5, None);
+        let Fault::Partition { cuts, .. } = bridge else { panic!("{bridge:?}") };
+        assert_eq!(cuts.len(), 4, "{cuts:?}");
+    }
+
+    #[test]
+    fn tally_counts_by_function_and_outcome() {
+        let send = |kind| Op {
+            index: 0,
+            process: 1,
+            kind,
+            value: Value::Send { partition: 0, value: 1, offset: None },
+            time: Duration::ZERO,
+        };
+        let counts = tally(&[send(Kind::Invoke), send(Kind::Ok), send(Kind::Invoke), send(Kind::Info)]);
+        assert_eq!(counts[&("send", "invoke")], 2);
+        assert_eq!(counts[&("send", "ok")], 1);
+        assert_eq!(counts[&("send", "info")], 1);
+        assert!(!counts.contains_key(&("poll", "ok")));
+    }
+}

@@ -1,0 +1,322 @@
+//! The workload, shared by the simulator (`run.rs`) and the nemesis harness
+//! against real hosts (`nemesis.rs`): idempotent producers writing unique
+//! integers, group members polling, committing and seeking back, and a final
+//! read of every partition. Each records what it did in a [`History`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir::client::consumer::{ConsumerConfig, GroupConsumer, SeekTo};
+use weir::client::{Client, Producer, ProducerConfig};
+use weir::log::{LogConfig, PartitionLog};
+use weir::proto;
+use weir::proto::Acks;
+use weir::sys::clock::system_clock;
+use weir::sys::disk::Disk;
+use weir::sys::rng::SeededRng;
+
+use crate::checker;
+use crate::checker::replicas::Replica;
+use crate::history::{History, Kind, Op, Value};
+
+pub const TOPIC: &str = "jepsen";
+/// The group that must read everything; the second one reads alongside.
+pub const GROUP: &str = "g1";
+pub const OTHER_GROUP: &str = "g2";
+/// The producers with weaker acks (see [`checker::WEAK_PRODUCERS_FROM`]).
+pub const LEADER_ACKS_PRODUCER: u64 = checker::WEAK_PRODUCERS_FROM;
+pub const NO_ACKS_PRODUCER: u64 = checker::WEAK_PRODUCERS_FROM + 1;
+
+/// Every (partition, value) the given processes read in successful polls.
+pub fn polled_by(ops: &[Op], processes: &[u64]) -> BTreeSet<(u32, u64)> {
+    ops.iter()
+        .filter(|op| op.kind == Kind::Ok && processes.contains(&op.process))
+        .filter_map(|op| match &op.value {
+            Value::Poll(polled) => Some(polled),
+            _ => None,
+        })
+        .flat_map(|polled| polled.iter().flat_map(|(p, records)| records.iter().map(move |(_, v)| (*p, *v))))
+        .collect()
+}
+
+/// A producer: unique values (`process * 1e9 + n`) to partitions in turn,
+/// idempotent, one at a time.
+#[allow(clippy::too_many_arguments)]
+pub async fn produce(
+    bootstrap: String,
+    seed: u64,
+    partitions: u32,
+    process: u64,
+    acks: Acks,
+    history: History,
+    stop: Arc<AtomicBool>,
+) {
+    let Ok(client) = Client::connect(&bootstrap).await else { return };
+    let producer = Producer::new(client, ProducerConfig { batch_bytes_max: 0, acks, ..ProducerConfig::default() });
+    let mut rng = SeededRng::new(seed.wrapping_mul(31).wrapping_add(process));
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let partition = rng.below(u64::from(partitions)) as u32;
+        let value = process * 1_000_000_000 + n;
+        n += 1;
+        history.record(process, Kind::Invoke, Value::Send { partition, value, offset: None });
+        // Stamped with the simulated wall clock, as a real producer would:
+        // retention by age then keeps what a week keeps (all of it).
+        let now_ms = system_clock().now_ms();
+        let record = weir::client::producer::record(None, value.to_string().as_bytes(), now_ms);
+        let delivered = match producer.send(TOPIC, Some(partition), record).await {
+            Ok(delivery) => delivery.wait().await,
+            Err(error) => Err(error),
+        };
+        match delivered {
+            Ok(delivered) => {
+                // acks=none learns no offset.
+                let offset = (acks != Acks::None).then_some(delivered.offset);
+                let done = Value::Send { partition, value, offset };
+                history.record(process, Kind::Ok, done);
+            }
+            // Whether it was written is unknown: a retry may have landed.
+            Err(_) => {
+                history.record(process, Kind::Info, Value::Send { partition, value, offset: None });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10 + rng.below(40))).await;
+    }
+}
+
+/// A group member: polls, notes each new assignment, commits what it read,
+/// and now and then seeks back in one of its partitions.
+pub async fn consume(
+    bootstrap: String,
+    group: &'static str,
+    process: u64,
+    seed: u64,
+    history: History,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = SeededRng::new(seed.wrapping_mul(37).wrapping_add(process));
+    let mut consumer = None;
+    let mut noted: Option<(u64, Vec<u32>)> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let member = match consumer.as_mut() {
+            Some(member) => member,
+            None => {
+                let joined = match Client::connect(&bootstrap).await {
+                    Ok(client) => {
+                        let mut config = ConsumerConfig::new(group, &[TOPIC]);
+                        config.auto_commit = false;
+                        config.session_timeout = Duration::from_secs(6);
+                        config.heartbeat_interval = Duration::from_secs(1);
+                        GroupConsumer::join(client, config).await
+                    }
+                    Err(error) => Err(error),
+                };
+                match joined {
+                    Ok(member) => consumer.insert(member),
+                    Err(error) => {
+                        tracing::info!(process, %error, "joining failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        if rng.chance(1, 25) {
+            seek_back(member, group, process, &mut rng, &history).await;
+        }
+        history.record(process, Kind::Invoke, Value::Poll(BTreeMap::new()));
+        let polled = member.poll(Duration::from_millis(300)).await;
+        note_assignment(member, group, process, &history, &mut noted);
+        match polled {
+            Ok(records) => {
+                let mut by_partition: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+                for consumed in records {
+                    let value = value_of(&consumed.record);
+                    by_partition.entry(consumed.partition).or_default().push((consumed.record.offset, value));
+                }
+                let read_any = !by_partition.is_empty();
+                history.record(process, Kind::Ok, Value::Poll(by_partition));
+                if read_any {
+                    let generation = member.generation();
+                    let offsets: BTreeMap<u32, u64> =
+                        member.positions().into_iter().map(|((_, partition), offset)| (partition, offset)).collect();
+                    let value = Value::Commit { group: group.to_owned(), generation, offsets };
+                    history.record(process, Kind::Invoke, value.clone());
+                    let kind = match member.commit().await {
+                        Ok(()) => Kind::Ok,
+                        Err(error) => {
+                            tracing::info!(process, %error, "commit failed");
+                            Kind::Info
+                        }
+                    };
+                    history.record(process, kind, value);
+                }
+            }
+            Err(error) => {
+                tracing::info!(process, %error, "poll failed");
+                history.record(process, Kind::Info, Value::Poll(BTreeMap::new()));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    if let Some(member) = consumer {
+        let _ = member.close().await;
+    }
+}
+
+/// Moves one assigned partition's position back: a few records, to the
+/// beginning, or to a time in the last few seconds (never forward, so the
+/// group still reads everything). Recorded as a seek with where it landed.
+async fn seek_back(member: &mut GroupConsumer, group: &str, process: u64, rng: &mut SeededRng, history: &History) {
+    let positions = member.positions();
+    if positions.is_empty() {
+        return;
+    }
+    let ((topic, partition), position) = positions[rng.below(positions.len() as u64) as usize].clone();
+    let mut partitions: Vec<u32> = positions.iter().map(|((_, p), _)| *p).collect();
+    partitions.sort_unstable();
+    let value = |offset| Value::Seek { group: group.to_owned(), partition, offset, partitions: partitions.clone() };
+    history.record(process, Kind::Invoke, value(None));
+    let target = match rng.below(4) {
+        0 => SeekTo::Beginning,
+        1 => SeekTo::Timestamp(system_clock().now_ms() - 1 - rng.below(5_000) as i64),
+        _ => SeekTo::Offset(position.saturating_sub(1 + rng.below(30))),
+    };
+    match member.seek_to(&topic, partition, target).await {
+        Ok(offset) if offset <= position => {
+            history.record(process, Kind::Ok, value(Some(offset)));
+        }
+        Ok(_) => {
+            // The time lies ahead of what this member has read: back to
+            // where it was, which is a seek too.
+            let moved = member.seek(&topic, partition, position).map(|()| position);
+            let kind = if moved.is_ok() { Kind::Ok } else { Kind::Info };
+            history.record(process, kind, value(moved.ok()));
+        }
+        Err(error) => {
+            // A lookup that failed leaves the position where it was.
+            tracing::info!(process, %error, "seek failed");
+            history.record(process, Kind::Fail, value(None));
+        }
+    }
+}
+
+/// The integer a producer sent in `record` (`u64::MAX` for anything else,
+/// which no producer sends, so the checkers see it as foreign).
+pub fn value_of(record: &proto::Record) -> u64 {
+    parse_value(record.value.as_deref())
+}
+
+pub fn parse_value(value: Option<&[u8]>) -> u64 {
+    value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
+fn note_assignment(
+    member: &GroupConsumer,
+    group: &str,
+    process: u64,
+    history: &History,
+    noted: &mut Option<(u64, Vec<u32>)>,
+) {
+    let generation = member.generation();
+    let mut partitions: Vec<u32> = member.assignment().into_iter().map(|(_, p)| p).collect();
+    partitions.sort_unstable();
+    if noted.as_ref() != Some(&(generation, partitions.clone())) {
+        let value = Value::Assign { group: group.to_owned(), generation, partitions: partitions.clone() };
+        history.record(process, Kind::Ok, value);
+        *noted = Some((generation, partitions));
+    }
+}
+
+/// Every partition read from offset 0 to its high watermark, retrying while
+/// leaders settle.
+pub async fn read_all(bootstrap: String, partitions: u32) -> Result<BTreeMap<u32, Vec<(u64, u64)>>, String> {
+    let client =
+        Client::connect(&bootstrap).await.map_err(|error| format!("connecting for the final read: {error}"))?;
+    let mut out = BTreeMap::new();
+    for partition in 0..partitions {
+        let mut records = Vec::new();
+        let mut offset = 0;
+        // Bounded in time, not in attempts: one fetch retries for a while
+        // itself, and a leaderless partition must fail the run with this
+        // message, well within madsim's time limit.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.fetch(TOPIC, partition, offset, 1 << 20, Duration::ZERO).await {
+                Ok(fetched) => {
+                    records.extend(fetched.records.iter().map(|record| (record.offset, value_of(record))));
+                    if fetched.next_offset >= fetched.high_watermark {
+                        break;
+                    }
+                    offset = fetched.next_offset;
+                }
+                Err(error) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(format!("the final read of partition {partition} keeps failing: {error}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        out.insert(partition, records);
+    }
+    Ok(out)
+}
+
+/// Every replica of the topic as its broker describes it (bounds only; the
+/// records are read from the disks once the brokers have stopped). Brokers
+/// are numbered by their place in `addresses`, from 1.
+pub async fn describe_replicas(addresses: Vec<String>) -> Vec<Replica> {
+    let mut out = Vec::new();
+    for (i, address) in addresses.iter().enumerate() {
+        let broker = i as u64 + 1;
+        let Ok(client) = Client::connect(address).await else { continue };
+        let Ok(topic) = client.describe_topic(TOPIC).await else { continue };
+        out.extend(topic.partitions.iter().filter(|p| p.hosted).map(|p| Replica {
+            broker,
+            partition: p.partition,
+            log_start: p.log_start_offset,
+            high_watermark: p.high_watermark,
+            log_end: p.log_end_offset,
+            records: BTreeMap::new(),
+        }));
+    }
+    out
+}
+
+/// A replica's log read from a stopped broker's disk (`topics`: its data
+/// directory's `topics`): offset → value; `None` if the disk no longer
+/// holds it (a move completed after it was described).
+pub fn read_replica(disk: Arc<dyn Disk>, topics: &Path, broker: u64, partition: u32) -> Option<BTreeMap<u64, u64>> {
+    let topic = disk
+        .list_subdirs(topics)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|name| name.rsplit_once('-').is_some_and(|(topic, _)| topic == TOPIC))?;
+    let topic = topics.join(topic);
+    disk.list_subdirs(&topic).unwrap_or_default().contains(&partition.to_string()).then_some(())?;
+    let dir = topic.join(partition.to_string());
+    let log = match PartitionLog::open(disk, &dir, LogConfig::default(), system_clock()) {
+        Ok(log) => log,
+        Err(error) => {
+            tracing::warn!(broker, partition, %error, "a replica's log does not open");
+            return Some(BTreeMap::new());
+        }
+    };
+    let mut records = BTreeMap::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let Ok(batches) = log.read(offset, 1 << 20, u64::MAX) else { break };
+        let Some(last) = batches.last() else { break };
+        offset = last.next_offset();
+        for batch in &batches {
+            for record in batch.records().flatten() {
+                records.insert(record.offset, parse_value(record.value.as_deref()));
+            }
+        }
+    }
+    Some(records)
+}
