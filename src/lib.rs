@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod gateway;
 pub mod group;
 pub mod log;
 pub mod meta;

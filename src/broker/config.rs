@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:9092";
 pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9093";
+/// `weir dev`'s HTTP gateway (a server's is off unless configured).
+pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:8080";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -38,6 +40,10 @@ pub struct BrokerConfig {
     /// file): not served.
     #[serde(with = "address_or_off")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the HTTP/JSON gateway serves `/v1` (src/gateway); none
+    /// (`"off"`, the default): not served.
+    #[serde(with = "address_or_off")]
+    pub http_listen: Option<SocketAddr>,
     /// Largest key + value + headers of one message.
     pub message_bytes_max: usize,
     /// Fetch byte budget when a request gives none.
@@ -95,6 +101,7 @@ impl Default for BrokerConfig {
             auto_balance: true,
             prefer_leaders: true,
             metrics_listen: Some(METRICS_LISTEN_DEFAULT.parse().expect("valid default address")),
+            http_listen: None,
             message_bytes_max: 1 << 20,
             fetch_bytes_default: 1 << 20,
             fetch_bytes_max: 16 << 20,

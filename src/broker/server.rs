@@ -129,6 +129,10 @@ pub async fn serve(
         .config()
         .metrics_listen
         .map(|at| AbortOnDrop(tokio::spawn(metrics::serve(at, metrics, broker.clone(), groups.clone()))));
+    let gateway = broker.config().http_listen.map(|at| {
+        let own = broker.config().advertise.clone().unwrap_or_else(|| listen.to_string());
+        AbortOnDrop(tokio::spawn(crate::gateway::serve(at, own)))
+    });
     let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));
     let reconciler = AbortOnDrop(tokio::spawn(broker.clone().run_reconciler()));
     let scrubber = AbortOnDrop(tokio::spawn(broker.clone().run_scrubber()));
@@ -154,7 +158,7 @@ pub async fn serve(
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         );
     let served = with_reflection(router).serve_with_shutdown(listen, shutdown).await;
-    drop((maintenance, reconciler, scrubber, controller, group_ticks, metrics_server));
+    drop((maintenance, reconciler, scrubber, controller, group_ticks, metrics_server, gateway));
     broker.shutdown().await?;
     tracing::info!("weir broker stopped");
     served.map_err(Into::into)

@@ -90,6 +90,9 @@ pub struct DevArgs {
     /// Where Prometheus scrapes `GET /metrics`.
     #[arg(long, env = "WEIR_METRICS_LISTEN", default_value = crate::broker::config::METRICS_LISTEN_DEFAULT)]
     pub metrics_listen: SocketAddr,
+    /// Where the HTTP/JSON gateway serves `/v1` (broker i: this port + 2(i-1)).
+    #[arg(long, env = "WEIR_HTTP_LISTEN", default_value = crate::broker::config::HTTP_LISTEN_DEFAULT)]
+    pub http_listen: SocketAddr,
     /// Brokers to run in this process. More than one makes a replicated
     /// cluster on etcd; broker i serves on the listen port + 2(i-1) and
     /// keeps its data in `<data-dir>/broker-<i>`.

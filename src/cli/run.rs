@@ -18,6 +18,7 @@ pub async fn dev(args: DevArgs) -> CliResult {
         data_dir: args.data_dir,
         listen: args.listen,
         metrics_listen: Some(args.metrics_listen),
+        http_listen: Some(args.http_listen),
         ..BrokerConfig::default()
     };
     start(config).await
@@ -53,22 +54,24 @@ async fn dev_cluster(args: DevArgs) -> CliResult {
         let port = |base: u16| base.checked_add(2 * i as u16).ok_or("ports run past 65535");
         let listen = SocketAddr::new(args.listen.ip(), port(args.listen.port())?);
         let metrics = SocketAddr::new(args.metrics_listen.ip(), port(args.metrics_listen.port())?);
+        let http = SocketAddr::new(args.http_listen.ip(), port(args.http_listen.port())?);
         let config = BrokerConfig {
             broker_id: u64::from(i) + 1,
             data_dir: args.data_dir.join(format!("broker-{}", i + 1)),
             listen,
             metrics_listen: Some(metrics),
+            http_listen: Some(http),
             etcd: endpoints.clone(),
             cluster_name: "weir-dev".into(),
             ..BrokerConfig::default()
         };
-        brokers.push((open_broker(config, real_disk(), system_clock()).await?, listen, metrics));
+        brokers.push((open_broker(config, real_disk(), system_clock()).await?, listen, metrics, http));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     let mut addresses = Vec::new();
-    for (broker, listen, metrics) in brokers {
-        println!("broker {} serving on {listen} (metrics on {metrics})", broker.broker_id());
+    for (broker, listen, metrics, http) in brokers {
+        println!("broker {} serving on {listen} (metrics on {metrics}, HTTP gateway on {http})", broker.broker_id());
         addresses.push(listen.to_string());
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(async move {

@@ -18,11 +18,12 @@ use weir::sys::disk::SimDisk;
 pub const CONNECT_ATTEMPTS: u32 = 100;
 pub const CONNECT_RETRY: Duration = Duration::from_millis(50);
 
-fn config(listen: std::net::SocketAddr, metrics: std::net::SocketAddr) -> BrokerConfig {
+fn config(listen: std::net::SocketAddr, metrics: std::net::SocketAddr, http: std::net::SocketAddr) -> BrokerConfig {
     BrokerConfig {
         data_dir: PathBuf::from("/broker"),
         listen,
         metrics_listen: Some(metrics),
+        http_listen: Some(http),
         message_bytes_max: 64 << 10,
         fetch_wait_ms_max: 20_000,
         offsets_bytes_max: 32 << 10,
@@ -59,8 +60,10 @@ mod imp {
         pub disk: SimDisk,
         pub address: String,
         pub metrics_address: String,
+        pub http_address: String,
         listen: std::net::SocketAddr,
         metrics: std::net::SocketAddr,
+        http: std::net::SocketAddr,
         stop: Option<oneshot::Sender<()>>,
         task: Option<tokio::task::JoinHandle<()>>,
     }
@@ -69,12 +72,15 @@ mod imp {
         pub async fn start() -> Self {
             let listen = weir::sys::net::free_loopback_addr().expect("a free port");
             let metrics = weir::sys::net::free_loopback_addr().expect("a free port");
+            let http = weir::sys::net::free_loopback_addr().expect("a free port");
             let mut broker = Self {
                 disk: SimDisk::new(1),
                 address: listen.to_string(),
                 metrics_address: metrics.to_string(),
+                http_address: http.to_string(),
                 listen,
                 metrics,
+                http,
                 stop: None,
                 task: None,
             };
@@ -84,7 +90,7 @@ mod imp {
 
         async fn boot(&mut self) {
             let disk: Arc<dyn Disk> = Arc::new(self.disk.clone());
-            let config = config(self.listen, self.metrics);
+            let config = config(self.listen, self.metrics, self.http);
             let broker = open_broker(config, disk, system_clock()).await.expect("broker opens");
             let (stop, stopped) = oneshot::channel::<()>();
             self.stop = Some(stop);
@@ -138,11 +144,13 @@ mod imp {
     const CLIENT_IP: &str = "10.0.0.2";
     const PORT: u16 = 9092;
     const METRICS_PORT: u16 = 9093;
+    const HTTP_PORT: u16 = 8080;
 
     pub struct TestBroker {
         pub disk: SimDisk,
         pub address: String,
         pub metrics_address: String,
+        pub http_address: String,
         node: NodeHandle,
         client_node: NodeHandle,
     }
@@ -153,6 +161,7 @@ mod imp {
             let disk = SimDisk::new(1);
             let listen = SocketAddr::new(BROKER_IP.parse::<IpAddr>().unwrap(), PORT);
             let metrics = SocketAddr::new(listen.ip(), METRICS_PORT);
+            let http = SocketAddr::new(listen.ip(), HTTP_PORT);
             let node_disk = disk.clone();
             let node = handle
                 .create_node()
@@ -161,15 +170,21 @@ mod imp {
                 .init(move || {
                     let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
                     async move {
-                        let config = config(listen, metrics);
+                        let config = config(listen, metrics, http);
                         let broker = open_broker(config, disk, system_clock()).await.expect("broker opens");
                         serve(broker, std::future::pending()).await.expect("broker serves");
                     }
                 })
                 .build();
             let client_node = handle.create_node().name("client").ip(CLIENT_IP.parse().unwrap()).build();
-            let broker =
-                Self { disk, address: listen.to_string(), metrics_address: metrics.to_string(), node, client_node };
+            let broker = Self {
+                disk,
+                address: listen.to_string(),
+                metrics_address: metrics.to_string(),
+                http_address: http.to_string(),
+                node,
+                client_node,
+            };
             let address = broker.address.clone();
             broker.run(async move { connect(&address).await }).await;
             broker
