@@ -1,0 +1,71 @@
+(ns weir.smoke
+  "Runs jepsen.tests.kafka-shaped operations through weir.ops (the code the
+  Jepsen client runs) against a live cluster's HTTP gateways, then checks
+  what was acknowledged against what was polled and against a final read
+  with weir.check: what CI runs (no Jepsen needed).
+
+    lein with-profile debian run -m weir.smoke http://127.0.0.1:8080,http://127.0.0.1:8082 300"
+  (:require [clojure.string :as str]
+            [weir.check :as check]
+            [weir.gateway :as g]
+            [weir.ops :as ops]))
+
+(def key-count 3)
+
+(defn- sender
+  "Sends values from, from+step, ... below n, each to key (mod v key-count),
+  one :send op at a time; returns the acknowledged ones."
+  [state process from step n]
+  (vec (for [v (range from n step)
+             :let [k  (mod v key-count)
+                   op (ops/invoke! state {:f :send :value [[:send k v]]})]
+             :when (= :ok (:type op))
+             :let [[_ _ [offset value]] (first (:value op))]]
+         {:process process :partition k :offset offset :value value})))
+
+(defn- poller
+  "Assigns every key, then polls until it has read `wanted` values or a
+  minute has passed. Returns {key [[offset value] ...]} in read order."
+  [state wanted]
+  (ops/invoke! state {:f :assign :value (range key-count)})
+  (let [deadline (+ (System/currentTimeMillis) 60000)]
+    (loop [reads {}]
+      (if (or (<= wanted (reduce + (map count (vals reads))))
+              (< deadline (System/currentTimeMillis)))
+        reads
+        (let [op (ops/invoke! state {:f :poll :value [[:poll]] :poll-ms 200})]
+          (recur (if (= :ok (:type op))
+                   (merge-with into reads (second (first (:value op))))
+                   reads)))))))
+
+(defn smoke!
+  "Two senders on different gateways, one poller: n values in all."
+  [urls n]
+  (let [state   #(ops/open (nth urls (mod % (count urls))))
+        polled  (future (poller (state 2) n))
+        senders [(future (sender (state 0) 0 0 2 n))
+                 (future (sender (state 1) 1 1 2 n))]
+        acked   (vec (mapcat deref senders))
+        polled  @polled
+        final   (into {} (for [k (range key-count)]
+                           [k (mapv (fn [[o v]] [o (parse-long v)])
+                                    (g/read-all (first urls) (ops/key->topic k) 0))]))]
+    {:polls (check/check acked polled)
+     :final (check/check acked final)}))
+
+(defn -main
+  [& [urls n]]
+  (let [urls (str/split (or urls "http://127.0.0.1:8080") #",")
+        n    (Long/parseLong (or n "300"))
+        {:keys [polls final] :as result} (smoke! urls n)
+        line (fn [label r]
+               (println (format "%s: %d acknowledged, %d read; lost %d, duplicated %d, inconsistent %d, out of order %d/%d"
+                                label (:acked r) (:read r) (count (:lost r)) (count (:duplicated r))
+                                (count (:inconsistent r)) (count (:nonmonotonic-read r))
+                                (count (:nonmonotonic-send r)))))]
+    (line "polls" polls)
+    (line "final read" final)
+    (let [ok? (and (:valid? polls) (:valid? final) (= n (:acked final)))]
+      (println (if ok? "smoke: valid" (str "smoke: INVALID " (pr-str result))))
+      (shutdown-agents)
+      (System/exit (if ok? 0 1)))))
