@@ -176,9 +176,9 @@ impl Ssh {
 
     async fn inject(&self, fault: &Fault) -> Result<(), String> {
         match fault {
-            Fault::Kill { host } => self.signal(*host, "weir", "KILL").await,
+            Fault::Kill { host } => self.kill_and_wait(*host, "weir").await,
             Fault::Pause { host } => self.signal(*host, "weir", "STOP").await,
-            Fault::EtcdKill { host } => self.signal(*host, "etcd", "KILL").await,
+            Fault::EtcdKill { host } => self.kill_and_wait(*host, "etcd").await,
             Fault::Partition { cuts, .. } => {
                 for (a, b) in cuts {
                     for (from, to) in [(a, b), (b, a)] {
@@ -229,9 +229,11 @@ impl Ssh {
             }
             Fault::FullDisk { host } => {
                 let data = format!("{}/data", self.root(*host));
-                self.run(*host, &format!("rm -f {data}/ballast {data}/ballast-tail")).await?;
-                self.signal(*host, "weir", "KILL").await?;
-                self.start(*host, "weir").await
+                let freed = self.run(*host, &format!("rm -f {data}/ballast {data}/ballast-tail")).await;
+                // Whatever the broker did meanwhile, it comes back.
+                let killed = self.kill_and_wait(*host, "weir").await;
+                let started = self.start(*host, "weir").await;
+                freed.map(drop).and(killed).and(started)
             }
         }
     }
@@ -256,6 +258,20 @@ impl Ssh {
     async fn signal(&self, host: usize, process: &str, signal: &str) -> Result<(), String> {
         let pidfile = format!("{}/{process}.pid", self.root(host));
         self.run(host, &format!("kill -{signal} $(cat {pidfile})")).await.map(drop)
+    }
+
+    /// `kill -9` and wait until the process is gone (a killed process that
+    /// still exists, if only as a zombie, looks running to its launcher,
+    /// which would then not start it).
+    async fn kill_and_wait(&self, host: usize, process: &str) -> Result<(), String> {
+        let pidfile = format!("{}/{process}.pid", self.root(host));
+        let command = format!(
+            "pid=$(cat {pidfile}) || exit 0; kill -KILL $pid 2>/dev/null; \
+             for _ in $(seq 1 100); do [ -d /proc/$pid ] || exit 0; \
+             grep -q '^State:.*Z' /proc/$pid/status 2>/dev/null && exit 0; sleep 0.05; done; \
+             echo \"pid $pid still there 5 s after kill -9\" >&2; exit 1"
+        );
+        self.run(host, &command).await.map(drop)
     }
 
     async fn start(&self, host: usize, process: &str) -> Result<(), String> {
