@@ -201,9 +201,11 @@ impl Ssh {
             }
             Fault::FullDisk { host } => {
                 let data = format!("{}/data", self.root(*host));
-                // Fill what is free, then whatever a block's rounding left.
+                // Only a disk of the broker's own (deploy/hosts/up with
+                // WEIR_HOSTS_DISK): never fill a filesystem others live on.
                 let command = format!(
-                    "free=$(df --output=avail -B1 {data} | tail -1); \
+                    "mountpoint -q {data} || {{ echo 'not a disk of its own: {data}' >&2; exit 1; }}; \
+                     free=$(df --output=avail -B1 {data} | tail -1); \
                      fallocate -l \"$free\" {data}/ballast 2>/dev/null; \
                      dd if=/dev/zero of={data}/ballast-tail bs=4k 2>/dev/null; \
                      df --output=avail -B1 {data} | tail -1"
