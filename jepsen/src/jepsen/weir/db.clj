@@ -6,6 +6,7 @@
   (:require [clojure.string :as str]
             [clojure.tools.logging :refer [info warn]]
             [jepsen [control :as c]
+                    [core :as jepsen]
                     [db :as db]
                     [lazyfs :as lazyfs]
                     [util :as util]]
@@ -68,7 +69,7 @@
       (when lazyfs (db/setup! lazyfs test node))
       (c/exec :echo (config test node) :> config-file)
       (start-etcd! test node)
-      (jepsen.core/synchronize test)
+      (jepsen/synchronize test)
       (start-weir!)
       (cu/await-tcp-port 8080 {:timeout 60000})))
 
