@@ -341,6 +341,9 @@ pub struct Report {
     pub weak_losses: [(usize, usize); 2],
     /// Replicas read back from the brokers' disks.
     pub replicas_read: usize,
+    /// Replicas each broker described after the run (a broker that did
+    /// not answer describes none, and its replicas go unchecked).
+    pub replicas_described: BTreeMap<u64, usize>,
 }
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -457,6 +460,10 @@ pub async fn run(options: Options) -> Result<Report, String> {
 
     let final_log = read_all(bootstrap.clone(), options.partitions).await?;
     let mut replicas = describe_replicas(addresses).await;
+    let mut replicas_described: BTreeMap<u64, usize> = (1..=hosts as u64).map(|b| (b, 0)).collect();
+    for replica in &replicas {
+        *replicas_described.entry(replica.broker).or_default() += 1;
+    }
     if options.local_disks {
         for host in 0..hosts {
             ssh.stop_broker(host).await?;
@@ -488,6 +495,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
         faults,
         nemesis_errors,
         replicas_read,
+        replicas_described,
     })
 }
 

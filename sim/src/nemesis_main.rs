@@ -188,7 +188,12 @@ mod harness {
             "acks=leader: {leader_lost} of {leader_acked} acknowledged not in the final read (measured, not checked)"
         );
         println!("acks=none: {none_lost} of {none_acked} accepted not in the final read (measured, not checked)");
-        println!("replicas read from disk: {}", report.replicas_read);
+        let described: Vec<String> = report.replicas_described.iter().map(|(b, n)| format!("{b}={n}")).collect();
+        println!(
+            "replicas: described by broker {}; read from disk and checked: {}",
+            described.join(" "),
+            report.replicas_read
+        );
         if report.anomalies.is_empty() {
             println!("verdict: valid (no anomaly)");
             0
