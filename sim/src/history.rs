@@ -37,8 +37,22 @@ pub enum Value {
     Seek { group: String, partition: u32, offset: Option<u64>, partitions: Vec<u32> },
 }
 
+impl Kind {
+    /// Its name in a Jepsen history (`:invoke`, `:ok`, ...), without the colon.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Invoke => "invoke",
+            Kind::Ok => "ok",
+            Kind::Fail => "fail",
+            Kind::Info => "info",
+        }
+    }
+}
+
 impl Value {
-    fn f(&self) -> &'static str {
+    /// The operation's function in a Jepsen history (`:send`, `:poll`, ...),
+    /// without the colon.
+    pub fn f(&self) -> &'static str {
         match self {
             Value::Send { .. } => "send",
             Value::Poll(_) => "poll",
@@ -121,12 +135,7 @@ pub fn pairs(ops: &[Op]) -> Vec<(&Op, Op)> {
 pub fn to_edn(ops: &[Op]) -> String {
     let mut out = String::new();
     for op in ops {
-        let kind = match op.kind {
-            Kind::Invoke => "invoke",
-            Kind::Ok => "ok",
-            Kind::Fail => "fail",
-            Kind::Info => "info",
-        };
+        let kind = op.kind.name();
         let value = match &op.value {
             Value::Send { partition, value, offset: Some(offset) } => {
                 format!("[[:send {partition} [{offset} {value}]]]")

@@ -30,10 +30,10 @@ use weir::proto::Acks;
 use weir::sys::rng::SeededRng;
 
 use crate::checker::{self, Anomaly, Input};
-use crate::history::{History, Kind, Op, Value};
+use crate::history::{History, Op};
 use crate::workload::{
-    consume, describe_replicas, polled_by, produce, read_all, read_replica, GROUP, LEADER_ACKS_PRODUCER,
-    NO_ACKS_PRODUCER, OTHER_GROUP, TOPIC,
+    await_group_read_all, consume, describe_replicas, produce, read_all, read_replica, GROUP, GROUP_MEMBERS,
+    LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, OTHER_GROUP, TOPIC,
 };
 
 /// One host of the cluster: an etcd member and a broker, installed under
@@ -387,7 +387,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
         producers.push(tokio::spawn(task));
     }
     let mut consumers = Vec::new();
-    let members = [(GROUP, 100), (GROUP, 101), (GROUP, 102), (OTHER_GROUP, 200)];
+    let members = GROUP_MEMBERS.iter().map(|&p| (GROUP, p)).chain([(OTHER_GROUP, 200)]);
     for (group, process) in members {
         let task = consume(bootstrap.clone(), group, process, options.seed, history.clone(), stop_consuming.clone());
         consumers.push(tokio::spawn(task));
@@ -438,19 +438,8 @@ pub async fn run(options: Options) -> Result<Report, String> {
             tracing::info!("a producer was still retrying a send; its outcome stays unknown");
         }
     }
-    let acknowledged: Vec<(u32, u64)> = Input { ops: history.ops(), ..Input::default() }
-        .acknowledged()
-        .into_iter()
-        .map(|(_, partition, _, value)| (partition, value))
-        .collect();
     let deadline = tokio::time::Instant::now() + options.liveness;
-    while tokio::time::Instant::now() < deadline {
-        let seen = polled_by(&history.ops(), &[100, 101, 102]);
-        if acknowledged.iter().all(|key| seen.contains(key)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let acknowledged = await_group_read_all(&history, deadline, Duration::from_millis(500)).await;
     stop_consuming.store(true, Ordering::Relaxed);
     for consumer in consumers {
         if tokio::time::timeout(SETTLE, consumer).await.is_err() {
@@ -488,7 +477,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
     let anomalies = checker::check(&input);
     let weak = checker::weak_losses(&input);
     Ok(Report {
-        acknowledged: acknowledged.len(),
+        acknowledged,
         anomalies,
         weak_losses: [LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER].map(|p| weak.get(&p).copied().unwrap_or_default()),
         ops: input.ops,
@@ -527,20 +516,7 @@ async fn some_leader(client: &Client, rng: &mut SeededRng, partitions: u32) -> O
 pub fn tally(ops: &[Op]) -> BTreeMap<(&'static str, &'static str), usize> {
     let mut out = BTreeMap::new();
     for op in ops {
-        let f = match op.value {
-            Value::Send { .. } => "send",
-            Value::Poll(_) => "poll",
-            Value::Assign { .. } => "assign",
-            Value::Commit { .. } => "commit",
-            Value::Seek { .. } => "seek",
-        };
-        let kind = match op.kind {
-            Kind::Invoke => "invoke",
-            Kind::Ok => "ok",
-            Kind::Fail => "fail",
-            Kind::Info => "info",
-        };
-        *out.entry((f, kind)).or_default() += 1;
+        *out.entry((op.value.f(), op.kind.name())).or_default() += 1;
     }
     out
 }
@@ -548,6 +524,7 @@ pub fn tally(ops: &[Op]) -> BTreeMap<(&'static str, &'static str), usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::{Kind, Value};
 
     #[test]
     fn every_kind_makes_its_fault_and_partitions_cut_real_pairs() {

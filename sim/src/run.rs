@@ -20,7 +20,7 @@ use crate::checker::{self, Anomaly, Input};
 use crate::cluster::Cluster;
 use crate::history::{History, Op};
 use crate::plan::{Fault, Plan};
-use crate::workload::{consume, describe_replicas, polled_by, produce, read_all, read_replica, OTHER_GROUP};
+use crate::workload::{await_group_read_all, consume, describe_replicas, produce, read_all, read_replica, OTHER_GROUP};
 pub use crate::workload::{GROUP, LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, TOPIC};
 
 /// How long a stopped producer or consumer may take to finish.
@@ -134,19 +134,8 @@ pub async fn run(plan: Plan) -> Outcome {
 
     // Liveness: everything healed; the first group must read all that was
     // acknowledged.
-    let acknowledged: Vec<(u32, u64)> = Input { ops: history.ops(), ..Input::default() }
-        .acknowledged()
-        .into_iter()
-        .map(|(_, partition, _, value)| (partition, value))
-        .collect();
     let deadline = tokio::time::Instant::now() + plan.liveness;
-    while tokio::time::Instant::now() < deadline {
-        let seen = polled_by(&history.ops(), &[100, 101, 102]);
-        if acknowledged.iter().all(|key| seen.contains(key)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let acknowledged = await_group_read_all(&history, deadline, Duration::from_millis(200)).await;
     stop_consuming.store(true, Ordering::Relaxed);
     for consumer in consumers {
         if tokio::time::timeout(SETTLE, &mut *Box::pin(consumer)).await.is_err() {
@@ -161,7 +150,7 @@ pub async fn run(plan: Plan) -> Outcome {
     let anomalies = checker::check(&input);
     let weak = checker::weak_losses(&input);
     Outcome {
-        acknowledged: acknowledged.len(),
+        acknowledged,
         anomalies,
         weak_losses: [LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER].map(|p| weak.get(&p).copied().unwrap_or_default()),
         ops: input.ops,

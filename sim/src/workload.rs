@@ -26,12 +26,14 @@ pub const TOPIC: &str = "jepsen";
 /// The group that must read everything; the second one reads alongside.
 pub const GROUP: &str = "g1";
 pub const OTHER_GROUP: &str = "g2";
+/// The processes of the first group's members.
+pub const GROUP_MEMBERS: [u64; 3] = [100, 101, 102];
 /// The producers with weaker acks (see [`checker::WEAK_PRODUCERS_FROM`]).
 pub const LEADER_ACKS_PRODUCER: u64 = checker::WEAK_PRODUCERS_FROM;
 pub const NO_ACKS_PRODUCER: u64 = checker::WEAK_PRODUCERS_FROM + 1;
 
 /// Every (partition, value) the given processes read in successful polls.
-pub fn polled_by(ops: &[Op], processes: &[u64]) -> BTreeSet<(u32, u64)> {
+fn polled_by(ops: &[Op], processes: &[u64]) -> BTreeSet<(u32, u64)> {
     ops.iter()
         .filter(|op| op.kind == Kind::Ok && processes.contains(&op.process))
         .filter_map(|op| match &op.value {
@@ -40,6 +42,25 @@ pub fn polled_by(ops: &[Op], processes: &[u64]) -> BTreeSet<(u32, u64)> {
         })
         .flat_map(|polled| polled.iter().flat_map(|(p, records)| records.iter().map(move |(_, v)| (*p, *v))))
         .collect()
+}
+
+/// Waits until the first group's members have, together, polled every send
+/// acknowledged under acks=all so far, or until `deadline`, looking every
+/// `every`. Returns how many sends were acknowledged.
+pub async fn await_group_read_all(history: &History, deadline: tokio::time::Instant, every: Duration) -> usize {
+    let acknowledged: Vec<(u32, u64)> = checker::Input { ops: history.ops(), ..checker::Input::default() }
+        .acknowledged()
+        .into_iter()
+        .map(|(_, partition, _, value)| (partition, value))
+        .collect();
+    while tokio::time::Instant::now() < deadline {
+        let seen = polled_by(&history.ops(), &GROUP_MEMBERS);
+        if acknowledged.iter().all(|key| seen.contains(key)) {
+            break;
+        }
+        tokio::time::sleep(every).await;
+    }
+    acknowledged.len()
 }
 
 /// A producer: unique values (`process * 1e9 + n`) to partitions in turn,
