@@ -249,3 +249,235 @@ async fn pipelined_requests_are_answered_in_order_and_a_long_poll_waits_for_data
         })
         .await;
 }
+
+/// Polls a gateway consumer until `enough` says stop (bounded); returns
+/// every record as (partition, offset, value) and the last answer.
+async fn poll_until(
+    conn: &mut Http,
+    path: &str,
+    mut enough: impl FnMut(&[(u64, u64, String)], &Value) -> bool,
+) -> (Vec<(u64, u64, String)>, Value) {
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let (status, answer) = conn.request("GET", &format!("{path}/records?wait_ms=100"), None).await;
+        assert_eq!(status, 200, "{answer}");
+        for record in answer["records"].as_array().unwrap() {
+            assert_eq!(record["topic"], "events", "{record}");
+            let value = record["value"].as_str().unwrap().to_owned();
+            seen.push((record["partition"].as_u64().unwrap(), record["offset"].as_u64().unwrap(), value));
+        }
+        if enough(&seen, &answer) {
+            return (seen, answer);
+        }
+    }
+    panic!("{path} did not get there in 100 polls; it saw {seen:?}");
+}
+
+fn assigned(answer: &Value) -> Vec<u64> {
+    answer["assignment"].as_array().unwrap().iter().map(|tp| tp["partition"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn group_consumers_over_http_share_a_topic_commit_rebalance_and_redeliver_what_was_not_committed() {
+    let broker = TestBroker::start().await;
+    let (http, address) = (broker.http_address.clone(), broker.address.clone());
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("events", proto::TopicConfig { partitions: 4, ..Default::default() }).await.unwrap();
+            for partition in 0..4u32 {
+                let records = (0..5)
+                    .map(|n| proto::Record {
+                        value: Some(format!("p{partition}-{n}").into_bytes()),
+                        ..Default::default()
+                    })
+                    .collect();
+                client.produce("events", partition, records, Acks::All).await.unwrap();
+            }
+            let create = json!({"topics": ["events"], "session_timeout_ms": 2000});
+
+            let mut a = Http::open(&http).await;
+            let (status, created) = a.request("POST", "/v1/groups/web/consumers", Some(create.clone())).await;
+            assert_eq!(status, 201, "{created}");
+            assert_eq!(assigned(&created), vec![0, 1, 2, 3]);
+            let a_path = format!("/v1/groups/web/consumers/{}", created["consumer"].as_str().unwrap());
+
+            // A second member joins while the first one's client is not
+            // polling: the gateway rejoins the first for it, so the join
+            // does not wait out a session.
+            let mut b = Http::open(&http).await;
+            let (status, created) = b.request("POST", "/v1/groups/web/consumers", Some(create.clone())).await;
+            assert_eq!(status, 201, "{created}");
+            let b_path = format!("/v1/groups/web/consumers/{}", created["consumer"].as_str().unwrap());
+            assert_eq!(assigned(&created).len(), 2, "{created}");
+
+            // Each message to one member of the group: together they read all
+            // 20, none twice, each partition in order, from disjoint partitions.
+            let (from_a, a_last) = poll_until(&mut a, &a_path, |seen, _| seen.len() >= 10).await;
+            let (from_b, b_last) = poll_until(&mut b, &b_path, |seen, _| seen.len() >= 10).await;
+            let (a_parts, b_parts) = (assigned(&a_last), assigned(&b_last));
+            assert_eq!(a_parts.len(), 2, "{a_last}");
+            assert!(a_parts.iter().all(|p| !b_parts.contains(p)), "both own a partition: {a_parts:?} {b_parts:?}");
+            let mut all: Vec<(u64, u64, String)> = from_a.iter().chain(&from_b).cloned().collect();
+            for (partition, offset, value) in &all {
+                assert_eq!(value, &format!("p{partition}-{offset}"));
+            }
+            for partition in 0..4u64 {
+                let offsets: Vec<u64> = all.iter().filter(|r| r.0 == partition).map(|r| r.1).collect();
+                assert_eq!(offsets, vec![0, 1, 2, 3, 4], "partition {partition}");
+            }
+            all.sort();
+            all.dedup();
+            assert_eq!(all.len(), 20);
+
+            // Commits make the group's progress durable and visible.
+            for (conn, path) in [(&mut a, &a_path), (&mut b, &b_path)] {
+                let (status, committed) = conn.request("POST", &format!("{path}/commit"), None).await;
+                assert_eq!(status, 200, "{committed}");
+                assert!(committed["offsets"].as_array().unwrap().iter().all(|o| o["offset"] == 5), "{committed}");
+            }
+            let (status, group) = a.request("GET", "/v1/groups/web", None).await;
+            assert_eq!(status, 200, "{group}");
+            assert_eq!(group["state"], "stable");
+            assert_eq!(group["members"].as_array().unwrap().len(), 2);
+            let partitions = group["partitions"].as_array().unwrap();
+            assert_eq!(partitions.len(), 4, "{group}");
+            assert!(partitions.iter().all(|p| p["committed_offset"] == 5 && p["lag"] == 0), "{group}");
+
+            // Another group gets every message.
+            let mut audit = Http::open(&http).await;
+            let (status, created) = audit.request("POST", "/v1/groups/audit/consumers", Some(create.clone())).await;
+            assert_eq!(status, 201, "{created}");
+            let audit_path = format!("/v1/groups/audit/consumers/{}", created["consumer"].as_str().unwrap());
+            let (audited, _) = poll_until(&mut audit, &audit_path, |seen, _| seen.len() >= 20).await;
+            assert_eq!(audited.len(), 20);
+
+            // B leaves: A takes all four partitions and, everything being
+            // committed, reads nothing again.
+            let (status, _) = b.request("DELETE", &b_path, None).await;
+            assert_eq!(status, 200);
+            let (again, a_last) = poll_until(&mut a, &a_path, |_, answer| assigned(answer).len() == 4).await;
+            assert!(again.is_empty(), "committed records came again: {again:?}");
+            assert_eq!(a_last["assignment"].as_array().unwrap().iter().filter(|tp| tp["position"] == 5).count(), 4);
+            let (status, answer) = b.request("GET", &format!("{b_path}/records"), None).await;
+            assert_eq!((status, code(&answer)), (404, "UNKNOWN_CONSUMER"), "{answer}");
+
+            // A record handed out but not committed comes again to the next
+            // owner of its partition (at least once).
+            let late = proto::Record { value: Some(b"p2-5".to_vec()), ..Default::default() };
+            client.produce("events", 2, vec![late], Acks::All).await.unwrap();
+            let (got, _) = poll_until(&mut a, &a_path, |seen, _| !seen.is_empty()).await;
+            assert_eq!(got, vec![(2, 5, "p2-5".to_owned())]);
+            let (status, _) = a.request("DELETE", &a_path, None).await;
+            assert_eq!(status, 200);
+            let mut c = Http::open(&http).await;
+            let (status, created) = c.request("POST", "/v1/groups/web/consumers", Some(create.clone())).await;
+            assert_eq!(status, 201, "{created}");
+            let c_path = format!("/v1/groups/web/consumers/{}", created["consumer"].as_str().unwrap());
+            let (got, _) = poll_until(&mut c, &c_path, |seen, _| !seen.is_empty()).await;
+            assert_eq!(got, vec![(2, 5, "p2-5".to_owned())]);
+
+            // Seeking back replays a partition.
+            let (status, sought) = c
+                .request(
+                    "POST",
+                    &format!("{c_path}/seek"),
+                    Some(json!({"topic": "events", "partition": 1, "to": "beginning"})),
+                )
+                .await;
+            assert_eq!(status, 200, "{sought}");
+            assert_eq!(sought["offset"], 0);
+            let (replayed, _) = poll_until(&mut c, &c_path, |seen, _| seen.len() >= 5).await;
+            assert_eq!(
+                replayed.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+                (0..5).map(|o| (1, o)).collect::<Vec<_>>()
+            );
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn gateway_consumers_refuse_bad_requests_by_name_and_expire_when_left_idle() {
+    let broker = TestBroker::start().await;
+    let (http, address) = (broker.http_address.clone(), broker.address.clone());
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("events", proto::TopicConfig { partitions: 2, ..Default::default() }).await.unwrap();
+            let mut conn = Http::open(&http).await;
+            let body = json!({"topics": ["events"], "session_timeout_ms": 2000, "idle_timeout_ms": 1000});
+            let (status, created) = conn.request("POST", "/v1/groups/g/consumers", Some(body)).await;
+            assert_eq!(status, 201, "{created}");
+            let id = created["consumer"].as_str().unwrap().to_owned();
+            let path = format!("/v1/groups/g/consumers/{id}");
+
+            let cases = [
+                ("POST", "/v1/groups/g/consumers".to_owned(), Some(json!({"topics": []})), 400, "INVALID_REQUEST"),
+                (
+                    "POST",
+                    "/v1/groups/g/consumers".to_owned(),
+                    Some(json!({"topics": ["events"], "reset": "middle"})),
+                    400,
+                    "INVALID_REQUEST",
+                ),
+                (
+                    "POST",
+                    "/v1/groups/g/consumers".to_owned(),
+                    Some(json!({"topics": ["events"], "idle_timeout_ms": 5})),
+                    400,
+                    "INVALID_REQUEST",
+                ),
+                ("POST", "/v1/groups/g/consumers".to_owned(), Some(json!({"topic": "events"})), 400, "INVALID_REQUEST"),
+                (
+                    "POST",
+                    "/v1/groups/bad%01/consumers".to_owned(),
+                    Some(json!({"topics": ["events"]})),
+                    400,
+                    "INVALID_GROUP",
+                ),
+                ("GET", "/v1/groups/g/consumers/c-nope/records".to_owned(), None, 404, "UNKNOWN_CONSUMER"),
+                // A consumer is found only under its own group.
+                ("GET", format!("/v1/groups/other/consumers/{id}/records"), None, 404, "UNKNOWN_CONSUMER"),
+                (
+                    "POST",
+                    format!("{path}/seek"),
+                    Some(json!({"topic": "events", "partition": 9, "offset": 0})),
+                    409,
+                    "NOT_ASSIGNED",
+                ),
+                (
+                    "POST",
+                    format!("{path}/seek"),
+                    Some(json!({"topic": "events", "partition": 0})),
+                    400,
+                    "INVALID_REQUEST",
+                ),
+                ("GET", format!("{path}/records?wait_ms=soon"), None, 400, "INVALID_REQUEST"),
+                ("PUT", path.clone(), None, 405, "METHOD_NOT_ALLOWED"),
+                ("GET", format!("{path}/elsewhere"), None, 404, "NOT_FOUND"),
+            ];
+            for (method, path, body, want_status, want_code) in cases {
+                let (status, answer) = conn.request(method, &path, body).await;
+                let got = answer["error"]["code"].as_str().unwrap_or("none");
+                assert_eq!((status, got), (want_status, want_code), "{method} {path}: {answer}");
+            }
+            // None of the refused creations joined the group.
+            let (_, group) = conn.request("GET", "/v1/groups/g", None).await;
+            assert_eq!(group["members"].as_array().unwrap().len(), 1, "{group}");
+
+            // Left alone past its idle timeout, the consumer leaves the group.
+            let mut left = false;
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let (_, group) = conn.request("GET", "/v1/groups/g", None).await;
+                if group["members"].as_array().unwrap().is_empty() {
+                    left = true;
+                    break;
+                }
+            }
+            assert!(left, "an idle consumer stayed in its group");
+            let (status, answer) = conn.request("GET", &format!("{path}/records"), None).await;
+            assert_eq!((status, code(&answer)), (404, "UNKNOWN_CONSUMER"), "{answer}");
+        })
+        .await;
+}

@@ -390,10 +390,27 @@ impl GroupConsumer {
         }
     }
 
-    /// Records from the assigned partitions, waiting up to `max_wait` in all:
-    /// pulled (one fetch's worth from the next partition that has some) or,
-    /// in push mode, the next push from any of them.
-    pub async fn poll(&mut self, max_wait: Duration) -> ClientResult<Vec<Consumed>> {
+    /// Whether the group has moved on without this member (its heartbeat
+    /// heard of a rebalance): the next [`Self::poll`] rejoins.
+    pub fn rejoin_wanted(&self) -> bool {
+        self.membership().rejoin
+    }
+
+    /// Takes part in a rebalance now rather than at the next poll, for an
+    /// owner that polls rarely (the HTTP gateway keeps consumers for its
+    /// clients between their requests): the group settles without waiting
+    /// out this member's deadline. As on any rejoin, positions go back to
+    /// the committed offsets. True if it rejoined.
+    pub async fn rejoin_if_wanted(&mut self) -> ClientResult<bool> {
+        if !self.rejoin_wanted() {
+            return Ok(false);
+        }
+        self.settle().await?;
+        Ok(true)
+    }
+
+    /// Auto-commits what was handed out, then rejoins if the group asked.
+    async fn settle(&mut self) -> ClientResult<()> {
         if self.config.auto_commit && self.uncommitted {
             match self.commit().await {
                 Err(error) if forgotten(&error) => {
@@ -412,6 +429,14 @@ impl GroupConsumer {
         if self.membership().rejoin {
             self.rejoin().await?;
         }
+        Ok(())
+    }
+
+    /// Records from the assigned partitions, waiting up to `max_wait` in all:
+    /// pulled (one fetch's worth from the next partition that has some) or,
+    /// in push mode, the next push from any of them.
+    pub async fn poll(&mut self, max_wait: Duration) -> ClientResult<Vec<Consumed>> {
+        self.settle().await?;
         if self.positions.is_empty() {
             tokio::time::sleep(max_wait).await;
             return Ok(Vec::new());

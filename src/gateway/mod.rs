@@ -10,6 +10,7 @@
 //! GET  /v1/topics/{topic}
 //! POST /v1/topics/{topic}/records                  {"records": [{"value", "key"?, "partition"?, "headers"?}], "acks"?}
 //! GET  /v1/topics/{topic}/partitions/{p}/records   ?offset=&max_bytes=&wait_ms=
+//! ...  /v1/groups/{group}/...                      group consumers (groups.rs)
 //! ```
 //!
 //! Values and keys travel as UTF-8 strings; a record whose value or key is
@@ -18,10 +19,11 @@
 //! means the request definitely did nothing; a 5xx means it may have (a
 //! produce that timed out may still land), as a Jepsen client must know.
 
+mod groups;
 pub mod http;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,15 +41,26 @@ use http::{Request, Response};
 const WAIT_MAX: Duration = Duration::from_secs(30);
 const FETCH_BYTES_DEFAULT: u32 = 1 << 20;
 
-/// The gateway's state: one cluster client and its producers.
+/// The gateway's state: one cluster client, its producers and the group
+/// consumers it keeps for HTTP clients.
 pub struct Gateway {
     client: Client,
     producers: Mutex<BTreeMap<i32, Arc<Producer>>>,
+    consumers: Mutex<BTreeMap<String, Arc<groups::Instance>>>,
 }
 
 impl Gateway {
     pub fn new(client: Client) -> Arc<Self> {
-        Arc::new(Self { client, producers: Mutex::default() })
+        Arc::new(Self { client, producers: Mutex::default(), consumers: Mutex::default() })
+    }
+
+    fn consumers(&self) -> MutexGuard<'_, BTreeMap<String, Arc<groups::Instance>>> {
+        self.consumers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many group consumers the gateway keeps now.
+    pub fn consumer_count(&self) -> usize {
+        self.consumers().len()
     }
 
     fn producer(&self, acks: Acks) -> Arc<Producer> {
@@ -74,6 +87,7 @@ impl Gateway {
             ("GET", ["v1", "topics", topic, "partitions", partition, "records"]) => {
                 self.fetch(topic, partition, request).await
             }
+            (_, ["v1", "groups", rest @ ..]) if !rest.is_empty() => self.handle_groups(request, rest).await,
             (_, ["v1", "health"])
             | (_, ["v1", "topics"])
             | (_, ["v1", "topics", _])
@@ -229,8 +243,17 @@ pub async fn serve(listen: SocketAddr, bootstrap: String) {
     serve_on(listener, Gateway::new(client)).await;
 }
 
-/// Serves `gateway` on connections `listener` accepts.
+/// Serves `gateway` on connections `listener` accepts, and closes the
+/// group consumers its clients leave idle.
 pub async fn serve_on(listener: tokio::net::TcpListener, gateway: Arc<Gateway>) {
+    let reaper = Gateway::reap_idle(Arc::downgrade(&gateway));
+    tokio::select! {
+        () = reaper => {}
+        () = accept(listener, gateway) => {}
+    }
+}
+
+async fn accept(listener: tokio::net::TcpListener, gateway: Arc<Gateway>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let gateway = gateway.clone();
@@ -296,7 +319,12 @@ fn describe(failed: &ClientError) -> (u16, &'static str, String) {
         | ErrorCode::InvalidRequest
         | ErrorCode::InvalidGroup => 400,
         ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => 404,
-        ErrorCode::TopicAlreadyExists => 409,
+        // A group moved on without the caller (a commit fenced off): it
+        // rejoins, nothing was committed.
+        ErrorCode::TopicAlreadyExists
+        | ErrorCode::RebalanceInProgress
+        | ErrorCode::IllegalGeneration
+        | ErrorCode::UnknownMember => 409,
         ErrorCode::OffsetOutOfRange => 416,
         ErrorCode::StorageFull => 507,
         ErrorCode::StorageFailed

@@ -100,3 +100,48 @@
           (if (>= (:next_offset r) (:high_watermark r))
             acc
             (recur (:next_offset r) acc)))))))
+
+;; Group consumers. The gateway keeps a consumer instance per subscriber
+;; (membership, heartbeats, rebalances, positions); the client creates it,
+;; polls it and deletes it. Group names here are plain [A-Za-z0-9._-].
+
+(defn- consumers-url
+  [base group]
+  (str base "/v1/groups/" group "/consumers"))
+
+(defn subscribe!
+  "Joins group with a new consumer instance reading topics. On :ok,
+  :consumer is the instance's id and :assignment its partitions
+  [{:topic :partition :position}]. auto-commit? commits what a poll handed
+  out at the start of the next poll (at least once)."
+  [base group topics & [{:keys [auto-commit? session-timeout-ms idle-timeout-ms reset] :as opts}]]
+  (call :post (consumers-url base group)
+        (cond-> {:topics (vec topics)}
+          (some? auto-commit?) (assoc :auto_commit (boolean auto-commit?))
+          session-timeout-ms   (assoc :session_timeout_ms session-timeout-ms)
+          idle-timeout-ms      (assoc :idle_timeout_ms idle-timeout-ms)
+          reset                (assoc :reset reset))
+        opts))
+
+(defn consumer-poll
+  "The next records of a consumer instance: {:records [{:topic :partition
+  :offset :value ...}] :assignment [...] :generation}. wait-ms > 0
+  long-polls."
+  [base group consumer & [{:keys [wait-ms] :or {wait-ms 0} :as opts}]]
+  (call :get (str (consumers-url base group) "/" consumer "/records?wait_ms=" wait-ms)
+        nil
+        (update opts :timeout-ms #(or % (+ default-timeout-ms wait-ms)))))
+
+(defn consumer-commit!
+  "Commits a consumer instance's positions: everything it handed out."
+  [base group consumer & [opts]]
+  (call :post (str (consumers-url base group) "/" consumer "/commit") {} opts))
+
+(defn unsubscribe!
+  "Deletes a consumer instance: it leaves its group, which rebalances."
+  [base group consumer & [opts]]
+  (call :delete (str (consumers-url base group) "/" consumer) nil opts))
+
+(defn describe-group
+  [base group & [opts]]
+  (call :get (str base "/v1/groups/" group) nil opts))

@@ -4,14 +4,30 @@
   needed (jepsen.weir.client wraps this for Jepsen; CI runs it directly,
   weir.smoke). A key is a topic of its own (\"jepsen-<key>\", one
   partition, the cluster's default replication), made on first use.
-  Consumers use :assign: the state keeps each assigned key's position and
-  long-polls from it; weir's gateway has no group membership yet, so
-  :subscribe fails definitely (run the workload with :sub-via #{:assign})."
+  Consumers either :assign keys (the state keeps each key's position and
+  long-polls from it) or :subscribe to them as members of one consumer
+  group (the gateway keeps a consumer instance that takes part in
+  rebalances and auto-commits what each poll handed out)."
   (:require [weir.gateway :as g]))
 
 (def http-port 8080)
 
+(def group
+  "The consumer group every subscriber joins."
+  "jepsen")
+
+(def subscription
+  "How subscribers join: a session the nemesis's pauses can outlast, and
+  an instance that leaves the group soon after its client crashed."
+  {:auto-commit? true :session-timeout-ms 6000 :idle-timeout-ms 10000})
+
 (defn key->topic [k] (str "jepsen-" k))
+
+(defn topic->key
+  "The key a topic holds, or nil for a topic that is not a key's."
+  [topic]
+  (when (and (string? topic) (.startsWith ^String topic "jepsen-"))
+    (parse-long (subs topic 7))))
 
 (defn- ensure-topic!
   "Makes the key's topic once per client; true when it exists."
@@ -51,6 +67,56 @@
           [@positions {}]
           (keys @positions)))
 
+(defn- poll-subscribed
+  "One poll of the client's consumer instance. Returns [nil {k [[offset v]
+  ...]}], or [:gone] if the gateway no longer has the instance (deleted,
+  expired, restarted) and nil on any other failure."
+  [{:keys [base consumer]} poll-ms]
+  (let [r (g/consumer-poll base group @consumer {:wait-ms poll-ms})]
+    (cond
+      (= :ok (:outcome r))
+      [nil (reduce (fn [read {:keys [topic offset value]}]
+                     (if-let [k (topic->key topic)]
+                       (update read k (fnil conj []) [offset (parse-long value)])
+                       read))
+                   {}
+                   (:records r))]
+      (= "UNKNOWN_CONSUMER" (get-in r [:error :code])) [:gone]
+      :else nil)))
+
+(defn- poll!
+  "Polls the subscription if there is one, else the assigned keys: [read]
+  or nil when the poll failed (then no position moved)."
+  [client poll-ms]
+  (if @(:consumer client)
+    (let [[gone read] (poll-subscribed client poll-ms)]
+      (when (= :gone gone) (reset! (:consumer client) nil))
+      (when-not gone (when read [read])))
+    (when-let [[pos read] (poll-all client poll-ms)]
+      (reset! (:positions client) pos)
+      [read])))
+
+(defn- unsubscribe!
+  "Leaves the group, if subscribed (best effort: an instance that cannot
+  be deleted expires on its own)."
+  [{:keys [base consumer]}]
+  (when-let [id @consumer]
+    (g/unsubscribe! base group id)
+    (reset! consumer nil)))
+
+(defn- subscribe!
+  "Joins the group for the keys' topics (made first if need be)."
+  [client op]
+  (unsubscribe! client)
+  (reset! (:positions client) {})
+  (if-not (every? #(ensure-topic! client %) (:value op))
+    (assoc op :type :fail :error :topic-unavailable)
+    (let [r (g/subscribe! (:base client) group (map key->topic (:value op)) subscription)]
+      (case (:outcome r)
+        :ok (do (reset! (:consumer client) (:consumer r))
+                (assoc op :type :ok))
+        (assoc op :type (:outcome r) :error (:error r))))))
+
 (defn- txn!
   "Runs the micro-ops in order. A failed send ends the op: :fail if nothing
   before it happened and it definitely did not, else :info."
@@ -63,29 +129,32 @@
                   (recur (rest mops) (conj done completed))
                   (assoc op :type (if (and (= :fail outcome) (empty? done)) :fail :info)
                             :error error)))
-        :poll (if-let [[pos read] (poll-all client (:poll-ms op 100))]
-                (do (reset! (:positions client) pos)
-                    (recur (rest mops) (conj done [:poll read])))
+        :poll (if-let [[read] (poll! client (:poll-ms op 100))]
+                (recur (rest mops) (conj done [:poll read]))
                 (assoc op :type (if (empty? done) :fail :info) :error :poll-failed)))
       (assoc op :type :ok :value done))))
 
 (defn open
   "A consumer-and-producer's state against the gateway at base."
   [base]
-  {:base base, :topics (atom #{}), :positions (atom {})})
+  {:base base, :topics (atom #{}), :positions (atom {}), :consumer (atom nil)})
 
 (defn invoke!
   "Carries out one operation: :send, :poll and :txn (micro-ops [:send k v]
   and [:poll]), :assign (keys; :seek-to-beginning? rewinds them),
-  :subscribe (unsupported: :fail) and :crash (forgets positions: :info)."
+  :subscribe (keys, as a member of the group) and :crash (forgets
+  positions and the subscription without leaving the group, as a crashed
+  client would: its instance expires on its own; :info)."
   [state op]
   (case (:f op)
     (:send :poll :txn) (txn! state op)
-    :assign (do (swap! (:positions state)
+    :assign (do (unsubscribe! state)
+                (swap! (:positions state)
                        (fn [pos]
                          (into {} (for [k (:value op)]
                                     [k (if (:seek-to-beginning? op) 0 (get pos k 0))]))))
                 (assoc op :type :ok))
-    :subscribe (assoc op :type :fail :error :subscribe-unsupported)
+    :subscribe (subscribe! state op)
     :crash (do (reset! (:positions state) {})
+               (reset! (:consumer state) nil)
                (assoc op :type :info))))

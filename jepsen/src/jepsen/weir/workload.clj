@@ -1,6 +1,7 @@
 (ns jepsen.weir.workload
-  "jepsen.tests.kafka's queue workload against weir: sends, polls and
-  assigns, checked by its own checker (lost writes, duplicates,
+  "jepsen.tests.kafka's queue workload against weir: sends, polls, assigns
+  and subscribes (consumer groups, through the gateway's consumer
+  instances), checked by its own checker (lost writes, duplicates,
   inconsistent offsets, nonmonotonic polls and sends, poll skips, unseen
   values)."
   (:require [jepsen [generator :as gen]]
@@ -16,7 +17,7 @@
   [opts]
   (-> (k/workload (assoc opts
                          :txn?    false
-                         :sub-via #{:assign}))
+                         :sub-via #{:assign :subscribe}))
       (assoc :client (client/client))
       (update :generator (partial gen/filter supported?))
       (update :final-generator (partial gen/filter supported?))))
