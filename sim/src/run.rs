@@ -163,7 +163,7 @@ pub async fn run(plan: Plan) -> Outcome {
 /// its disk holds it.
 async fn replicas(cluster: &Cluster, brokers: u64) -> Vec<Replica> {
     let addresses = cluster.addresses();
-    let described = cluster.run(describe_replicas(addresses)).await;
+    let (described, _) = cluster.run(describe_replicas(addresses, Duration::from_secs(30))).await;
     for broker in 1..=brokers {
         cluster.halt(broker);
     }

@@ -289,23 +289,43 @@ pub async fn read_all(bootstrap: String, partitions: u32) -> Result<BTreeMap<u32
 
 /// Every replica of the topic as its broker describes it (bounds only; the
 /// records are read from the disks once the brokers have stopped). Brokers
-/// are numbered by their place in `addresses`, from 1.
-pub async fn describe_replicas(addresses: Vec<String>) -> Vec<Replica> {
+/// are numbered by their place in `addresses`, from 1. A broker that does
+/// not answer is asked again for up to `patience` (it may be restarting
+/// from the last fault); one that never does leaves its replicas
+/// unchecked, and its last error is returned beside the replicas.
+pub async fn describe_replicas(addresses: Vec<String>, patience: Duration) -> (Vec<Replica>, Vec<(u64, String)>) {
     let mut out = Vec::new();
+    let mut silent = Vec::new();
+    let deadline = tokio::time::Instant::now() + patience;
     for (i, address) in addresses.iter().enumerate() {
         let broker = i as u64 + 1;
-        let Ok(client) = Client::connect(address).await else { continue };
-        let Ok(topic) = client.describe_topic(TOPIC).await else { continue };
-        out.extend(topic.partitions.iter().filter(|p| p.hosted).map(|p| Replica {
-            broker,
-            partition: p.partition,
-            log_start: p.log_start_offset,
-            high_watermark: p.high_watermark,
-            log_end: p.log_end_offset,
-            records: BTreeMap::new(),
-        }));
+        let described = loop {
+            let attempt = match Client::connect(address).await {
+                Ok(client) => client.describe_topic(TOPIC).await,
+                Err(error) => Err(error),
+            };
+            match attempt {
+                Ok(topic) => break Ok(topic),
+                Err(error) if tokio::time::Instant::now() >= deadline => break Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        match described {
+            Ok(topic) => out.extend(topic.partitions.iter().filter(|p| p.hosted).map(|p| Replica {
+                broker,
+                partition: p.partition,
+                log_start: p.log_start_offset,
+                high_watermark: p.high_watermark,
+                log_end: p.log_end_offset,
+                records: BTreeMap::new(),
+            })),
+            Err(error) => {
+                tracing::warn!(broker, %error, "a broker did not describe its replicas");
+                silent.push((broker, error.to_string()));
+            }
+        }
     }
-    out
+    (out, silent)
 }
 
 /// A replica's log read from a stopped broker's disk (`topics`: its data
