@@ -449,7 +449,8 @@ pub async fn run(options: Options) -> Result<Report, String> {
 
     let final_log = read_all(bootstrap.clone(), options.partitions).await?;
     let (mut replicas, silent) = describe_replicas(addresses, Duration::from_secs(60)).await;
-    nemesis_errors.extend(silent.into_iter().map(|(broker, e)| format!("broker {broker} did not describe its replicas: {e}")));
+    nemesis_errors
+        .extend(silent.into_iter().map(|(broker, e)| format!("broker {broker} did not describe its replicas: {e}")));
     let mut replicas_described: BTreeMap<u64, usize> = (1..=hosts as u64).map(|b| (b, 0)).collect();
     for replica in &replicas {
         *replicas_described.entry(replica.broker).or_default() += 1;
