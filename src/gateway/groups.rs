@@ -59,6 +59,18 @@ impl Instance {
     fn idle_for(&self) -> Duration {
         self.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
     }
+
+    /// Leaves the group (once), so the others rebalance now instead of
+    /// after the session timeout; if leaving fails, the timeout does it.
+    async fn close(&self, id: &str, why: &str) {
+        let consumer = self.consumer.lock().await.take();
+        if let Some(consumer) = consumer {
+            tracing::info!(group = %self.group, id, why, "a gateway consumer leaves its group");
+            if let Err(failed) = consumer.close().await {
+                tracing::debug!(group = %self.group, id, error = %failed, "a gateway consumer could not leave its group");
+            }
+        }
+    }
 }
 
 fn unknown_consumer(group: &str, id: &str) -> Response {
@@ -310,14 +322,7 @@ impl Gateway {
                 _ => return Err(unknown_consumer(group, id)),
             }
         };
-        let consumer = instance.consumer.lock().await.take();
-        if let Some(consumer) = consumer {
-            // Leaving lets the others rebalance now instead of after the
-            // session timeout; if it fails, the session timeout does it.
-            if let Err(failed) = consumer.close().await {
-                tracing::debug!(group, id, error = %failed, "a deleted consumer could not leave its group");
-            }
-        }
+        instance.close(id, "deleted").await;
         Ok(ok(200, json!({"deleted": id})))
     }
 
@@ -327,21 +332,20 @@ impl Gateway {
         loop {
             tokio::time::sleep(REAP_EVERY).await;
             let Some(gateway) = gateway.upgrade() else { return };
-            let mut idle = Vec::new();
+            let mut expired = Vec::new();
             let mut rejoining = Vec::new();
-            let expired: Vec<(String, Arc<Instance>)> = {
-                let mut consumers = gateway.consumers();
-                for (id, instance) in consumers.iter() {
-                    // One that a request holds is in use, however long it waits.
-                    let Ok(consumer) = instance.consumer.try_lock() else { continue };
-                    if instance.idle_for() > instance.idle_timeout {
-                        idle.push(id.clone());
-                    } else if consumer.as_ref().is_some_and(GroupConsumer::rejoin_wanted) {
-                        rejoining.push(instance.clone());
-                    }
+            gateway.consumers().retain(|id, instance| {
+                // One that a request holds is in use, however long it waits.
+                let Ok(consumer) = instance.consumer.try_lock() else { return true };
+                if instance.idle_for() > instance.idle_timeout {
+                    expired.push((id.clone(), instance.clone()));
+                    return false;
                 }
-                idle.into_iter().filter_map(|id| consumers.remove(&id).map(|instance| (id, instance))).collect()
-            };
+                if consumer.as_ref().is_some_and(GroupConsumer::rejoin_wanted) {
+                    rejoining.push(instance.clone());
+                }
+                true
+            });
             drop(gateway);
             // A rebalance waits for every member: one whose client is between
             // requests rejoins now instead of holding the group up until its
@@ -356,13 +360,7 @@ impl Gateway {
                 });
             }
             for (id, instance) in expired {
-                tokio::spawn(async move {
-                    let consumer = instance.consumer.lock().await.take();
-                    if let Some(consumer) = consumer {
-                        tracing::info!(group = %instance.group, id, "a consumer idle past its timeout leaves its group");
-                        let _ = consumer.close().await;
-                    }
-                });
+                tokio::spawn(async move { instance.close(&id, "idle past its timeout").await });
             }
         }
     }

@@ -58,11 +58,6 @@ impl Gateway {
         self.consumers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many group consumers the gateway keeps now.
-    pub fn consumer_count(&self) -> usize {
-        self.consumers().len()
-    }
-
     fn producer(&self, acks: Acks) -> Arc<Producer> {
         let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         producers
