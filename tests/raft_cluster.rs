@@ -497,6 +497,69 @@ async fn a_cut_off_follower_neither_raises_its_term_nor_deposes_the_leader_on_re
     .await;
 }
 
+/// A leader cut off from both followers stops acknowledging acks=leader and
+/// acks=none writes once it has not heard from a majority for
+/// `QUORUM_SILENCE_MAX`, before the others can elect a successor, and never
+/// acknowledges one again while cut off. It used to acknowledge until the
+/// partition healed, and everything it acknowledged meanwhile was lost.
+/// Needs a network partition: simulator only.
+#[cfg(madsim)]
+#[tokio::test]
+async fn a_cut_off_leader_stops_acknowledging_weaker_acks_before_a_successor_is_elected() {
+    use tokio::time::Instant;
+    with_deadline(async {
+        let cluster = Cluster::start(3).await;
+        cluster.write("before", Acks::All).await;
+        let a = cluster.leader().await;
+        let net = madsim::net::NetSim::current();
+        net.clog_node(cluster.hosts[a].node.id());
+        let cut = Instant::now();
+        let (mut acknowledged, mut last_ack, mut first_refusal) = (0, None, None);
+        // Writes straight to the cut-off leader, every 50 ms, until another
+        // replica leads.
+        let elected = loop {
+            let others_lead = (0..3).any(|i| i != a && cluster.hosts[i].replica().is_leader());
+            if others_lead {
+                break cut.elapsed();
+            }
+            assert!(cut.elapsed() < STEP, "no successor elected within {STEP:?}");
+            for acks in [Acks::Leader, Acks::None] {
+                let asked = cut.elapsed();
+                match cluster.hosts[a].replica().propose(batch("cut-off"), acks).await {
+                    Ok(_) => {
+                        acknowledged += 1;
+                        last_ack = Some((asked, cut.elapsed()));
+                    }
+                    Err(error @ ProposeError::Unavailable { .. }) => {
+                        first_refusal.get_or_insert((asked, error));
+                    }
+                    Err(error) => panic!("the cut-off leader answered {error}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // When the last acknowledged write was asked for and answered.
+        let (last_asked, last_ack) = last_ack.expect("the leader acknowledged writes until it missed its quorum");
+        let (refused_at, error) = first_refusal.expect("the cut-off leader refused weaker acks");
+        assert!(error.to_string().contains("majority"), "the refusal says why: {error}");
+        assert!(
+            last_asked < refused_at,
+            "a write asked for at {last_asked:?} was taken after a refusal at {refused_at:?}"
+        );
+        let bound = weir::raft::QUORUM_SILENCE_MAX + Duration::from_millis(500);
+        assert!(last_ack < bound, "acknowledged for {last_ack:?} after the cut ({acknowledged} writes)");
+        assert!(last_ack < elected, "acknowledged at {last_ack:?}, a successor was elected at {elected:?}");
+        tracing::info!(?last_ack, ?refused_at, ?elected, acknowledged, "cut-off leader");
+
+        net.unclog_node(cluster.hosts[a].node.id());
+        let applied = cluster.write("after", Acks::All).await.unwrap();
+        cluster.wait_committed_everywhere(applied.next_offset).await;
+        let logs: Vec<Vec<(u64, String)>> = cluster.hosts.iter().map(|h| committed_messages(h.replica())).collect();
+        assert!(logs.iter().all(|log| log == &logs[0]), "the replicas agree once healed: {logs:?}");
+    })
+    .await;
+}
+
 /// Damage in the last batch of a cleanly closed log: nothing intact follows
 /// it and no later segment says how far the log reached, yet the entry is
 /// lost, and it was acknowledged. The replica must count it and abstain

@@ -68,6 +68,13 @@ pub enum ProposeError {
     ProducerFenced { producer_id: i64, got: i16, current: i16 },
 }
 
+/// How long a leader may go without hearing from a majority of its voters
+/// and still acknowledge acks=leader and acks=none writes (see
+/// `Replica::heard_from_quorum`): four heartbeat intervals, an election
+/// timeout at its shortest. openraft refreshes the figure on every tick
+/// (1.5 heartbeat intervals), so a leader stops by 1.4 s at the latest.
+pub const QUORUM_SILENCE_MAX: Duration = Duration::from_millis(1000);
+
 /// The Raft timing every group uses.
 pub fn raft_config() -> Arc<Config> {
     let config = Config {
@@ -497,6 +504,32 @@ impl Replica {
         Ok(())
     }
 
+    /// Check-quorum for the weaker acks: a leader that has not heard from
+    /// a majority of its voters (its own vote counted) within
+    /// [`QUORUM_SILENCE_MAX`] refuses acks=leader and acks=none writes.
+    ///
+    /// Such a leader may be cut off, and a batch only it holds is lost once
+    /// a successor is elected. Without this check an isolated leader went
+    /// on acknowledging until it heard of a newer term, that is, until the
+    /// partition healed. Voters elect a successor no sooner than the leader
+    /// lease plus an election timeout (3 s) after they last heard from the
+    /// leader, and openraft dates a voter's answer by when the leader sent
+    /// what it answers, so the old leader stops acknowledging more than a
+    /// second and a half before a successor can exist. acks=all needs no check: a commit is
+    /// itself a majority's answer.
+    fn heard_from_quorum(&self) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(self.not_leader(self.leader()));
+        }
+        match self.raft.metrics().borrow().millis_since_quorum_ack {
+            Some(ms) if Duration::from_millis(ms) <= QUORUM_SILENCE_MAX => Ok(()),
+            Some(ms) => Err(self.unavailable(format!(
+                "the leader has not heard from a majority of its voters for {ms} ms; it may be cut off"
+            ))),
+            None => Err(self.unavailable("the leader has not yet heard from a majority of its voters")),
+        }
+    }
+
     fn not_leader(&self, leader: Option<(NodeId, String)>) -> ProposeError {
         ProposeError::NotLeader { group: self.group, leader }
     }
@@ -520,6 +553,9 @@ impl Replica {
     /// idempotent producer is written once: a retry of one already written
     /// (or in flight) answers with where it landed.
     pub async fn propose(&self, batch: Batch, acks: Acks) -> Result<Option<Applied>, ProposeError> {
+        if acks != Acks::All {
+            self.heard_from_quorum()?;
+        }
         let acks = match acks {
             Acks::All if planted::on(Bug::AckBeforeCommit) => Acks::Leader,
             acks => acks,
@@ -795,5 +831,27 @@ mod in_flight_tests {
         assert_eq!(in_flight.get(&7), Some(&(0, vec![a])));
         forget_in_flight(&mut in_flight, 7, a, false);
         assert!(in_flight.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod timing_tests {
+    use super::*;
+
+    /// A cut-off leader must stop acknowledging weaker acks before voters
+    /// can elect its successor: the leader lease plus the shortest
+    /// election timeout after they last heard from it. openraft's figure
+    /// may be one tick old when read.
+    #[test]
+    fn a_leader_without_a_quorum_stops_before_a_successor_can_be_elected() {
+        let config = raft_config();
+        let tick = Duration::from_millis(config.heartbeat_interval * 3 / 2);
+        let earliest_successor = election::leader_lease(&config) + Duration::from_millis(config.election_timeout_min);
+        assert!(
+            QUORUM_SILENCE_MAX + tick < earliest_successor,
+            "{QUORUM_SILENCE_MAX:?} + a tick of {tick:?} reaches {earliest_successor:?}"
+        );
+        let heartbeat = Duration::from_millis(config.heartbeat_interval);
+        assert!(QUORUM_SILENCE_MAX >= heartbeat * 3, "a leader would refuse writes after one late heartbeat");
     }
 }
