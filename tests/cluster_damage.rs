@@ -77,6 +77,41 @@ async fn create_and_fill(cluster: &Cluster, messages: u32) -> (u64, Acknowledged
         .await
 }
 
+/// Writes `messages` more values with acks=all, from `first` on; returns
+/// what was acknowledged.
+async fn fill_more(cluster: &Cluster, first: u32, messages: u32) -> Acknowledged {
+    let address = cluster.addresses().join(",");
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let config = ProducerConfig { batch_bytes_max: 0, retries: 40, ..ProducerConfig::default() };
+            let producer = Producer::new(client, config);
+            let mut acknowledged = Vec::new();
+            for n in first..first + messages {
+                let value = format!("p0-{n}");
+                let record = weir::client::producer::record(None, value.as_bytes(), 1);
+                let delivered = producer.send(TOPIC, Some(0), record).await.expect("queued").wait().await;
+                let delivered = delivered.expect("acknowledged: two replicas of three have room");
+                acknowledged.push((0, delivered.offset, value));
+            }
+            acknowledged
+        })
+        .await
+}
+
+/// How far behind the leader each replica of partition 0 is, by broker, as
+/// the leader sees it (`None` while no leader answers).
+async fn lags(cluster: &Cluster) -> Option<Vec<(u64, u64)>> {
+    let address = cluster.addresses().join(",");
+    cluster
+        .run(async move {
+            let client = Client::connect(&address).await.ok()?;
+            let described = cluster::describe_everywhere(&client, TOPIC).await?;
+            Some(described.partitions[0].progress.iter().map(|r| (r.broker, r.lag)).collect())
+        })
+        .await
+}
+
 /// Broker `id`'s directory of the topic's partition 0.
 fn partition_dir(disk: &dyn Disk, id: u64) -> PathBuf {
     let topics = Path::new("/data").join(format!("broker-{id}")).join("topics");
@@ -269,5 +304,48 @@ async fn two_damaged() {
             check_history(&client, TOPIC, 1, &checked).await;
         })
         .await;
+    every_disk_holds(cluster, &acknowledged).await;
+}
+
+#[tokio::test]
+async fn a_follower_whose_disk_filled_catches_up_once_there_is_room_without_a_restart() {
+    init_tracing();
+    tokio::time::timeout(TEST_DEADLINE, full_follower()).await.expect("the test finishes within its deadline");
+}
+
+/// A full disk stops the follower's replica (openraft stops a group on any
+/// storage error). The broker reopens it, backing off while the disk stays
+/// full; once there is room it catches up from the leader. It used to stay
+/// stopped until the broker restarted.
+async fn full_follower() {
+    let cluster = Cluster::start("full-follower", 3, |c| {
+        c.scrub_bytes_per_sec = 0;
+        c.prefer_leaders = false;
+    })
+    .await;
+    let (leader, mut acknowledged) = create_and_fill(&cluster, 50).await;
+    let follower = (1..=3).find(|&b| b != leader).expect("a follower");
+    let disk = cluster.disk(follower);
+    disk.set_capacity(Some(disk.used_bytes()));
+    tracing::info!(broker = follower, "disk full");
+    acknowledged.extend(fill_more(&cluster, 50, 150).await);
+    let behind = lags(&cluster).await.and_then(|l| l.into_iter().find(|(b, _)| *b == follower)).map(|(_, lag)| lag);
+    assert!(behind.is_some_and(|lag| lag > 0), "the full follower kept up: lag {behind:?}");
+    // Long enough for a few reopenings that fail on the full disk.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    disk.set_capacity(None);
+    tracing::info!(broker = follower, "disk has room again");
+    let mut last = None;
+    for _ in 0..1_200 {
+        last = lags(&cluster).await;
+        if last.as_ref().is_some_and(|l| l.len() == 3 && l.iter().all(|(_, lag)| *lag == 0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        last.as_ref().is_some_and(|l| l.len() == 3 && l.iter().all(|(_, lag)| *lag == 0)),
+        "broker {follower} did not catch up after its disk had room: {last:?}"
+    );
     every_disk_holds(cluster, &acknowledged).await;
 }

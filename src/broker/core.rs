@@ -136,7 +136,24 @@ pub struct Broker {
     /// Scrub passes completed over every replica (each read its whole
     /// durable log without finding damage).
     scrub_passes: std::sync::atomic::AtomicU64,
+    /// Per group, when a replica here stopped by a storage error was last
+    /// reopened, and how long to wait before the next time.
+    reopens: Mutex<HashMap<GroupId, Reopen>>,
 }
+
+/// The back-off between reopenings of a replica that storage errors keep
+/// stopping (a disk that stays full).
+#[derive(Debug, Clone, Copy)]
+struct Reopen {
+    at: tokio::time::Instant,
+    delay: Duration,
+}
+
+/// A replica a storage error stopped is reopened after this long, then
+/// after twice as long each time it stops again soon after, up to
+/// [`REOPEN_DELAY_MAX`].
+const REOPEN_DELAY_MIN: Duration = Duration::from_secs(1);
+const REOPEN_DELAY_MAX: Duration = Duration::from_secs(30);
 
 /// When this broker became leader of each group it leads, and when it last
 /// tried to hand a group's leadership over.
@@ -218,6 +235,7 @@ impl Broker {
             leadership: Mutex::default(),
             repairs: Mutex::default(),
             scrub_passes: std::sync::atomic::AtomicU64::new(0),
+            reopens: Mutex::default(),
         });
         let me = BrokerRecord { id: node_id, address: broker.advertised_address() };
         let ttl = Duration::from_millis(broker.config.session_timeout_ms.max(1_000));
@@ -1064,7 +1082,8 @@ impl Broker {
             if self.config.scrub_bytes_per_sec > 0 {
                 self.scrub_some(&mut passes).await;
             }
-            if self.partitions().iter().any(|p| p.damaged()) {
+            let now = tokio::time::Instant::now();
+            if self.partitions().iter().any(|p| p.damaged() || self.reopen_due(p, now)) {
                 self.heal_damaged().await;
             }
         }
@@ -1122,24 +1141,50 @@ impl Broker {
         }
     }
 
-    /// Closes every replica whose log met damage and opens it again.
+    /// Whether `partition`'s replica was stopped by a storage error and its
+    /// back-off is over.
+    fn reopen_due(&self, partition: &Partition, now: tokio::time::Instant) -> bool {
+        partition.stalled().is_some()
+            && lock(&self.reopens).get(&partition.replica().group()).is_none_or(|r| r.at + r.delay <= now)
+    }
+
+    /// Closes every replica whose log met damage, or whose Raft core a
+    /// storage error stopped, and opens it again.
+    ///
     /// Reopening cuts the log at the damage and records how far the lost
     /// entries may have reached; the replica then grants no votes until a
     /// leader has repaired it (see [`crate::raft::Replica::open`]).
+    ///
+    /// A stopped replica (a full disk: openraft stops a group on any
+    /// storage error) reopens as it would at a restart of the broker, and
+    /// catches up from its leader once the disk has room. While the disk
+    /// stays full it stops again; each reopening soon after the last waits
+    /// twice as long, up to [`REOPEN_DELAY_MAX`].
     async fn heal_damaged(&self) {
         let _one_at_a_time = self.reconciling.lock().await;
         let states: Vec<Arc<TopicState>> =
             self.open.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let now = tokio::time::Instant::now();
         for state in states {
-            let damaged: Vec<u32> = state.partitions.iter().filter(|(_, p)| p.damaged()).map(|(i, _)| *i).collect();
-            if damaged.is_empty() {
+            let broken: Vec<u32> = state
+                .partitions
+                .iter()
+                .filter(|(_, p)| p.damaged() || self.reopen_due(p, now))
+                .map(|(i, _)| *i)
+                .collect();
+            if broken.is_empty() {
                 continue;
             }
             let mut kept = state.partitions.clone();
-            for index in damaged {
+            for index in broken {
                 let partition = kept.remove(&index).expect("listed above");
-                tracing::warn!(topic = %state.record.name, partition = index, "damage at rest in a running replica; reopening it to repair it from its peers");
-                hand_over_before_closing(&partition).await;
+                if let Some(reason) = partition.stalled() {
+                    let delay = self.note_reopen(partition.replica().group(), now);
+                    tracing::warn!(topic = %state.record.name, partition = index, %reason, next_in = ?delay, "a storage error stopped this replica; reopening it");
+                } else {
+                    tracing::warn!(topic = %state.record.name, partition = index, "damage at rest in a running replica; reopening it to repair it from its peers");
+                    hand_over_before_closing(&partition).await;
+                }
                 if let Err(error) = partition.close().await {
                     tracing::warn!(topic = %state.record.name, partition = index, %error, "closing a damaged replica failed");
                 }
@@ -1151,6 +1196,21 @@ impl Broker {
                 self.open.write().unwrap_or_else(|p| p.into_inner()).insert(state.record.name.clone(), without);
             }
         }
+    }
+
+    /// Records that a stopped replica of `group` is reopened now; returns
+    /// how long the next reopening waits: twice the last wait if it stopped
+    /// again soon after its last reopening, else the least.
+    fn note_reopen(&self, group: GroupId, now: tokio::time::Instant) -> Duration {
+        let mut reopens = lock(&self.reopens);
+        let delay = match reopens.get(&group) {
+            Some(last) if now.duration_since(last.at) < last.delay + REOPEN_DELAY_MAX => {
+                (last.delay * 2).clamp(REOPEN_DELAY_MIN, REOPEN_DELAY_MAX)
+            }
+            _ => REOPEN_DELAY_MIN,
+        };
+        reopens.insert(group, Reopen { at: now, delay });
+        delay
     }
 
     /// Stops every replica as a crash would: no clean close, nothing

@@ -88,6 +88,12 @@ impl Partition {
         lock_log(self.replica.log()).as_ref().is_some_and(|log| log.damage_seen())
     }
 
+    /// Why this replica stopped, if a storage error stopped it (see
+    /// [`crate::raft::Replica::storage_failure`]).
+    pub fn stalled(&self) -> Option<String> {
+        self.replica.storage_failure()
+    }
+
     /// Checks about `max_bytes` of the durable log from `from` on (see
     /// [`PartitionLog::scrub`]); where to go on, `None` once done.
     pub fn scrub(&self, from: u64, max_bytes: usize) -> BrokerResult<Option<u64>> {

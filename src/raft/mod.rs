@@ -489,6 +489,17 @@ impl Replica {
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id)
     }
 
+    /// Why this replica's Raft core stopped, if a storage error stopped it
+    /// (a full disk, a failed write or fsync). openraft stops a group's core
+    /// on any storage error; the replica then takes no part in its group
+    /// until it is reopened.
+    pub fn storage_failure(&self) -> Option<String> {
+        match &self.raft.metrics().borrow().running_state {
+            Err(openraft::error::Fatal::StorageError(error)) => Some(error.to_string()),
+            _ => None,
+        }
+    }
+
     /// Whether reads here see every acknowledged write: this replica leads,
     /// and has applied an entry of its own term (so everything earlier
     /// leaders committed is below its high watermark). A follower's high
