@@ -88,10 +88,10 @@ impl Partition {
         lock_log(self.replica.log()).as_ref().is_some_and(|log| log.damage_seen())
     }
 
-    /// Why this replica stopped, if a storage error stopped it (see
-    /// [`crate::raft::Replica::storage_failure`]).
+    /// Why this replica stopped, if a full disk stopped it (see
+    /// [`crate::raft::Replica::stopped_by_full_disk`]).
     pub fn stalled(&self) -> Option<String> {
-        self.replica.storage_failure()
+        self.replica.stopped_by_full_disk()
     }
 
     /// Checks about `max_bytes` of the durable log from `from` on (see

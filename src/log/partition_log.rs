@@ -197,6 +197,12 @@ impl PartitionLog {
         result
     }
 
+    /// Whether a failed write or fsync poisoned the log (see the module
+    /// docs): what it holds can no longer be trusted.
+    pub fn is_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
     fn check_usable(&self) -> LogResult<()> {
         match &self.failed {
             Some(reason) => Err(LogError::Failed(reason.clone())),

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -114,6 +115,10 @@ struct Shared {
     disk: Arc<dyn Disk>,
     log: SharedLog,
     index: Mutex<EntryIndex>,
+    /// An append found the disk full. The partition log refuses such an
+    /// append whole and stays usable (unlike after a failed write or
+    /// fsync), so the replica may be reopened in place.
+    out_of_space: AtomicBool,
 }
 
 /// A partition group's log storage; clones share it.
@@ -268,9 +273,19 @@ impl LogStore {
         if kept.len() != records_in_file {
             index.control_file.rewrite(&kept)?;
         }
-        let shared =
-            Shared { dir: dir.to_path_buf(), disk, log: Arc::new(Mutex::new(Some(log))), index: Mutex::new(index) };
+        let shared = Shared {
+            dir: dir.to_path_buf(),
+            disk,
+            log: Arc::new(Mutex::new(Some(log))),
+            index: Mutex::new(index),
+            out_of_space: AtomicBool::new(false),
+        };
         Ok(Self { shared: Arc::new(shared) })
+    }
+
+    /// Whether an append found the disk full (see `Shared::out_of_space`).
+    pub fn out_of_space(&self) -> bool {
+        self.shared.out_of_space.load(Ordering::Acquire)
     }
 
     pub fn log(&self) -> SharedLog {
@@ -398,7 +413,12 @@ impl LogStore {
             match entry.payload {
                 EntryPayload::Normal(proposal) => {
                     let batch = proposal.batch.clone();
-                    let appended = log.append_entry(batch, term, expected).map_err(|e| e.to_string())?;
+                    let appended = log.append_entry(batch, term, expected).map_err(|e| {
+                        if matches!(e, LogError::NoSpace { .. }) {
+                            self.shared.out_of_space.store(true, Ordering::Release);
+                        }
+                        e.to_string()
+                    })?;
                     index.slots.push_back(Slot { offset: appended.base_offset, term, control: None });
                     durable.push((proposal, appended.base_offset));
                 }

@@ -489,15 +489,22 @@ impl Replica {
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id)
     }
 
-    /// Why this replica's Raft core stopped, if a storage error stopped it
-    /// (a full disk, a failed write or fsync). openraft stops a group's core
-    /// on any storage error; the replica then takes no part in its group
-    /// until it is reopened.
-    pub fn storage_failure(&self) -> Option<String> {
-        match &self.raft.metrics().borrow().running_state {
-            Err(openraft::error::Fatal::StorageError(error)) => Some(error.to_string()),
-            _ => None,
-        }
+    /// Why this replica's Raft core stopped, if the disk filling up stopped
+    /// it. openraft stops a group's core on any storage error; the replica
+    /// then takes no part in its group until it is reopened. Only a full
+    /// disk may be reopened in place: the partition log refuses the append
+    /// whole and stays sound. After a failed write or fsync the kernel may
+    /// have dropped data that reads still return, so a reopened replica
+    /// could count as durable what a crash then loses (simulation seed 92
+    /// lost an acknowledged write that way); such a replica stays stopped
+    /// until its broker restarts.
+    pub fn stopped_by_full_disk(&self) -> Option<String> {
+        let error = match &self.raft.metrics().borrow().running_state {
+            Err(openraft::error::Fatal::StorageError(error)) => error.to_string(),
+            _ => return None,
+        };
+        let poisoned = log_store::lock_log(&self.log).as_ref().is_none_or(|log| log.is_failed());
+        (self.log_store.out_of_space() && !poisoned).then_some(error)
     }
 
     /// Whether reads here see every acknowledged write: this replica leads,
