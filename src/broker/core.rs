@@ -1186,13 +1186,13 @@ impl Broker {
                     hand_over_before_closing(&partition).await;
                 }
                 if let Err(error) = partition.close().await {
-                    tracing::warn!(topic = %state.record.name, partition = index, %error, "closing a damaged replica failed");
+                    tracing::warn!(topic = %state.record.name, partition = index, %error, "closing a replica to reopen it failed");
                 }
             }
             let without = Arc::new(TopicState { record: state.record.clone(), partitions: kept });
             if let Err(error) = self.open_topic(state.record.clone(), Some(without.clone())).await {
                 // The reconciler opens it again later.
-                tracing::warn!(topic = %state.record.name, %error, "reopening a damaged replica failed; will retry");
+                tracing::warn!(topic = %state.record.name, %error, "reopening a replica failed; will retry");
                 self.open.write().unwrap_or_else(|p| p.into_inner()).insert(state.record.name.clone(), without);
             }
         }
