@@ -50,16 +50,7 @@ async fn create_and_fill(cluster: &Cluster, messages: u32) -> (u64, Acknowledged
             };
             client.create_topic(TOPIC, config).await.expect("create");
             let leader = leaders(&client, TOPIC).await[&0].0;
-            let config = ProducerConfig { batch_bytes_max: 0, retries: 40, ..ProducerConfig::default() };
-            let producer = Producer::new(client.clone(), config);
-            let mut acknowledged = Vec::new();
-            for n in 0..messages {
-                let value = format!("p0-{n}");
-                let record = weir::client::producer::record(None, value.as_bytes(), 1);
-                let delivered = producer.send(TOPIC, Some(0), record).await.expect("queued").wait().await;
-                let delivered = delivered.expect("acknowledged: no faults yet");
-                acknowledged.push((0, delivered.offset, value));
-            }
+            let acknowledged = send(&client, 0..messages, "acknowledged: no faults yet").await;
             // Every replica holds everything before any damage.
             for _ in 0..400 {
                 let described = cluster::describe_everywhere(&client, TOPIC).await;
@@ -77,6 +68,21 @@ async fn create_and_fill(cluster: &Cluster, messages: u32) -> (u64, Acknowledged
         .await
 }
 
+/// Writes values `p0-<n>` for each `n` of `numbers` to partition 0 with
+/// acks=all, one at a time; each must be acknowledged (`expect` says why).
+async fn send(client: &Client, numbers: std::ops::Range<u32>, expect: &str) -> Acknowledged {
+    let config = ProducerConfig { batch_bytes_max: 0, retries: 40, ..ProducerConfig::default() };
+    let producer = Producer::new(client.clone(), config);
+    let mut acknowledged = Vec::new();
+    for n in numbers {
+        let value = format!("p0-{n}");
+        let record = weir::client::producer::record(None, value.as_bytes(), 1);
+        let delivered = producer.send(TOPIC, Some(0), record).await.expect("queued").wait().await;
+        acknowledged.push((0, delivered.expect(expect).offset, value));
+    }
+    acknowledged
+}
+
 /// Writes `messages` more values with acks=all, from `first` on; returns
 /// what was acknowledged.
 async fn fill_more(cluster: &Cluster, first: u32, messages: u32) -> Acknowledged {
@@ -84,17 +90,7 @@ async fn fill_more(cluster: &Cluster, first: u32, messages: u32) -> Acknowledged
     cluster
         .run(async move {
             let client = Client::connect(&address).await.expect("connect");
-            let config = ProducerConfig { batch_bytes_max: 0, retries: 40, ..ProducerConfig::default() };
-            let producer = Producer::new(client, config);
-            let mut acknowledged = Vec::new();
-            for n in first..first + messages {
-                let value = format!("p0-{n}");
-                let record = weir::client::producer::record(None, value.as_bytes(), 1);
-                let delivered = producer.send(TOPIC, Some(0), record).await.expect("queued").wait().await;
-                let delivered = delivered.expect("acknowledged: two replicas of three have room");
-                acknowledged.push((0, delivered.offset, value));
-            }
-            acknowledged
+            send(&client, first..first + messages, "acknowledged: two replicas of three have room").await
         })
         .await
 }
@@ -335,17 +331,17 @@ async fn full_follower() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     disk.set_capacity(None);
     tracing::info!(broker = follower, "disk has room again");
+    let caught_up = |lags: &Option<Vec<(u64, u64)>>| {
+        lags.as_ref().is_some_and(|l| l.len() == 3 && l.iter().all(|(_, lag)| *lag == 0))
+    };
     let mut last = None;
     for _ in 0..1_200 {
         last = lags(&cluster).await;
-        if last.as_ref().is_some_and(|l| l.len() == 3 && l.iter().all(|(_, lag)| *lag == 0)) {
+        if caught_up(&last) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        last.as_ref().is_some_and(|l| l.len() == 3 && l.iter().all(|(_, lag)| *lag == 0)),
-        "broker {follower} did not catch up after its disk had room: {last:?}"
-    );
+    assert!(caught_up(&last), "broker {follower} did not catch up after its disk had room: {last:?}");
     every_disk_holds(cluster, &acknowledged).await;
 }

@@ -499,12 +499,15 @@ impl Replica {
     /// lost an acknowledged write that way); such a replica stays stopped
     /// until its broker restarts.
     pub fn stopped_by_full_disk(&self) -> Option<String> {
+        if !self.log_store.out_of_space() {
+            return None;
+        }
         let error = match &self.raft.metrics().borrow().running_state {
             Err(openraft::error::Fatal::StorageError(error)) => error.to_string(),
             _ => return None,
         };
         let poisoned = log_store::lock_log(&self.log).as_ref().is_none_or(|log| log.is_failed());
-        (self.log_store.out_of_space() && !poisoned).then_some(error)
+        (!poisoned).then_some(error)
     }
 
     /// Whether reads here see every acknowledged write: this replica leads,
@@ -533,8 +536,8 @@ impl Replica {
     /// lease plus an election timeout (3 s) after they last heard from the
     /// leader, and openraft dates a voter's answer by when the leader sent
     /// what it answers, so the old leader stops acknowledging more than a
-    /// second and a half before a successor can exist. acks=all needs no check: a commit is
-    /// itself a majority's answer.
+    /// second and a half before a successor can exist. acks=all needs no
+    /// check: a commit is itself a majority's answer.
     fn heard_from_quorum(&self) -> Result<(), ProposeError> {
         if !self.is_leader() {
             return Err(self.not_leader(self.leader()));
