@@ -560,3 +560,58 @@ async fn members_rejoin_after_a_broker_restart_and_resume_from_their_commits() {
         })
         .await;
 }
+
+/// `weir topic delete __consumer_offsets` once lost every group's offsets,
+/// and a record produced there kept the coordinator from loading after a
+/// restart. Both are refused, naming the topic; the offsets survive.
+#[tokio::test]
+async fn clients_cannot_delete_or_write_the_offsets_topic() {
+    let mut broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            tracing::info!("set up: a group with a committed offset");
+            let client = connect(&address).await;
+            client.create_topic("kept", proto::TopicConfig { partitions: 1, ..Default::default() }).await.unwrap();
+            produce_numbered(&client, "kept", 1, 3).await;
+            let request = proto::CommitOffsetsRequest {
+                group: "durable".into(),
+                member_id: String::new(),
+                generation: 0,
+                offsets: vec![proto::PartitionOffset {
+                    topic: "kept".into(),
+                    partition: 0,
+                    offset: 2,
+                    metadata: String::new(),
+                }],
+            };
+            client.commit_offsets(request).await.unwrap();
+
+            tracing::info!("act: delete the offsets topic and write a record into it");
+            let deleted = client.delete_topic("__consumer_offsets").await.unwrap_err();
+            let record = proto::Record {
+                key: Some(b"x".to_vec()),
+                value: Some(b"y".to_vec()),
+                ..proto::Record::default()
+            };
+            let produced = client.produce("__consumer_offsets", 0, vec![record], Acks::All).await.unwrap_err();
+
+            tracing::info!("check: both refused as internal, naming the topic");
+            for error in [&deleted, &produced] {
+                assert_eq!(error.code(), Some(ErrorCode::InternalTopic), "{error}");
+                assert!(error.to_string().contains("__consumer_offsets"), "{error}");
+            }
+        })
+        .await;
+    broker.restart(5).await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            tracing::info!("check: after a restart the coordinator loads and the commit is there");
+            let client = connect(&address).await;
+            let offsets = client.fetch_offsets("durable", vec![]).await.unwrap();
+            let got: Vec<(u32, u64)> = offsets.iter().map(|o| (o.partition, o.offset)).collect();
+            assert_eq!(got, [(0, 2)]);
+        })
+        .await;
+}

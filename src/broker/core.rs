@@ -747,6 +747,7 @@ impl Broker {
     }
 
     pub async fn delete_topic(&self, name: &str) -> BrokerResult<()> {
+        refuse_internal(name, "deleted")?;
         self.topics.delete(name).await?;
         self.reconcile().await?;
         tracing::info!(topic = name, "topic deleted");
@@ -955,6 +956,7 @@ impl Broker {
     }
 
     pub async fn produce(&self, request: proto::ProduceRequest) -> BrokerResult<proto::ProduceResponse> {
+        refuse_internal(&request.topic, "written by clients")?;
         let partition = self.find_partition(&request.topic, request.partition).await?;
         let acks = proto::Acks::try_from(request.acks)
             .map_err(|_| BrokerError::invalid(format!("unknown acks value {}", request.acks)))?;
@@ -1272,4 +1274,18 @@ fn fetch_response(
         }
     }
     Ok(response)
+}
+
+/// Weir's own topics (`__` names, such as the committed offsets) are
+/// written and deleted by weir alone: a client's record there could keep the
+/// group coordinator from loading, and deleting one loses every group's
+/// offsets. Reading them stays open.
+fn refuse_internal(topic: &str, action: &str) -> BrokerResult<()> {
+    if topic.starts_with(INTERNAL_TOPIC_PREFIX) {
+        return Err(BrokerError::new(
+            ErrorCode::InternalTopic,
+            format!("topic {topic:?} is internal to weir and cannot be {action}"),
+        ));
+    }
+    Ok(())
 }

@@ -65,9 +65,11 @@ impl BrokerError {
             | ErrorCode::InvalidRequest => Code::InvalidArgument,
             ErrorCode::OffsetOutOfRange => Code::OutOfRange,
             ErrorCode::StorageFull => Code::ResourceExhausted,
-            ErrorCode::StorageFailed | ErrorCode::MetadataUnavailable | ErrorCode::PartitionUnavailable => {
-                Code::Unavailable
-            }
+            ErrorCode::StorageFailed
+            | ErrorCode::MetadataUnavailable
+            | ErrorCode::PartitionUnavailable
+            | ErrorCode::CoordinatorLoading => Code::Unavailable,
+            ErrorCode::InternalTopic => Code::PermissionDenied,
             ErrorCode::CorruptData => Code::DataLoss,
             ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
         }

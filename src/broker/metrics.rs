@@ -134,6 +134,15 @@ impl Metrics {
                 );
             }
         }
+        if let Some(groups) = groups {
+            let _ = writeln!(
+                out,
+                "# HELP weir_group_offsets_skipped_records Records of the offsets partition the coordinator skipped \
+                 at its last load: they did not decode as offset commits."
+            );
+            let skipped = groups.offsets_skipped();
+            let _ = writeln!(out, "# TYPE weir_group_offsets_skipped_records gauge\nweir_group_offsets_skipped_records {skipped}");
+        }
         out
     }
 }

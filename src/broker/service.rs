@@ -22,10 +22,39 @@ use crate::proto::{self, admin_server, consumer_server, groups_server, producer_
 /// buffers: small, so a subscriber's pace reaches the broker quickly.
 const SUBSCRIBE_QUEUE: usize = 2;
 
-/// How long a group call waits for the coordinator of a starting broker.
-const GROUPS_STARTUP: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long a group call waits at most for a coordinator that is loading
+/// or being elected before it answers a retriable error: short, so a call
+/// answers well within any deadline and the client's retries do the rest.
+const GROUPS_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// While waiting for the coordinator, how often to look where it is.
 const GROUPS_LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The deadline a gRPC caller set (the `grpc-timeout` header: at most eight
+/// digits and a unit), if any.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// How long a group call may wait for its coordinator: [`GROUPS_WAIT_MAX`],
+/// or half the caller's deadline if that is shorter.
+fn groups_wait(metadata: &tonic::metadata::MetadataMap) -> std::time::Duration {
+    grpc_timeout(metadata).map_or(GROUPS_WAIT_MAX, |deadline| (deadline / 2).min(GROUPS_WAIT_MAX))
+}
 
 /// The group coordinator while this broker is it (it leads the offsets
 /// partition).
@@ -45,16 +74,19 @@ impl BrokerService {
 
     /// The group coordinator if this broker is it. Elsewhere: NOT_LEADER
     /// naming the broker that leads the offsets partition (the
-    /// coordinator), or, while none is known (an election, a coordinator
-    /// loading the offsets), a bounded wait, then PARTITION_UNAVAILABLE.
-    async fn groups(&self) -> Result<Arc<GroupCoordinator>, BrokerError> {
+    /// coordinator). While this broker leads it but is still loading the
+    /// committed offsets, or while no leader is known (an election), a wait
+    /// of at most `wait`, then COORDINATOR_LOADING or PARTITION_UNAVAILABLE,
+    /// both retriable.
+    async fn groups(&self, wait: std::time::Duration) -> Result<Arc<GroupCoordinator>, BrokerError> {
         use super::server::OFFSETS_TOPIC;
         let mut ready = self.groups.clone();
-        let deadline = tokio::time::Instant::now() + GROUPS_STARTUP;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(groups) = ready.borrow_and_update().clone() {
                 return Ok(groups);
             }
+            let mut loading = false;
             match self.broker.partition(OFFSETS_TOPIC, 0) {
                 Ok(partition) => match partition.replica().leader() {
                     Some((leader, address)) if leader != self.broker.broker_id() && !address.is_empty() => {
@@ -65,7 +97,8 @@ impl BrokerService {
                         error.leader = Some(address);
                         return Err(error);
                     }
-                    _ => {}
+                    Some((leader, _)) => loading = leader == self.broker.broker_id(),
+                    None => {}
                 },
                 // Held elsewhere: the error names its preferred leader.
                 Err(error) if error.code == ErrorCode::NotLeader => return Err(error),
@@ -73,10 +106,16 @@ impl BrokerService {
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                return Err(BrokerError::new(
-                    ErrorCode::PartitionUnavailable,
-                    "the group coordinator is not available yet",
-                ));
+                return Err(match loading {
+                    true => BrokerError::new(
+                        ErrorCode::CoordinatorLoading,
+                        format!("broker {} is loading the committed offsets of {OFFSETS_TOPIC}/0", self.broker.broker_id()),
+                    ),
+                    false => BrokerError::new(
+                        ErrorCode::PartitionUnavailable,
+                        format!("no group coordinator yet: {OFFSETS_TOPIC}/0 has no leader"),
+                    ),
+                });
             }
             let _ = tokio::time::timeout(left.min(GROUPS_LOOK_AGAIN), ready.changed()).await;
         }
@@ -85,8 +124,8 @@ impl BrokerService {
 
 /// Runs a group call once the coordinator is there.
 macro_rules! with_groups {
-    ($service:expr, |$groups:ident| $body:expr) => {
-        match $service.groups().await {
+    ($service:expr, $request:ident, |$groups:ident| $body:expr) => {
+        match $service.groups(groups_wait($request.metadata())).await {
             Ok($groups) => reply($body),
             Err(error) => reply(Err(error)),
         }
@@ -259,42 +298,42 @@ impl groups_server::Groups for BrokerService {
         &self,
         request: Request<proto::JoinGroupRequest>,
     ) -> Result<Response<proto::JoinGroupResponse>, Status> {
-        with_groups!(self, |groups| groups.join(request.into_inner()).await)
+        with_groups!(self, request, |groups| groups.join(request.into_inner()).await)
     }
 
     async fn sync_group(
         &self,
         request: Request<proto::SyncGroupRequest>,
     ) -> Result<Response<proto::SyncGroupResponse>, Status> {
-        with_groups!(self, |g| g.sync(request.get_ref()).map(|assignment| proto::SyncGroupResponse { assignment }))
+        with_groups!(self, request, |g| g.sync(request.get_ref()).map(|assignment| proto::SyncGroupResponse { assignment }))
     }
 
     async fn heartbeat(
         &self,
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
-        with_groups!(self, |g| g.heartbeat(request.get_ref()).map(|()| proto::HeartbeatResponse {}))
+        with_groups!(self, request, |g| g.heartbeat(request.get_ref()).map(|()| proto::HeartbeatResponse {}))
     }
 
     async fn leave_group(
         &self,
         request: Request<proto::LeaveGroupRequest>,
     ) -> Result<Response<proto::LeaveGroupResponse>, Status> {
-        with_groups!(self, |g| g.leave(request.get_ref()).map(|()| proto::LeaveGroupResponse {}))
+        with_groups!(self, request, |g| g.leave(request.get_ref()).map(|()| proto::LeaveGroupResponse {}))
     }
 
     async fn commit_offsets(
         &self,
         request: Request<proto::CommitOffsetsRequest>,
     ) -> Result<Response<proto::CommitOffsetsResponse>, Status> {
-        with_groups!(self, |groups| groups.commit(request.into_inner()).await.map(|()| proto::CommitOffsetsResponse {}))
+        with_groups!(self, request, |groups| groups.commit(request.into_inner()).await.map(|()| proto::CommitOffsetsResponse {}))
     }
 
     async fn fetch_offsets(
         &self,
         request: Request<proto::FetchOffsetsRequest>,
     ) -> Result<Response<proto::FetchOffsetsResponse>, Status> {
-        with_groups!(self, |g| g
+        with_groups!(self, request, |g| g
             .fetch_offsets(request.get_ref())
             .await
             .map(|offsets| proto::FetchOffsetsResponse { offsets }))
@@ -304,13 +343,43 @@ impl groups_server::Groups for BrokerService {
         &self,
         request: Request<proto::DescribeGroupRequest>,
     ) -> Result<Response<proto::GroupDescription>, Status> {
-        with_groups!(self, |g| g.describe(&request.get_ref().group))
+        with_groups!(self, request, |g| g.describe(&request.get_ref().group))
     }
 
     async fn list_groups(
         &self,
-        _: Request<proto::ListGroupsRequest>,
+        request: Request<proto::ListGroupsRequest>,
     ) -> Result<Response<proto::ListGroupsResponse>, Status> {
-        with_groups!(self, |g| g.list().map(|groups| proto::ListGroupsResponse { groups }))
+        with_groups!(self, request, |g| g.list().map(|groups| proto::ListGroupsResponse { groups }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_callers_deadline_bounds_the_wait_for_the_coordinator() {
+        let table: &[(Option<&str>, Option<Duration>, Duration)] = &[
+            (None, None, GROUPS_WAIT_MAX),
+            (Some("500m"), Some(Duration::from_millis(500)), Duration::from_millis(250)),
+            (Some("10S"), Some(Duration::from_secs(10)), GROUPS_WAIT_MAX),
+            (Some("1M"), Some(Duration::from_secs(60)), GROUPS_WAIT_MAX),
+            (Some("3000u"), Some(Duration::from_micros(3000)), Duration::from_micros(1500)),
+            (Some("20n"), Some(Duration::from_nanos(20)), Duration::from_nanos(10)),
+            (Some("123456789m"), None, GROUPS_WAIT_MAX), // nine digits: not a grpc-timeout
+            (Some("5x"), None, GROUPS_WAIT_MAX),
+            (Some("m"), None, GROUPS_WAIT_MAX),
+        ];
+        for &(header, timeout, wait) in table {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            if let Some(header) = header {
+                metadata.insert("grpc-timeout", header.parse().unwrap());
+            }
+            assert_eq!(grpc_timeout(&metadata), timeout, "{header:?}");
+            assert_eq!(groups_wait(&metadata), wait, "{header:?}");
+        }
     }
 }

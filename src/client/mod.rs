@@ -237,7 +237,11 @@ impl Client {
                     if unreachable {
                         self.set_leader(topic, partition, None);
                     }
-                    unreachable || broker.code == proto::ErrorCode::PartitionUnavailable
+                    unreachable
+                        || matches!(
+                            broker.code,
+                            proto::ErrorCode::PartitionUnavailable | proto::ErrorCode::CoordinatorLoading
+                        )
                 }
                 ClientError::Connect { .. } => {
                     self.set_leader(topic, partition, None);

@@ -109,6 +109,7 @@ pub fn is_retriable(error: &ClientError) -> bool {
                     | ErrorCode::Unspecified
                     | ErrorCode::NotLeader
                     | ErrorCode::PartitionUnavailable
+                    | ErrorCode::CoordinatorLoading
             )
         }
     }

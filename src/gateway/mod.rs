@@ -313,6 +313,7 @@ fn describe(failed: &ClientError) -> (u16, &'static str, String) {
         | ErrorCode::MessageTooLarge
         | ErrorCode::InvalidRequest
         | ErrorCode::InvalidGroup => 400,
+        ErrorCode::InternalTopic => 403,
         ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => 404,
         // A group moved on without the caller (a commit fenced off): it
         // rejoins, nothing was committed.
@@ -325,6 +326,7 @@ fn describe(failed: &ClientError) -> (u16, &'static str, String) {
         ErrorCode::StorageFailed
         | ErrorCode::MetadataUnavailable
         | ErrorCode::PartitionUnavailable
+        | ErrorCode::CoordinatorLoading
         | ErrorCode::NotLeader => 503,
         _ => 500,
     };

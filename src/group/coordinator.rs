@@ -531,6 +531,11 @@ impl GroupCoordinator {
         })
     }
 
+    /// Records of the offsets partition the load skipped (not commits).
+    pub fn offsets_skipped(&self) -> u64 {
+        self.offsets.skipped()
+    }
+
     pub fn list(&self) -> BrokerResult<Vec<proto::GroupDescription>> {
         let mut names: BTreeSet<String> = self.lock().keys().cloned().collect();
         names.extend(self.offsets.groups());

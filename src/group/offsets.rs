@@ -50,10 +50,8 @@ pub struct OffsetStore {
     /// under: it writes only while that leadership lasts (see
     /// [`Partition::append_in_term`]).
     term: u64,
-}
-
-fn corrupt(reason: String) -> BrokerError {
-    BrokerError::new(ErrorCode::CorruptData, format!("committed offsets: {reason}"))
+    /// Records the load skipped: they did not decode as commits.
+    skipped: u64,
 }
 
 fn encode(key: &OffsetKey, value: &Committed, timestamp_ms: i64) -> Record {
@@ -65,43 +63,87 @@ fn encode(key: &OffsetKey, value: &Committed, timestamp_ms: i64) -> Record {
     }
 }
 
+/// Applies one batch of the offsets partition to `committed`, in order;
+/// returns how many records it skipped because they did not decode.
+fn apply_batch(batch: &crate::log::Batch, committed: &mut BTreeMap<OffsetKey, Committed>) -> u64 {
+    let mut skipped = 0;
+    for (index, record) in batch.records().enumerate() {
+        let offset = batch.base_offset() + index as u64;
+        match decode(record.map_err(|e| e.to_string())) {
+            Ok((key, Some(value))) => {
+                committed.insert(key, value);
+            }
+            // A tombstone: the offset was forgotten.
+            Ok((key, None)) => {
+                committed.remove(&key);
+            }
+            Err(reason) => {
+                tracing::error!(offset, %reason, "committed offsets: skipping a record that is not an offset commit");
+                skipped += 1;
+            }
+        }
+    }
+    skipped
+}
+
+/// One record of the offsets partition: its key and the commit, or `None`
+/// for a tombstone.
+fn decode(record: Result<Record, String>) -> Result<(OffsetKey, Option<Committed>), String> {
+    let record = record?;
+    let key = record.key.ok_or("a record without a key")?;
+    let key: OffsetKey = serde_json::from_slice(&key).map_err(|e| format!("key: {e}"))?;
+    let value = match record.value {
+        None => None,
+        Some(value) => Some(serde_json::from_slice(&value).map_err(|e| format!("value: {e}"))?),
+    };
+    Ok((key, value))
+}
+
 impl OffsetStore {
-    /// Reads every committed offset from the internal partition.
+    /// Reads every committed offset from the internal partition. A record
+    /// that does not decode as a commit (written by a client before weir
+    /// refused that, or by a newer weir) is skipped, counted and logged: one
+    /// bad record must not keep every group from loading.
     pub async fn load(partition: Arc<Partition>, bytes_max: u64) -> BrokerResult<Self> {
         // Taken first: the store then holds at least what was applied when
         // this term began.
         let term = partition.replica().term();
         let source = partition.clone();
-        let committed = blocking(move || {
+        let (committed, skipped) = blocking(move || {
             let mut committed = BTreeMap::new();
+            let mut skipped = 0;
             let mut offset = source.bounds()?.log_start_offset;
             loop {
                 let (batches, _) = source.read(offset, READ_BYTES)?;
                 let Some(last) = batches.last() else { break };
                 offset = last.next_offset();
                 for batch in &batches {
-                    for record in batch.records() {
-                        let record = record.map_err(|e| corrupt(e.to_string()))?;
-                        let Some(key) = record.key else { continue };
-                        let key: OffsetKey = serde_json::from_slice(&key).map_err(|e| corrupt(e.to_string()))?;
-                        match record.value {
-                            // A tombstone: the offset was forgotten.
-                            None => {
-                                committed.remove(&key);
-                            }
-                            Some(value) => {
-                                let value: Committed =
-                                    serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
-                                committed.insert(key, value);
-                            }
-                        }
-                    }
+                    skipped += apply_batch(batch, &mut committed);
                 }
             }
-            Ok::<_, BrokerError>(committed)
+            Ok::<_, BrokerError>((committed, skipped))
         })
         .await?;
-        Ok(Self { partition, committed: Mutex::new(committed), write: tokio::sync::Mutex::new(()), bytes_max, term })
+        if skipped > 0 {
+            tracing::error!(
+                topic = partition.topic(),
+                skipped,
+                "committed offsets: skipped records that are not offset commits"
+            );
+        }
+        Ok(Self {
+            partition,
+            committed: Mutex::new(committed),
+            write: tokio::sync::Mutex::new(()),
+            bytes_max,
+            term,
+            skipped,
+        })
+    }
+
+    /// Records skipped by [`OffsetStore::load`] because they did not decode.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// The leadership term this store writes under.
@@ -192,5 +234,59 @@ impl OffsetStore {
         let mut groups: Vec<String> = self.lock().keys().map(|k| k.group.clone()).collect();
         groups.dedup();
         groups
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(group: &str, partition: u32, offset: u64) -> Record {
+        let key = OffsetKey { group: group.to_owned(), topic: "t".to_owned(), partition };
+        let value = Committed { offset, metadata: String::new(), generation: 1, timestamp_ms: 0 };
+        encode(&key, &value, 0)
+    }
+
+    fn raw(key: &str, value: Option<&str>) -> Record {
+        Record {
+            key: Some(Bytes::from(key.to_owned())),
+            value: value.map(|v| Bytes::from(v.to_owned())),
+            ..Record::default()
+        }
+    }
+
+    /// What `weir produce __consumer_offsets` once wrote (`x:y`), and other
+    /// records that are not commits, between real ones: the real ones load,
+    /// the others are counted.
+    #[test]
+    fn records_that_are_not_commits_are_skipped_and_counted() {
+        let mut builder = BatchBuilder::new();
+        builder.push(&commit("g", 0, 5));
+        builder.push(&raw("x", Some("y")));
+        builder.push(&Record { value: Some(Bytes::from_static(b"no key")), ..Record::default() });
+        builder.push(&commit("g", 1, 7));
+        let key = serde_json::to_string(&OffsetKey { group: "g".into(), topic: "t".into(), partition: 1 }).unwrap();
+        builder.push(&raw(&key, Some("not a commit")));
+        builder.push(&commit("g", 0, 6));
+        let batch = builder.build().unwrap().placed(100, 0, 0);
+
+        let mut committed = BTreeMap::new();
+        let skipped = apply_batch(&batch, &mut committed);
+
+        assert_eq!(skipped, 3);
+        let offsets: Vec<(u32, u64)> = committed.iter().map(|(k, v)| (k.partition, v.offset)).collect();
+        assert_eq!(offsets, vec![(0, 6), (1, 7)], "later commits win; the bad value left partition 1 as it was");
+    }
+
+    #[test]
+    fn a_tombstone_forgets_an_offset() {
+        let mut builder = BatchBuilder::new();
+        builder.push(&commit("g", 0, 5));
+        let key = serde_json::to_string(&OffsetKey { group: "g".into(), topic: "t".into(), partition: 0 }).unwrap();
+        builder.push(&raw(&key, None));
+        let batch = builder.build().unwrap();
+        let mut committed = BTreeMap::new();
+        assert_eq!(apply_batch(&batch, &mut committed), 0);
+        assert!(committed.is_empty());
     }
 }
