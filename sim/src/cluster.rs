@@ -201,6 +201,9 @@ mod harness {
             }
             let node = builder
                 .init(move || {
+                    // A (re)started node is a new process: the old one's
+                    // lock on the data directory died with it.
+                    node_disk.release_locks();
                     let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
                     let config = config.clone();
                     async move {

@@ -36,6 +36,10 @@ pub struct BrokerConfig {
     /// A leader that is not its partition's preferred replica hands
     /// leadership over once that replica is back and caught up.
     pub prefer_leaders: bool,
+    /// A broker asked to stop (SIGTERM, SIGINT) first hands the partitions
+    /// it leads to caught-up followers, so producers move on at once
+    /// instead of after an election timeout.
+    pub hand_over_on_stop: bool,
     /// Where Prometheus scrapes `GET /metrics`; none (`"off"` in a config
     /// file): not served.
     #[serde(with = "address_or_off")]
@@ -51,6 +55,8 @@ pub struct BrokerConfig {
     pub fetch_bytes_max: usize,
     /// Cap on a long poll's wait.
     pub fetch_wait_ms_max: u32,
+    /// How often retention runs: segments past `retention_ms` or
+    /// `retention_bytes` are deleted at most this long after they qualify.
     pub retention_check_interval_ms: i64,
     /// Background scrubbing reads every replica's durable log and checks
     /// its CRCs at up to this many bytes a second (0: off), so damage at
@@ -100,6 +106,7 @@ impl Default for BrokerConfig {
             replace_broker_after_ms: 60_000,
             auto_balance: true,
             prefer_leaders: true,
+            hand_over_on_stop: true,
             metrics_listen: Some(METRICS_LISTEN_DEFAULT.parse().expect("valid default address")),
             http_listen: None,
             message_bytes_max: 1 << 20,

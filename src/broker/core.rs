@@ -27,6 +27,7 @@ use crate::meta::MetaStore;
 use crate::proto;
 use crate::raft::{raft_config, Acks, Connections, GroupId, NodeId, ReplicaEnv, Router};
 use crate::sys::clock::Clock;
+use super::data_dir::DataDirClaim;
 use crate::sys::disk::Disk;
 use crate::sys::rng::random_u64;
 use crate::sys::task::blocking;
@@ -39,7 +40,7 @@ const BOOTSTRAP_GRACE_MS: i64 = 5_000;
 /// replica) at once instead of after an election timeout; a follower
 /// damaged meanwhile could otherwise leave the group with two replicas
 /// waiting for repair and no leader.
-async fn hand_over_before_closing(partition: &Partition) {
+pub(super) async fn hand_over_before_closing(partition: &Partition) {
     let replica = partition.replica();
     if !replica.is_leader() {
         return;
@@ -125,6 +126,11 @@ pub struct Broker {
     open: RwLock<BTreeMap<String, Arc<TopicState>>>,
     /// The live brokers, as the last reconciliation read them.
     brokers: RwLock<BTreeMap<u64, BrokerRecord>>,
+    /// The data directory, locked for as long as the broker lives.
+    _claim: DataDirClaim,
+    /// Set once the broker begins to stop: long polls and subscriptions
+    /// end, so the server can drain.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Keeps the registration's lease alive; aborted when the broker stops.
     registration: Mutex<Option<tokio::task::JoinHandle<()>>>,
     reconciling: tokio::sync::Mutex<()>,
@@ -211,6 +217,7 @@ impl Broker {
         store: Arc<dyn MetaStore>,
         disk: Arc<dyn Disk>,
         clock: Arc<dyn Clock>,
+        claim: DataDirClaim,
     ) -> BrokerResult<Arc<Self>> {
         let node_id = config.broker_id;
         let replicas = ReplicaEnv {
@@ -236,6 +243,8 @@ impl Broker {
             repairs: Mutex::default(),
             scrub_passes: std::sync::atomic::AtomicU64::new(0),
             reopens: Mutex::default(),
+            _claim: claim,
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         let me = BrokerRecord { id: node_id, address: broker.advertised_address() };
         let ttl = Duration::from_millis(broker.config.session_timeout_ms.max(1_000));
@@ -1022,7 +1031,12 @@ impl Broker {
                 continue;
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if tokio::time::timeout(left, high_watermark.changed()).await.is_err() {
+            let mut stopping = self.stopping();
+            let stopped = tokio::select! {
+                changed = tokio::time::timeout(left, high_watermark.changed()) => changed.is_err(),
+                _ = stopping.wait_for(|stopping| *stopping) => true,
+            };
+            if stopped {
                 return fetch_response(offset, Vec::new(), bounds, request.encoded);
             }
         }
@@ -1213,6 +1227,18 @@ impl Broker {
         };
         reopens.insert(group, Reopen { at: now, delay });
         delay
+    }
+
+    /// Marks the broker stopping: long polls answer with what they have and
+    /// subscriptions end with PARTITION_UNAVAILABLE, so clients go elsewhere
+    /// and the server can drain.
+    pub fn begin_stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Changes to `true` once the broker begins to stop.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// Stops every replica as a crash would: no clean close, nothing

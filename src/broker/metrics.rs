@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::core::Broker;
 use crate::group::GroupCoordinator;
-use crate::sys::net::SocketAddr;
+use crate::sys::listener::TcpListener;
 
 /// Latency bucket bounds, in seconds.
 const BUCKETS_SECONDS: [f64; 13] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -147,21 +147,16 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listen` until the task is dropped.
+/// Serves `GET /metrics` on `listener` until the task is dropped.
 pub async fn serve(
-    listen: SocketAddr,
+    listener: TcpListener,
     metrics: Arc<Metrics>,
     broker: Arc<Broker>,
     groups: super::service::GroupsReady,
 ) {
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%listen, %error, "cannot serve metrics");
-            return;
-        }
-    };
-    tracing::info!(%listen, "serving Prometheus metrics on /metrics");
+    if let Ok(listen) = listener.local_addr() {
+        tracing::info!(%listen, "serving Prometheus metrics on /metrics");
+    }
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let (metrics, broker, groups) = (metrics.clone(), broker.clone(), groups.clone());

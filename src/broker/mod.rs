@@ -3,11 +3,13 @@
 pub mod config;
 pub mod controller;
 mod core;
+pub mod data_dir;
 pub mod error;
 pub mod metrics;
 pub mod partition;
 pub mod server;
 mod service;
+pub mod stop;
 pub mod subscription;
 
 pub use config::BrokerConfig;

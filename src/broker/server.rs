@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::config::BrokerConfig;
 use super::core::Broker;
+use super::data_dir::DataDirClaim;
 use super::error::{BrokerError, BrokerResult, ErrorCode};
 use super::metrics::{self, Metrics};
 use super::service::BrokerService;
@@ -22,11 +23,18 @@ use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
 use crate::raft::RaftService;
 use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
+use crate::sys::listener::{self, GrpcListener, ListenError, TcpListener};
 use crate::sys::reflection::with_reflection;
 
 /// How long a starting broker waits for the offsets partition to elect a
 /// leader and catch up before reading the committed offsets.
 const OFFSETS_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a stopping broker spends at most handing its leaderships over.
+const HAND_OVER_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a stopping broker waits at most for in-flight calls once it
+/// stopped accepting new ones.
+pub const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Requests may carry a whole batch plus framing.
 const GRPC_MESSAGE_BYTES_MAX: usize = BATCH_BYTES_MAX + (1 << 20);
@@ -48,6 +56,11 @@ pub async fn open_broker(
     disk: Arc<dyn Disk>,
     clock: Arc<dyn Clock>,
 ) -> BrokerResult<Arc<Broker>> {
+    let claim = {
+        let (disk, dir, cluster) = (disk.clone(), config.data_dir.clone(), config.cluster_name.clone());
+        let broker_id = config.broker_id;
+        crate::sys::task::blocking(move || DataDirClaim::claim(&disk, &dir, broker_id, &cluster)).await?
+    };
     let store: Arc<dyn MetaStore> = if config.etcd.is_empty() {
         let meta_dir = config.data_dir.join("meta");
         let store = EmbeddedStore::open(disk.clone(), &meta_dir, clock.clone())
@@ -56,7 +69,7 @@ pub async fn open_broker(
     } else {
         Arc::new(EtcdStore::connect(config.etcd.clone(), &config.cluster_name).await?)
     };
-    Broker::open(config, store, disk, clock).await
+    Broker::open(config, store, disk, clock, claim).await
 }
 
 /// The internal topic that holds committed offsets.
@@ -112,26 +125,72 @@ async fn run_groups(broker: Arc<Broker>, ready: GroupsSender) {
     }
 }
 
-/// Serves `broker` on its configured address until `shutdown` completes,
-/// then closes every partition cleanly.
+/// Every socket a broker serves on, bound: gRPC, and metrics and the HTTP
+/// gateway where the config enables them.
+#[derive(Debug)]
+pub struct Listeners {
+    grpc: GrpcListener,
+    metrics: Option<TcpListener>,
+    http: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every address `config` serves on; the first that cannot be
+    /// bound is an error naming it.
+    pub async fn bind(config: &BrokerConfig) -> Result<Self, ListenError> {
+        let grpc = GrpcListener::bind(config.listen).await?;
+        let metrics = match config.metrics_listen {
+            Some(at) => Some(listener::bind_tcp(at, "metrics").await?),
+            None => None,
+        };
+        let http = match config.http_listen {
+            Some(at) => Some(listener::bind_tcp(at, "the HTTP gateway").await?),
+            None => None,
+        };
+        Ok(Self { grpc, metrics, http })
+    }
+}
+
+/// Binds `broker`'s addresses and serves it until `shutdown` completes
+/// (see [`serve_on`]). A listener that cannot be bound closes the broker
+/// and is the error.
 pub async fn serve(
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let listen = broker.config().listen;
+    match Listeners::bind(broker.config()).await {
+        Ok(listeners) => serve_on(broker, listeners, shutdown).await,
+        Err(error) => {
+            broker.shutdown().await?;
+            Err(error.into())
+        }
+    }
+}
+
+/// Serves `broker` on `listeners` until `shutdown` completes, then stops
+/// gracefully: hands the partitions it leads to caught-up followers (so
+/// clients move on at once rather than after an election timeout), ends
+/// long polls and subscriptions, stops accepting, lets in-flight calls
+/// finish (for at most [`DRAIN_MAX`]), and closes every partition log
+/// cleanly, so the next start is a clean one.
+pub async fn serve_on(
+    broker: Arc<Broker>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let listen = listeners.grpc.addr();
     // Serving starts at once (other brokers need this one's Raft service
     // to elect the offsets partition's leader); group calls wait until
     // the coordinator is open.
     let (groups_tx, groups) = tokio::sync::watch::channel(None);
     let metrics = Arc::new(Metrics::default());
     let service = BrokerService::new(broker.clone(), groups.clone(), metrics.clone());
-    let metrics_server = broker
-        .config()
-        .metrics_listen
-        .map(|at| AbortOnDrop(tokio::spawn(metrics::serve(at, metrics, broker.clone(), groups.clone()))));
-    let gateway = broker.config().http_listen.map(|at| {
+    let metrics_server = listeners.metrics.map(|listener| {
+        AbortOnDrop(tokio::spawn(metrics::serve(listener, metrics, broker.clone(), groups.clone())))
+    });
+    let gateway = listeners.http.map(|listener| {
         let own = broker.config().advertise.clone().unwrap_or_else(|| listen.to_string());
-        AbortOnDrop(tokio::spawn(crate::gateway::serve(at, own)))
+        AbortOnDrop(tokio::spawn(crate::gateway::serve(listener, own)))
     });
     let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));
     let reconciler = AbortOnDrop(tokio::spawn(broker.clone().run_reconciler()));
@@ -157,9 +216,44 @@ pub async fn serve(
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         );
-    let served = with_reflection(router).serve_with_shutdown(listen, shutdown).await;
+    let (draining_tx, draining) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
+    let stop = {
+        let broker = broker.clone();
+        async move {
+            shutdown.await;
+            let started = tokio::time::Instant::now();
+            tracing::info!(broker = broker.broker_id(), "stopping");
+            broker.begin_stop();
+            if broker.config().hand_over_on_stop {
+                let handed = broker.hand_over_leaderships(HAND_OVER_MAX).await;
+                tracing::info!(
+                    led = handed.led,
+                    handed_over = handed.handed_over,
+                    elapsed = ?started.elapsed(),
+                    "stopping: leaderships handed over"
+                );
+            }
+            let _ = draining_tx.send(started);
+        }
+    };
+    let served = with_reflection(router);
+    let served = listeners.grpc.serve(served, stop);
+    let drain_bounded = async {
+        match draining.await {
+            Ok(_) => tokio::time::sleep(DRAIN_MAX).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let served = tokio::select! {
+        served = served => served,
+        () = drain_bounded => {
+            tracing::warn!("stopping: in-flight calls did not finish within {DRAIN_MAX:?}; closing them");
+            Ok(())
+        }
+    };
     drop((maintenance, reconciler, scrubber, controller, group_ticks, metrics_server, gateway));
+    let closing = tokio::time::Instant::now();
     broker.shutdown().await?;
-    tracing::info!("weir broker stopped");
+    tracing::info!(closed_in = ?closing.elapsed(), "weir broker stopped");
     served.map_err(Into::into)
 }

@@ -107,6 +107,7 @@ impl Broker {
         budget.grant(&start.credit.unwrap_or_default());
         let mut offset = start.offset;
         let mut high_watermark = partition.subscribe();
+        let mut stopping = self.stopping();
         let bounds = partition.bounds()?;
         if offset < bounds.log_start_offset || offset > bounds.log_end_offset {
             return Err(BrokerError::new(
@@ -130,6 +131,12 @@ impl Broker {
             }
             let wait_for_data = !readable && budget.allows(0);
             tokio::select! {
+                _ = stopping.wait_for(|stopping| *stopping) => {
+                    return Err(BrokerError::new(
+                        ErrorCode::PartitionUnavailable,
+                        format!("broker {} is stopping; subscribe again elsewhere", self.broker_id()),
+                    ));
+                }
                 message = next_inbound(inbound) => match message? {
                     Inbound::Credit(credit) => budget.grant(&credit),
                     Inbound::Closed => return Ok(()),

@@ -109,10 +109,73 @@ pub struct ServerArgs {
     /// A TOML file with the broker's settings (see `BrokerConfig`).
     #[arg(long, env = "WEIR_CONFIG")]
     pub config: PathBuf,
+    #[command(flatten)]
+    pub overrides: ServerOverrides,
+}
+
+/// What flags and `WEIR_*` variables override in a server's config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerOverrides {
+    #[arg(long, env = "WEIR_BROKER_ID")]
+    pub broker_id: Option<u64>,
     #[arg(long, env = "WEIR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     #[arg(long, env = "WEIR_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// `off` turns metrics off.
+    #[arg(long, env = "WEIR_METRICS_LISTEN")]
+    pub metrics_listen: Option<AddressOrOff>,
+    /// `off` turns the gateway off.
+    #[arg(long, env = "WEIR_HTTP_LISTEN")]
+    pub http_listen: Option<AddressOrOff>,
+    /// The address clients and other brokers reach this one at.
+    #[arg(long, env = "WEIR_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "WEIR_ETCD", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+}
+
+/// An address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressOrOff(pub Option<SocketAddr>);
+
+impl std::str::FromStr for AddressOrOff {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "off" => Ok(Self(None)),
+            address => address.parse().map(|a| Self(Some(a))),
+        }
+    }
+}
+
+impl ServerOverrides {
+    pub fn apply(self, mut config: crate::broker::BrokerConfig) -> crate::broker::BrokerConfig {
+        if let Some(broker_id) = self.broker_id {
+            config.broker_id = broker_id;
+        }
+        if let Some(data_dir) = self.data_dir {
+            config.data_dir = data_dir;
+        }
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(AddressOrOff(metrics)) = self.metrics_listen {
+            config.metrics_listen = metrics;
+        }
+        if let Some(AddressOrOff(http)) = self.http_listen {
+            config.http_listen = http;
+        }
+        if let Some(advertise) = self.advertise {
+            config.advertise = Some(advertise);
+        }
+        if let Some(etcd) = self.etcd {
+            config.etcd = etcd;
+        }
+        config
+    }
 }
 
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;

@@ -34,7 +34,6 @@ use crate::client::{Client, ClientError};
 use crate::log::batch::{Record, RecordHeader};
 use crate::proto::{self, Acks, ErrorCode};
 use crate::sys::clock::system_clock;
-use crate::sys::net::SocketAddr;
 use http::{Request, Response};
 
 /// Longest long poll a fetch may ask for.
@@ -214,17 +213,10 @@ impl Gateway {
     }
 }
 
-/// Serves the gateway on `listen`, reaching the cluster at `bootstrap`
+/// Serves the gateway on `listener`, reaching the cluster at `bootstrap`
 /// (comma-separated broker addresses), until the task is dropped. The
 /// cluster need not be up yet: connecting is retried.
-pub async fn serve(listen: SocketAddr, bootstrap: String) {
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%listen, %error, "cannot serve the HTTP gateway");
-            return;
-        }
-    };
+pub async fn serve(listener: tokio::net::TcpListener, bootstrap: String) {
     let client = loop {
         match Client::connect(&bootstrap).await {
             Ok(client) => break client,
@@ -234,7 +226,9 @@ pub async fn serve(listen: SocketAddr, bootstrap: String) {
             }
         }
     };
-    tracing::info!(%listen, "serving the HTTP gateway on /v1");
+    if let Ok(listen) = listener.local_addr() {
+        tracing::info!(%listen, "serving the HTTP gateway on /v1");
+    }
     serve_on(listener, Gateway::new(client)).await;
 }
 

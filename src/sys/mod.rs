@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod disk;
+pub mod listener;
 pub mod net;
 pub mod planted;
 pub mod process;

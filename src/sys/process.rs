@@ -8,6 +8,39 @@ use std::process::{Child, Command, Stdio};
 use super::net::SocketAddr;
 
 /// Whether an `etcd` binary is on PATH.
+/// Resolves when the process is asked to stop, naming the signal: SIGINT
+/// (Ctrl-C) or SIGTERM (what systemd, Docker and Kubernetes send). Inside
+/// the simulator only the simulated Ctrl-C exists.
+pub async fn stop_requested() -> &'static str {
+    #[cfg(not(madsim))]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        }
+    }
+    #[cfg(madsim)]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// Whether something listens on (or holds) `addr` now: binding it fails.
+pub fn port_taken(addr: SocketAddr) -> bool {
+    std::net::TcpListener::bind(addr).is_err()
+}
+
+/// This process's id (named in lock files, so a refusal says who holds one).
+pub fn pid() -> u32 {
+    std::process::id()
+}
+
 pub fn etcd_installed() -> bool {
     Command::new("etcd")
         .arg("--version")

@@ -168,6 +168,9 @@ mod imp {
                 .name("broker")
                 .ip(listen.ip())
                 .init(move || {
+                    // A (re)started node is a new process: the old one's
+                    // lock on the data directory died with it.
+                    node_disk.release_locks();
                     let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
                     async move {
                         let config = config(listen, metrics, http);

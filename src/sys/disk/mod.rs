@@ -33,6 +33,7 @@ use std::sync::Arc;
 pub use real::RealDisk;
 pub use sim::{SimDisk, SimDiskFaults};
 
+
 /// A file opened for reading and writing at explicit positions.
 #[allow(clippy::len_without_is_empty)] // a file length, not a collection
 pub trait DiskFile: Send + Sync + Debug {
@@ -91,6 +92,25 @@ pub trait Disk: Send + Sync + Debug + 'static {
     /// Maps a file, creating it and zero-extending it to at least `len_min`
     /// bytes first. The map covers the whole file.
     fn map(&self, path: &Path, len_min: u64) -> io::Result<Box<dyn DiskMap>>;
+    /// Takes an exclusive lock on the file `path` (created if missing) for
+    /// as long as the returned guard lives, and writes `owner` into it.
+    /// Fails with `WouldBlock` while another holder has it, whether in
+    /// this process or another; the lock is released when the guard drops
+    /// or the holder's process dies (a crash).
+    fn lock_file(&self, path: &Path, owner: &str) -> io::Result<Box<dyn DiskLock>>;
+}
+
+/// An exclusive lock taken with [`Disk::lock_file`], held until dropped.
+pub trait DiskLock: Send + Sync + Debug {}
+
+/// Reads what the holder of a lock file wrote into it (its `owner`), for
+/// a message naming who holds it.
+pub fn lock_owner(disk: &dyn Disk, path: &Path) -> Option<String> {
+    let file = disk.open(path, false).ok()?;
+    let len = usize::try_from(file.len().ok()?).ok()?.min(256);
+    let mut bytes = vec![0; len];
+    file.read_exact_at(0, &mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).trim().to_owned()).filter(|owner| !owner.is_empty())
 }
 
 /// The host's file system, shared.

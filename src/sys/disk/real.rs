@@ -8,7 +8,7 @@ use std::path::Path;
 
 use memmap2::MmapMut;
 
-use super::{Disk, DiskFile, DiskMap};
+use super::{Disk, DiskFile, DiskLock, DiskMap};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealDisk;
@@ -81,6 +81,15 @@ impl DiskMap for RealMap {
     }
 }
 
+/// An advisory `flock` on an open file: the kernel releases it when the
+/// file closes, so also when the process dies.
+#[derive(Debug)]
+struct RealLock {
+    _file: File,
+}
+
+impl DiskLock for RealLock {}
+
 impl Disk for RealDisk {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         fs::create_dir_all(path)?;
@@ -131,5 +140,19 @@ impl Disk for RealDisk {
         // file while it is mapped, and weir itself only resizes unmapped files.
         let map = unsafe { MmapMut::map_mut(&file)? };
         Ok(Box::new(RealMap { map, file }))
+    }
+
+    fn lock_file(&self, path: &Path, owner: &str) -> io::Result<Box<dyn DiskLock>> {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("{} is locked", path.display())))
+            }
+            Err(fs::TryLockError::Error(error)) => return Err(error),
+        }
+        file.set_len(0)?;
+        file.write_all_at(owner.as_bytes(), 0)?;
+        Ok(Box::new(RealLock { _file: file }))
     }
 }

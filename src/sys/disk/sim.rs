@@ -27,7 +27,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Disk, DiskFile, DiskMap};
+use super::{Disk, DiskFile, DiskLock, DiskMap};
 use crate::sys::rng::SeededRng;
 
 /// Faults the simulated disk injects. Counters are consumed as they fire.
@@ -122,6 +122,9 @@ struct State {
     dirs: BTreeSet<PathBuf>,
     faults: SimDiskFaults,
     rng: SeededRng,
+    /// Lock files held, each by the guard with that token.
+    locks: BTreeMap<PathBuf, u64>,
+    lock_token_next: u64,
 }
 
 fn apply_op(data: &mut Vec<u8>, op: &FileOp) {
@@ -241,6 +244,8 @@ impl SimDisk {
             dirs: BTreeSet::new(),
             faults: SimDiskFaults::default(),
             rng: SeededRng::new(seed),
+            locks: BTreeMap::new(),
+            lock_token_next: 0,
         };
         Self { state: Arc::new(Mutex::new(state)) }
     }
@@ -317,6 +322,8 @@ impl SimDisk {
         state.names_durable = names.clone();
         state.names = names;
         state.names_pending.clear();
+        // The crashed process's locks died with it.
+        state.locks.clear();
         state.epoch += 1;
         state.faults.fail_writes = 0;
         state.faults.fail_syncs = 0;
@@ -487,6 +494,33 @@ impl DiskMap for SimMap {
     }
 }
 
+/// A lock taken with [`Disk::lock_file`] on a [`SimDisk`].
+#[derive(Debug)]
+struct SimLock {
+    state: Arc<Mutex<State>>,
+    path: PathBuf,
+    token: u64,
+}
+
+impl DiskLock for SimLock {}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.locks.get(&self.path) == Some(&self.token) {
+            state.locks.remove(&self.path);
+        }
+    }
+}
+
+impl SimDisk {
+    /// Releases every lock file: the process that held them is gone (a
+    /// simulated node restarting calls this before its broker opens).
+    pub fn release_locks(&self) {
+        self.lock().locks.clear();
+    }
+}
+
 impl Disk for SimDisk {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut state = self.lock();
@@ -611,6 +645,23 @@ impl Disk for SimDisk {
         state.inode(inode).handles += 1;
         let file = SimFile { state: self.state.clone(), inode, epoch: state.epoch, path: path.to_path_buf() };
         Ok(Box::new(SimMap { file, buf }))
+    }
+
+    fn lock_file(&self, path: &Path, owner: &str) -> io::Result<Box<dyn DiskLock>> {
+        let file = self.open(path, true)?;
+        let token = {
+            let mut state = self.lock();
+            if state.locks.contains_key(path) {
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("{} is locked", path.display())));
+            }
+            state.lock_token_next += 1;
+            let token = state.lock_token_next;
+            state.locks.insert(path.to_path_buf(), token);
+            token
+        };
+        file.set_len(0)?;
+        file.write_at(0, owner.as_bytes())?;
+        Ok(Box::new(SimLock { state: self.state.clone(), path: path.to_path_buf(), token }))
     }
 }
 

@@ -1,0 +1,80 @@
+//! Listening sockets for weir's servers, bound before anything announces
+//! them: a port that is taken is an error naming the address at start-up,
+//! not a broker that says it serves and then exits or runs without it.
+
+use std::io;
+
+use tonic::transport::server::Router;
+
+use super::net::SocketAddr;
+
+/// A bound TCP listener for a plain (HTTP/1) server: metrics, the gateway.
+pub type TcpListener = tokio::net::TcpListener;
+
+/// Binds `addr`, naming `what` serves there if it fails.
+pub async fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr).await.map_err(|source| ListenError { what: what.to_owned(), addr, source })
+}
+
+/// A listener that could not be bound.
+#[derive(Debug)]
+pub struct ListenError {
+    pub what: String,
+    pub addr: SocketAddr,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot listen for {} on {}: {}", self.what, self.addr, self.source)
+    }
+}
+
+impl std::error::Error for ListenError {}
+
+/// The gRPC listener, bound.
+#[derive(Debug)]
+pub struct GrpcListener {
+    addr: SocketAddr,
+    #[cfg(not(madsim))]
+    incoming: tonic::transport::server::TcpIncoming,
+}
+
+impl GrpcListener {
+    /// Binds `addr` for gRPC. (Inside the simulator the transport binds
+    /// when it serves; a simulated address is never taken twice.)
+    pub async fn bind(addr: SocketAddr) -> Result<Self, ListenError> {
+        #[cfg(not(madsim))]
+        {
+            let incoming = tonic::transport::server::TcpIncoming::bind(addr)
+                .map_err(|source| ListenError { what: "gRPC".into(), addr, source })?
+                .with_nodelay(Some(true));
+            Ok(Self { addr, incoming })
+        }
+        #[cfg(madsim)]
+        {
+            Ok(Self { addr })
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `router` until `signal` completes, then lets in-flight calls
+    /// finish.
+    pub async fn serve(
+        self,
+        router: Router,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        #[cfg(not(madsim))]
+        {
+            router.serve_with_incoming_shutdown(self.incoming, signal).await
+        }
+        #[cfg(madsim)]
+        {
+            router.serve_with_shutdown(self.addr, signal).await
+        }
+    }
+}
