@@ -13,6 +13,9 @@ async fn main() {
         .init();
     let cli = weir::cli::Cli::parse();
     if let Err(error) = weir::cli::run(cli).await {
+        if weir::cli::is_broken_pipe(error.as_ref()) {
+            return; // the reader of our output went away (`| head`): nothing more to say
+        }
         eprintln!("weir: {error}");
         std::process::exit(1); // seam: the CLI process reports failure through its exit code
     }

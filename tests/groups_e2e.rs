@@ -589,11 +589,8 @@ async fn clients_cannot_delete_or_write_the_offsets_topic() {
 
             tracing::info!("act: delete the offsets topic and write a record into it");
             let deleted = client.delete_topic("__consumer_offsets").await.unwrap_err();
-            let record = proto::Record {
-                key: Some(b"x".to_vec()),
-                value: Some(b"y".to_vec()),
-                ..proto::Record::default()
-            };
+            let record =
+                proto::Record { key: Some(b"x".to_vec()), value: Some(b"y".to_vec()), ..proto::Record::default() };
             let produced = client.produce("__consumer_offsets", 0, vec![record], Acks::All).await.unwrap_err();
 
             tracing::info!("check: both refused as internal, naming the topic");

@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::config::BrokerConfig;
+use super::data_dir::DataDirClaim;
 use super::error::{BrokerError, BrokerResult, ErrorCode};
 use super::partition::Partition;
 use crate::log::batch::BATCH_BYTES_MAX;
@@ -27,7 +28,6 @@ use crate::meta::MetaStore;
 use crate::proto;
 use crate::raft::{raft_config, Acks, Connections, GroupId, NodeId, ReplicaEnv, Router};
 use crate::sys::clock::Clock;
-use super::data_dir::DataDirClaim;
 use crate::sys::disk::Disk;
 use crate::sys::rng::random_u64;
 use crate::sys::task::blocking;

@@ -85,8 +85,7 @@ impl DataDirClaim {
 
 fn read_identity(disk: &dyn Disk, dir: &Path) -> BrokerResult<Option<Identity>> {
     let path = dir.join(IDENTITY_FILE);
-    let unreadable =
-        |why: String| BrokerError::new(ErrorCode::CorruptData, format!("{}: {why}", path.display()));
+    let unreadable = |why: String| BrokerError::new(ErrorCode::CorruptData, format!("{}: {why}", path.display()));
     let file = match disk.open(&path, false) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

@@ -141,7 +141,10 @@ impl Metrics {
                  at its last load: they did not decode as offset commits."
             );
             let skipped = groups.offsets_skipped();
-            let _ = writeln!(out, "# TYPE weir_group_offsets_skipped_records gauge\nweir_group_offsets_skipped_records {skipped}");
+            let _ = writeln!(
+                out,
+                "# TYPE weir_group_offsets_skipped_records gauge\nweir_group_offsets_skipped_records {skipped}"
+            );
         }
         out
     }

@@ -185,9 +185,9 @@ pub async fn serve_on(
     let (groups_tx, groups) = tokio::sync::watch::channel(None);
     let metrics = Arc::new(Metrics::default());
     let service = BrokerService::new(broker.clone(), groups.clone(), metrics.clone());
-    let metrics_server = listeners.metrics.map(|listener| {
-        AbortOnDrop(tokio::spawn(metrics::serve(listener, metrics, broker.clone(), groups.clone())))
-    });
+    let metrics_server = listeners
+        .metrics
+        .map(|listener| AbortOnDrop(tokio::spawn(metrics::serve(listener, metrics, broker.clone(), groups.clone()))));
     let gateway = listeners.http.map(|listener| {
         let own = broker.config().advertise.clone().unwrap_or_else(|| listen.to_string());
         AbortOnDrop(tokio::spawn(crate::gateway::serve(listener, own)))

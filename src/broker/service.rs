@@ -109,7 +109,10 @@ impl BrokerService {
                 return Err(match loading {
                     true => BrokerError::new(
                         ErrorCode::CoordinatorLoading,
-                        format!("broker {} is loading the committed offsets of {OFFSETS_TOPIC}/0", self.broker.broker_id()),
+                        format!(
+                            "broker {} is loading the committed offsets of {OFFSETS_TOPIC}/0",
+                            self.broker.broker_id()
+                        ),
                     ),
                     false => BrokerError::new(
                         ErrorCode::PartitionUnavailable,
@@ -305,7 +308,9 @@ impl groups_server::Groups for BrokerService {
         &self,
         request: Request<proto::SyncGroupRequest>,
     ) -> Result<Response<proto::SyncGroupResponse>, Status> {
-        with_groups!(self, request, |g| g.sync(request.get_ref()).map(|assignment| proto::SyncGroupResponse { assignment }))
+        with_groups!(self, request, |g| g
+            .sync(request.get_ref())
+            .map(|assignment| proto::SyncGroupResponse { assignment }))
     }
 
     async fn heartbeat(
@@ -326,7 +331,10 @@ impl groups_server::Groups for BrokerService {
         &self,
         request: Request<proto::CommitOffsetsRequest>,
     ) -> Result<Response<proto::CommitOffsetsResponse>, Status> {
-        with_groups!(self, request, |groups| groups.commit(request.into_inner()).await.map(|()| proto::CommitOffsetsResponse {}))
+        with_groups!(self, request, |groups| groups
+            .commit(request.into_inner())
+            .await
+            .map(|()| proto::CommitOffsetsResponse {}))
     }
 
     async fn fetch_offsets(

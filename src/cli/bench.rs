@@ -157,9 +157,9 @@ pub async fn run(command: BenchCommand) -> CliResult {
     };
     let report = measure(command).await?;
     if json {
-        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+        say!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(())
 }
@@ -508,9 +508,9 @@ impl Progress {
     }
 }
 
-fn print_report(report: &Report) {
+fn print_report(report: &Report) -> std::io::Result<()> {
     let rate = if report.rate == 0 { "open loop".to_owned() } else { format!("{} msg/s", report.rate) };
-    println!(
+    say!(
         "{} acks={}: {} messages of {} bytes in {:.2} s over {} partitions, {} producers, {} consumers, \
          batches up to {} bytes, linger {} ms, {rate}",
         report.mode,
@@ -525,7 +525,7 @@ fn print_report(report: &Report) {
         report.linger_ms
     );
     let l = &report.latency_ms;
-    println!(
+    say!(
         "  {:.0} msg/s  {:.1} MB/s  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}{}",
         report.messages_per_sec,
         report.megabytes_per_sec,
@@ -537,8 +537,9 @@ fn print_report(report: &Report) {
         if report.errors > 0 { format!("  ({} errors)", report.errors) } else { String::new() }
     );
     if let Some(error) = &report.first_error {
-        println!("  first error: {error}");
+        say!("  first error: {error}");
     }
+    Ok(())
 }
 
 #[cfg(test)]

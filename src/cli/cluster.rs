@@ -54,7 +54,7 @@ pub async fn run_partition(command: PartitionCommand, broker: &str) -> CliResult
     match command {
         PartitionCommand::Move { topic, partition, to, no_wait, timeout } => {
             let moved = client.move_partition(&topic, partition, to.clone()).await?;
-            println!("{topic}/{partition}: moving from {:?} to {:?}", moved.members, moved.replicas);
+            say!("{topic}/{partition}: moving from {:?} to {:?}", moved.members, moved.replicas);
             if no_wait {
                 return Ok(());
             }
@@ -64,7 +64,7 @@ pub async fn run_partition(command: PartitionCommand, broker: &str) -> CliResult
                 let described = client.describe_topic(&topic).await?;
                 let p = described.partitions.iter().find(|p| p.partition == partition).ok_or("partition vanished")?;
                 if sorted(&p.members) == target {
-                    println!("{topic}/{partition}: now on {:?} (leader {})", p.members, p.leader);
+                    say!("{topic}/{partition}: now on {:?} (leader {})", p.members, p.leader);
                     return Ok(());
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -209,43 +209,46 @@ async fn health(client: &Client, expected_brokers: Option<usize>, max_lag: u64) 
         survey(client, &views).await?.into_iter().flat_map(|topic| topic.partitions).collect();
     let problems = health_problems(&live, expected_brokers, &partitions, max_lag);
     if problems.is_empty() {
-        println!("healthy: {} live broker(s), {} partition(s) led and caught up", live.len(), partitions.len());
+        say!("healthy: {} live broker(s), {} partition(s) led and caught up", live.len(), partitions.len());
         return Ok(());
     }
-    println!("unhealthy:");
+    say!("unhealthy:");
     for problem in &problems {
-        println!("  {problem}");
+        say!("  {problem}");
     }
     Err(format!("{} problem(s) keep a broker from going down safely", problems.len()).into())
 }
 
 async fn status(client: &Client) -> CliResult {
     let cluster = client.describe_cluster().await?;
-    println!("{} live broker(s) (answered by broker {})", cluster.brokers.len(), cluster.answered_by);
+    say!("{} live broker(s) (answered by broker {})", cluster.brokers.len(), cluster.answered_by);
     match cluster.controller {
-        0 => println!("controller: none elected"),
-        id => println!("controller: broker {id} (epoch {})", cluster.controller_epoch),
+        0 => say!("controller: none elected"),
+        id => say!("controller: broker {id} (epoch {})", cluster.controller_epoch),
     }
     let mut views = Vec::new();
     for broker in &cluster.brokers {
-        println!("  broker {:>3}  {}", broker.id, broker.address);
+        say!("  broker {:>3}  {}", broker.id, broker.address);
         match client.via(&broker.address).await {
             Ok(view) => views.push((broker.id, view)),
-            Err(error) => println!("    (unreachable: {error})"),
+            Err(error) => say!("    (unreachable: {error})"),
         }
     }
     let mut leading: BTreeMap<u64, usize> = cluster.brokers.iter().map(|b| (b.id, 0)).collect();
     for TopicView { name, config, partitions } in survey(client, &views).await? {
         let Some(config) = config else { continue };
         let best: Vec<proto::PartitionDescription> = partitions.into_iter().map(|view| view.description).collect();
-        println!(
+        say!(
             "\ntopic {name}: {} partition(s), replication {}",
             config.partitions,
             best.first().map_or(0, |p| p.replicas.len())
         );
-        println!(
+        say!(
             "  {:>9}  {:>6}  {:<12}  {:>14}  lag (entries behind the leader)",
-            "partition", "leader", "replicas", "high_watermark"
+            "partition",
+            "leader",
+            "replicas",
+            "high_watermark"
         );
         for p in &best {
             let leader = if p.leader == 0 { "none".to_owned() } else { p.leader.to_string() };
@@ -258,7 +261,7 @@ async fn status(client: &Client) -> CliResult {
                 let members: Vec<String> = p.members.iter().map(u64::to_string).collect();
                 lag.push(format!("(moving from {})", members.join(",")));
             }
-            println!(
+            say!(
                 "  {:>9}  {:>6}  {:<12}  {:>14}  {}",
                 p.partition,
                 leader,
@@ -269,7 +272,7 @@ async fn status(client: &Client) -> CliResult {
         }
     }
     let spread: Vec<String> = leading.iter().map(|(id, n)| format!("{id}={n}")).collect();
-    println!("\npartitions led per broker: {}", spread.join(" "));
+    say!("\npartitions led per broker: {}", spread.join(" "));
     Ok(())
 }
 

@@ -23,7 +23,7 @@ pub async fn run(command: GroupCommand, broker: &str) -> CliResult {
     match command {
         GroupCommand::List => {
             for group in client.list_groups().await? {
-                println!(
+                say!(
                     "{}\t{}\tgeneration={}\tmembers={}\tlag={}",
                     group.group,
                     group.state,
@@ -35,7 +35,7 @@ pub async fn run(command: GroupCommand, broker: &str) -> CliResult {
         }
         GroupCommand::Describe { group } => {
             let group = client.describe_group(&group).await?;
-            println!(
+            say!(
                 "{}  state={} generation={} assignor={} lag={}",
                 group.group,
                 group.state,
@@ -46,13 +46,13 @@ pub async fn run(command: GroupCommand, broker: &str) -> CliResult {
             for member in &group.members {
                 let owned: Vec<String> =
                     member.assignment.iter().map(|tp| format!("{}/{}", tp.topic, tp.partition)).collect();
-                println!("  member {}  topics={}  owns={}", member.member_id, member.topics.join(","), owned.join(","));
+                say!("  member {}  topics={}  owns={}", member.member_id, member.topics.join(","), owned.join(","));
             }
-            println!("  {:<24} {:>9} {:>14} {:>9}  owner", "partition", "committed", "high_watermark", "lag");
+            say!("  {:<24} {:>9} {:>14} {:>9}  owner", "partition", "committed", "high_watermark", "lag");
             for p in &group.partitions {
                 let committed = p.committed_offset.map_or("-".to_owned(), |o| o.to_string());
                 let name = format!("{}/{}", p.topic, p.partition);
-                println!("  {name:<24} {committed:>9} {:>14} {:>9}  {}", p.high_watermark, p.lag, p.owner);
+                say!("  {name:<24} {committed:>9} {:>14} {:>9}  {}", p.high_watermark, p.lag, p.owner);
             }
         }
     }

@@ -2,6 +2,15 @@
 //! (`topic`, `produce`, `consume`). Settings come from flags, `WEIR_*`
 //! environment variables and, for `server`, a TOML config file.
 
+/// Prints a line to standard output. Writing fails with `BrokenPipe` once
+/// the reader has gone (`weir cluster status | head`); `main` ends the
+/// command quietly then instead of panicking as `println!` would.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))?
+    };
+}
+
 pub mod bench;
 mod cluster;
 mod consume;
@@ -179,6 +188,18 @@ impl ServerOverrides {
 }
 
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Writes one line to standard output (see [`say!`]).
+pub fn print_line(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{args}")
+}
+
+/// Whether `error` is standard output's reader having gone away.
+pub fn is_broken_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
 
 /// Runs a parsed command line; the error is printed by `main`.
 pub async fn run(cli: Cli) -> CliResult {

@@ -53,7 +53,7 @@ async fn dev_cluster(args: DevArgs) -> CliResult {
         if let Some(status) = process.exited()? {
             return Err(format!("etcd exited ({status}); see {}", process.log_path().display()).into());
         }
-        println!("etcd serving on {client} (data and log in {})", dir.display());
+        say!("etcd serving on {client} (data and log in {})", dir.display());
         etcd_process = Some(process);
         vec![client.to_string()]
     } else {
@@ -91,7 +91,7 @@ async fn dev_cluster(args: DevArgs) -> CliResult {
     for (broker, config, listeners) in brokers {
         let (listen, metrics, http) = (config.listen, config.metrics_listen, config.http_listen);
         let (metrics, http) = (metrics.expect("set above"), http.expect("set above"));
-        println!("broker {} serving on {listen} (metrics on {metrics}, HTTP gateway on {http})", broker.broker_id());
+        say!("broker {} serving on {listen} (metrics on {metrics}, HTTP gateway on {http})", broker.broker_id());
         addresses.push(listen.to_string());
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(async move {
@@ -103,17 +103,17 @@ async fn dev_cluster(args: DevArgs) -> CliResult {
         }));
     }
     let all = addresses.join(",");
-    println!("a {}-broker cluster is up; Ctrl-C or SIGTERM stops it. Try:", args.brokers);
-    println!("  weir topic create demo --partitions 6 --broker {all}");
-    println!("  weir cluster status --broker {all}");
+    say!("a {}-broker cluster is up; Ctrl-C or SIGTERM stops it. Try:", args.brokers);
+    say!("  weir topic create demo --partitions 6 --broker {all}");
+    say!("  weir cluster status --broker {all}");
     let signal = stop_requested().await;
-    println!("{signal}: stopping");
+    say!("{signal}: stopping");
     let _ = stop_tx.send(true);
     for server in servers {
         server.await.map_err(|e| e.to_string())??;
     }
     drop(etcd_process);
-    println!("stopped cleanly");
+    say!("stopped cleanly");
     Ok(())
 }
 
@@ -147,7 +147,7 @@ async fn start(config: BrokerConfig) -> CliResult {
     let opening = tokio::time::Instant::now();
     let broker = open_broker(config, real_disk(), system_clock()).await?;
     let description = broker.describe_broker();
-    println!(
+    say!(
         "weir {} broker {} serving on {listen} (data in {}, {} topics, {} partitions, opened in {:.1} s); \
          Ctrl-C or SIGTERM stops it",
         description.version,
@@ -158,22 +158,22 @@ async fn start(config: BrokerConfig) -> CliResult {
         opening.elapsed().as_secs_f64()
     );
     if let Some(metrics) = metrics {
-        println!("metrics on http://{metrics}/metrics");
+        say!("metrics on http://{metrics}/metrics");
     }
     if let Some(http) = http {
-        println!("HTTP gateway on http://{http}/v1");
+        say!("HTTP gateway on http://{http}/v1");
     }
-    println!("try: weir topic create demo --partitions 3 && echo hello | weir produce demo && weir consume demo --from beginning --max-messages 1");
+    say!("try: weir topic create demo --partitions 3 && echo hello | weir produce demo && weir consume demo --from beginning --max-messages 1");
     let stopping = std::sync::Arc::new(std::sync::Mutex::new(None));
     let stopped_at = stopping.clone();
     serve_on(broker, listeners, async move {
         let signal = stop_requested().await;
-        println!("{signal}: stopping");
+        eprintln!("{signal}: stopping");
         *stopped_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
     })
     .await
     .map_err(|e| e.to_string())?;
     let took = stopping.lock().unwrap_or_else(|p| p.into_inner()).map(|at| at.elapsed().as_secs_f64());
-    println!("stopped cleanly in {:.1} s", took.unwrap_or(0.0));
+    say!("stopped cleanly in {:.1} s", took.unwrap_or(0.0));
     Ok(())
 }

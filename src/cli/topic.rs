@@ -33,7 +33,7 @@ pub enum TopicCommand {
     Delete { name: String },
 }
 
-fn print_topic(topic: &proto::TopicDescription) {
+fn print_topic(topic: &proto::TopicDescription) -> std::io::Result<()> {
     let config = topic.config.unwrap_or_default();
     let retention = match (config.retention_ms, config.retention_bytes) {
         (None, None) => "default".to_owned(),
@@ -43,7 +43,7 @@ fn print_topic(topic: &proto::TopicDescription) {
             bytes.map(|b| format!("{b} bytes")).unwrap_or_default()
         ),
     };
-    println!("{}  partitions={}  retention={}", topic.name, config.partitions, retention.trim());
+    say!("{}  partitions={}  retention={}", topic.name, config.partitions, retention.trim());
     for p in &topic.partitions {
         let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
         let leader = if p.leader == 0 { "?".to_owned() } else { p.leader.to_string() };
@@ -53,7 +53,7 @@ fn print_topic(topic: &proto::TopicDescription) {
             (false, 0) => String::new(),
             (false, n) => format!("  repairs={n}"),
         };
-        println!(
+        say!(
             "  partition {:>3}  leader={leader} replicas=[{}] start={} high_watermark={} end={} bytes={} segments={}{repairs}",
             p.partition,
             replicas.join(","),
@@ -64,6 +64,7 @@ fn print_topic(topic: &proto::TopicDescription) {
             p.segments
         );
     }
+    Ok(())
 }
 
 pub async fn run(command: TopicCommand, broker: &str) -> CliResult {
@@ -73,17 +74,17 @@ pub async fn run(command: TopicCommand, broker: &str) -> CliResult {
             let config =
                 proto::TopicConfig { partitions, retention_ms, retention_bytes, segment_bytes, replication_factor };
             let topic = client.create_topic(&name, config).await?;
-            println!("created topic {} with {} partition(s)", topic.name, topic.partitions.len());
+            say!("created topic {} with {} partition(s)", topic.name, topic.partitions.len());
         }
         TopicCommand::List => {
             for topic in client.list_topics().await? {
-                println!("{}\t{} partition(s)", topic.name, topic.partitions.len());
+                say!("{}\t{} partition(s)", topic.name, topic.partitions.len());
             }
         }
-        TopicCommand::Describe { name } => print_topic(&client.describe_topic(&name).await?),
+        TopicCommand::Describe { name } => print_topic(&client.describe_topic(&name).await?)?,
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;
-            println!("deleted topic {name}");
+            say!("deleted topic {name}");
         }
     }
     Ok(())

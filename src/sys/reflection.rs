@@ -9,8 +9,10 @@ use tonic::transport::server::Router;
 /// grpcurl) still speak.
 #[cfg(not(madsim))]
 pub fn with_reflection(router: Router) -> Router {
-    let builder =
-        || tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET);
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+    };
     let v1 = builder().build_v1().expect("weir's own descriptor set is valid");
     let v1alpha = builder().build_v1alpha().expect("weir's own descriptor set is valid");
     router.add_service(v1).add_service(v1alpha)

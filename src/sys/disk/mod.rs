@@ -33,7 +33,6 @@ use std::sync::Arc;
 pub use real::RealDisk;
 pub use sim::{SimDisk, SimDiskFaults};
 
-
 /// A file opened for reading and writing at explicit positions.
 #[allow(clippy::len_without_is_empty)] // a file length, not a collection
 pub trait DiskFile: Send + Sync + Debug {
