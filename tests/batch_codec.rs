@@ -108,3 +108,34 @@ fn a_valid_crc_over_inconsistent_records_is_still_refused() {
     let err = Batch::decode(Bytes::from(bytes)).expect_err("record count mismatch");
     assert!(matches!(err, BatchError::Malformed(_)), "{err:?}");
 }
+
+/// Rewrites a built batch's header field at `at` and re-seals both CRCs, so
+/// only the field's meaning can make it invalid.
+fn resealed(batch: &Batch, edit: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut bytes = batch.as_bytes().to_vec();
+    edit(&mut bytes);
+    let body_crc = crc32c::crc32c(&bytes[74..]);
+    bytes[36..40].copy_from_slice(&body_crc.to_le_bytes());
+    let head_crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &bytes[28..74]);
+    bytes[24..28].copy_from_slice(&head_crc.to_le_bytes());
+    Bytes::from(bytes)
+}
+
+/// Before: a batch with a compression or transaction bit weir does not
+/// define was stored and served as plain records.
+#[test]
+fn attribute_bits_weir_does_not_define_are_refused() {
+    let batch = build(&[Record { value: Some(Bytes::from_static(b"v")), ..Record::default() }], None);
+    assert!(Batch::decode(resealed(&batch, |_| {})).is_ok(), "resealing alone keeps it valid");
+    for bit in 0..16 {
+        let flagged = resealed(&batch, |b| b[34..36].copy_from_slice(&(1u16 << bit).to_le_bytes()));
+        let error = Batch::decode(flagged).unwrap_err();
+        assert!(matches!(&error, BatchError::Malformed(m) if m.contains("attributes")), "bit {bit}: {error}");
+    }
+    let reserved = resealed(&batch, |b| b[33] = 1);
+    assert!(Batch::decode(reserved).is_err(), "the reserved byte must be 0");
+    // The first record's attributes byte follows its one-byte length.
+    let record_flagged = resealed(&batch, |b| b[75] = 0x04);
+    let error = Batch::decode(record_flagged).unwrap_err();
+    assert!(matches!(&error, BatchError::Malformed(m) if m.contains("attributes")), "{error}");
+}

@@ -285,6 +285,31 @@ async fn bad_input_gets_typed_errors_and_loses_nothing() {
             };
             assert_eq!(raw.produce(damaged).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
+            tracing::info!("a negative timestamp, as a record and inside a batch");
+            let before_epoch = proto::Record { timestamp_ms: -5, ..record("early".into()) };
+            let refused = client.produce("good", 0, vec![before_epoch], Acks::All).await;
+            assert_eq!(code(refused), ErrorCode::InvalidRequest);
+            let mut builder = BatchBuilder::new();
+            builder.push(&Record { timestamp_ms: -5, value: Some("early".into()), ..Record::default() });
+            let refused = client.produce_batch("good", 0, &builder.build().unwrap(), Acks::All).await;
+            assert_eq!(code(refused), ErrorCode::InvalidBatch);
+
+            // The simulator's transport has no decode limit to exceed.
+            #[cfg(not(madsim))]
+            {
+                tracing::info!("a request over the gRPC decode limit: MESSAGE_TOO_LARGE, not a bare OUT_OF_RANGE");
+                let huge = proto::ProduceRequest {
+                    topic: "good".into(),
+                    partition: 0,
+                    batch: vec![0; 18 << 20].into(),
+                    ..Default::default()
+                };
+                let status = raw.produce(huge).await.unwrap_err();
+                assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+                assert_eq!(status.metadata().get("weir-error").unwrap(), "MESSAGE_TOO_LARGE");
+                assert!(status.message().contains("the limit is"), "{}", status.message());
+            }
+
             tracing::info!("nothing was lost and the broker keeps serving");
             client.produce("good", 0, vec![record("still here".into())], Acks::All).await.unwrap();
             let values: Vec<String> = read_all(&client, "good", 0, 0).await.iter().map(value).collect();
@@ -358,6 +383,24 @@ async fn services_are_listed_by_reflection() {
     for service in ["weir.v1.Admin", "weir.v1.Producer", "weir.v1.Consumer"] {
         assert!(names.iter().any(|n| n == service), "{service} missing from {names:?}");
     }
+
+    // Before: only v1 was served; Python's grpcio-reflection speaks v1alpha.
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", broker.address)).unwrap().connect().await.unwrap();
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
+    let mut alpha = AlphaClient::new(channel);
+    let mut responses = alpha.server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
+    let response = responses.message().await.unwrap().expect("one answer");
+    let Some(AlphaResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected v1alpha reflection answer: {response:?}");
+    };
+    assert!(list.service.iter().any(|s| s.name == "weir.v1.Producer"), "{list:?}");
 }
 
 /// Receives pushes until `count` records arrived; fails if more arrive.
@@ -435,6 +478,36 @@ async fn push_honours_byte_credit() {
                 3,
                 "the rest of the credit plus 50 bytes fit one more"
             );
+        })
+        .await;
+}
+
+/// Before: a record larger than the byte credit left never arrived and
+/// nothing was said; the subscription stalled for good.
+#[tokio::test]
+async fn push_delivers_a_record_larger_than_the_byte_credit() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("large", topic_config(1)).await.unwrap();
+            let records = vec![record("s".repeat(10)), record("L".repeat(5_000)), record("t".repeat(10))];
+            client.produce("large", 0, records, Acks::All).await.unwrap();
+
+            tracing::info!("credit for 100 bytes: the small record, then nothing until the next grant");
+            let credit = proto::Credit { messages: 10, bytes: 100 };
+            let mut subscription = client.subscribe("large", 0, 0, credit).await.unwrap();
+            assert_eq!(receive(&mut subscription, 1).await[0].offset, 0);
+            assert_silent(&mut subscription).await;
+
+            tracing::info!("any grant lets the 5,000-byte record through, and only it");
+            subscription.grant(0, 1).await.unwrap();
+            let large = receive(&mut subscription, 1).await;
+            assert_eq!((large[0].offset, large[0].value.as_ref().map(Vec::len)), (1, Some(5_000)));
+            assert_silent(&mut subscription).await;
+            subscription.grant(0, 10).await.unwrap();
+            assert_eq!(receive(&mut subscription, 1).await[0].offset, 2);
         })
         .await;
 }

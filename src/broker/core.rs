@@ -929,16 +929,18 @@ impl Broker {
                 }
                 let batch = Batch::decode(request.batch.clone())
                     .map_err(|e| BrokerError::new(ErrorCode::InvalidBatch, e.to_string()))?;
-                for record in batch.records() {
+                for (index, record) in batch.records().enumerate() {
                     let record = record.map_err(|e| BrokerError::new(ErrorCode::InvalidBatch, e.to_string()))?;
                     check_record_size(&record, message_bytes_max)?;
+                    check_timestamp(index, record.timestamp_ms, ErrorCode::InvalidBatch)?;
                 }
                 Ok(batch)
             }
             (false, true) => {
                 let now_ms = self.clock.now_ms();
                 let mut builder = BatchBuilder::new();
-                for record in &request.records {
+                for (index, record) in request.records.iter().enumerate() {
+                    check_timestamp(index, record.timestamp_ms, ErrorCode::InvalidRequest)?;
                     let record = Record {
                         offset: 0,
                         timestamp_ms: if record.timestamp_ms == 0 { now_ms } else { record.timestamp_ms },
@@ -1259,6 +1261,20 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// Record timestamps are milliseconds since the Unix epoch: a negative one
+/// is refused (retention and time lookups assume none).
+fn check_timestamp(index: usize, timestamp_ms: i64, code: ErrorCode) -> BrokerResult<()> {
+    if timestamp_ms < 0 {
+        return Err(BrokerError::new(
+            code,
+            format!(
+                "record {index} has timestamp {timestamp_ms} ms, before the Unix epoch (0 means the broker's time)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_record_size(record: &Record, limit: usize) -> BrokerResult<()> {

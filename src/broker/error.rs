@@ -89,6 +89,23 @@ impl BrokerError {
     }
 }
 
+/// A status the gRPC transport produced before weir saw the request,
+/// typed as weir's: a request over the decode limit is MESSAGE_TOO_LARGE
+/// (tonic answers a bare `OUT_OF_RANGE`, the code weir uses for an offset
+/// out of range). Everything else passes unchanged (`None`).
+pub fn typed_transport_status(status: &Status) -> Option<Status> {
+    let too_large = status.code() == Code::OutOfRange
+        && status.metadata().get(ERROR_CODE_METADATA).is_none()
+        && status.message().contains("message length too large");
+    too_large.then(|| {
+        BrokerError::new(
+            ErrorCode::MessageTooLarge,
+            format!("the request is larger than this broker accepts: {}", status.message()),
+        )
+        .into()
+    })
+}
+
 impl From<BrokerError> for Status {
     fn from(error: BrokerError) -> Self {
         let mut status = Status::new(BrokerError::grpc_code(error.code), error.message);

@@ -199,6 +199,7 @@ pub async fn serve_on(
     let group_ticks = AbortOnDrop(tokio::spawn(run_groups(broker.clone(), groups_tx)));
     tracing::info!(%listen, "weir broker serving");
     let router = tonic::transport::Server::builder()
+        .layer(listener::StatusRewriteLayer { rewrite: super::error::typed_transport_status })
         .add_service(AdminServer::new(service.clone()).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX))
         .add_service(
             ProducerServer::new(service.clone())

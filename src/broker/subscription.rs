@@ -20,11 +20,20 @@ use crate::proto::{self, subscribe_request};
 const READ_BYTES_MAX: u64 = 1 << 20;
 
 /// What a subscriber still allows the broker to send.
+///
+/// Message credit is a hard limit. Byte credit is one too, with the
+/// exception Kafka's fetch makes for its byte limit: a single record larger
+/// than the byte credit left is still sent if nothing was sent since the
+/// subscriber last granted credit. Otherwise a record larger than any
+/// credit the subscriber grants at a time would stall the stream for good,
+/// silently; this way each grant moves it on by at least one record.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     messages: u64,
     /// `None` until the first byte credit: until then only messages count.
     bytes: Option<u64>,
+    /// Whether a record went out since the last grant.
+    sent_since_grant: bool,
 }
 
 impl Budget {
@@ -33,19 +42,23 @@ impl Budget {
         if credit.bytes > 0 {
             self.bytes = Some(self.bytes.unwrap_or(0).saturating_add(credit.bytes));
         }
+        if credit.messages > 0 || credit.bytes > 0 {
+            self.sent_since_grant = false;
+        }
     }
 
     /// Whether a record of `size` bytes may be sent now.
     pub fn allows(&self, size: u64) -> bool {
-        self.messages > 0 && self.bytes.is_none_or(|bytes| bytes >= size)
+        self.messages > 0 && (self.bytes.is_none_or(|bytes| bytes >= size) || !self.sent_since_grant)
     }
 
     pub fn spend(&mut self, size: u64) {
         assert!(self.allows(size), "spending credit that was not granted");
         self.messages -= 1;
         if let Some(bytes) = self.bytes.as_mut() {
-            *bytes -= size;
+            *bytes = bytes.saturating_sub(size);
         }
+        self.sent_since_grant = true;
     }
 
     fn read_bytes(&self) -> u64 {
@@ -126,8 +139,9 @@ impl Broker {
                     }
                     continue;
                 }
-                // The next record is larger than the byte credit left:
-                // nothing moves until the subscriber grants more.
+                // The next record is larger than the byte credit left
+                // and one went out since the last grant: the next grant
+                // lets it through.
             }
             let wait_for_data = !readable && budget.allows(0);
             tokio::select! {
@@ -193,15 +207,42 @@ mod tests {
     fn budget_counts_messages_and_bytes() {
         let mut budget = Budget::default();
         assert!(!budget.allows(0), "nothing granted, nothing sent");
-        budget.grant(&proto::Credit { messages: 2, bytes: 0 });
+        budget.grant(&proto::Credit { messages: 3, bytes: 0 });
         assert!(budget.allows(1_000_000), "no byte credit granted yet: only messages count");
         budget.spend(10);
         budget.grant(&proto::Credit { messages: 0, bytes: 15 });
         assert!(budget.allows(15));
-        assert!(!budget.allows(16));
-        budget.spend(15);
-        assert!(!budget.allows(0), "both budgets spent");
+        budget.spend(5);
+        assert!(budget.allows(10) && !budget.allows(11), "after a send, the byte credit left is the limit");
+        budget.spend(10);
+        assert!(!budget.allows(0), "the byte credit is spent");
         budget.grant(&proto::Credit { messages: 1, bytes: 0 });
-        assert!(budget.allows(0) && !budget.allows(1), "byte limit stays once granted");
+        assert!(budget.allows(1_000), "a grant lets one record through, however large");
+        budget.spend(1_000);
+        assert!(!budget.allows(0), "both budgets spent");
+    }
+
+    /// Before: a record larger than the byte credit left was never sent
+    /// and nothing was said; the subscription stalled for good.
+    #[test]
+    fn a_record_larger_than_the_byte_credit_still_moves_the_stream() {
+        let mut budget = Budget::default();
+        budget.grant(&proto::Credit { messages: 10, bytes: 100 });
+        assert!(budget.allows(500), "nothing sent since the grant: the large record goes");
+        budget.spend(500);
+        assert!(!budget.allows(1), "then the byte credit is spent");
+        budget.grant(&proto::Credit { messages: 0, bytes: 50 });
+        assert!(budget.allows(500), "the next grant moves it on by one more record");
+        budget.spend(500);
+        assert!(!budget.allows(1));
+    }
+
+    #[test]
+    fn message_credit_stays_a_hard_limit() {
+        let mut budget = Budget::default();
+        budget.grant(&proto::Credit { messages: 1, bytes: 1_000 });
+        budget.spend(1);
+        budget.grant(&proto::Credit { messages: 0, bytes: 1_000 });
+        assert!(!budget.allows(1), "no message credit left, whatever the bytes");
     }
 }

@@ -41,7 +41,7 @@ async fn dev_cluster(args: DevArgs) -> CliResult {
         let peer: SocketAddr = "127.0.0.1:2380".parse().expect("valid address");
         // An etcd already there would answer the probe below in place of
         // the one started here, which would then exit unseen.
-        for taken in [client, peer].into_iter().filter(|a| port_taken(*a)) {
+        if let Some(taken) = [client, peer].into_iter().find(|a| port_taken(*a)) {
             return Err(format!(
                 "cannot start etcd: {taken} is in use (another etcd?); stop it, or use it with --etcd 127.0.0.1:2379"
             )

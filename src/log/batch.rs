@@ -53,6 +53,13 @@ pub const BATCH_BYTES_MAX: usize = 16 << 20;
 /// `producer_id` of a batch from a producer that is not idempotent.
 pub const PRODUCER_ID_NONE: i64 = -1;
 
+/// Batch attribute bits weir defines (none yet: compression and
+/// transactions will take some). A batch with any other bit set is
+/// refused, never read as plain records it may not be.
+pub const BATCH_ATTRIBUTES_KNOWN: u16 = 0;
+/// Record attribute bits weir defines (none yet).
+pub const RECORD_ATTRIBUTES_KNOWN: u8 = 0;
+
 const HEAD_CRC_AT: usize = 24;
 const BODY_CRC_AT: usize = 36;
 
@@ -153,6 +160,15 @@ impl BatchHeader {
         }
         if h[32] != BATCH_VERSION {
             return Err(BatchError::UnsupportedVersion(h[32]));
+        }
+        if h[33] != 0 {
+            return Err(BatchError::Malformed(format!("reserved header byte is {}, not 0", h[33])));
+        }
+        let attributes = le_u16(h, 34);
+        if attributes & !BATCH_ATTRIBUTES_KNOWN != 0 {
+            return Err(BatchError::Malformed(format!(
+                "batch attributes {attributes:#06x} set bits weir does not define"
+            )));
         }
         let batch_len = le_u32(h, 28);
         if (batch_len as usize) < BATCH_HEADER_BYTES || batch_len as usize > BATCH_BYTES_MAX {
@@ -373,7 +389,13 @@ impl RecordIter<'_> {
         let len = usize::try_from(self.reader.u64()?).map_err(|_| BatchError::Malformed("record too long".into()))?;
         let body = self.reader.bytes(len)?;
         let mut r = Reader::new(body);
-        let _attributes = r.u8()?;
+        let attributes = r.u8()?;
+        if attributes & !RECORD_ATTRIBUTES_KNOWN != 0 {
+            return Err(BatchError::Malformed(format!(
+                "record {} has attributes {attributes:#04x}, bits weir does not define",
+                self.index
+            )));
+        }
         let timestamp_delta = r.i64()?;
         let offset_delta = r.u64()?;
         if offset_delta != self.index {

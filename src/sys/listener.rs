@@ -65,7 +65,7 @@ impl GrpcListener {
     /// finish.
     pub async fn serve(
         self,
-        router: Router,
+        router: LayeredRouter,
         signal: impl std::future::Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         #[cfg(not(madsim))]
@@ -76,5 +76,64 @@ impl GrpcListener {
         {
             router.serve_with_shutdown(self.addr, signal).await
         }
+    }
+}
+
+/// Rewrites, at the transport, statuses a gRPC server's own machinery
+/// produces before a handler runs (a request over the decode limit comes
+/// back as a bare `OUT_OF_RANGE`), so callers see weir's typed errors.
+pub type StatusRewrite = fn(&tonic::Status) -> Option<tonic::Status>;
+
+/// The broker's router: its services behind [`StatusRewriteLayer`].
+pub type LayeredRouter = Router<tower::layer::util::Stack<StatusRewriteLayer, tower::layer::util::Identity>>;
+
+/// A server layer that applies a [`StatusRewrite`] to every status
+/// returned in a response's headers. (The simulator's transport takes no
+/// layers: there it does nothing.)
+#[derive(Debug, Clone, Copy)]
+pub struct StatusRewriteLayer {
+    pub rewrite: StatusRewrite,
+}
+
+impl<S> tower::Layer<S> for StatusRewriteLayer {
+    type Service = StatusRewriteService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StatusRewriteService { inner, rewrite: self.rewrite }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StatusRewriteService<S> {
+    inner: S,
+    rewrite: StatusRewrite,
+}
+
+#[cfg(not(madsim))]
+impl<S, Request, Body> tower::Service<Request> for StatusRewriteService<S>
+where
+    S: tower::Service<Request, Response = tonic::codegen::http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let (called, rewrite) = (self.inner.call(request), self.rewrite);
+        Box::pin(async move {
+            let mut response = called.await?;
+            let replaced = tonic::Status::from_header_map(response.headers()).and_then(|status| rewrite(&status));
+            if let Some(replaced) = replaced {
+                let headers = response.headers_mut();
+                headers.remove("grpc-status-details-bin");
+                let _ = replaced.add_header(headers);
+            }
+            Ok(response)
+        })
     }
 }

@@ -2,7 +2,7 @@
 //! weir's services without the proto file. Real network only: the
 //! simulator's transport has nothing to reflect for.
 
-use tonic::transport::server::Router;
+use super::listener::LayeredRouter as Router;
 
 /// Both versions of the reflection service: `grpc.reflection.v1`, and
 /// `v1alpha`, which many clients (Python's grpcio-reflection, older
