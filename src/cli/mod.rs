@@ -150,7 +150,7 @@ pub struct ServerOverrides {
 pub struct AddressOrOff(pub Option<SocketAddr>);
 
 impl std::str::FromStr for AddressOrOff {
-    type Err = std::net::AddrParseError;
+    type Err = std::net::AddrParseError; // seam: a parse error type, no socket
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
