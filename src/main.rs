@@ -1,8 +1,11 @@
 use clap::Parser;
 
 /// Warnings, but not openraft's note that nobody waited for an answer
-/// (what `acks=leader` and `acks=none` mean to do).
-const DEFAULT_LOG_FILTER: &str = "warn,openraft::raft::responder=error";
+/// (what `acks=leader` and `acks=none` mean to do), nor its replication
+/// errors: one line per group per retry while a peer is down (hundreds of
+/// megabytes with 1,000 partitions). weir logs a peer that does not answer
+/// as one condition instead (src/raft/reachability.rs).
+const DEFAULT_LOG_FILTER: &str = "warn,openraft::raft::responder=error,openraft::replication=off";
 
 #[tokio::main]
 async fn main() {

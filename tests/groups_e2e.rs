@@ -612,3 +612,35 @@ async fn clients_cannot_delete_or_write_the_offsets_topic() {
         })
         .await;
 }
+
+/// Before: a poll returned one partition's records even when several had
+/// data (the HTTP gateway's group consumers inherited it).
+#[tokio::test]
+async fn one_poll_returns_records_of_every_partition_with_data() {
+    let broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    broker
+        .run(async move {
+            tracing::info!("set up: three partitions with data, one member owning them all");
+            let client = connect(&address).await;
+            client.create_topic("spread", proto::TopicConfig { partitions: 3, ..Default::default() }).await.unwrap();
+            produce_numbered(&client, "spread", 3, 30).await;
+            let mut consumer = GroupConsumer::join(client.clone(), config("spread-group", &["spread"])).await.unwrap();
+
+            tracing::info!("act: poll until something arrives");
+            let mut polled = Vec::new();
+            for _ in 0..ROUNDS_MAX {
+                polled = consumer.poll(POLL).await.unwrap();
+                if !polled.is_empty() {
+                    break;
+                }
+            }
+
+            tracing::info!("check: that one poll holds all 30 records, from all three partitions");
+            let partitions: BTreeSet<u32> = polled.iter().map(|c| c.partition).collect();
+            assert_eq!(partitions, BTreeSet::from([0, 1, 2]));
+            assert_eq!(polled.len(), 30);
+            assert_partition_order(&polled);
+        })
+        .await;
+}

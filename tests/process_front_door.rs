@@ -373,3 +373,114 @@ fn http_get(at: SocketAddr, path: &str) -> Result<String, String> {
         false => Err(format!("GET {path}: {}", response.lines().next().unwrap_or(""))),
     }
 }
+
+/// The fenced block that follows `<!-- readme-test: NAME -->` in README.md.
+fn readme_block(name: &str) -> String {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let marker = format!("<!-- readme-test: {name} -->");
+    let after = &readme[readme.find(&marker).unwrap_or_else(|| panic!("README has no {marker}")) + marker.len()..];
+    let body = &after[after.find('\n').unwrap() + 1..];
+    let body = &body[body.find('\n').unwrap() + 1..]; // past the opening fence
+    body[..body.find("\n```").expect("a closing fence")].to_owned()
+}
+
+/// Polls `weir cluster health --brokers N` until it passes.
+fn wait_healthy(brokers: usize, bootstrap: &str) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..600 {
+        let output = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["cluster", "health", "--brokers", &brokers.to_string(), "--broker", bootstrap])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if output.status.success() {
+            return Ok(());
+        }
+        last = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(last)
+}
+
+/// Before: README had neither a `weir server` config nor the recipe for
+/// brokers as separate processes on one host. Both run here as written:
+/// the recipe's three brokers form a healthy cluster, and a fourth broker
+/// started from the config example (with overrides for this host) joins it.
+#[test]
+fn the_readme_config_and_process_recipe_run_as_written() {
+    init_tracing();
+    let dir = TempDir::new("readme");
+    if Command::new("etcd").arg("--version").output().is_err() {
+        panic!("etcd is not installed (Debian: etcd-server; .ci/setup installs it)");
+    }
+
+    tracing::info!("the config example is a valid BrokerConfig");
+    let example = readme_block("server-config");
+    let config: weir::broker::BrokerConfig = toml::from_str(&example).expect("README's config parses");
+    assert_eq!((config.broker_id, config.etcd.len(), config.http_listen), (1, 3, None));
+
+    tracing::info!("the process recipe, run by bash with weir on PATH, in its own process group");
+    let bin = dir.0.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_weir"), bin.join("weir")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    use std::os::unix::process::CommandExt;
+    let mut recipe = Command::new("bash")
+        .arg("-c")
+        .arg(readme_block("process-cluster"))
+        .current_dir(&dir.0)
+        .env("PATH", &path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = recipe.id();
+    let _stop = StopGroup(group);
+    let _ = recipe.wait(); // its last command may run before the brokers are up
+
+    let bootstrap = "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096";
+    if let Err(problems) = wait_healthy(3, bootstrap) {
+        let logs: String = (1..=3)
+            .map(|i| fs::read_to_string(dir.0.join(format!("weir-cluster/broker-{i}.log"))).unwrap_or_default())
+            .collect();
+        panic!("the recipe's cluster never became healthy: {problems}\n{logs}");
+    }
+
+    tracing::info!("a fourth broker from the config example, overridden for this host, joins");
+    let config_path = dir.0.join("weir.toml");
+    fs::write(&config_path, &example).unwrap();
+    let listen = "127.0.0.1:9098".to_owned();
+    let env = [
+        ("WEIR_BROKER_ID", "4".to_owned()),
+        ("WEIR_DATA_DIR", dir.0.join("broker-4").display().to_string()),
+        ("WEIR_LISTEN", listen.clone()),
+        ("WEIR_ADVERTISE", listen.clone()),
+        ("WEIR_METRICS_LISTEN", "127.0.0.1:9099".to_owned()),
+        ("WEIR_ETCD", "127.0.0.1:2379".to_owned()),
+    ];
+    let mut fourth = Server::start(&config_path, &env, "fourth");
+    fourth.wait_serving();
+    if let Err(problems) = wait_healthy(4, bootstrap) {
+        panic!("the fourth broker did not join: {problems}\n{}", fourth.stderr());
+    }
+    assert!(fourth.signal_and_wait("TERM").success());
+}
+
+/// Kills, by PID, every process left in a process group when dropped: what
+/// a recipe started in the background stops with the test.
+struct StopGroup(u32);
+
+impl Drop for StopGroup {
+    fn drop(&mut self) {
+        assert!(self.0 > 1, "a process group of our own");
+        let Ok(listed) = Command::new("pgrep").arg("-g").arg(self.0.to_string()).output() else { return };
+        for pid in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            if pid.parse::<u32>().is_ok_and(|pid| pid > 1 && pid != std::process::id()) {
+                let _ = Command::new("kill").arg("-9").arg(pid).status();
+            }
+        }
+    }
+}

@@ -67,9 +67,34 @@ pub async fn open_broker(
             .map_err(|e| BrokerError::new(ErrorCode::MetadataUnavailable, e.to_string()))?;
         Arc::new(store)
     } else {
-        Arc::new(EtcdStore::connect(config.etcd.clone(), &config.cluster_name).await?)
+        Arc::new(connect_etcd(&config).await?)
     };
     Broker::open(config, store, disk, clock, claim).await
+}
+
+/// How long a starting broker waits for etcd to answer: brokers and etcd
+/// often start together (a host boots, a recipe starts them all at once).
+const ETCD_STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const ETCD_STARTUP_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Connects to the cluster's etcd, waiting up to [`ETCD_STARTUP_WAIT`] for
+/// it to answer (said once, at WARN, while it does not).
+async fn connect_etcd(config: &BrokerConfig) -> BrokerResult<EtcdStore> {
+    let deadline = tokio::time::Instant::now() + ETCD_STARTUP_WAIT;
+    let mut said = false;
+    loop {
+        match EtcdStore::connect(config.etcd.clone(), &config.cluster_name).await {
+            Ok(store) => return Ok(store),
+            Err(error) if tokio::time::Instant::now() + ETCD_STARTUP_RETRY < deadline => {
+                if !said {
+                    tracing::warn!(%error, "waiting up to {ETCD_STARTUP_WAIT:?} for etcd");
+                    said = true;
+                }
+                tokio::time::sleep(ETCD_STARTUP_RETRY).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// The internal topic that holds committed offsets.

@@ -4,6 +4,7 @@ use clap::Subcommand;
 
 use super::CliResult;
 use crate::client::Client;
+use crate::group::coordinator::generation_label;
 use crate::proto;
 
 #[derive(Debug, Subcommand)]
@@ -27,7 +28,7 @@ pub async fn run(command: GroupCommand, broker: &str) -> CliResult {
                     "{}\t{}\tgeneration={}\tmembers={}\tlag={}",
                     group.group,
                     group.state,
-                    group.generation,
+                    generation_label(group.generation),
                     group.members.len(),
                     total_lag(&group)
                 );
@@ -39,7 +40,7 @@ pub async fn run(command: GroupCommand, broker: &str) -> CliResult {
                 "{}  state={} generation={} assignor={} lag={}",
                 group.group,
                 group.state,
-                group.generation,
+                generation_label(group.generation),
                 group.assignor,
                 total_lag(&group)
             );

@@ -445,31 +445,70 @@ impl GroupConsumer {
             return self.poll_pushed(window, max_wait).await;
         }
         let partitions: Vec<(String, u32)> = self.positions.keys().cloned().collect();
+        // First every assigned partition without waiting, from the next one
+        // on (so none starves), filling up to the byte budget: records of
+        // several partitions in one poll. Only if none has any, long-poll
+        // them in turn, each for its share of the wait.
+        self.next_partition = (self.next_partition + 1) % partitions.len();
+        let order: Vec<(String, u32)> =
+            (0..partitions.len()).map(|i| partitions[(self.next_partition + i) % partitions.len()].clone()).collect();
+        let mut budget = self.config.fetch_bytes_max;
+        let mut consumed = Vec::new();
+        for (topic, partition) in &order {
+            if budget == 0 {
+                break;
+            }
+            let records = self.fetch_from(topic, *partition, budget, Duration::ZERO).await?;
+            budget = budget.saturating_sub(records.iter().map(|c| consumed_bytes(&c.record)).sum::<u32>());
+            consumed.extend(records);
+        }
+        if !consumed.is_empty() {
+            return Ok(consumed);
+        }
         let wait = max_wait / partitions.len() as u32;
-        for _ in 0..partitions.len() {
-            self.next_partition = (self.next_partition + 1) % partitions.len();
-            let (topic, partition) = partitions[self.next_partition].clone();
-            let offset = self.positions[&(topic.clone(), partition)];
-            let response = match self.client.fetch(&topic, partition, offset, self.config.fetch_bytes_max, wait).await {
-                // The topic went away or shrank: the next rebalance drops it.
-                Err(error) if matches!(error.code(), Some(ErrorCode::UnknownTopic | ErrorCode::UnknownPartition)) => {
-                    continue
-                }
-                other => other?,
-            };
-            self.positions.insert((topic.clone(), partition), response.next_offset);
-            if !response.records.is_empty() {
-                self.uncommitted = true;
-                return Ok(response
-                    .records
-                    .into_iter()
-                    .map(|record| Consumed { topic: topic.clone(), partition, record })
-                    .collect());
+        for (topic, partition) in &order {
+            let records = self.fetch_from(topic, *partition, self.config.fetch_bytes_max, wait).await?;
+            if !records.is_empty() {
+                return Ok(records);
             }
         }
         Ok(Vec::new())
     }
 
+    /// Fetches from one assigned partition at its position (waiting up to
+    /// `wait` for data) and moves the position past what came back.
+    async fn fetch_from(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        max_bytes: u32,
+        wait: Duration,
+    ) -> ClientResult<Vec<Consumed>> {
+        let offset = self.positions[&(topic.to_owned(), partition)];
+        let response = match self.client.fetch(topic, partition, offset, max_bytes, wait).await {
+            // The topic went away or shrank: the next rebalance drops it.
+            Err(error) if matches!(error.code(), Some(ErrorCode::UnknownTopic | ErrorCode::UnknownPartition)) => {
+                return Ok(Vec::new())
+            }
+            other => other?,
+        };
+        self.positions.insert((topic.to_owned(), partition), response.next_offset);
+        if !response.records.is_empty() {
+            self.uncommitted = true;
+        }
+        Ok(response.records.into_iter().map(|record| Consumed { topic: topic.to_owned(), partition, record }).collect())
+    }
+}
+
+/// The bytes a consumed record counts against a poll's budget.
+fn consumed_bytes(record: &proto::Record) -> u32 {
+    let key = record.key.as_ref().map_or(0, Vec::len);
+    let value = record.value.as_ref().map_or(0, Vec::len);
+    let headers: usize = record.headers.iter().map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len)).sum();
+    u32::try_from(key + value + headers).unwrap_or(u32::MAX)
+}
+
+impl GroupConsumer {
     /// Commits (with auto-commit) and leaves the group, so the others
     /// rebalance at once instead of after the session timeout.
     pub async fn close(mut self) -> ClientResult<()> {

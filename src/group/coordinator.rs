@@ -134,6 +134,20 @@ fn to_proto(partitions: &[TopicPartition]) -> Vec<proto::TopicPartition> {
     partitions.iter().map(|tp| proto::TopicPartition { topic: tp.topic.clone(), partition: tp.partition }).collect()
 }
 
+/// A generation's high 32 bits are the Raft term of the coordinator that
+/// handed it out (see [`GroupCoordinator::new`]); the low 32 count within it.
+const GENERATION_TERM_SHIFT: u32 = 32;
+
+/// A generation as a person reads it: `<coordinator term>.<number>`
+/// (`4294967298` is `1.2`: the second generation under the coordinator of
+/// term 1). 0, no generation yet, stays `0`.
+pub fn generation_label(generation: u64) -> String {
+    match generation {
+        0 => "0".to_owned(),
+        g => format!("{}.{}", g >> GENERATION_TERM_SHIFT, g & ((1 << GENERATION_TERM_SHIFT) - 1)),
+    }
+}
+
 impl GroupCoordinator {
     /// A coordinator for the leader of the offsets partition in Raft term
     /// `term`. Group membership lives in memory, so a new coordinator's
@@ -143,7 +157,13 @@ impl GroupCoordinator {
     /// new one's generation 2 (the simulator found two owners of one
     /// partition in "one" generation this way).
     pub fn new(broker: Arc<Broker>, offsets: OffsetStore, clock: Arc<dyn Clock>, term: u64) -> Self {
-        Self { broker, offsets, clock, groups: Mutex::new(BTreeMap::new()), generation_base: term << 32 }
+        Self {
+            broker,
+            offsets,
+            clock,
+            groups: Mutex::new(BTreeMap::new()),
+            generation_base: term << GENERATION_TERM_SHIFT,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Group>> {
@@ -545,4 +565,17 @@ impl GroupCoordinator {
 
 fn unknown_group(name: &str) -> BrokerError {
     BrokerError::new(ErrorCode::UnknownGroup, format!("group {name:?} does not exist"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::generation_label;
+
+    #[test]
+    fn generations_read_as_term_and_number() {
+        let table = [(0, "0"), ((1 << 32) + 2, "1.2"), (4_294_967_298, "1.2"), ((7 << 32) + 1, "7.1"), (3, "0.3")];
+        for (generation, label) in table {
+            assert_eq!(generation_label(generation), label, "{generation}");
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub mod election;
 pub mod log_store;
 pub mod network;
 pub mod producers;
+pub mod reachability;
 pub mod state_file;
 pub mod state_machine;
 pub mod types;

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::election::{covers, leader_lease, would_vote, Contact, PreVote, Voter};
 use super::log_store::LogStore;
+use super::reachability::Reachability;
 use super::types::{GroupId, LogId, NodeId, RaftNode, TypeConfig};
 use crate::log::batch::BATCH_BYTES_MAX;
 use crate::proto::raft_client::RaftClient;
@@ -413,6 +414,8 @@ pub struct Connections {
     /// Brokers' current addresses, which win over the address a group's
     /// membership recorded (a broker may come back on another address).
     addresses: RwLock<HashMap<NodeId, String>>,
+    /// Which peers answer: one logged condition per peer that does not.
+    reachability: Reachability,
 }
 
 impl Connections {
@@ -422,7 +425,19 @@ impl Connections {
             outboxes: Mutex::new(HashMap::new()),
             traffic: Arc::default(),
             addresses: RwLock::new(HashMap::new()),
+            reachability: Reachability::default(),
         })
+    }
+
+    /// Notes the outcome of a call of `group` to `peer`: `Err` with the
+    /// error if no answer came (refused, unavailable, timed out).
+    fn note(&self, peer: NodeId, address: &str, group: GroupId, outcome: Result<(), &str>) {
+        let now = tokio::time::Instant::now();
+        let (change, error) = match outcome {
+            Ok(()) => (self.reachability.answered(peer, now), ""),
+            Err(error) => (self.reachability.failed(peer, group, now), error),
+        };
+        Reachability::log(self.node_id, peer, address, change, error);
     }
 
     /// Records where broker `node` is reachable now.
@@ -505,10 +520,16 @@ impl Connections {
             payload,
         };
         let outbox = self.outbox(address)?;
-        tokio::time::timeout(timeout, outbox.call(message, false))
-            .await
-            .map_err(|_| format!("broker {target} did not answer in time"))?
-            .map_err(|status| format!("{} ({:?})", status.message(), status.code()))
+        let reply = match tokio::time::timeout(timeout, outbox.call(message, false)).await {
+            Err(_) => Err(format!("broker {target} did not answer in time")),
+            Ok(reply) => reply.map_err(|status| format!("{} ({:?})", status.message(), status.code())),
+        };
+        // Only a missing answer says anything about the peer: a slow pre-vote
+        // or a refusal does not.
+        if reply.is_ok() {
+            self.note(target, address, group, Ok(()));
+        }
+        reply
     }
 
     /// The network one group uses.
@@ -572,15 +593,19 @@ impl Peer {
         let ttl = option.hard_ttl();
         let reply = match tokio::time::timeout(ttl, outbox.call(message, heartbeat)).await {
             Err(_) => {
+                self.connections.note(self.target, &address, self.group, Err("no answer in time"));
                 return Err(RPCError::Timeout(Timeout {
                     action,
                     id: self.connections.node_id,
                     target: self.target,
                     timeout: ttl,
-                }))
+                }));
             }
             Ok(Err(status)) => {
                 let error = TransportError(format!("{} ({:?}) from {}", status.message(), status.code(), self.address));
+                let unanswered = matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown);
+                let outcome = if unanswered { Err(error.0.as_str()) } else { Ok(()) };
+                self.connections.note(self.target, &address, self.group, outcome);
                 return Err(match status.code() {
                     // Down, restarting, or not holding the group yet: back off.
                     tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::Unknown => {
@@ -589,7 +614,10 @@ impl Peer {
                     _ => RPCError::Network(NetworkError::new(&error)),
                 });
             }
-            Ok(Ok(reply)) => reply,
+            Ok(Ok(reply)) => {
+                self.connections.note(self.target, &address, self.group, Ok(()));
+                reply
+            }
         };
         let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply).map_err(network)?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
