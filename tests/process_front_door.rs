@@ -449,6 +449,22 @@ fn the_readme_config_and_process_recipe_run_as_written() {
         panic!("the recipe's cluster never became healthy: {problems}\n{logs}");
     }
 
+    tracing::info!("weir dev --brokers 3 refuses to start its own etcd on the port this one holds");
+    // Before: its probe reached this etcd, it printed "etcd serving" while
+    // its own etcd had exited, and carried on.
+    let dev = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["dev", "--brokers", "3", "--data-dir"])
+        .arg(dir.0.join("dev"))
+        .args(["--listen", "127.0.0.1:9192", "--metrics-listen", "127.0.0.1:9193", "--http-listen", "127.0.0.1:9180"])
+        .env("PATH", &path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&dev.stderr);
+    assert!(!dev.status.success(), "weir dev started beside a running etcd");
+    assert!(said.contains("cannot start etcd: 127.0.0.1:2379 is in use"), "{said}");
+    assert!(!String::from_utf8_lossy(&dev.stdout).contains("etcd serving"));
+
     tracing::info!("a fourth broker from the config example, overridden for this host, joins");
     let config_path = dir.0.join("weir.toml");
     fs::write(&config_path, &example).unwrap();

@@ -249,7 +249,6 @@ pub async fn serve_on(
             shutdown.await;
             let started = tokio::time::Instant::now();
             tracing::info!(broker = broker.broker_id(), "stopping");
-            broker.begin_stop();
             if broker.config().hand_over_on_stop {
                 let handed = broker.hand_over_leaderships(HAND_OVER_MAX).await;
                 tracing::info!(
@@ -259,6 +258,9 @@ pub async fn serve_on(
                     "stopping: leaderships handed over"
                 );
             }
+            // Only now: a long poll woken earlier would come straight back
+            // for as long as the hand-over took.
+            broker.begin_stop();
             let _ = draining_tx.send(started);
         }
     };

@@ -63,19 +63,22 @@ impl GrpcListener {
 
     /// Serves `router` until `signal` completes, then lets in-flight calls
     /// finish.
+    #[cfg(not(madsim))]
     pub async fn serve(
         self,
         router: LayeredRouter,
         signal: impl std::future::Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
-        #[cfg(not(madsim))]
-        {
-            router.serve_with_incoming_shutdown(self.incoming, signal).await
-        }
-        #[cfg(madsim)]
-        {
-            router.serve_with_shutdown(self.addr, signal).await
-        }
+        router.serve_with_incoming_shutdown(self.incoming, signal).await
+    }
+
+    #[cfg(madsim)]
+    pub async fn serve<L>(
+        self,
+        router: Router<L>,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        router.serve_with_shutdown(self.addr, signal).await
     }
 }
 
@@ -84,7 +87,10 @@ impl GrpcListener {
 /// back as a bare `OUT_OF_RANGE`), so callers see weir's typed errors.
 pub type StatusRewrite = fn(&tonic::Status) -> Option<tonic::Status>;
 
-/// The broker's router: its services behind [`StatusRewriteLayer`].
+/// The broker's router: its services behind [`StatusRewriteLayer`]. (The
+/// simulator's transport names its layer types privately: there the router
+/// stays generic.)
+#[cfg(not(madsim))]
 pub type LayeredRouter = Router<tower::layer::util::Stack<StatusRewriteLayer, tower::layer::util::Identity>>;
 
 /// A server layer that applies a [`StatusRewrite`] to every status
@@ -104,6 +110,7 @@ impl<S> tower::Layer<S> for StatusRewriteLayer {
 }
 
 #[derive(Debug, Clone)]
+#[cfg_attr(madsim, allow(dead_code))] // the simulator's transport takes no layers
 pub struct StatusRewriteService<S> {
     inner: S,
     rewrite: StatusRewrite,

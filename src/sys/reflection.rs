@@ -2,13 +2,11 @@
 //! weir's services without the proto file. Real network only: the
 //! simulator's transport has nothing to reflect for.
 
-use super::listener::LayeredRouter as Router;
-
 /// Both versions of the reflection service: `grpc.reflection.v1`, and
 /// `v1alpha`, which many clients (Python's grpcio-reflection, older
 /// grpcurl) still speak.
 #[cfg(not(madsim))]
-pub fn with_reflection(router: Router) -> Router {
+pub fn with_reflection(router: super::listener::LayeredRouter) -> super::listener::LayeredRouter {
     let builder = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -19,6 +17,6 @@ pub fn with_reflection(router: Router) -> Router {
 }
 
 #[cfg(madsim)]
-pub fn with_reflection(router: Router) -> Router {
+pub fn with_reflection<L>(router: tonic::transport::server::Router<L>) -> tonic::transport::server::Router<L> {
     router
 }
