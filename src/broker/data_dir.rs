@@ -12,7 +12,7 @@
 //!   logs) belongs to the id that wrote it.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,6 @@ struct Identity {
 /// as this lives.
 #[derive(Debug)]
 pub struct DataDirClaim {
-    dir: PathBuf,
     _lock: Box<dyn DiskLock>,
 }
 
@@ -75,11 +74,7 @@ impl DataDirClaim {
                     .map_err(|e| failed("cannot record the broker id", e))?;
             }
         }
-        Ok(Self { dir: dir.to_path_buf(), _lock: lock })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
+        Ok(Self { _lock: lock })
     }
 }
 

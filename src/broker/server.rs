@@ -242,7 +242,7 @@ pub async fn serve_on(
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         );
-    let (draining_tx, draining) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
+    let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
     let stop = {
         let broker = broker.clone();
         async move {
@@ -261,7 +261,7 @@ pub async fn serve_on(
             // Only now: a long poll woken earlier would come straight back
             // for as long as the hand-over took.
             broker.begin_stop();
-            let _ = draining_tx.send(started);
+            let _ = draining_tx.send(());
         }
     };
     let served = with_reflection(router);

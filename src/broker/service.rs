@@ -13,7 +13,6 @@ use tonic::{Request, Response, Status};
 use super::core::Broker;
 use super::error::{BrokerError, ErrorCode};
 use super::metrics::Metrics;
-use super::subscription;
 use crate::group::GroupCoordinator;
 use crate::meta::topics::TopicConfig;
 use crate::proto::{self, admin_server, consumer_server, groups_server, producer_server};
@@ -223,7 +222,7 @@ impl producer_server::Producer for BrokerService {
     ) -> Result<Response<proto::ProduceResponse>, Status> {
         let started = tokio::time::Instant::now();
         let request = request.into_inner();
-        let bytes = request.batch.len() as u64 + request.records.iter().map(subscription::record_bytes).sum::<u64>();
+        let bytes = request.batch.len() as u64 + request.records.iter().map(proto::Record::payload_bytes).sum::<u64>();
         let result = self.broker.produce(request).await;
         let m = &self.metrics;
         m.produce_requests.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +258,7 @@ impl consumer_server::Consumer for BrokerService {
             Ok(response) => {
                 let records = response.records.len() as u64;
                 let bytes = response.batches.iter().map(|b| b.len() as u64).sum::<u64>()
-                    + response.records.iter().map(subscription::record_bytes).sum::<u64>();
+                    + response.records.iter().map(proto::Record::payload_bytes).sum::<u64>();
                 m.fetch_records.fetch_add(records, Ordering::Relaxed);
                 m.fetch_bytes.fetch_add(bytes, Ordering::Relaxed);
                 if records > 0 || !response.batches.is_empty() {

@@ -66,14 +66,6 @@ impl Budget {
     }
 }
 
-/// The bytes a record counts against byte credit: key, value and headers.
-pub fn record_bytes(record: &proto::Record) -> u64 {
-    let key = record.key.as_ref().map_or(0, Vec::len);
-    let value = record.value.as_ref().map_or(0, Vec::len);
-    let headers: usize = record.headers.iter().map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len)).sum();
-    (key + value + headers) as u64
-}
-
 type Outbound = mpsc::Sender<Result<proto::SubscribeResponse, Status>>;
 
 enum Inbound {
@@ -183,7 +175,7 @@ impl Broker {
                     continue;
                 }
                 let record = super::core::to_proto_record(record);
-                let size = record_bytes(&record);
+                let size = record.payload_bytes();
                 if !budget.allows(size) {
                     break 'batches;
                 }

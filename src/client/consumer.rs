@@ -467,7 +467,8 @@ impl GroupConsumer {
                 Err(_) if !consumed.is_empty() => break,
                 Err(error) => return Err(error),
             };
-            budget = budget.saturating_sub(records.iter().map(|c| consumed_bytes(&c.record)).sum::<u32>());
+            let spent: u64 = records.iter().map(|c| c.record.payload_bytes()).sum();
+            budget = budget.saturating_sub(u32::try_from(spent).unwrap_or(u32::MAX));
             consumed.extend(records);
         }
         if !consumed.is_empty() {
@@ -506,14 +507,6 @@ impl GroupConsumer {
         }
         Ok(response.records.into_iter().map(|record| Consumed { topic: topic.to_owned(), partition, record }).collect())
     }
-}
-
-/// The bytes a consumed record counts against a poll's budget.
-fn consumed_bytes(record: &proto::Record) -> u32 {
-    let key = record.key.as_ref().map_or(0, Vec::len);
-    let value = record.value.as_ref().map_or(0, Vec::len);
-    let headers: usize = record.headers.iter().map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len)).sum();
-    u32::try_from(key + value + headers).unwrap_or(u32::MAX)
 }
 
 impl GroupConsumer {

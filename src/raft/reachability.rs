@@ -9,6 +9,7 @@
 //! level; this is what an operator reads instead.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -47,6 +48,9 @@ struct PeerState {
 #[derive(Debug, Default)]
 pub struct Reachability {
     failing: Mutex<BTreeMap<NodeId, PeerState>>,
+    /// Whether `failing` has any entry: every answered call asks, so the
+    /// common case (every peer answers) takes no lock.
+    any_failing: AtomicBool,
 }
 
 impl Reachability {
@@ -54,6 +58,7 @@ impl Reachability {
     /// answer: refused, unavailable, timed out).
     pub fn failed(&self, peer: NodeId, group: GroupId, now: Instant) -> Option<Change> {
         let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        self.any_failing.store(true, Ordering::Relaxed);
         let state = failing.entry(peer).or_insert_with(|| PeerState {
             failing_since: now,
             announced: false,
@@ -80,8 +85,15 @@ impl Reachability {
 
     /// Notes that `peer` answered a call (whatever the answer said).
     pub fn answered(&self, peer: NodeId, now: Instant) -> Option<Change> {
+        if !self.any_failing.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        let state = failing.remove(&peer)?;
+        let state = failing.remove(&peer);
+        if failing.is_empty() {
+            self.any_failing.store(false, Ordering::Relaxed);
+        }
+        let state = state?;
         state.announced.then(|| Change::Back { after: now.duration_since(state.failing_since) })
     }
 
