@@ -771,3 +771,89 @@ async fn the_benchmarks_move_what_they_are_asked_and_measure_it() {
         })
         .await;
 }
+
+/// This broker's directory of `topic`'s partition 0.
+fn partition_dir(disk: &weir::sys::disk::SimDisk, topic: &str) -> std::path::PathBuf {
+    use weir::sys::disk::Disk;
+    let topics = std::path::Path::new("/broker/topics");
+    let name = disk
+        .list_subdirs(topics)
+        .unwrap()
+        .into_iter()
+        .find(|name| name.rsplit_once('-').is_some_and(|(prefix, _)| prefix == topic))
+        .expect("the broker holds the topic");
+    topics.join(name).join("0")
+}
+
+/// Issue 20, item 9: a single-replica partition whose last acknowledged
+/// record is cut from the end of its active segment after a crash. The
+/// record had been fsynced and covered by the durable-end mark, so the
+/// restart reports it lost, with its offsets, in describe and metrics,
+/// instead of cutting it silently as a torn write.
+#[tokio::test]
+async fn a_lost_acknowledged_record_is_reported_not_taken_for_a_torn_write() {
+    const TOPIC: &str = "ledger";
+    let mut broker = TestBroker::start().await;
+    let address = broker.address.clone();
+    tracing::info!("five records acknowledged one by one on a single replica");
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic(TOPIC, topic_config(1)).await.unwrap();
+            for i in 0..5 {
+                client.produce(TOPIC, 0, vec![record(format!("entry-{i}"))], Acks::All).await.unwrap();
+            }
+        })
+        .await;
+
+    tracing::info!("the broker's durable-end mark covers them (raised within a second)");
+    let dir = partition_dir(&broker.disk, TOPIC);
+    let mut marked = 0;
+    for _ in 0..200 {
+        marked = weir::log::durable_mark::DurableMark::open(&broker.disk, &dir).unwrap().end();
+        if marked == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(marked, 5, "the mark never covered the acknowledged records");
+
+    tracing::info!("kill -9, then 10 bytes cut from the end of the active segment");
+    broker
+        .kill_and_restart(3, |disk| {
+            use weir::sys::disk::Disk;
+            let mut segments: Vec<String> =
+                disk.list_dir(&dir).unwrap().into_iter().filter(|n| n.ends_with(".log")).collect();
+            segments.sort();
+            let active = dir.join(segments.last().expect("a segment"));
+            let file = disk.open(&active, false).unwrap();
+            file.set_len(file.len().unwrap() - 10).unwrap();
+            file.sync().unwrap();
+        })
+        .await;
+
+    let (address, metrics) = (broker.address.clone(), broker.metrics_address.clone());
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            let described = client.describe_topic(TOPIC).await.unwrap();
+            let partition = &described.partitions[0];
+            assert_eq!(partition.log_end_offset, 4, "the damaged last record is cut");
+            assert_eq!((partition.losses, partition.lost_offsets), (1, 1), "the loss is counted: {partition:?}");
+            assert_eq!(partition.repairs, 0, "a lone replica has no peers to repair it from");
+            let values: Vec<String> = read_all(&client, TOPIC, 0, 0).await.iter().map(value).collect();
+            assert_eq!(values, (0..4).map(|i| format!("entry-{i}")).collect::<Vec<_>>());
+
+            let page = http_get(&metrics, "/metrics").await;
+            for line in [
+                "weir_partition_durable_losses_total{topic=\"ledger\",partition=\"0\"} 1",
+                "weir_partition_lost_offsets_total{topic=\"ledger\",partition=\"0\"} 1",
+            ] {
+                assert!(page.lines().any(|l| l == line), "missing {line:?} in:\n{page}");
+            }
+            // The partition goes on with what is left (README: what a
+            // single-replica partition cannot recover).
+            client.produce(TOPIC, 0, vec![record("after".into())], Acks::All).await.unwrap();
+        })
+        .await;
+}

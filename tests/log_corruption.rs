@@ -140,16 +140,15 @@ proptest! {
         prop_assert!(read.len() < all.len(), "the damaged batch is gone");
         prop_assert_eq!(log.log_end_offset(), read.len() as u64);
 
-        // Damage, unless it hit the very last batch: then it looks exactly
-        // like a torn write, which a crash may leave.
+        // Damage, even when it hit the very last batch (which alone looks
+        // exactly like a torn write): the clean close marked the whole log
+        // durable, so everything from the cut to the mark is reported lost.
+        let damage = report.damage.clone().expect("damage below the durable mark is reported");
+        prop_assert_eq!(damage.offset, log.log_end_offset());
+        prop_assert_eq!(damage.reached_offset, Some(all.len() as u64));
         let last_batch = read.len() as u64 == 2 * (BATCHES - 1);
-        match (&report.damage, last_batch) {
-            (None, true) => {}
-            (Some(damage), false) => {
-                prop_assert_eq!(damage.offset, log.log_end_offset());
-                prop_assert_eq!(damage.raft_index_lost, Some(BATCHES), "the last entry is seen beyond the cut");
-            }
-            other => prop_assert!(false, "damage misjudged: {:?}", other),
+        if !last_batch {
+            prop_assert_eq!(damage.raft_index_lost, Some(BATCHES), "the last entry is seen beyond the cut");
         }
     }
 
@@ -237,36 +236,112 @@ fn truncated_sealed_segment_is_damage_not_a_torn_tail() {
     let damage = log.recovery_report().damage.clone().expect("a sealed segment lost its end");
     assert_eq!(damage.offset, log.log_end_offset());
     assert_eq!(damage.raft_index_lost, Some(BATCHES), "the later segments are read before they go");
-    let third = segments[2].file_name().unwrap().to_str().unwrap();
-    assert_eq!(damage.reached_offset, third.strip_suffix(".log").unwrap().parse().ok());
+    assert_eq!(damage.reached_offset, Some(all.len() as u64), "the durable mark says how far the log reached");
     let (read, error) = read_until_error(&log);
     assert!(error.is_none());
     assert_eq!(read[..], all[..read.len()]);
     assert_eq!(log.segment_count(), 2, "the segments after the damage are gone");
 }
 
-#[test]
-fn truncated_active_segment_is_cut_to_the_last_whole_batch() {
-    let (disk, all) = filled_disk();
-    // Opened and never closed: the checkpoint no longer says clean.
-    drop(open(&disk).unwrap());
-    let active = files(&disk, ".log").pop().unwrap();
+/// Appends two more records to a reopened log: flushed, and marked
+/// durable only if `mark`. Returns them.
+fn append_after_reopen(disk: &SimDisk, mark: bool) -> Vec<Record> {
+    let mut log = open(disk).unwrap();
+    let records = vec![record(1_000), record(1_001)];
+    let mut builder = BatchBuilder::new();
+    records.iter().for_each(|r| {
+        builder.push(r);
+    });
+    let appended = log.append_entry(builder.build().unwrap(), 2, BATCHES + 1).unwrap();
+    assert_eq!(log.flushed_offset(), appended.next_offset);
+    if mark {
+        assert!(log.mark_durable().unwrap(), "the mark lagged the flushed offset");
+        assert_eq!(log.durable_mark(), appended.next_offset);
+    }
+    // Never closed: the checkpoint no longer says clean.
+    drop(log);
+    records.into_iter().enumerate().map(|(i, r)| Record { offset: appended.base_offset + i as u64, ..r }).collect()
+}
+
+/// Cuts `bytes` from the end of the active segment, durably, then crashes.
+fn cut_active_segment(disk: &SimDisk, bytes: u64) {
+    let active = files(disk, ".log").pop().unwrap();
     let len = disk.file_len(&active).unwrap();
     let file = disk.open(&active, false).unwrap();
-    file.set_len(len - 5).unwrap();
+    file.set_len(len - bytes).unwrap();
+    file.sync().unwrap();
+    drop(file);
+    disk.crash(1);
+}
+
+/// A bad last batch past the durable-end mark may be a torn write that
+/// was never acknowledged: cut, and not called a loss.
+#[test]
+fn truncated_active_segment_past_the_mark_is_a_torn_tail() {
+    let (disk, all) = filled_disk();
+    append_after_reopen(&disk, false);
+    cut_active_segment(&disk, 5);
+
+    let log = open(&disk).unwrap();
+    let report = log.recovery_report();
+    assert!(!report.clean);
+    assert_eq!(report.durable_mark, all.len() as u64, "the clean close marked the old end");
+    assert!(report.cut.is_some(), "a torn tail is reported: {report:?}");
+    assert!(report.damage.is_none(), "a torn tail is not damage: {report:?}");
+    let (read, error) = read_until_error(&log);
+    assert!(error.is_none());
+    assert_eq!(read, all, "only the torn batch is lost");
+}
+
+/// The case: a record acknowledged (fsynced) and marked, then 10
+/// bytes cut from the end of the active segment and a crash. Recovery
+/// reports the loss with its offsets instead of taking it for a torn write.
+#[test]
+fn truncated_active_segment_below_the_mark_is_a_loss_with_its_offsets() {
+    let (disk, all) = filled_disk();
+    let acknowledged = append_after_reopen(&disk, true);
+    cut_active_segment(&disk, 10);
+
+    let mut log = open(&disk).unwrap();
+    let report = log.recovery_report().clone();
+    let damage = report.damage.clone().expect("a loss below the durable mark is reported");
+    assert_eq!(damage.offset, acknowledged[0].offset, "the log now ends at the lost batch");
+    assert_eq!(damage.reached_offset, Some(acknowledged[1].offset + 1), "it reached the mark");
+    assert_eq!(damage.offsets_lost(), Some(2));
+    assert!(damage.reason.contains("durable-end mark"), "{}", damage.reason);
+    assert_eq!(log.log_end_offset(), damage.offset);
+    assert_eq!(read_until_error(&log).0, all, "everything before the loss is kept");
+    // The mark now says where the log ends, so the loss is reported once.
+    assert_eq!(log.durable_mark(), damage.offset);
+    log.flush().unwrap();
+    drop(log);
+    disk.crash(2);
+    assert!(open(&disk).unwrap().recovery_report().damage.is_none(), "the same loss reported twice");
+}
+
+/// Whole batches gone at a batch boundary leave nothing to cut: only the
+/// mark tells that the log is shorter than it was.
+#[test]
+fn a_log_cut_at_a_batch_boundary_below_the_mark_is_a_loss() {
+    let (disk, all) = filled_disk();
+    let acknowledged = append_after_reopen(&disk, true);
+    let active = files(&disk, ".log").pop().unwrap();
+    let log = open(&disk).unwrap();
+    let last_batch_bytes: usize = log.read(acknowledged[0].offset, 1 << 20, u64::MAX).unwrap()[0].len();
+    drop(log);
+    let len = disk.file_len(&active).unwrap();
+    let file = disk.open(&active, false).unwrap();
+    file.set_len(len - last_batch_bytes as u64).unwrap();
     file.sync().unwrap();
     drop(file);
     disk.crash(1);
 
     let log = open(&disk).unwrap();
     let report = log.recovery_report();
-    assert!(!report.clean);
-    assert!(report.cut.is_some(), "a torn tail is reported: {report:?}");
-    assert!(report.damage.is_none(), "a torn tail is not damage: {report:?}");
-    let (read, error) = read_until_error(&log);
-    assert!(error.is_none());
-    assert_eq!(read.len(), all.len() - 2, "only the torn batch is lost");
-    assert_eq!(read[..], all[..read.len()]);
+    assert!(report.cut.is_none(), "nothing was torn: {report:?}");
+    let damage = report.damage.clone().expect("the mark says the log was longer");
+    assert_eq!((damage.offset, damage.offsets_lost()), (acknowledged[0].offset, Some(2)));
+    assert_eq!(read_until_error(&log).0, all);
 }
 
 #[test]

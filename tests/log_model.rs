@@ -1,6 +1,6 @@
 //! Model test of the partition log on the simulated disk.
 //!
-//! Random appends, flushes, truncations, retention, clock moves, injected
+//! Random appends, flushes, durable-end marks, truncations, retention, clock moves, injected
 //! write/fsync failures, a full disk, clean reopens and crashes that keep a
 //! random prefix of unsynced writes (the last possibly torn). The model is the
 //! list of batches the log acknowledged. After every reopen the log must equal
@@ -24,6 +24,7 @@ enum Op {
     Append { records: Vec<(i64, u8, u8)> },
     Flush,
     FlushIfDue,
+    MarkDurable,
     Truncate { back: usize },
     Retention,
     DeleteBefore { back: usize },
@@ -42,6 +43,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => prop::collection::vec((-50i64..50, 0u8..12, 0u8..200), 1..6).prop_map(|records| Op::Append { records }),
         2 => Just(Op::Flush),
         1 => Just(Op::FlushIfDue),
+        2 => Just(Op::MarkDurable),
         1 => (0usize..6).prop_map(|back| Op::Truncate { back }),
         1 => Just(Op::Retention),
         1 => (0usize..4).prop_map(|back| Op::DeleteBefore { back }),
@@ -168,6 +170,11 @@ fn check_after_crash(log: &PartitionLog, model: &mut Model) {
     assert!(end >= model.flushed, "lost flushed data: end {end} < flushed {}", model.flushed);
     assert!(end <= model.end, "log grew over a crash: {end} > {}", model.end);
     assert!(model.is_boundary(end), "recovered end {end} is not a batch boundary");
+    // Crashes, failed writes and a full disk are not damage at rest: the
+    // durable-end mark never makes recovery report a loss for them.
+    let report = log.recovery_report();
+    assert!(report.damage.is_none(), "a crash reported as a loss of durable data: {report:?}");
+    assert_eq!(log.durable_mark(), end, "recovery leaves the mark at the log end");
     let start = log.log_start_offset();
     if std::mem::take(&mut model.start_in_doubt) {
         assert!(start >= model.log_start && start <= model.flushed.max(model.log_start), "log start {start}");
@@ -217,6 +224,11 @@ fn run(config: LogConfig, ops: Vec<Op>) {
                 Err(_) => failed = true,
             },
             Op::FlushIfDue => failed = log.flush_if_due().is_err(),
+            Op::MarkDurable => match log.mark_durable() {
+                Ok(_) => assert_eq!(log.durable_mark(), log.flushed_offset(), "the mark rises to the flushed offset"),
+                Err(LogError::NoSpace { .. }) => {}
+                Err(_) => failed = true,
+            },
             Op::Truncate { back } => {
                 let boundaries: Vec<u64> =
                     model.batches.iter().map(|(base, _)| *base).filter(|b| *b >= model.log_start).collect();

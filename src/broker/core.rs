@@ -142,6 +142,9 @@ pub struct Broker {
     leadership: Mutex<Leadership>,
     /// Per group, how often a replica here opened with damage to repair.
     repairs: Mutex<HashMap<GroupId, u64>>,
+    /// Per group, records a replica here had made durable and recovery
+    /// found lost (damage at rest), since the broker started.
+    losses: Mutex<HashMap<GroupId, Losses>>,
     /// Scrub passes completed over every replica (each read its whole
     /// durable log without finding damage).
     scrub_passes: std::sync::atomic::AtomicU64,
@@ -152,6 +155,16 @@ pub struct Broker {
 
 /// The back-off between reopenings of a replica that storage errors keep
 /// stopping (a disk that stays full).
+/// Records a replica had made durable that recovery found lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// How many times a recovery found a loss.
+    pub times: u64,
+    /// Offsets lost in all (a replicated partition gets them back from
+    /// its peers; a single replica cannot).
+    pub offsets: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Reopen {
     at: tokio::time::Instant,
@@ -244,6 +257,7 @@ impl Broker {
             converging: Arc::default(),
             leadership: Mutex::default(),
             repairs: Mutex::default(),
+            losses: Mutex::default(),
             scrub_passes: std::sync::atomic::AtomicU64::new(0),
             reopens: Mutex::default(),
             _claim: claim,
@@ -584,8 +598,27 @@ impl Broker {
         });
         let opened = futures::future::try_join_all(opening).await?;
         let alone = BTreeMap::from([(me, self.advertised_address())]);
-        for partition in opened.iter().filter(|p| p.replica().repairing()) {
+        // A lone replica has no peers to repair it from: its loss is
+        // counted below, not as a repair.
+        let has_peers = |p: &Arc<Partition>| record.members(p.index()).len() > 1;
+        for partition in opened.iter().filter(|p| p.replica().repairing() && has_peers(p)) {
             *lock(&self.repairs).entry(partition.replica().group()).or_default() += 1;
+        }
+        for partition in &opened {
+            if let Some((from, offsets)) = partition.loss_at_open() {
+                let mut losses = lock(&self.losses);
+                let losses = losses.entry(partition.replica().group()).or_default();
+                losses.times += 1;
+                losses.offsets += offsets;
+                tracing::error!(
+                    topic = %record.name,
+                    partition = partition.index(),
+                    lost_from = from,
+                    lost_to = from + offsets,
+                    repairing = partition.replica().repairing(),
+                    "records this replica had made durable were lost at rest"
+                );
+            }
         }
         for partition in &opened {
             let index = partition.index();
@@ -781,6 +814,8 @@ impl Broker {
             if let Some(partition) = state.partitions.get(&index) {
                 description.repairing = partition.replica().repairing();
                 description.repairs = self.repairs(partition.replica().group());
+                let losses = self.losses(partition.replica().group());
+                (description.losses, description.lost_offsets) = (losses.times, losses.offsets);
             }
             if let Some((leader, address)) = state.partitions.get(&index).and_then(|p| p.replica().leader()) {
                 description.leader = leader;
@@ -1085,6 +1120,31 @@ impl Broker {
     /// had it repaired from peers, since it started.
     pub fn repairs(&self, group: GroupId) -> u64 {
         lock(&self.repairs).get(&group).copied().unwrap_or(0)
+    }
+
+    /// Records this broker's replica of `group` had made durable and
+    /// recovery found lost, since the broker started.
+    pub fn losses(&self, group: GroupId) -> Losses {
+        lock(&self.losses).get(&group).copied().unwrap_or_default()
+    }
+
+    /// Raises every hosted replica's durable-end mark to what its log has
+    /// fsynced, every `durable_mark_interval_ms`, until the broker is
+    /// dropped (see [`crate::log::durable_mark`]).
+    pub async fn run_durable_marks(self: Arc<Self>) {
+        let interval = Duration::from_millis(self.config.durable_mark_interval_ms.max(1) as u64);
+        loop {
+            tokio::time::sleep(interval).await;
+            let partitions = self.partitions();
+            blocking(move || {
+                for partition in partitions {
+                    if let Err(error) = partition.mark_durable() {
+                        tracing::debug!(topic = partition.topic(), partition = partition.index(), %error, "durable mark not raised");
+                    }
+                }
+            })
+            .await;
+        }
     }
 
     /// Scrub passes completed since the broker started.

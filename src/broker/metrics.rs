@@ -92,6 +92,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP weir_partition_high_watermark Offset consumers read up to.");
         let _ = writeln!(out, "# TYPE weir_partition_high_watermark gauge");
         let (mut sizes, mut repairing, mut repairs) = (String::new(), String::new(), String::new());
+        let (mut losses, mut lost_offsets) = (String::new(), String::new());
         for partition in broker.partitions() {
             let labels = format!("topic=\"{}\",partition=\"{}\"", label(partition.topic()), partition.index());
             let _ = writeln!(out, "weir_partition_high_watermark{{{labels}}} {}", partition.high_watermark());
@@ -102,6 +103,9 @@ impl Metrics {
             let _ = writeln!(repairing, "weir_partition_repairing{{{labels}}} {now}");
             let total = broker.repairs(partition.replica().group());
             let _ = writeln!(repairs, "weir_partition_repairs_total{{{labels}}} {total}");
+            let lost = broker.losses(partition.replica().group());
+            let _ = writeln!(losses, "weir_partition_durable_losses_total{{{labels}}} {}", lost.times);
+            let _ = writeln!(lost_offsets, "weir_partition_lost_offsets_total{{{labels}}} {}", lost.offsets);
         }
         let _ = writeln!(out, "# HELP weir_partition_size_bytes Bytes a partition's log holds.");
         let _ = writeln!(out, "# TYPE weir_partition_size_bytes gauge\n{sizes}");
@@ -115,6 +119,16 @@ impl Metrics {
             "# HELP weir_partition_repairs_total Damage at rest found in the replica and repaired from peers."
         );
         let _ = writeln!(out, "# TYPE weir_partition_repairs_total counter\n{repairs}");
+        let _ = writeln!(
+            out,
+            "# HELP weir_partition_durable_losses_total Recoveries that found records this replica had made durable lost at rest."
+        );
+        let _ = writeln!(out, "# TYPE weir_partition_durable_losses_total counter\n{losses}");
+        let _ = writeln!(
+            out,
+            "# HELP weir_partition_lost_offsets_total Offsets this replica had made durable and lost at rest (peers may repair them)."
+        );
+        let _ = writeln!(out, "# TYPE weir_partition_lost_offsets_total counter\n{lost_offsets}");
         let passes = broker.scrub_passes();
         let _ = writeln!(out, "# HELP weir_scrub_passes_total Replica logs scrubbed whole without finding damage.");
         let _ = writeln!(out, "# TYPE weir_scrub_passes_total counter\nweir_scrub_passes_total {passes}");

@@ -94,6 +94,20 @@ impl Partition {
         self.replica.stopped_by_full_disk()
     }
 
+    /// Raises the log's durable-end mark to what it has fsynced (see
+    /// [`PartitionLog::mark_durable`]); whether it wrote.
+    pub fn mark_durable(&self) -> BrokerResult<bool> {
+        self.with_log(|log| log.mark_durable())
+    }
+
+    /// What recovery found lost of this replica's durable records when it
+    /// was opened: `(first offset lost, offsets lost)`, where known.
+    pub fn loss_at_open(&self) -> Option<(u64, u64)> {
+        let guard = lock_log(self.replica.log());
+        let damage = guard.as_ref()?.recovery_report().damage.clone()?;
+        Some((damage.offset, damage.offsets_lost().unwrap_or(1).max(1)))
+    }
+
     /// Checks about `max_bytes` of the durable log from `from` on (see
     /// [`PartitionLog::scrub`]); where to go on, `None` once done.
     pub fn scrub(&self, from: u64, max_bytes: usize) -> BrokerResult<Option<u64>> {

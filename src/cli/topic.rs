@@ -53,8 +53,13 @@ fn print_topic(topic: &proto::TopicDescription) -> std::io::Result<()> {
             (false, 0) => String::new(),
             (false, n) => format!("  repairs={n}"),
         };
+        // Records this replica had made durable and recovery found lost.
+        let losses = match p.losses {
+            0 => String::new(),
+            n => format!("  LOST {} offsets in {n} recoveries", p.lost_offsets),
+        };
         say!(
-            "  partition {:>3}  leader={leader} replicas=[{}] start={} high_watermark={} end={} bytes={} segments={}{repairs}",
+            "  partition {:>3}  leader={leader} replicas=[{}] start={} high_watermark={} end={} bytes={} segments={}{repairs}{losses}",
             p.partition,
             replicas.join(","),
             p.log_start_offset,

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod durable_mark;
 pub mod error;
 mod index_file;
 mod offset_index;

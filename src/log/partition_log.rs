@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use super::batch::Batch;
 use super::checkpoint::Checkpoint;
 use super::config::{FlushPolicy, LogConfig};
+use super::durable_mark::DurableMark;
 use super::error::{LogError, LogResult};
 use super::recovery::{recover, RecoveryReport};
 use super::segment::Segment;
@@ -57,6 +58,9 @@ pub struct PartitionLog {
     flushed: watch::Sender<u64>,
     last_flush_ms: i64,
     failed: Option<String>,
+    /// How far the log is known durable across crashes; at most
+    /// `flushed_offset`, raised by [`PartitionLog::mark_durable`].
+    mark: DurableMark,
     /// A read met a damaged batch (reads take `&self`).
     damage_seen: AtomicBool,
     recovery: RecoveryReport,
@@ -69,6 +73,7 @@ impl std::fmt::Debug for PartitionLog {
             .field("log_start_offset", &self.log_start_offset)
             .field("log_end_offset", &self.log_end_offset())
             .field("flushed_offset", &self.flushed_offset)
+            .field("durable_mark", &self.mark.end())
             .field("segments", &self.segments.len())
             .finish()
     }
@@ -90,7 +95,9 @@ impl PartitionLog {
     ) -> LogResult<Self> {
         config.validate()?;
         let now_ms = clock.now_ms();
-        let recovered = recover(disk.as_ref(), dir, &config, now_ms, trust_checkpoint)?;
+        disk.create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        let mark = DurableMark::open(disk.as_ref(), dir)?;
+        let recovered = recover(disk.as_ref(), dir, &config, now_ms, trust_checkpoint, mark.end())?;
         let mut log = Self {
             dir: dir.to_path_buf(),
             disk,
@@ -103,10 +110,20 @@ impl PartitionLog {
             flushed: watch::channel(0).0,
             last_flush_ms: now_ms,
             failed: None,
+            mark,
             damage_seen: AtomicBool::new(false),
             recovery: recovered.report,
         };
-        if !log.recovery.clean {
+        log.recovery.durable_mark_ignored = log.mark.ignored().map(str::to_owned);
+        if let Some(damage) = &log.recovery.damage {
+            tracing::error!(
+                dir = %dir.display(),
+                lost_from = damage.offset,
+                lost_to = damage.reached_offset,
+                reason = damage.reason,
+                "records that had been durable are lost: damage at rest, not a torn write"
+            );
+        } else if !log.recovery.clean && !log.recovery.fresh {
             tracing::info!(dir = %dir.display(), report = ?log.recovery, "partition log recovered after an unclean shutdown");
         }
         // What recovery read may still sit only in the page cache.
@@ -114,6 +131,10 @@ impl PartitionLog {
         log.flushed_offset = log.log_end_offset();
         log.flushed.send_replace(log.flushed_offset);
         log.write_checkpoint(log.active().base_offset(), false)?;
+        // The mark now says where the recovered log ends: lowered past a
+        // loss (reported once), raised over what recovery just synced.
+        let end = log.flushed_offset;
+        log.mark.set(log.disk.as_ref(), end)?;
         log.validate();
         Ok(log)
     }
@@ -306,6 +327,27 @@ impl PartitionLog {
         Ok(end)
     }
 
+    /// Raises the durable-end mark to the flushed offset, if it lags: one
+    /// small write and fsync. The owner calls it now and then (about once a
+    /// second), so that recovery can tell a loss of data that had been
+    /// durable from a torn tail ([`super::durable_mark`]). Returns whether
+    /// it wrote.
+    pub fn mark_durable(&mut self) -> LogResult<bool> {
+        self.check_usable()?;
+        let flushed = self.flushed_offset;
+        if flushed <= self.mark.end() {
+            return Ok(false);
+        }
+        self.mark.raise(self.disk.as_ref(), flushed).map_err(|e| self.fail(e))?;
+        Ok(true)
+    }
+
+    /// The durable-end mark: every offset below it was durable when it was
+    /// written.
+    pub fn durable_mark(&self) -> u64 {
+        self.mark.end()
+    }
+
     /// Flushes if the interval policy says it is time.
     pub fn flush_if_due(&mut self) -> LogResult<()> {
         if let FlushPolicy::Interval { interval_ms } = self.config.flush {
@@ -391,6 +433,10 @@ impl PartitionLog {
         // is about to change and must be scanned by a recovery.
         let recovery_point = self.recovery_point.min(keep_base);
         self.write_checkpoint(recovery_point, false).map_err(|e| self.fail(e))?;
+        // And the durable mark, or a crash part way would look like a loss.
+        if self.mark.end() > end {
+            self.mark.lower(self.disk.as_ref(), end).map_err(|e| self.fail(e))?;
+        }
         for base in doomed {
             let segment = self.segments.remove(&base).expect("listed above");
             segment.delete(self.disk.as_ref()).map_err(|e| self.fail(e))?;
@@ -416,6 +462,9 @@ impl PartitionLog {
         let now_ms = self.clock.now_ms();
         self.log_start_offset = offset;
         self.write_checkpoint(0, false).map_err(|e| self.fail(e))?;
+        // Part way, the log may end anywhere: the mark claims nothing until
+        // the new log is in place.
+        self.mark.lower(self.disk.as_ref(), 0).map_err(|e| self.fail(e))?;
         while let Some((&base, _)) = self.segments.iter().next() {
             let segment = self.segments.remove(&base).expect("listed above");
             segment.delete(self.disk.as_ref()).map_err(|e| self.fail(e))?;
@@ -427,6 +476,7 @@ impl PartitionLog {
         self.segments.insert(offset, segment);
         self.set_flushed(offset);
         self.write_checkpoint(offset, false).map_err(|e| self.fail(e))?;
+        self.mark.raise(self.disk.as_ref(), offset).map_err(|e| self.fail(e))?;
         self.validate();
         Ok(())
     }
@@ -517,6 +567,7 @@ impl PartitionLog {
         self.flush()?;
         self.active_mut().seal().map_err(|e| self.fail(e))?;
         let end = self.log_end_offset();
+        self.mark.set(self.disk.as_ref(), end).map_err(|e| self.fail(e))?;
         self.write_checkpoint(end, true)
     }
 
@@ -525,6 +576,7 @@ impl PartitionLog {
         let end = self.log_end_offset();
         assert!(self.log_start_offset <= self.flushed_offset, "log start above flushed: {self:?}");
         assert!(self.flushed_offset <= end, "flushed past the log end: {self:?}");
+        assert!(self.mark.end() <= self.flushed_offset, "durable mark past the flushed offset: {self:?}");
         let mut expected = None;
         for (base, segment) in &self.segments {
             assert_eq!(*base, segment.base_offset());

@@ -33,9 +33,16 @@ pub struct RecoveryReport {
     /// The cut removed data that had been durable: damage at rest, not a
     /// torn tail. Set when the bad batch lay in a sealed segment (fsynced
     /// before the next one began), had intact batches after it, or was in a
-    /// log closed cleanly. A bad last batch after a crash cannot be told
-    /// from a torn write and is not reported here.
+    /// log closed cleanly, or when the log now ends below its durable-end
+    /// mark ([`super::durable_mark`]). A bad last batch after a crash, past
+    /// the mark, cannot be told from a torn write and is not reported here.
     pub damage: Option<Damage>,
+    /// The durable-end mark recovery found (0: none).
+    pub durable_mark: u64,
+    /// Why an existing durable-end mark was not used.
+    pub durable_mark_ignored: Option<String>,
+    /// The directory held no log yet: nothing was recovered.
+    pub fresh: bool,
 }
 
 /// Durable data that recovery had to cut away.
@@ -50,6 +57,13 @@ pub struct Damage {
     /// How far the log reached before, where the next segment's name says
     /// so: every offset in `[offset, reached_offset)` was lost.
     pub reached_offset: Option<u64>,
+}
+
+impl Damage {
+    /// How many offsets were lost, where known: `[offset, reached_offset)`.
+    pub fn offsets_lost(&self) -> Option<u64> {
+        self.reached_offset.map(|reached| reached.saturating_sub(self.offset))
+    }
 }
 
 pub(super) struct Recovered {
@@ -83,8 +97,40 @@ fn segment_bases(disk: &dyn Disk, dir: &Path) -> LogResult<Vec<u64>> {
 
 /// Recovers the log in `dir`. With `trust_checkpoint` false every segment is
 /// scanned, whatever the checkpoint vouches for (after a read met damage in a
-/// segment recovery had trusted).
+/// segment recovery had trusted). `durable_mark`: every offset below it had
+/// been durable ([`super::durable_mark`]); a log that ends below it lost
+/// data, which the report names as damage.
 pub(super) fn recover(
+    disk: &dyn Disk,
+    dir: &Path,
+    config: &LogConfig,
+    now_ms: i64,
+    trust_checkpoint: bool,
+    durable_mark: u64,
+) -> LogResult<Recovered> {
+    let mut recovered = recover_segments(disk, dir, config, now_ms, trust_checkpoint)?;
+    recovered.report.durable_mark = durable_mark;
+    let end = recovered.segments.values().next_back().expect("at least one segment").next_offset();
+    if end < durable_mark {
+        let lost = format!("the log ends at {end}, below its durable-end mark {durable_mark}");
+        match recovered.report.damage.as_mut() {
+            Some(damage) => damage.reached_offset = damage.reached_offset.max(Some(durable_mark)),
+            None => {
+                let reason = match &recovered.report.cut {
+                    Some((file, position, reason)) => {
+                        format!("{lost}: {} cut at byte {position}: {reason}", file.display())
+                    }
+                    None => lost,
+                };
+                recovered.report.damage =
+                    Some(Damage { offset: end, reason, raft_index_lost: None, reached_offset: Some(durable_mark) });
+            }
+        }
+    }
+    Ok(recovered)
+}
+
+fn recover_segments(
     disk: &dyn Disk,
     dir: &Path,
     config: &LogConfig,
@@ -100,6 +146,7 @@ pub(super) fn recover(
             None
         }
     };
+    let had_checkpoint = checkpoint.is_some() || report.checkpoint_ignored.is_some();
     let checkpoint = checkpoint.unwrap_or(Checkpoint { log_start_offset: 0, recovery_point: 0, clean: false });
     report.clean = checkpoint.clean;
 
@@ -113,6 +160,7 @@ pub(super) fn recover(
 
     let mut segments = BTreeMap::new();
     if bases.is_empty() {
+        report.fresh = !had_checkpoint;
         let segment = Segment::open(disk, dir, checkpoint.log_start_offset, config, now_ms, true)?;
         segments.insert(segment.base_offset(), segment);
         disk.sync_dir(dir).map_err(|e| LogError::io(dir, e))?;

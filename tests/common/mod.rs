@@ -66,6 +66,7 @@ mod imp {
         http: std::net::SocketAddr,
         stop: Option<oneshot::Sender<()>>,
         task: Option<tokio::task::JoinHandle<()>>,
+        broker: Option<Arc<weir::broker::Broker>>,
     }
 
     impl TestBroker {
@@ -83,6 +84,7 @@ mod imp {
                 http,
                 stop: None,
                 task: None,
+                broker: None,
             };
             broker.boot().await;
             broker
@@ -92,6 +94,7 @@ mod imp {
             let disk: Arc<dyn Disk> = Arc::new(self.disk.clone());
             let config = config(self.listen, self.metrics, self.http);
             let broker = open_broker(config, disk, system_clock()).await.expect("broker opens");
+            self.broker = Some(broker.clone());
             let (stop, stopped) = oneshot::channel::<()>();
             self.stop = Some(stop);
             self.task = Some(tokio::spawn(async move {
@@ -114,6 +117,23 @@ mod imp {
                 task.await.expect("broker stops cleanly");
             }
             self.disk.crash(crash_seed);
+            self.boot().await;
+        }
+
+        /// Kills the broker as a crash would (nothing closed, nothing
+        /// flushed that was not), loses power, lets `between` act on the
+        /// disk (damage at rest), and starts it again.
+        pub async fn kill_and_restart(&mut self, crash_seed: u64, between: impl FnOnce(&SimDisk)) {
+            self.stop = None;
+            if let Some(task) = self.task.take() {
+                task.abort();
+                let _ = task.await;
+            }
+            if let Some(broker) = self.broker.take() {
+                broker.halt().await;
+            }
+            self.disk.crash(crash_seed);
+            between(&self.disk);
             self.boot().await;
         }
 
@@ -199,6 +219,18 @@ mod imp {
             let handle = Handle::current();
             handle.kill(self.node.id());
             self.disk.crash(crash_seed);
+            handle.restart(self.node.id());
+            let address = self.address.clone();
+            self.run(async move { connect(&address).await }).await;
+        }
+
+        /// Kills the broker node, loses power, lets `between` act on the
+        /// disk (damage at rest), and restarts it.
+        pub async fn kill_and_restart(&mut self, crash_seed: u64, between: impl FnOnce(&SimDisk)) {
+            let handle = Handle::current();
+            handle.kill(self.node.id());
+            self.disk.crash(crash_seed);
+            between(&self.disk);
             handle.restart(self.node.id());
             let address = self.address.clone();
             self.run(async move { connect(&address).await }).await;
