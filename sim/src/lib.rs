@@ -9,6 +9,7 @@ pub mod history;
 #[cfg(not(madsim))]
 pub mod nemesis;
 pub mod plan;
+pub mod planted;
 #[cfg(madsim)]
 pub mod run;
 pub mod workload;

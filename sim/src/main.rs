@@ -372,8 +372,9 @@ mod runner {
     }
 
     /// Hunts each planted bug (or the one `--plant` names) through the seeds
-    /// in order; fails unless every one is caught. Prints how many seeds each
-    /// needed and what caught it.
+    /// in order; fails unless every one is caught by a rule meant for it
+    /// (see `weir_sim::planted`). Prints how many seeds each needed and
+    /// which rule caught it.
     fn hunt_planted(args: &Args) -> bool {
         let seeds = if args.seeds.is_empty() { 0..200 } else { args.seeds.clone() };
         let bugs: Vec<Bug> = match args.plant {
@@ -385,14 +386,20 @@ mod runner {
             let started = Instant::now();
             let planted = Args { plant: Some(bug), seeds: seeds.clone(), ..args.clone() };
             match hunt(&planted) {
-                Some((seed, caught_by)) => println!(
-                    "planted {bug}: caught by seed {seed}, the {} seed tried ({:.0} s): {caught_by}",
+                Some((seed, rules)) => println!(
+                    "planted {bug}: caught by seed {seed}, the {} seed tried ({:.0} s): {rules}; \
+                     the seed passes without the bug",
                     ordinal(seed - seeds.start + 1),
                     started.elapsed().as_secs_f64()
                 ),
                 None => {
                     all_caught = false;
-                    println!("planted {bug}: NOT CAUGHT in seeds {}..{}", seeds.start, seeds.end);
+                    println!(
+                        "planted {bug}: NOT CAUGHT by {} in seeds {}..{}",
+                        weir_sim::planted::catching_rules(bug).join(" or "),
+                        seeds.start,
+                        seeds.end
+                    );
                 }
             }
         }
@@ -410,11 +417,14 @@ mod runner {
         format!("{n}{suffix}")
     }
 
-    /// Runs `args.seeds` in order, `jobs` at a time, until one fails; then
-    /// lets the seeds before it finish. The lowest failing seed and what
-    /// it reported (its anomalies' kinds, or a panic).
+    /// Runs `args.seeds` in order, `jobs` at a time, until a seed fails by
+    /// one of the planted bug's rules and, run again without the bug,
+    /// passes. That seed and the rules that fired. Seeds that fail
+    /// otherwise (a panic, another rule, or also without the bug) are
+    /// printed and do not count.
     fn hunt(args: &Args) -> Option<(u64, String)> {
-        let bug = args.plant.map(|b| b.name()).unwrap_or("none");
+        let bug = args.plant.expect("a planted bug to hunt");
+        let rules = weir_sim::planted::catching_rules(bug);
         let history = |seed: u64| args.out.join(format!("{bug}-seed-{seed}.edn"));
         if let Err(error) = std::fs::create_dir_all(&args.out) {
             eprintln!("weir-sim: cannot create {}: {error}", args.out.display());
@@ -422,9 +432,8 @@ mod runner {
         }
         let mut pending = args.seeds.clone();
         let mut running: Vec<(u64, Child)> = Vec::new();
-        let mut caught: Option<(u64, String)> = None;
         loop {
-            while running.len() < args.jobs && caught.is_none() {
+            while running.len() < args.jobs {
                 let Some(seed) = pending.next() else { break };
                 match child(seed, args, Some(&history(seed))) {
                     Ok(process) => running.push((seed, process)),
@@ -432,11 +441,9 @@ mod runner {
                 }
             }
             if running.is_empty() {
-                if let Some((seed, _)) = &caught {
-                    println!("  history of the catching seed: {}", history(*seed).display());
-                }
-                return caught;
+                return None;
             }
+            // In seed order: the first catch found is the lowest seed.
             let (seed, process) = running.remove(0);
             let stdout =
                 process.wait_with_output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
@@ -450,17 +457,35 @@ mod runner {
                 .filter_map(|l| l.strip_prefix("anomaly: "))
                 .filter_map(|a| a.split(':').next())
                 .collect();
+            kinds.sort_unstable();
             kinds.dedup();
-            let what = if field(line, "panicked") == Some("true") {
-                "the run panicked".to_owned()
-            } else if kinds.is_empty() {
-                format!("no result ({line})")
-            } else {
-                kinds.join(", ")
-            };
-            if caught.as_ref().is_none_or(|(s, _)| seed < *s) {
-                caught = Some((seed, what));
+            let fired: Vec<&str> = kinds.iter().copied().filter(|kind| rules.contains(kind)).collect();
+            if fired.is_empty() {
+                let what = if field(line, "panicked") == Some("true") {
+                    "the run panicked".to_owned()
+                } else {
+                    kinds.join(", ")
+                };
+                println!("  {bug}: seed {seed} failed, but not by {}: {what}", rules.join(" or "));
+                continue;
             }
+            // The catch counts only if the seed passes without the bug.
+            let control = Args { plant: None, ..args.clone() };
+            let clean = child(seed, &control, None)
+                .and_then(|c| c.wait_with_output())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let clean_line = result_line(&clean).unwrap_or("no result line");
+            if field(clean_line, "valid") != Some("true") {
+                println!("  {bug}: seed {seed} fails without the bug too, so it proves nothing: {clean_line}");
+                continue;
+            }
+            for (_, mut other) in running {
+                let _ = other.kill();
+                let _ = other.wait();
+            }
+            println!("  history of the catching seed: {}", history(seed).display());
+            return Some((seed, fired.join(", ")));
         }
     }
 }

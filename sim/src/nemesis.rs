@@ -449,8 +449,9 @@ pub async fn run(options: Options) -> Result<Report, String> {
 
     let final_log = read_all(bootstrap.clone(), options.partitions).await?;
     let (mut replicas, silent) = describe_replicas(addresses, Duration::from_secs(60)).await;
-    nemesis_errors
-        .extend(silent.into_iter().map(|(broker, e)| format!("broker {broker} did not describe its replicas: {e}")));
+    let mut unchecked: Vec<String> =
+        silent.into_iter().map(|(broker, e)| format!("broker {broker} did not describe its replicas: {e}")).collect();
+    nemesis_errors.extend(unchecked.iter().cloned());
     let mut replicas_described: BTreeMap<u64, usize> = (1..=hosts as u64).map(|b| (b, 0)).collect();
     for replica in &replicas {
         *replicas_described.entry(replica.broker).or_default() += 1;
@@ -467,7 +468,13 @@ pub async fn run(options: Options) -> Result<Report, String> {
                     replica.records = records;
                     true
                 }
-                None => false,
+                None => {
+                    unchecked.push(format!(
+                        "broker {} described a replica of partition {} that its disk does not hold",
+                        replica.broker, replica.partition
+                    ));
+                    false
+                }
             }
         });
     } else {
@@ -475,7 +482,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
         replicas.clear();
     }
     let replicas_read = replicas.len();
-    let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()), replicas };
+    let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()), replicas, unchecked };
     let anomalies = checker::check(&input);
     let weak = checker::weak_losses(&input);
     Ok(Report {

@@ -145,8 +145,8 @@ pub async fn run(plan: Plan) -> Outcome {
 
     let address = bootstrap.clone();
     let final_log = cluster.run(read_all(address, plan.partitions)).await.unwrap_or_else(|error| panic!("{error}"));
-    let replicas = replicas(&cluster, plan.brokers).await;
-    let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()), replicas };
+    let (replicas, unchecked) = replicas(&cluster, plan.brokers).await;
+    let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()), replicas, unchecked };
     let anomalies = checker::check(&input);
     let weak = checker::weak_losses(&input);
     Outcome {
@@ -159,20 +159,31 @@ pub async fn run(plan: Plan) -> Outcome {
 }
 
 /// Every replica of the topic: its bounds as its broker describes them,
-/// then, with every broker halted (their disks as they are), its log as
-/// its disk holds it.
-async fn replicas(cluster: &Cluster, brokers: u64) -> Vec<Replica> {
+/// then, with every broker halted and every disk keeping only what was
+/// fsynced (as after a power loss of the whole cluster), its log as its
+/// disk holds it. Beside them, what could not be read, and why.
+async fn replicas(cluster: &Cluster, brokers: u64) -> (Vec<Replica>, Vec<String>) {
     let addresses = cluster.addresses();
-    let (described, _) = cluster.run(describe_replicas(addresses, Duration::from_secs(30))).await;
+    let (described, silent) = cluster.run(describe_replicas(addresses, Duration::from_secs(30))).await;
+    let mut unchecked: Vec<String> =
+        silent.into_iter().map(|(broker, e)| format!("broker {broker} did not describe its replicas: {e}")).collect();
     for broker in 1..=brokers {
         cluster.halt(broker);
+        cluster.disk(broker).crash_to_durable();
     }
     let read: Vec<Replica> = described
         .into_iter()
         .filter_map(|mut replica| {
             let disk: Arc<dyn Disk> = Arc::new(cluster.disk(replica.broker));
             let topics = std::path::PathBuf::from(format!("/data/broker-{}/topics", replica.broker));
-            replica.records = read_replica(disk, &topics, replica.broker, replica.partition)?;
+            let Some(records) = read_replica(disk, &topics, replica.broker, replica.partition) else {
+                unchecked.push(format!(
+                    "broker {} described a replica of partition {} that its disk does not hold",
+                    replica.broker, replica.partition
+                ));
+                return None;
+            };
+            replica.records = records;
             Some(replica)
         })
         .collect();
@@ -181,7 +192,7 @@ async fn replicas(cluster: &Cluster, brokers: u64) -> Vec<Replica> {
         records = read.iter().map(|r| r.records.len()).sum::<usize>(),
         "replicas read from their disks"
     );
-    read
+    (read, unchecked)
 }
 
 /// Every segment file on a broker's disk, by partition directory, oldest

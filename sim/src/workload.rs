@@ -317,6 +317,9 @@ pub async fn describe_replicas(addresses: Vec<String>, patience: Duration) -> (V
                 log_start: p.log_start_offset,
                 high_watermark: p.high_watermark,
                 log_end: p.log_end_offset,
+                leader: p.leader,
+                members: p.members.clone(),
+                voter_sets: p.voter_sets.iter().map(|set| set.brokers.clone()).collect(),
                 records: BTreeMap::new(),
             })),
             Err(error) => {

@@ -1,5 +1,6 @@
 //! The checkers can fail: each planted bug (`weir::sys::planted`) must be
-//! caught within 200 seeds, or this test fails. A checker that passes a
+//! caught within 200 seeds by a rule meant for it (`weir_sim::planted`), on
+//! a seed that passes without the bug, or this test fails. A checker that passes a
 //! history from a broker that acknowledges before commit, skips fsync,
 //! serves uncommitted reads, forgets its idempotence table, truncates
 //! committed entries or accepts stale commits is itself broken.

@@ -828,6 +828,8 @@ impl Broker {
                     .into_iter()
                     .map(|(broker, lag)| proto::ReplicaProgress { broker, lag })
                     .collect();
+                description.voter_sets =
+                    partition.replica().voter_sets().into_iter().map(|brokers| proto::VoterSet { brokers }).collect();
             }
             description.replicas = replicas;
             description.members = state.record.members(index).to_vec();

@@ -7,7 +7,9 @@
 //! - `flushed_offset` never exceeds what an fsync has made durable; it only
 //!   moves backwards through `truncate`.
 //! - A reopened log holds a prefix of what was appended that includes
-//!   everything flushed (barring bytes damaged at rest, which are reported).
+//!   everything flushed (barring bytes damaged at rest, which are reported:
+//!   among them every loss below the durable-end mark, see
+//!   [`super::durable_mark`]).
 //! - A failed write or fsync poisons the log: every later call fails with
 //!   [`LogError::Failed`] until it is reopened, because after a failed fsync
 //!   the kernel may have dropped data that reads would still return.

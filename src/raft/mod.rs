@@ -329,6 +329,14 @@ impl Replica {
         (membership.voter_ids().collect(), membership.learner_ids().collect())
     }
 
+    /// The voter sets of the configuration this replica applies: one, or
+    /// two during a joint change.
+    pub fn voter_sets(&self) -> Vec<Vec<NodeId>> {
+        let metrics = self.raft.server_metrics().borrow().clone();
+        let joint = metrics.membership_config.membership().get_joint_config().clone();
+        joint.into_iter().map(|voters| voters.into_iter().collect()).collect()
+    }
+
     /// On the leader: makes `target` (node id → address) the group's
     /// voters, live. New members join as learners first and become voters
     /// once each has caught up with where the log was when it joined

@@ -8,6 +8,7 @@ use crate::history::{pairs, Kind, Op, Value};
 
 pub mod commits;
 pub mod duplicate;
+pub mod durable_majority;
 pub mod group_ownership;
 pub mod inconsistent_offsets;
 pub mod lost_write;
@@ -48,8 +49,12 @@ pub struct Input {
     /// The group whose members must, together, have read every
     /// acknowledged value by the end (`unseen`).
     pub complete_group: Option<String>,
-    /// Every replica of the topic after the run (`replicas`).
+    /// Every replica of the topic after the run (`replicas`), read as a
+    /// power loss would leave its disk (`durable_majority`).
     pub replicas: Vec<replicas::Replica>,
+    /// Replicas that should have been read and were not, and why (a broker
+    /// that never described its replicas, a replica directory missing).
+    pub unchecked: Vec<String>,
 }
 
 impl Input {
@@ -104,6 +109,7 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
     out.extend(group_ownership::check(input));
     out.extend(commits::check(input));
     out.extend(replicas::check(input));
+    out.extend(durable_majority::check(input));
     out
 }
 
@@ -233,6 +239,7 @@ pub(crate) mod tests {
                 final_log: final_log.iter().map(|(p, log)| (*p, log.to_vec())).collect(),
                 complete_group: None,
                 replicas: Vec::new(),
+                unchecked: Vec::new(),
             }
         }
     }

@@ -26,12 +26,20 @@ pub struct Replica {
     pub log_start: u64,
     pub high_watermark: u64,
     pub log_end: u64,
+    /// The leader as its broker knew it (0: unknown).
+    pub leader: u64,
+    /// The partition's voters as its broker last knew them.
+    pub members: Vec<u64>,
+    /// From the leader only: the voter sets of the Raft configuration it
+    /// applies (two during a joint change).
+    pub voter_sets: Vec<Vec<u64>>,
     /// Its log as its disk holds it: offset → value.
     pub records: BTreeMap<u64, u64>,
 }
 
 pub fn check(input: &Input) -> Vec<Anomaly> {
-    let mut out = Vec::new();
+    let mut out: Vec<Anomaly> =
+        input.unchecked.iter().map(|why| Anomaly { kind: "replicas-unchecked", detail: why.clone() }).collect();
     for r in &input.replicas {
         if !(r.log_start <= r.high_watermark && r.high_watermark <= r.log_end) {
             out.push(Anomaly {
@@ -84,6 +92,9 @@ mod tests {
             log_start: 0,
             high_watermark,
             log_end: values.len() as u64,
+            leader: 1,
+            members: vec![1, 2, 3],
+            voter_sets: Vec::new(),
             records: values.iter().enumerate().map(|(o, v)| (o as u64, *v)).collect(),
         }
     }
@@ -103,6 +114,12 @@ mod tests {
     fn a_committed_entry_that_differs_is_divergence() {
         let diverged = vec![replica(1, 3, &[10, 11, 12]), replica(2, 3, &[10, 99, 12])];
         assert_eq!(check_replicas(diverged), vec!["replica-divergence"]);
+    }
+
+    #[test]
+    fn a_replica_left_unread_is_an_error_not_a_skip() {
+        let input = Input { unchecked: vec!["broker 2 did not describe its replicas".into()], ..Input::default() };
+        assert_eq!(check(&input).into_iter().map(|a| a.kind).collect::<Vec<_>>(), vec!["replicas-unchecked"]);
     }
 
     #[test]

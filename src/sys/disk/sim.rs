@@ -283,11 +283,24 @@ impl SimDisk {
     /// durable state plus a seed-chosen prefix of the unsynced operations,
     /// possibly with a torn last write per file. One-shot faults are cleared.
     pub fn crash(&self, seed: u64) {
-        let mut rng = SeededRng::new(seed);
+        self.crash_keeping(Some(SeededRng::new(seed)));
+    }
+
+    /// Simulates the harshest power loss: exactly the durable state
+    /// survives, nothing that was not fsynced (no prefix of pending writes,
+    /// no torn write). What a checker reads to ask "is it durable?".
+    pub fn crash_to_durable(&self) {
+        self.crash_keeping(None);
+    }
+
+    /// A crash keeping a prefix of the pending operations chosen by `rng`,
+    /// or none without one.
+    fn crash_keeping(&self, mut rng: Option<SeededRng>) {
+        let below = |rng: &mut Option<SeededRng>, n: u64| rng.as_mut().map_or(0, |rng| rng.below(n));
         let mut state = self.lock();
         let state = &mut *state;
 
-        let kept = rng.below(state.names_pending.len() as u64 + 1) as usize;
+        let kept = below(&mut rng, state.names_pending.len() as u64 + 1) as usize;
         let mut names = state.names_durable.clone();
         for op in &state.names_pending[..kept] {
             op.apply(&mut names);
@@ -297,13 +310,13 @@ impl SimDisk {
         state.inodes.retain(|inode, _| survivors.contains(inode));
         for inode in state.inodes.values_mut() {
             let mut data = std::mem::take(&mut inode.durable);
-            let kept = rng.below(inode.pending.len() as u64 + 1) as usize;
+            let kept = below(&mut rng, inode.pending.len() as u64 + 1) as usize;
             for op in &inode.pending[..kept] {
                 apply_op(&mut data, op);
             }
-            if let Some(FileOp::Write { position, bytes }) = inode.pending.get(kept) {
+            if let (Some(FileOp::Write { position, bytes }), Some(rng)) = (inode.pending.get(kept), rng.as_mut()) {
                 if !bytes.is_empty() && rng.chance(1, 2) {
-                    tear(&mut data, *position, bytes, &mut rng);
+                    tear(&mut data, *position, bytes, rng);
                 }
             }
             inode.durable = data.clone();
@@ -717,6 +730,18 @@ mod tests {
         assert!(outcomes.contains(&(pending.len(), true)), "some crash keeps all of it");
         assert!(outcomes.iter().any(|&(len, _)| len > 0 && len < pending.len()), "some crash tears it");
         assert!(outcomes.contains(&(pending.len(), false)), "some tear leaves junk in the range");
+    }
+
+    #[test]
+    fn a_crash_to_durable_keeps_exactly_what_was_synced() {
+        let (synced, pending) = (b"durable|".to_vec(), b"maybe-lost".to_vec());
+        let disk = setup(&synced, &pending);
+        let file = disk.open(&path("unnamed"), true).unwrap();
+        file.write_at(0, b"never synced, nor its name").unwrap();
+        drop(file);
+        disk.crash_to_durable();
+        assert_eq!(contents(&disk, "f").expect("a synced file survives"), synced);
+        assert!(contents(&disk, "unnamed").is_none(), "a name never synced is gone");
     }
 
     #[test]

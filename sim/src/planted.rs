@@ -1,0 +1,53 @@
+//! Which checker rule must catch each planted bug (`weir::sys::planted`).
+//!
+//! A planted bug proves a rule only if that rule, not a panic and not
+//! another rule, flags it, on a seed that passes with the bug switched off
+//! (`weir-sim planted` checks both). Each entry names the rules that
+//! express the property the bug breaks; the first is the one meant for it.
+
+use weir::sys::planted::Bug;
+
+/// The anomaly kinds that count as catching `bug`.
+pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
+    match bug {
+        // Acknowledged before a majority had it: a failover loses it.
+        Bug::AckBeforeCommit => &["lost-write", "durable-majority"],
+        // Acknowledged before it was on any disk: a power loss of the
+        // copies that acknowledged it leaves it on no majority.
+        Bug::SkipFsync => &["durable-majority", "lost-write"],
+        // A consumer reads a record that a failover then replaces: the
+        // offset it read holds another value in the final log.
+        Bug::UncommittedReads => &["inconsistent-offsets"],
+        // A retried batch appended twice.
+        Bug::ForgetProducersOnRestart => &["duplicate"],
+        // A leader without a committed entry overwrites it on the others.
+        Bug::TruncateCommittedOnLeaderChange => &["lost-write", "replica-divergence", "inconsistent-offsets"],
+        // A stale member's commit rewinds the group's position.
+        Bug::StaleGenerationCommits => &["commit-backwards"],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rule name that no checker emits would make a bug uncatchable.
+    #[test]
+    fn every_named_rule_is_a_checker_rule() {
+        let sources = [
+            include_str!("checker/commits.rs"),
+            include_str!("checker/duplicate.rs"),
+            include_str!("checker/durable_majority.rs"),
+            include_str!("checker/inconsistent_offsets.rs"),
+            include_str!("checker/lost_write.rs"),
+            include_str!("checker/replicas.rs"),
+        ]
+        .concat();
+        for bug in Bug::ALL {
+            assert!(!catching_rules(bug).is_empty(), "{bug} names no rule");
+            for rule in catching_rules(bug) {
+                assert!(sources.contains(&format!("kind: \"{rule}\"")), "{bug}: no checker emits {rule}");
+            }
+        }
+    }
+}
