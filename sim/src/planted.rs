@@ -17,7 +17,7 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         Bug::SkipFsync => &["durable-majority", "lost-write"],
         // A consumer reads a record that a failover then replaces: the
         // offset it read holds another value in the final log.
-        Bug::UncommittedReads => &["inconsistent-offsets"],
+        Bug::UncommittedReads => &["inconsistent-offsets", "lost-write"],
         // A retried batch appended twice.
         Bug::ForgetProducersOnRestart => &["duplicate"],
         // A leader without a committed entry overwrites it on the others.

@@ -12,6 +12,7 @@ pub mod durable_majority;
 pub mod group_ownership;
 pub mod inconsistent_offsets;
 pub mod lost_write;
+pub mod no_writer;
 pub mod nonmonotonic_poll;
 pub mod nonmonotonic_send;
 pub mod poll_skip;
@@ -100,6 +101,7 @@ impl Input {
 pub fn check(input: &Input) -> Vec<Anomaly> {
     let mut out = Vec::new();
     out.extend(lost_write::check(input));
+    out.extend(no_writer::check(input));
     out.extend(unseen::check(input));
     out.extend(duplicate::check(input));
     out.extend(inconsistent_offsets::check(input));
