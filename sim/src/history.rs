@@ -199,9 +199,15 @@ pub fn to_edn(ops: &[Op]) -> String {
 /// A stable fingerprint of a history (FNV-1a over its EDN): the same seed
 /// must give the same fingerprint.
 pub fn fingerprint(ops: &[Op]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in to_edn(ops).bytes() {
-        hash ^= u64::from(byte);
+    fnv1a(to_edn(ops).as_bytes(), FNV_OFFSET)
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a of `bytes`, continuing from `hash`.
+pub fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
+    for byte in bytes {
+        hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash

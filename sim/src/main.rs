@@ -8,7 +8,7 @@
 //! ```text
 //! weir-sim run --seed 7 [--secs 60] [--history FILE]
 //! weir-sim sweep --seeds 0..1000 [--jobs 2] [--secs 60] [--out DIR]
-//! weir-sim determinism --seed 7 [--secs 20]
+//! weir-sim determinism --seed 7 | --seeds 0..10 [--secs 20]
 //! weir-sim planted [--seeds 0..200] [--secs 60] [--plant NAME]
 //! ```
 //!
@@ -43,7 +43,7 @@ mod runner {
 
     const USAGE: &str = "usage: weir-sim run --seed N [--secs S] [--brokers B] [--history FILE]\n       \
                          weir-sim sweep --seeds A..B [--jobs J] [--secs S] [--brokers B] [--minutes M] [--out DIR]\n       \
-                         weir-sim determinism --seed N [--secs S] [--brokers B]\n       \
+                         weir-sim determinism --seed N | --seeds A..B [--secs S] [--brokers B]\n       \
                          weir-sim planted [--seeds A..B] [--jobs J] [--secs S] [--plant BUG]\n\
                          run, sweep and determinism also take --plant BUG";
 
@@ -185,7 +185,8 @@ mod runner {
                         .anomalies
                         .push(weir_sim::checker::Anomaly { kind: "panic", detail: panic.replace('\n', " ") });
                 }
-                let hash = fingerprint(&outcome.ops);
+                let history_hash = fingerprint(&outcome.ops);
+                let hash = outcome.fingerprint();
                 let valid = outcome.anomalies.is_empty();
                 for anomaly in &outcome.anomalies {
                     println!("anomaly: {anomaly}");
@@ -204,7 +205,7 @@ mod runner {
                 println!(
                     "RESULT seed={seed} valid={valid} ops={} acknowledged={} faults={} anomalies={} \
                      leader_lost={leader_lost}/{leader_acked} none_lost={none_lost}/{none_acked} \
-                     hash={hash:016x} wall={wall:.1}s",
+                     hash={hash:016x} history={history_hash:016x} wall={wall:.1}s",
                     outcome.ops.len(),
                     outcome.acknowledged,
                     outcome.faults,
@@ -350,25 +351,32 @@ mod runner {
         failed.is_empty()
     }
 
-    /// Runs one seed twice, each in a fresh process, and compares the
-    /// histories' fingerprints.
+    /// Runs each seed (`--seed`, or every one of `--seeds`) twice, each
+    /// time in a fresh process, and compares the fingerprints of the whole
+    /// outcome: history, final logs, every replica's durable contents,
+    /// anomalies and verdict.
     fn determinism(args: &Args) -> bool {
-        let mut hashes = Vec::new();
-        for _ in 0..2 {
-            let output = match child(args.seed, args, None).and_then(|c| c.wait_with_output()) {
-                Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
-                Err(error) => {
-                    eprintln!("weir-sim: cannot run seed {}: {error}", args.seed);
-                    return false;
-                }
-            };
-            let line = result_line(&output).unwrap_or("").to_owned();
-            println!("{line}");
-            hashes.push(field(&line, "hash").map(str::to_owned));
+        let seeds = if args.seeds.is_empty() { args.seed..args.seed + 1 } else { args.seeds.clone() };
+        let mut all_same = true;
+        for seed in seeds {
+            let mut hashes = Vec::new();
+            for _ in 0..2 {
+                let output = match child(seed, args, None).and_then(|c| c.wait_with_output()) {
+                    Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+                    Err(error) => {
+                        eprintln!("weir-sim: cannot run seed {seed}: {error}");
+                        return false;
+                    }
+                };
+                let line = result_line(&output).unwrap_or("").to_owned();
+                println!("{line}");
+                hashes.push(field(&line, "hash").map(str::to_owned));
+            }
+            let same = hashes[0].is_some() && hashes[0] == hashes[1];
+            println!("determinism: seed {seed} gave {} outcomes", if same { "identical" } else { "DIFFERENT" });
+            all_same &= same;
         }
-        let same = hashes[0].is_some() && hashes[0] == hashes[1];
-        println!("determinism: seed {} gave {} histories", args.seed, if same { "identical" } else { "DIFFERENT" });
-        same
+        all_same
     }
 
     /// Hunts each planted bug (or the one `--plant` names) through the seeds

@@ -24,6 +24,14 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         Bug::TruncateCommittedOnLeaderChange => &["lost-write", "replica-divergence", "inconsistent-offsets"],
         // A stale member's commit rewinds the group's position.
         Bug::StaleGenerationCommits => &["commit-backwards"],
+        // A record handed to nobody: the consumer's offsets jump.
+        Bug::SkipPolledRecord => &["poll-skip"],
+        // The same record read twice in one assignment.
+        Bug::RereadPolledRecord => &["nonmonotonic-poll"],
+        Bug::DoubleAssignment => &["group-ownership"],
+        // The next owner starts past a record nobody in the group read.
+        Bug::CommitPastRead => &["unseen"],
+        Bug::HighWatermarkPastLogEnd => &["replica-bounds"],
     }
 }
 
@@ -39,8 +47,12 @@ mod tests {
             include_str!("checker/duplicate.rs"),
             include_str!("checker/durable_majority.rs"),
             include_str!("checker/inconsistent_offsets.rs"),
+            include_str!("checker/group_ownership.rs"),
             include_str!("checker/lost_write.rs"),
+            include_str!("checker/nonmonotonic_poll.rs"),
+            include_str!("checker/poll_skip.rs"),
             include_str!("checker/replicas.rs"),
+            include_str!("checker/unseen.rs"),
         ]
         .concat();
         for bug in Bug::ALL {

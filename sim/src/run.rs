@@ -36,6 +36,31 @@ pub struct Outcome {
     /// The acks=leader and the acks=none producer: (sends acknowledged,
     /// of those not in the final read).
     pub weak_losses: [(usize, usize); 2],
+    /// What the checkers read besides the history.
+    pub final_log: std::collections::BTreeMap<u32, Vec<(u64, u64)>>,
+    pub replicas: Vec<Replica>,
+    pub unchecked: Vec<String>,
+}
+
+impl Outcome {
+    /// A fingerprint of the whole outcome: the history, the final logs,
+    /// every replica's bounds and durable contents, what could not be read,
+    /// the anomalies and the verdict. Two runs of one seed that agree on
+    /// the history but not on what the disks hold differ here.
+    pub fn fingerprint(&self) -> u64 {
+        let mut hash = crate::history::fingerprint(&self.ops);
+        // Debug of BTreeMaps and Vecs is ordered: stable across runs.
+        let rest = format!(
+            "{:?}|{:?}|{:?}|{:?}|valid={}",
+            self.final_log,
+            self.replicas,
+            self.unchecked,
+            self.anomalies,
+            self.anomalies.is_empty()
+        );
+        hash = crate::history::fnv1a(rest.as_bytes(), hash);
+        hash
+    }
 }
 
 pub async fn run(plan: Plan) -> Outcome {
@@ -155,6 +180,9 @@ pub async fn run(plan: Plan) -> Outcome {
         weak_losses: [LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER].map(|p| weak.get(&p).copied().unwrap_or_default()),
         ops: input.ops,
         faults: plan.steps.len() + plan.stalls.len(),
+        final_log: input.final_log,
+        replicas: input.replicas,
+        unchecked: input.unchecked,
     }
 }
 

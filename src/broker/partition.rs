@@ -214,7 +214,7 @@ impl Partition {
     pub fn describe(&self) -> BrokerResult<PartitionDescription> {
         let index = self.index;
         let high_watermark = self.high_watermark();
-        self.with_log(|log| {
+        let mut description = self.with_log(|log| {
             Ok(PartitionDescription {
                 partition: index,
                 log_start_offset: log.log_start_offset(),
@@ -224,7 +224,11 @@ impl Partition {
                 segments: log.segment_count() as u32,
                 ..PartitionDescription::default()
             })
-        })
+        })?;
+        if planted::on(Bug::HighWatermarkPastLogEnd) {
+            description.high_watermark = description.log_end_offset + 1;
+        }
+        Ok(description)
     }
 
     /// Stops the replica and closes the log cleanly; later calls fail as

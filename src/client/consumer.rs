@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{Client, ClientError, ClientResult};
 use crate::proto::{self, ErrorCode, OffsetSpec};
+use crate::sys::planted::{self, Bug};
 
 /// Where a partition without a committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,11 +502,21 @@ impl GroupConsumer {
             }
             other => other?,
         };
-        self.positions.insert((topic.to_owned(), partition), response.next_offset);
-        if !response.records.is_empty() {
+        let mut records = response.records;
+        let mut next_offset = response.next_offset;
+        if records.len() > 1 {
+            if planted::on(Bug::SkipPolledRecord) {
+                records.remove(0);
+            }
+            if planted::on(Bug::RereadPolledRecord) {
+                next_offset = records.last().expect("several").offset;
+            }
+        }
+        self.positions.insert((topic.to_owned(), partition), next_offset);
+        if !records.is_empty() {
             self.uncommitted = true;
         }
-        Ok(response.records.into_iter().map(|record| Consumed { topic: topic.to_owned(), partition, record }).collect())
+        Ok(records.into_iter().map(|record| Consumed { topic: topic.to_owned(), partition, record }).collect())
     }
 }
 

@@ -179,6 +179,16 @@ impl GroupCoordinator {
             group.members.iter().map(|(id, m)| (id.clone(), m.topics.clone())).collect();
         let counts = self.partition_counts(group);
         group.assignment = group.assignor.assign(&subscriptions, &counts, &group.assignment);
+        if planted::on(Bug::DoubleAssignment) {
+            for held in group.assignment.values_mut() {
+                for topic in counts.keys() {
+                    let first = TopicPartition::new(topic.clone(), 0);
+                    if !held.contains(&first) {
+                        held.push(first);
+                    }
+                }
+            }
+        }
         group.counts = counts;
         group.generation += 1;
         group.completed.send_replace(group.generation);
@@ -436,7 +446,7 @@ impl GroupCoordinator {
             let key =
                 OffsetKey { group: request.group.clone(), topic: offset.topic.clone(), partition: offset.partition };
             let value = Committed {
-                offset: offset.offset,
+                offset: offset.offset + u64::from(planted::on(Bug::CommitPastRead)),
                 metadata: offset.metadata.clone(),
                 generation: request.generation,
                 timestamp_ms: now_ms,

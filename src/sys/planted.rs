@@ -27,16 +27,36 @@ pub enum Bug {
     TruncateCommittedOnLeaderChange,
     /// The group coordinator accepts offset commits from any generation.
     StaleGenerationCommits,
+    /// A consumer's fetch hands back every record but the first of a
+    /// response of several, and still moves past them all.
+    SkipPolledRecord,
+    /// A consumer's fetch of several records moves its position only to
+    /// the last record, not past it, so the next poll reads it again.
+    RereadPolledRecord,
+    /// The group coordinator gives every member partition 0 of each topic
+    /// besides its share: two owners of one partition in one generation.
+    DoubleAssignment,
+    /// The group coordinator stores each committed offset one past what
+    /// the member committed: the next owner skips a record.
+    CommitPastRead,
+    /// A partition's description says its high watermark is one past its
+    /// log end.
+    HighWatermarkPastLogEnd,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 11] = [
         Bug::AckBeforeCommit,
         Bug::SkipFsync,
         Bug::UncommittedReads,
         Bug::ForgetProducersOnRestart,
         Bug::TruncateCommittedOnLeaderChange,
         Bug::StaleGenerationCommits,
+        Bug::SkipPolledRecord,
+        Bug::RereadPolledRecord,
+        Bug::DoubleAssignment,
+        Bug::CommitPastRead,
+        Bug::HighWatermarkPastLogEnd,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +67,11 @@ impl Bug {
             Bug::ForgetProducersOnRestart => "forget-producers-on-restart",
             Bug::TruncateCommittedOnLeaderChange => "truncate-committed-on-leader-change",
             Bug::StaleGenerationCommits => "stale-generation-commits",
+            Bug::SkipPolledRecord => "skip-polled-record",
+            Bug::RereadPolledRecord => "reread-polled-record",
+            Bug::DoubleAssignment => "double-assignment",
+            Bug::CommitPastRead => "commit-past-read",
+            Bug::HighWatermarkPastLogEnd => "high-watermark-past-log-end",
         }
     }
 
