@@ -32,6 +32,8 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         // The next owner starts past a record nobody in the group read.
         Bug::CommitPastRead => &["unseen"],
         Bug::HighWatermarkPastLogEnd => &["replica-bounds"],
+        // A value no producer sent, served as if stored.
+        Bug::ServeAlteredValue => &["no-writer"],
     }
 }
 
@@ -49,6 +51,7 @@ mod tests {
             include_str!("checker/inconsistent_offsets.rs"),
             include_str!("checker/group_ownership.rs"),
             include_str!("checker/lost_write.rs"),
+            include_str!("checker/no_writer.rs"),
             include_str!("checker/nonmonotonic_poll.rs"),
             include_str!("checker/poll_skip.rs"),
             include_str!("checker/replicas.rs"),

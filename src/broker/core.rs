@@ -29,6 +29,7 @@ use crate::proto;
 use crate::raft::{raft_config, Acks, Connections, GroupId, NodeId, ReplicaEnv, Router};
 use crate::sys::clock::Clock;
 use crate::sys::disk::Disk;
+use crate::sys::planted::{self, Bug};
 use crate::sys::rng::random_u64;
 use crate::sys::task::blocking;
 
@@ -212,11 +213,17 @@ fn to_proto_config(config: &TopicConfig) -> proto::TopicConfig {
 }
 
 pub(super) fn to_proto_record(record: Record) -> proto::Record {
+    let mut value: Option<Vec<u8>> = record.value.map(Bytes::into);
+    if planted::on(Bug::ServeAlteredValue) && record.offset % 50 == 7 {
+        if let Some(value) = value.as_mut() {
+            value.push(b'0');
+        }
+    }
     proto::Record {
         offset: record.offset,
         timestamp_ms: record.timestamp_ms,
         key: record.key.map(Bytes::into),
-        value: record.value.map(Bytes::into),
+        value,
         headers: record
             .headers
             .into_iter()

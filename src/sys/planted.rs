@@ -42,10 +42,13 @@ pub enum Bug {
     /// A partition's description says its high watermark is one past its
     /// log end.
     HighWatermarkPastLogEnd,
+    /// Fetches serve some records (offsets 7, 57, 107, ...) with a byte
+    /// added to the value after every check passed: bytes no producer sent.
+    ServeAlteredValue,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 12] = [
         Bug::AckBeforeCommit,
         Bug::SkipFsync,
         Bug::UncommittedReads,
@@ -57,6 +60,7 @@ impl Bug {
         Bug::DoubleAssignment,
         Bug::CommitPastRead,
         Bug::HighWatermarkPastLogEnd,
+        Bug::ServeAlteredValue,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +76,7 @@ impl Bug {
             Bug::DoubleAssignment => "double-assignment",
             Bug::CommitPastRead => "commit-past-read",
             Bug::HighWatermarkPastLogEnd => "high-watermark-past-log-end",
+            Bug::ServeAlteredValue => "serve-altered-value",
         }
     }
 
