@@ -22,8 +22,8 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         Bug::ForgetProducersOnRestart => &["duplicate"],
         // A leader without a committed entry overwrites it on the others.
         Bug::TruncateCommittedOnLeaderChange => &["lost-write", "replica-divergence", "inconsistent-offsets"],
-        // A stale member's commit rewinds the group's position.
-        Bug::StaleGenerationCommits => &["commit-backwards"],
+        // A fenced member's commit accepted; it may rewind the group.
+        Bug::StaleGenerationCommits => &["stale-commit", "commit-backwards"],
         // A record handed to nobody: the consumer's offsets jump.
         Bug::SkipPolledRecord => &["poll-skip"],
         // The same record read twice in one assignment.
@@ -55,6 +55,7 @@ mod tests {
             include_str!("checker/nonmonotonic_poll.rs"),
             include_str!("checker/poll_skip.rs"),
             include_str!("checker/replicas.rs"),
+            include_str!("checker/stale_commit.rs"),
             include_str!("checker/unseen.rs"),
         ]
         .concat();

@@ -17,6 +17,7 @@ pub mod nonmonotonic_poll;
 pub mod nonmonotonic_send;
 pub mod poll_skip;
 pub mod replicas;
+pub mod stale_commit;
 pub mod unseen;
 
 /// One thing that should not have happened.
@@ -110,6 +111,7 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
     out.extend(poll_skip::check(input));
     out.extend(group_ownership::check(input));
     out.extend(commits::check(input));
+    out.extend(stale_commit::check(input));
     out.extend(replicas::check(input));
     out.extend(durable_majority::check(input));
     out
