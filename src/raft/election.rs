@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::{Config, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -155,22 +156,25 @@ pub async fn run_elections(elector: Elector) {
     // a leader: a voter that tried a moment ago has still heard nobody).
     let mut tried: Option<Instant> = None;
     loop {
-        let mut timeout = Duration::from_millis(min + random_u64() % (max.saturating_sub(min) + 1));
-        if running.borrow().vote.is_committed() {
-            // There was a leader: its voters refuse votes until its lease
-            // runs out, so campaigning sooner would waste a term.
-            timeout += lease;
-        }
+        let drawn = Duration::from_millis(min + random_u64() % (max.saturating_sub(min) + 1));
+        let mut timeout;
         loop {
             if running.has_changed().is_err() {
                 return; // the Raft node stopped
             }
-            let (leading, alone) = {
+            let (leading, alone, led) = {
                 let metrics = running.borrow();
                 let membership = metrics.membership_config.membership();
                 let alone = membership.voter_ids().eq([node_id]);
-                (metrics.state == ServerState::Leader, alone)
+                (metrics.state == ServerState::Leader, alone, metrics.vote.is_committed())
             };
+            // There was a leader: its voters refuse votes (and pre-votes)
+            // until its lease runs out, so campaigning sooner would waste a
+            // try. Judged now, not when the timeout was drawn: a leader
+            // elected meanwhile (a replica that just started) counts, or
+            // the first try after its loss comes too soon, is refused, and
+            // the next waits a whole timeout and lease more.
+            timeout = drawn + if led { lease } else { Duration::ZERO };
             if leading {
                 contact.touch();
             } else if alone && first {
@@ -201,16 +205,40 @@ pub async fn run_elections(elector: Elector) {
         if !configs.iter().any(|config| config.contains(&node_id)) {
             continue; // not a voter
         }
+        let started = Instant::now();
+        let term = running.borrow().current_term;
         let request = PreVote { last_log_id: log_store.last_log_id() };
         let answer_within = Duration::from_millis(min);
-        let answers = futures::future::join_all(addresses.iter().map(|(peer, address)| {
-            let (connections, request) = (&connections, &request);
-            async move { (*peer, connections.pre_vote(*peer, address, group, request, answer_within).await) }
-        }))
-        .await;
-        let mut granted: BTreeSet<NodeId> = answers.into_iter().filter(|(_, yes)| *yes).map(|(id, _)| id).collect();
-        granted.insert(node_id);
-        if is_quorum(&configs, &granted) {
+        // Stop asking once a quorum said yes: a voter that is down (a
+        // paused leader) must not hold the campaign back by `answer_within`,
+        // the window in which another replica can be elected meanwhile.
+        let mut answers: futures::stream::FuturesUnordered<_> = addresses
+            .iter()
+            .map(|(peer, address)| {
+                let (connections, request) = (&connections, &request);
+                async move { (*peer, connections.pre_vote(*peer, address, group, request, answer_within).await) }
+            })
+            .collect();
+        let mut granted = BTreeSet::from([node_id]);
+        while !is_quorum(&configs, &granted) {
+            match answers.next().await {
+                Some((peer, true)) => {
+                    granted.insert(peer);
+                }
+                Some((_, false)) => {}
+                None => break,
+            }
+        }
+        drop(answers);
+        // A leader heard, or a vote granted, while the pre-vote ran: a
+        // successor may be in office already, elected with this replica's
+        // own vote. The pre-votes were given before that; campaigning on
+        // them would depose it (on real hosts, a paused leader's two
+        // followers deposed each other 3 to 6 times in 15 s).
+        let overtaken = contact.silence() < started.elapsed() || running.borrow().current_term != term;
+        if overtaken {
+            tracing::debug!(node_id, %group, "a leader or a campaign appeared while pre-voting: not campaigning");
+        } else if is_quorum(&configs, &granted) {
             tracing::debug!(node_id, %group, "no leader heard for {timeout:?} and a quorum would vote: campaigning");
             if raft.trigger().elect().await.is_err() {
                 return;
