@@ -107,28 +107,36 @@ impl Metrics {
             let _ = writeln!(losses, "weir_partition_durable_losses_total{{{labels}}} {}", lost.times);
             let _ = writeln!(lost_offsets, "weir_partition_lost_offsets_total{{{labels}}} {}", lost.offsets);
         }
-        let _ = writeln!(out, "# HELP weir_partition_size_bytes Bytes a partition's log holds.");
-        let _ = writeln!(out, "# TYPE weir_partition_size_bytes gauge\n{sizes}");
-        let _ = writeln!(
-            out,
-            "# HELP weir_partition_repairing 1 while the replica waits for its leader to repair damage at rest."
-        );
-        let _ = writeln!(out, "# TYPE weir_partition_repairing gauge\n{repairing}");
-        let _ = writeln!(
-            out,
-            "# HELP weir_partition_repairs_total Damage at rest found in the replica and repaired from peers."
-        );
-        let _ = writeln!(out, "# TYPE weir_partition_repairs_total counter\n{repairs}");
-        let _ = writeln!(
-            out,
-            "# HELP weir_partition_durable_losses_total Recoveries that found records this replica had made durable lost at rest."
-        );
-        let _ = writeln!(out, "# TYPE weir_partition_durable_losses_total counter\n{losses}");
-        let _ = writeln!(
-            out,
-            "# HELP weir_partition_lost_offsets_total Offsets this replica had made durable and lost at rest (peers may repair them)."
-        );
-        let _ = writeln!(out, "# TYPE weir_partition_lost_offsets_total counter\n{lost_offsets}");
+        let families = [
+            ("weir_partition_size_bytes", "gauge", "Bytes a partition's log holds.", &sizes),
+            (
+                "weir_partition_repairing",
+                "gauge",
+                "1 while the replica waits for its leader to repair damage at rest.",
+                &repairing,
+            ),
+            (
+                "weir_partition_repairs_total",
+                "counter",
+                "Damage at rest found in the replica and repaired from peers.",
+                &repairs,
+            ),
+            (
+                "weir_partition_durable_losses_total",
+                "counter",
+                "Recoveries that found records this replica had made durable lost at rest.",
+                &losses,
+            ),
+            (
+                "weir_partition_lost_offsets_total",
+                "counter",
+                "Offsets this replica had made durable and lost at rest (peers may repair them).",
+                &lost_offsets,
+            ),
+        ];
+        for (name, kind, help, samples) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{samples}");
+        }
         let passes = broker.scrub_passes();
         let _ = writeln!(out, "# HELP weir_scrub_passes_total Replica logs scrubbed whole without finding damage.");
         let _ = writeln!(out, "# TYPE weir_scrub_passes_total counter\nweir_scrub_passes_total {passes}");
