@@ -154,8 +154,6 @@ pub struct Broker {
     reopens: Mutex<HashMap<GroupId, Reopen>>,
 }
 
-/// The back-off between reopenings of a replica that storage errors keep
-/// stopping (a disk that stays full).
 /// Records a replica had made durable that recovery found lost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Losses {
@@ -166,6 +164,8 @@ pub struct Losses {
     pub offsets: u64,
 }
 
+/// The back-off between reopenings of a replica that storage errors keep
+/// stopping (a disk that stays full).
 #[derive(Debug, Clone, Copy)]
 struct Reopen {
     at: tokio::time::Instant,

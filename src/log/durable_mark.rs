@@ -128,7 +128,6 @@ impl DurableMark {
         match end.cmp(&self.end()) {
             std::cmp::Ordering::Greater => self.raise(disk, end),
             std::cmp::Ordering::Less => self.lower(disk, end),
-            std::cmp::Ordering::Equal if self.newest.is_none() && end > 0 => self.raise(disk, end),
             std::cmp::Ordering::Equal => Ok(()),
         }
     }

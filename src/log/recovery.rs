@@ -95,7 +95,7 @@ fn segment_bases(disk: &dyn Disk, dir: &Path) -> LogResult<Vec<u64>> {
     Ok(bases)
 }
 
-/// Recovers the log in `dir`. With `trust_checkpoint` false every segment is
+/// Recovers the log in `dir` (which the caller has created). With `trust_checkpoint` false every segment is
 /// scanned, whatever the checkpoint vouches for (after a read met damage in a
 /// segment recovery had trusted). `durable_mark`: every offset below it had
 /// been durable ([`super::durable_mark`]); a log that ends below it lost
@@ -137,7 +137,6 @@ fn recover_segments(
     now_ms: i64,
     trust_checkpoint: bool,
 ) -> LogResult<Recovered> {
-    disk.create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
     let mut report = RecoveryReport::default();
     let checkpoint = match Checkpoint::read(disk, dir)? {
         Ok(checkpoint) => checkpoint,

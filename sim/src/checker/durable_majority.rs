@@ -91,17 +91,7 @@ mod tests {
     use crate::history::Kind;
 
     fn replica(broker: u64, values: &[u64]) -> Replica {
-        Replica {
-            broker,
-            partition: 0,
-            log_start: 0,
-            high_watermark: values.len() as u64,
-            log_end: values.len() as u64,
-            leader: 1,
-            members: vec![1, 2, 3],
-            voter_sets: Vec::new(),
-            records: values.iter().enumerate().map(|(o, v)| (o as u64, *v)).collect(),
-        }
+        super::super::replicas::tests::replica(broker, values.len() as u64, values)
     }
 
     fn kinds(replicas: Vec<Replica>) -> Vec<&'static str> {

@@ -82,10 +82,12 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn replica(broker: u64, high_watermark: u64, values: &[u64]) -> Replica {
+    /// A replica of partition 0 holding `values` from offset 0, led by
+    /// broker 1, with voters 1, 2 and 3.
+    pub(crate) fn replica(broker: u64, high_watermark: u64, values: &[u64]) -> Replica {
         Replica {
             broker,
             partition: 0,
