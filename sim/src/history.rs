@@ -4,8 +4,9 @@
 //! process, at a time. Sends and polls are lists of micro-operations keyed
 //! by partition, so a history exports as EDN that Jepsen's checker reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,8 +28,10 @@ pub enum Value {
     Send { partition: u32, value: u64, offset: Option<u64> },
     /// What one poll returned: per partition, (offset, value) in order.
     Poll(BTreeMap<u32, Vec<(u64, u64)>>),
-    /// A consumer's partitions in a group generation.
-    Assign { group: String, generation: u64, partitions: Vec<u32> },
+    /// A consumer's partitions: in a group generation, noted when the
+    /// member learned them (mid-poll), or chosen by a consumer without a
+    /// group (`group: None`, generation 0) between its polls.
+    Assign { group: Option<String>, generation: u64, partitions: Vec<u32> },
     /// Offsets a consumer committed for its group (next offset to read).
     Commit { group: String, generation: u64, offsets: BTreeMap<u32, u64> },
     /// A consumer moved its position in one of its partitions; `offset` is
@@ -129,77 +132,140 @@ pub fn pairs(ops: &[Op]) -> Vec<(&Op, Op)> {
     out
 }
 
+/// Which operations an EDN export keeps. Jepsen's checker judges a test by
+/// how its consumers subscribe (`:sub-via`): with any subscriber it must
+/// allow poll skips and nonmonotonic polls everywhere (a rebalance may move
+/// a subscriber anywhere), so the consumers without a group are also
+/// exported on their own, where it holds them to both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Every operation (check with `:sub-via #{:subscribe :assign}`).
+    All,
+    /// The sends and the consumers without a group (`:sub-via #{:assign}`).
+    Assigned,
+}
+
 /// The history as EDN, one operation per line, as Jepsen's kafka workload
-/// writes it: `:send` values are `[[:send k v]]`, completed
-/// `[[:send k [offset v]]]`; `:poll` values are `[[:poll {k [[offset v] ...]}]]`.
-pub fn to_edn(ops: &[Op]) -> String {
-    let mut out = String::new();
+/// (`jepsen.tests.kafka`) writes it and as its history rules require (each
+/// process has at most one operation outstanding; indices are dense):
+///
+/// - `:send` values are `[[:send k v]]`, completed `[[:send k [offset v]]]`;
+///   `:poll` values are `[[:poll {k [[offset v] ...]}]]`.
+/// - A group member begins with a `:subscribe` to every partition. It
+///   learns its assignments mid-poll, so each one goes into that poll's
+///   completion as a `:rebalance-log` entry (`{:keys [...]}` with its group
+///   and generation), as Jepsen's own client reports rebalances.
+/// - A consumer without a group assigns itself partitions between polls:
+///   `:assign` with the partitions.
+/// - Seeks and commits, which Jepsen's workload does not have, keep
+///   functions of their own (`:seek`, `:commit`) that its checker passes
+///   over; a seek exported as an `:assign` would make every seek back a
+///   nonmonotonic poll.
+pub fn to_edn(ops: &[Op], view: View) -> String {
+    let in_group = |op: &Op| match &op.value {
+        Value::Assign { group, .. } => group.is_some(),
+        Value::Commit { .. } | Value::Seek { .. } => true,
+        _ => false,
+    };
+    let subscribers: BTreeSet<u64> = ops.iter().filter(|op| in_group(op)).map(|op| op.process).collect();
+    let mut keys: BTreeSet<u32> = BTreeSet::new();
     for op in ops {
+        match &op.value {
+            Value::Send { partition, .. } => {
+                keys.insert(*partition);
+            }
+            Value::Poll(polled) => keys.extend(polled.keys()),
+            Value::Assign { partitions, .. } => keys.extend(partitions),
+            _ => {}
+        }
+    }
+    let all_keys = join(keys.iter());
+    let mut out = String::new();
+    let mut index = 0usize;
+    let mut line = |time: Duration, kind: &str, process: u64, f: &str, value: &str, extra: &str| {
+        let time = time.as_nanos();
+        let _ = writeln!(
+            out,
+            "{{:index {index}, :time {time}, :type :{kind}, :process {process}, :f :{f}, :value {value}{extra}}}"
+        );
+        index += 1;
+    };
+    let mut subscribed: BTreeSet<u64> = BTreeSet::new();
+    let mut rebalances: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for op in ops {
+        let subscriber = subscribers.contains(&op.process);
+        if subscriber && view == View::Assigned {
+            continue;
+        }
+        if subscriber && subscribed.insert(op.process) {
+            for kind in ["invoke", "ok"] {
+                line(op.time, kind, op.process, "subscribe", &format!("[{all_keys}]"), "");
+            }
+        }
         let kind = op.kind.name();
+        let mut extra = String::new();
         let value = match &op.value {
+            Value::Assign { group: Some(group), generation, partitions } => {
+                if op.kind != Kind::Invoke {
+                    let keys = join(partitions.iter());
+                    let event = format!("{{:keys [{keys}], :group \"{group}\", :generation {generation}}}");
+                    rebalances.entry(op.process).or_default().push(event);
+                }
+                continue;
+            }
+            Value::Assign { group: None, partitions, .. } => format!("[{}]", join(partitions.iter())),
             Value::Send { partition, value, offset: Some(offset) } => {
                 format!("[[:send {partition} [{offset} {value}]]]")
             }
             Value::Send { partition, value, offset: None } => format!("[[:send {partition} {value}]]"),
-            Value::Poll(polled) if op.kind == Kind::Invoke => {
-                let _ = polled;
-                "[[:poll]]".to_owned()
-            }
+            Value::Poll(_) if op.kind == Kind::Invoke => "[[:poll]]".to_owned(),
             Value::Poll(polled) => {
-                let mut body = String::new();
-                for (partition, records) in polled {
-                    let pairs: Vec<String> = records.iter().map(|(o, v)| format!("[{o} {v}]")).collect();
-                    let _ = write!(body, "{partition} [{}] ", pairs.join(" "));
+                if let Some(events) = rebalances.remove(&op.process) {
+                    let _ = write!(extra, ", :rebalance-log [{}]", events.join(" "));
                 }
-                format!("[[:poll {{{}}}]]", body.trim_end())
+                let body: Vec<String> = polled
+                    .iter()
+                    .map(|(partition, records)| {
+                        let pairs: Vec<String> = records.iter().map(|(o, v)| format!("[{o} {v}]")).collect();
+                        format!("{partition} [{}]", pairs.join(" "))
+                    })
+                    .collect();
+                format!("[[:poll {{{}}}]]", body.join(" "))
             }
-            Value::Assign { partitions, .. } => {
-                let keys: Vec<String> = partitions.iter().map(u32::to_string).collect();
-                format!("[{}]", keys.join(" "))
-            }
-            Value::Commit { offsets, .. } => {
-                let keys: Vec<String> = offsets.iter().map(|(p, o)| format!("{p} {o}")).collect();
-                format!("{{{}}}", keys.join(", "))
-            }
-            // Jepsen's workload has no seek; an assignment is what tells its
-            // checker a consumer's position may have moved, so a seek
-            // exports as the assignment it kept, the seek beside it.
-            Value::Seek { partitions, .. } => {
-                let keys: Vec<String> = partitions.iter().map(u32::to_string).collect();
-                format!("[{}]", keys.join(" "))
-            }
-        };
-        let extra = match &op.value {
-            Value::Assign { group, generation, .. } | Value::Commit { group, generation, .. } => {
-                format!(", :group \"{group}\", :generation {generation}")
+            Value::Commit { group, generation, offsets } => {
+                let _ = write!(extra, ", :group \"{group}\", :generation {generation}");
+                let offsets: Vec<String> = offsets.iter().map(|(p, o)| format!("{p} {o}")).collect();
+                format!("{{{}}}", offsets.join(", "))
             }
             Value::Seek { group, partition, offset, .. } => {
+                let _ = write!(extra, ", :group \"{group}\"");
                 let to = offset.map_or_else(|| "nil".to_owned(), |o| o.to_string());
-                format!(", :group \"{group}\", :seek {{{partition} {to}}}")
+                format!("{{{partition} {to}}}")
             }
-            _ => String::new(),
         };
-        // Exported under the function Jepsen's checker knows (see above).
-        let f = match op.value {
-            Value::Seek { .. } => "assign",
-            _ => op.value.f(),
-        };
-        let _ = writeln!(
-            out,
-            "{{:index {}, :time {}, :type :{kind}, :process {}, :f :{}, :value {value}{extra}}}",
-            op.index,
-            op.time.as_nanos(),
-            op.process,
-            f
-        );
+        line(op.time, kind, op.process, op.value.f(), &value, &extra);
     }
     out
+}
+
+/// Writes the history as EDN to `path` ([`View::All`]) and, beside it with
+/// the extension `assigned.edn`, the consumers without a group on their own
+/// ([`View::Assigned`]). Returns the second path.
+pub fn write_edn(path: &Path, ops: &[Op]) -> std::io::Result<PathBuf> {
+    let assigned = path.with_extension("assigned.edn");
+    std::fs::write(path, to_edn(ops, View::All))?;
+    std::fs::write(&assigned, to_edn(ops, View::Assigned))?;
+    Ok(assigned)
+}
+
+fn join<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items.map(|item| item.to_string()).collect::<Vec<_>>().join(" ")
 }
 
 /// A stable fingerprint of a history (FNV-1a over its EDN): the same seed
 /// must give the same fingerprint.
 pub fn fingerprint(ops: &[Op]) -> u64 {
-    fnv1a(to_edn(ops).as_bytes(), FNV_OFFSET)
+    fnv1a(to_edn(ops, View::All).as_bytes(), FNV_OFFSET)
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -230,7 +296,7 @@ mod tests {
             op(3, 4, Kind::Ok, Value::Poll(BTreeMap::from([(2, vec![(3, 7)])]))),
             op(4, 1, Kind::Invoke, Value::Send { partition: 0, value: 8, offset: None }),
         ];
-        let edn = to_edn(&ops);
+        let edn = to_edn(&ops, View::All);
         let lines: Vec<&str> = edn.lines().collect();
         assert_eq!(lines[0], "{:index 0, :time 0, :type :invoke, :process 1, :f :send, :value [[:send 2 7]]}");
         assert_eq!(lines[2], "{:index 2, :time 2000000, :type :ok, :process 1, :f :send, :value [[:send 2 [3 7]]]}");
@@ -248,16 +314,68 @@ mod tests {
         assert_ne!(fingerprint(&ops), fingerprint(&ops[..4]));
     }
 
+    /// Each line's `:process` and `:type`, checking Jepsen's rule that a
+    /// process has at most one operation outstanding and that indices are
+    /// dense.
+    fn outstanding_at_most_one(edn: &str) {
+        let mut open: BTreeMap<u64, usize> = BTreeMap::new();
+        for (i, line) in edn.lines().enumerate() {
+            let field = |name: &str| {
+                let from = line.find(name).unwrap_or_else(|| panic!("{name} in {line}")) + name.len();
+                line[from..].split([',', '}']).next().expect("a value").trim().to_owned()
+            };
+            assert_eq!(field(":index "), i.to_string(), "dense indices: {line}");
+            let process: u64 = field(":process ").parse().expect("a process");
+            if field(":type ") == ":invoke" {
+                assert!(open.insert(process, i).is_none(), "process {process} invoked twice: {line}");
+            } else {
+                assert!(open.remove(&process).is_some(), "a completion without an invocation: {line}");
+            }
+        }
+    }
+
     #[test]
-    fn a_seek_exports_as_the_assignment_it_kept() {
+    fn a_group_member_subscribes_and_learns_its_assignments_inside_polls() {
+        let assign = |generation| Value::Assign { group: Some("g".into()), generation, partitions: vec![0, 2] };
         let seek = |offset| Value::Seek { group: "g".into(), partition: 2, offset, partitions: vec![0, 2] };
-        let ops = vec![op(0, 4, Kind::Invoke, seek(None)), op(1, 4, Kind::Ok, seek(Some(5)))];
-        let edn = to_edn(&ops);
+        let commit = Value::Commit { group: "g".into(), generation: 5, offsets: BTreeMap::from([(2, 4)]) };
+        let manual = Value::Assign { group: None, generation: 0, partitions: vec![1] };
+        let ops = vec![
+            op(0, 4, Kind::Invoke, Value::Poll(BTreeMap::new())),
+            op(1, 4, Kind::Ok, assign(5)),
+            op(2, 4, Kind::Ok, Value::Poll(BTreeMap::from([(2, vec![(3, 7)])]))),
+            op(3, 4, Kind::Invoke, commit.clone()),
+            op(4, 4, Kind::Ok, commit),
+            op(5, 4, Kind::Invoke, seek(None)),
+            op(6, 4, Kind::Ok, seek(Some(1))),
+            op(7, 9, Kind::Invoke, manual.clone()),
+            op(8, 9, Kind::Ok, manual),
+            op(9, 1, Kind::Invoke, Value::Send { partition: 1, value: 8, offset: None }),
+        ];
+        let edn = to_edn(&ops, View::All);
+        outstanding_at_most_one(&edn);
         let lines: Vec<&str> = edn.lines().collect();
+        assert_eq!(lines.len(), ops.len() + 1, "the assignment folds into the poll; a subscribe comes first");
+        assert_eq!(lines[0], "{:index 0, :time 0, :type :invoke, :process 4, :f :subscribe, :value [0 1 2]}");
+        assert_eq!(lines[1], "{:index 1, :time 0, :type :ok, :process 4, :f :subscribe, :value [0 1 2]}");
         assert_eq!(
-            lines[1],
-            "{:index 1, :time 1000000, :type :ok, :process 4, :f :assign, :value [0 2], :group \"g\", :seek {2 5}}"
+            lines[3],
+            "{:index 3, :time 2000000, :type :ok, :process 4, :f :poll, :value [[:poll {2 [[3 7]]}]], \
+             :rebalance-log [{:keys [0 2], :group \"g\", :generation 5}]}"
         );
-        assert_eq!(pairs(&ops).len(), 1, "the seek's completion pairs with its invocation");
+        assert_eq!(
+            lines[5],
+            "{:index 5, :time 4000000, :type :ok, :process 4, :f :commit, :value {2 4}, :group \"g\", :generation 5}"
+        );
+        assert_eq!(lines[7], "{:index 7, :time 6000000, :type :ok, :process 4, :f :seek, :value {2 1}, :group \"g\"}");
+        assert_eq!(lines[9], "{:index 9, :time 8000000, :type :ok, :process 9, :f :assign, :value [1]}");
+
+        // Without the subscriber: the sends and the consumer without a group.
+        let assigned = to_edn(&ops, View::Assigned);
+        outstanding_at_most_one(&assigned);
+        let lines: Vec<&str> = assigned.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1], "{:index 1, :time 8000000, :type :ok, :process 9, :f :assign, :value [1]}");
+        assert!(lines[2].contains(":process 1, :f :send"));
     }
 }

@@ -38,7 +38,7 @@ mod runner {
     use std::time::{Duration, Instant};
 
     use weir::sys::planted::{self, Bug};
-    use weir_sim::history::{fingerprint, to_edn};
+    use weir_sim::history::{fingerprint, write_edn};
     use weir_sim::plan::Plan;
 
     const USAGE: &str = "usage: weir-sim run --seed N [--secs S] [--brokers B] [--history FILE]\n       \
@@ -193,8 +193,10 @@ mod runner {
                 }
                 if !valid || args.history.is_some() {
                     let path = args.history.clone().unwrap_or_else(|| PathBuf::from(format!("seed-{seed}.edn")));
-                    match std::fs::write(&path, to_edn(&outcome.ops)) {
-                        Ok(()) => println!("history: {}", path.display()),
+                    match write_edn(&path, &outcome.ops) {
+                        Ok(assigned) => {
+                            println!("history: {} (without subscribers: {})", path.display(), assigned.display())
+                        }
                         Err(error) => println!("history not written to {}: {error}", path.display()),
                     }
                 }
@@ -303,6 +305,7 @@ mod runner {
                     }
                     if field(&line, "valid") == Some("true") {
                         let _ = std::fs::remove_file(args.out.join(format!("seed-{seed}.edn")));
+                        let _ = std::fs::remove_file(args.out.join(format!("seed-{seed}.assigned.edn")));
                     } else {
                         failed.push(seed);
                         let log = args.out.join(format!("seed-{seed}.out"));

@@ -32,8 +32,8 @@ use weir::sys::rng::SeededRng;
 use crate::checker::{self, Anomaly, Input};
 use crate::history::{History, Op};
 use crate::workload::{
-    await_group_read_all, consume, describe_replicas, produce, read_all, read_replica, GROUP, GROUP_MEMBERS,
-    LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, OTHER_GROUP, TOPIC,
+    await_group_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, GROUP,
+    GROUP_MEMBERS, LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, OTHER_GROUP, READER, TOPIC,
 };
 
 /// One host of the cluster: an etcd member and a broker, installed under
@@ -392,6 +392,15 @@ pub async fn run(options: Options) -> Result<Report, String> {
         let task = consume(bootstrap.clone(), group, process, options.seed, history.clone(), stop_consuming.clone());
         consumers.push(tokio::spawn(task));
     }
+    let task = read_assigned(
+        bootstrap.clone(),
+        options.partitions,
+        READER,
+        options.seed,
+        history.clone(),
+        stop_consuming.clone(),
+    );
+    consumers.push(tokio::spawn(task));
 
     // Safety: one fault at a time, each healed before a quiet spell and
     // the next.

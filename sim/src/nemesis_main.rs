@@ -24,7 +24,7 @@ mod harness {
     use std::time::Duration;
 
     use clap::Parser;
-    use weir_sim::history::to_edn;
+    use weir_sim::history::write_edn;
     use weir_sim::nemesis::{self, Host, Options};
 
     /// Runs the simulator's workload against a deployed weir cluster while
@@ -156,7 +156,7 @@ mod harness {
                 return 1;
             }
         };
-        if let Err(error) = std::fs::write(&args.history, to_edn(&report.ops)) {
+        if let Err(error) = write_edn(&args.history, &report.ops) {
             eprintln!("weir-nemesis: writing {}: {error}", args.history.display());
         }
 

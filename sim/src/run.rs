@@ -20,7 +20,10 @@ use crate::checker::{self, Anomaly, Input};
 use crate::cluster::Cluster;
 use crate::history::{History, Op};
 use crate::plan::{Fault, Plan};
-use crate::workload::{await_group_read_all, consume, describe_replicas, produce, read_all, read_replica, OTHER_GROUP};
+use crate::workload::{
+    await_group_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, OTHER_GROUP,
+    READER,
+};
 pub use crate::workload::{GROUP, LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, TOPIC};
 
 /// How long a stopped producer or consumer may take to finish.
@@ -125,6 +128,9 @@ pub async fn run(plan: Plan) -> Outcome {
         consumers.push(task);
     }
     let task = consume(bootstrap.clone(), OTHER_GROUP, 200, plan.seed, history.clone(), stop_consuming.clone());
+    consumers.push(cluster.spawn_client(task));
+    let task =
+        read_assigned(bootstrap.clone(), plan.partitions, READER, plan.seed, history.clone(), stop_consuming.clone());
     consumers.push(cluster.spawn_client(task));
 
     // Safety: the plan's faults, one at a time, each healed before the next;

@@ -28,6 +28,8 @@ pub const GROUP: &str = "g1";
 pub const OTHER_GROUP: &str = "g2";
 /// The processes of the first group's members.
 pub const GROUP_MEMBERS: [u64; 3] = [100, 101, 102];
+/// The process of the consumer that assigns itself partitions (no group).
+pub const READER: u64 = 300;
 /// The producers with weaker acks (see [`checker::WEAK_PRODUCERS_FROM`]).
 pub const LEADER_ACKS_PRODUCER: u64 = checker::WEAK_PRODUCERS_FROM;
 pub const NO_ACKS_PRODUCER: u64 = checker::WEAK_PRODUCERS_FROM + 1;
@@ -188,6 +190,88 @@ pub async fn consume(
     }
 }
 
+/// A consumer without a group, as Kafka's `assign()`: it picks its
+/// partitions itself and now and then picks another set, keeping its
+/// position in the partitions it keeps; one it newly takes it reads from
+/// the beginning. Each poll fetches every assigned partition once from its
+/// position. Unlike a group member it is never moved by a rebalance, so
+/// Jepsen's checker holds it to poll-skip and nonmonotonic-poll (which it
+/// cannot for subscribers), and so do ours, across its reassignments too.
+/// It reads with the bare client, not the group consumer: a second way of
+/// reading the same logs.
+pub async fn read_assigned(
+    bootstrap: String,
+    partitions: u32,
+    process: u64,
+    seed: u64,
+    history: History,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = SeededRng::new(seed.wrapping_mul(41).wrapping_add(process));
+    let client = loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match Client::connect(&bootstrap).await {
+            Ok(client) => break client,
+            Err(error) => {
+                tracing::info!(process, %error, "connecting failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut polls_left = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        if polls_left == 0 {
+            let mut chosen: Vec<u32> = (0..partitions).filter(|_| rng.chance(1, 2)).collect();
+            if chosen.is_empty() {
+                chosen.push(rng.below(u64::from(partitions)) as u32);
+            }
+            let value = Value::Assign { group: None, generation: 0, partitions: chosen.clone() };
+            history.record(process, Kind::Invoke, value.clone());
+            positions.retain(|partition, _| chosen.contains(partition));
+            for partition in &chosen {
+                positions.entry(*partition).or_insert(0);
+            }
+            history.record(process, Kind::Ok, value);
+            polls_left = 10 + rng.below(30);
+        }
+        polls_left -= 1;
+        history.record(process, Kind::Invoke, Value::Poll(BTreeMap::new()));
+        let mut polled: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+        let mut failed = None;
+        for (partition, position) in &mut positions {
+            match client.fetch(TOPIC, *partition, *position, 64 << 10, Duration::ZERO).await {
+                Ok(fetched) => {
+                    if !fetched.records.is_empty() {
+                        let records = fetched.records.iter().map(|record| (record.offset, value_of(record)));
+                        polled.insert(*partition, records.collect());
+                    }
+                    *position = fetched.next_offset;
+                }
+                Err(error) => failed = Some(error),
+            }
+        }
+        // What the other partitions returned has moved their positions, so
+        // a poll with a failed fetch still completes with what it read.
+        match failed {
+            Some(error) if polled.is_empty() => {
+                tracing::info!(process, %error, "poll failed");
+                history.record(process, Kind::Info, Value::Poll(polled));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => {
+                let read_any = !polled.is_empty();
+                history.record(process, Kind::Ok, Value::Poll(polled));
+                if !read_any {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Moves one assigned partition's position back: a few records, to the
 /// beginning, or to a time in the last few seconds (never forward, so the
 /// group still reads everything). Recorded as a seek with where it landed.
@@ -246,7 +330,7 @@ fn note_assignment(
     let mut partitions: Vec<u32> = member.assignment().into_iter().map(|(_, p)| p).collect();
     partitions.sort_unstable();
     if noted.as_ref() != Some(&(generation, partitions.clone())) {
-        let value = Value::Assign { group: group.to_owned(), generation, partitions: partitions.clone() };
+        let value = Value::Assign { group: Some(group.to_owned()), generation, partitions: partitions.clone() };
         history.record(process, Kind::Ok, value);
         *noted = Some((generation, partitions));
     }

@@ -150,7 +150,8 @@ pub(crate) struct Run {
 
 /// Per consumer process and partition, the offsets of its successful polls
 /// in order, split where the process's assignment changed (a new
-/// generation) or it sought in that partition: within one run a consumer
+/// generation; for a consumer without a group, where it dropped the
+/// partition) or it sought in that partition: within one run a consumer
 /// reads on from where it was; across them it may start over.
 pub(crate) fn poll_runs(input: &Input) -> Vec<Run> {
     let mut current: BTreeMap<(u64, u32), Run> = BTreeMap::new();
@@ -160,8 +161,15 @@ pub(crate) fn poll_runs(input: &Input) -> Vec<Run> {
             continue;
         }
         match &op.value {
-            Value::Assign { .. } => {
-                let ended: Vec<(u64, u32)> = current.keys().filter(|(p, _)| *p == op.process).copied().collect();
+            Value::Assign { group, partitions, .. } => {
+                // A group member's runs all end (a rebalance may move it to
+                // its group's commit); a consumer without a group reads on in
+                // the partitions it kept.
+                let ended: Vec<(u64, u32)> = current
+                    .keys()
+                    .filter(|(p, partition)| *p == op.process && (group.is_some() || !partitions.contains(partition)))
+                    .copied()
+                    .collect();
                 out.extend(ended.into_iter().filter_map(|key| current.remove(&key)));
             }
             Value::Seek { partition, offset, .. } => {
@@ -220,7 +228,14 @@ pub(crate) mod tests {
         }
 
         pub fn assign(&mut self, process: u64, generation: u64, partitions: &[u32]) -> &mut Self {
-            let value = Value::Assign { group: "g".into(), generation, partitions: partitions.to_vec() };
+            let value = Value::Assign { group: Some("g".into()), generation, partitions: partitions.to_vec() };
+            self.push(process, Kind::Invoke, value.clone());
+            self.push(process, Kind::Ok, value)
+        }
+
+        /// A consumer without a group assigning itself `partitions`.
+        pub fn assign_manually(&mut self, process: u64, partitions: &[u32]) -> &mut Self {
+            let value = Value::Assign { group: None, generation: 0, partitions: partitions.to_vec() };
             self.push(process, Kind::Invoke, value.clone());
             self.push(process, Kind::Ok, value)
         }

@@ -55,6 +55,19 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_without_a_group_reads_on_in_the_partitions_it_kept() {
+        let mut s = Script::new();
+        s.assign_manually(9, &[0, 1]).poll(9, 0, &[(0, 10), (1, 11)]).poll(9, 1, &[(0, 20)]);
+        // Partition 1 dropped and taken again: it may start over.
+        s.assign_manually(9, &[0]).assign_manually(9, &[0, 1]).poll(9, 1, &[(0, 20)]);
+        s.poll(9, 0, &[(2, 12)]);
+        assert_eq!(check(&s.input(&[])), vec![], "partition 0 was kept and read on from 2");
+        s.assign_manually(9, &[0, 1]).poll(9, 0, &[(4, 14)]);
+        let found = check(&s.input(&[]));
+        assert_eq!(found.len(), 1, "kept across the reassignment, partition 0 skipped 3: {found:?}");
+    }
+
+    #[test]
     fn a_seek_starts_a_run_at_the_offset_sought() {
         let mut s = Script::new();
         s.assign(9, 1, &[0]).poll(9, 0, &[(0, 10), (1, 11), (2, 12)]);

@@ -23,7 +23,7 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
     // in history order.
     let mut assigned: BTreeMap<&str, Vec<(usize, u64, u64)>> = BTreeMap::new();
     for op in input.ops.iter().filter(|op| op.kind == Kind::Ok) {
-        if let Value::Assign { group, generation, .. } = &op.value {
+        if let Value::Assign { group: Some(group), generation, .. } = &op.value {
             assigned.entry(group.as_str()).or_default().push((op.index, *generation, op.process));
         }
     }

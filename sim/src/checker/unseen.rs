@@ -20,7 +20,7 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
     let members: BTreeSet<u64> = input
         .ops
         .iter()
-        .filter(|op| op.kind == Kind::Ok && matches!(&op.value, Value::Assign { group: g, .. } if g == group))
+        .filter(|op| op.kind == Kind::Ok && matches!(&op.value, Value::Assign { group: Some(g), .. } if g == group))
         .map(|op| op.process)
         .collect();
     let seen: BTreeSet<(u32, u64)> = input
@@ -70,8 +70,8 @@ mod tests {
     fn another_groups_polls_do_not_count() {
         let mut s = Script::new();
         s.assign(9, 1, &[0]);
-        s.push(8, Kind::Invoke, Value::Assign { group: "other".into(), generation: 1, partitions: vec![0] });
-        s.push(8, Kind::Ok, Value::Assign { group: "other".into(), generation: 1, partitions: vec![0] });
+        s.push(8, Kind::Invoke, Value::Assign { group: Some("other".into()), generation: 1, partitions: vec![0] });
+        s.push(8, Kind::Ok, Value::Assign { group: Some("other".into()), generation: 1, partitions: vec![0] });
         s.send(1, 0, 10, Some(0), Kind::Ok).send(1, 0, 11, Some(1), Kind::Ok);
         s.poll(8, 0, &[(0, 10), (1, 11)]).poll(9, 0, &[(0, 10)]);
         let mut input = s.input(&[(0, &[(0, 10), (1, 11)])]);
