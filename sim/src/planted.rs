@@ -34,6 +34,8 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         Bug::HighWatermarkPastLogEnd => &["replica-bounds"],
         // A value no producer sent, served as if stored.
         Bug::ServeAlteredValue => &["no-writer"],
+        // A write refused after it was made: its send fails, its value is read.
+        Bug::RefuseAfterAppend => &["aborted-read"],
     }
 }
 
@@ -45,6 +47,7 @@ mod tests {
     #[test]
     fn every_named_rule_is_a_checker_rule() {
         let sources = [
+            include_str!("checker/aborted_read.rs"),
             include_str!("checker/commits.rs"),
             include_str!("checker/duplicate.rs"),
             include_str!("checker/durable_majority.rs"),

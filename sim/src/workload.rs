@@ -101,9 +101,11 @@ pub async fn produce(
                 let done = Value::Send { partition, value, offset };
                 history.record(process, Kind::Ok, done);
             }
-            // Whether it was written is unknown: a retry may have landed.
-            Err(_) => {
-                history.record(process, Kind::Info, Value::Send { partition, value, offset: None });
+            // Refused by every attempt: not written. Otherwise whether it
+            // was is unknown (a retry may have landed).
+            Err(error) => {
+                let kind = if error.did_nothing() { Kind::Fail } else { Kind::Info };
+                history.record(process, kind, Value::Send { partition, value, offset: None });
             }
         }
         tokio::time::sleep(Duration::from_millis(10 + rng.below(40))).await;

@@ -1026,6 +1026,9 @@ impl Broker {
         let batch = self.batch_from_request(&request)?;
         let record_count = batch.record_count();
         let applied = partition.append(batch, acks).await?;
+        if planted::on(Bug::RefuseAfterAppend) && applied.is_some_and(|a| a.base_offset % 50 == 13) {
+            return Err(BrokerError::new(ErrorCode::MessageTooLarge, "the batch is too large (checked after append)"));
+        }
         Ok(proto::ProduceResponse {
             base_offset: applied.map_or(0, |a| a.base_offset),
             record_count,

@@ -47,32 +47,7 @@ impl BrokerError {
 
     /// The gRPC status code for a weir error code.
     pub fn grpc_code(code: ErrorCode) -> Code {
-        match code {
-            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => Code::NotFound,
-            ErrorCode::UnknownMember
-            | ErrorCode::IllegalGeneration
-            | ErrorCode::NotAssigned
-            | ErrorCode::NotLeader
-            | ErrorCode::OutOfOrderSequence
-            | ErrorCode::ProducerFenced => Code::FailedPrecondition,
-            ErrorCode::RebalanceInProgress => Code::Aborted,
-            ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
-            ErrorCode::InvalidTopicName
-            | ErrorCode::InvalidTopicConfig
-            | ErrorCode::InvalidBatch
-            | ErrorCode::MessageTooLarge
-            | ErrorCode::InvalidGroup
-            | ErrorCode::InvalidRequest => Code::InvalidArgument,
-            ErrorCode::OffsetOutOfRange => Code::OutOfRange,
-            ErrorCode::StorageFull => Code::ResourceExhausted,
-            ErrorCode::StorageFailed
-            | ErrorCode::MetadataUnavailable
-            | ErrorCode::PartitionUnavailable
-            | ErrorCode::CoordinatorLoading => Code::Unavailable,
-            ErrorCode::InternalTopic => Code::PermissionDenied,
-            ErrorCode::CorruptData => Code::DataLoss,
-            ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
-        }
+        meaning(code).grpc
     }
 
     /// Reads the weir error back out of a status (client side).
@@ -104,6 +79,59 @@ pub fn typed_transport_status(status: &Status) -> Option<Status> {
         )
         .into()
     })
+}
+
+/// What an error code means, to the broker, the client and the gateway
+/// alike: the one table that decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meaning {
+    /// The gRPC status code it travels as.
+    pub grpc: Code,
+    /// The HTTP status the gateway answers with: 4xx only where the call
+    /// did nothing.
+    pub http: u16,
+    /// Whether the same request may succeed if sent again later (a
+    /// producer retries these).
+    pub retriable: bool,
+    /// Whether the request definitely did nothing: a write answered so
+    /// was not written, then or later (a client may report it failed, not
+    /// unknown). False wherever the broker may have acted before the error
+    /// (OUTCOME_UNKNOWN, storage and internal errors, and anything the
+    /// transport produced, UNSPECIFIED).
+    pub did_nothing: bool,
+}
+
+/// The meaning of every weir error code (see [`Meaning`]).
+pub fn meaning(code: ErrorCode) -> Meaning {
+    use ErrorCode as E;
+    let (grpc, http, retriable, did_nothing) = match code {
+        E::UnknownTopic | E::UnknownPartition | E::UnknownGroup => (Code::NotFound, 404, false, true),
+        E::TopicAlreadyExists => (Code::AlreadyExists, 409, false, true),
+        E::InvalidTopicName
+        | E::InvalidTopicConfig
+        | E::InvalidBatch
+        | E::MessageTooLarge
+        | E::InvalidGroup
+        | E::InvalidRequest => (Code::InvalidArgument, 400, false, true),
+        E::OffsetOutOfRange => (Code::OutOfRange, 416, false, true),
+        // A group moved on without the caller (a commit fenced off): it
+        // rejoins; nothing was committed.
+        E::UnknownMember | E::IllegalGeneration | E::NotAssigned => (Code::FailedPrecondition, 409, false, true),
+        E::RebalanceInProgress => (Code::Aborted, 409, false, true),
+        E::OutOfOrderSequence | E::ProducerFenced => (Code::FailedPrecondition, 409, false, true),
+        E::InternalTopic => (Code::PermissionDenied, 403, false, true),
+        // Refused before the write was handed to Raft.
+        E::NotLeader => (Code::FailedPrecondition, 503, true, true),
+        E::PartitionUnavailable | E::CoordinatorLoading => (Code::Unavailable, 503, true, true),
+        E::OutcomeUnknown => (Code::Unavailable, 503, true, false),
+        E::MetadataUnavailable => (Code::Unavailable, 503, true, false),
+        E::StorageFull => (Code::ResourceExhausted, 507, true, false),
+        E::StorageFailed => (Code::Unavailable, 503, false, false),
+        E::CorruptData => (Code::DataLoss, 500, false, false),
+        E::Internal => (Code::Internal, 500, false, false),
+        E::Unspecified => (Code::Internal, 500, true, false),
+    };
+    Meaning { grpc, http, retriable, did_nothing }
 }
 
 impl From<BrokerError> for Status {
@@ -144,6 +172,11 @@ impl From<ProposeError> for BrokerError {
             ProposeError::NotLeader { leader: None, .. } | ProposeError::Unavailable { .. } => {
                 Self::new(ErrorCode::PartitionUnavailable, error.to_string())
             }
+            ProposeError::Indeterminate { leader, .. } => Self {
+                code: ErrorCode::OutcomeUnknown,
+                message: error.to_string(),
+                leader: leader.as_ref().map(|(_, address)| address.clone()).filter(|a| !a.is_empty()),
+            },
             ProposeError::OutOfOrderSequence { .. } => Self::new(ErrorCode::OutOfOrderSequence, error.to_string()),
             ProposeError::ProducerFenced { .. } => Self::new(ErrorCode::ProducerFenced, error.to_string()),
         }
@@ -172,6 +205,7 @@ impl From<TopicError> for BrokerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::GroupId;
 
     #[test]
     fn status_round_trips_the_weir_code() {
@@ -181,6 +215,40 @@ mod tests {
         assert!(status.message().contains("nope"));
         assert_eq!(status.metadata().get(ERROR_NAME_METADATA).unwrap(), "UNKNOWN_TOPIC");
         assert_eq!(BrokerError::from_status(&status), error);
+    }
+
+    #[test]
+    fn only_codes_that_did_nothing_answer_4xx_and_an_unknown_outcome_is_retried() {
+        for value in 0..=64 {
+            let Ok(code) = ErrorCode::try_from(value) else { continue };
+            let meaning = meaning(code);
+            if (400..500).contains(&meaning.http) {
+                assert!(meaning.did_nothing, "{code:?} answers {} but may have acted", meaning.http);
+            }
+        }
+        let unknown = meaning(ErrorCode::OutcomeUnknown);
+        assert!(unknown.retriable && !unknown.did_nothing && unknown.http == 503);
+        let refused = meaning(ErrorCode::NotLeader);
+        assert!(refused.retriable && refused.did_nothing);
+    }
+
+    #[test]
+    fn a_batch_raft_lost_track_of_is_outcome_unknown_naming_the_new_leader() {
+        let error = BrokerError::from(ProposeError::Indeterminate {
+            group: GroupId { topic_id: 7, partition: 0 },
+            leader: Some((2, "10.0.0.2:9092".into())),
+            reason: "lost its leadership".into(),
+        });
+        assert_eq!(error.code, ErrorCode::OutcomeUnknown);
+        assert_eq!(error.leader.as_deref(), Some("10.0.0.2:9092"));
+        let status = Status::from(error.clone());
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(BrokerError::from_status(&status), error);
+        let refused = BrokerError::from(ProposeError::Unavailable {
+            group: GroupId { topic_id: 7, partition: 0 },
+            reason: "x".into(),
+        });
+        assert_eq!(refused.code, ErrorCode::PartitionUnavailable);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::broker::error::BrokerError;
+use crate::broker::error::{meaning, BrokerError};
 use crate::broker::server::OFFSETS_TOPIC;
 use crate::log::Batch;
 use crate::proto::admin_client::AdminClient;
@@ -70,6 +70,11 @@ pub enum ClientError {
     Broker(BrokerError),
     #[error("the broker sent an invalid reply: {0}")]
     InvalidReply(String),
+    /// The last attempt's error, after an earlier attempt whose outcome is
+    /// unknown: whatever the last error says, the request may have taken
+    /// effect.
+    #[error("{0} (an earlier attempt may have taken effect)")]
+    Indefinite(Box<ClientError>),
 }
 
 impl From<tonic::Status> for ClientError {
@@ -83,7 +88,28 @@ impl ClientError {
     pub fn code(&self) -> Option<proto::ErrorCode> {
         match self {
             ClientError::Broker(error) => Some(error.code),
+            ClientError::Indefinite(error) => error.code(),
             _ => None,
+        }
+    }
+
+    /// Whether the request definitely did nothing (a write so answered was
+    /// not written): a connection never made, or a broker error that says
+    /// so ([`crate::broker::error::meaning`]).
+    pub fn did_nothing(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Broker(error) => meaning(error.code).did_nothing,
+            ClientError::InvalidReply(_) | ClientError::Indefinite(_) => false,
+        }
+    }
+
+    /// This error as the end of a request some attempt of which may have
+    /// taken effect (`maybe_done`).
+    pub fn after_attempts(self, maybe_done: bool) -> Self {
+        match self {
+            error if maybe_done && error.did_nothing() => ClientError::Indefinite(Box::new(error)),
+            error => error,
         }
     }
 }
@@ -209,6 +235,8 @@ impl Client {
         // Hints followed at once in this call; a hint seen again (brokers
         // pointing at each other while an election settles) waits its turn.
         let mut followed: Vec<String> = Vec::new();
+        // Whether an attempt so far may have taken effect.
+        let mut maybe_done = false;
         loop {
             let outcome = match self.conn_for(topic, partition, attempt).await {
                 Ok(conn) => call(conn).await.map_err(ClientError::from),
@@ -220,8 +248,11 @@ impl Client {
             };
             attempt += 1;
             tracing::debug!(topic, partition, attempt, %error, "a partition call failed");
+            maybe_done |= !error.did_nothing();
             let retry = match &error {
-                ClientError::Broker(broker) if broker.code == proto::ErrorCode::NotLeader => {
+                ClientError::Broker(broker)
+                    if matches!(broker.code, proto::ErrorCode::NotLeader | proto::ErrorCode::OutcomeUnknown) =>
+                {
                     let hinted = broker.leader.clone();
                     let changed = hinted.is_some() && hinted != self.leader_of(topic, partition);
                     let fresh = hinted.as_ref().is_some_and(|h| !followed.contains(h));
@@ -247,10 +278,10 @@ impl Client {
                     self.set_leader(topic, partition, None);
                     true
                 }
-                ClientError::InvalidReply(_) => false,
+                ClientError::InvalidReply(_) | ClientError::Indefinite(_) => false,
             };
             if !retry || attempt >= ROUTE_ATTEMPTS {
-                return Err(error);
+                return Err(error.after_attempts(maybe_done));
             }
             let backoff = Duration::from_millis(20 * u64::from(attempt)).min(ROUTE_BACKOFF_MAX);
             tokio::time::sleep(backoff).await;

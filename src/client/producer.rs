@@ -17,8 +17,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{partition_for_key, Client, ClientError, ClientResult};
+use crate::broker::error::meaning;
 use crate::log::{BatchBuilder, Record};
-use crate::proto::{Acks, ErrorCode};
+use crate::proto::Acks;
 
 /// Records a partition's queue holds before `send` waits.
 const PARTITION_QUEUE: usize = 4_096;
@@ -101,17 +102,8 @@ pub fn is_retriable(error: &ClientError) -> bool {
     match error {
         ClientError::Connect { .. } => true,
         ClientError::InvalidReply(_) => false,
-        ClientError::Broker(broker) => {
-            matches!(
-                broker.code,
-                ErrorCode::StorageFull
-                    | ErrorCode::MetadataUnavailable
-                    | ErrorCode::Unspecified
-                    | ErrorCode::NotLeader
-                    | ErrorCode::PartitionUnavailable
-                    | ErrorCode::CoordinatorLoading
-            )
-        }
+        ClientError::Broker(broker) => meaning(broker.code).retriable,
+        ClientError::Indefinite(error) => is_retriable(error),
     }
 }
 
@@ -238,6 +230,8 @@ impl Producer {
         let encoded =
             builder.build().map_err(|e| ClientError::InvalidReply(format!("cannot encode the batch: {e}")))?;
         let mut attempt = 0;
+        // Whether an attempt so far may have written the batch.
+        let mut maybe_written = false;
         loop {
             match self.client.produce_batch(topic, partition, &encoded, self.config.acks).await {
                 Ok(response) => {
@@ -248,6 +242,7 @@ impl Producer {
                 }
                 Err(error) if is_retriable(&error) && attempt < self.config.retries => {
                     tracing::debug!(topic, partition, attempt, %error, "retrying a produce");
+                    maybe_written |= !error.did_nothing();
                     tokio::time::sleep(backoff(&self.config, attempt)).await;
                     attempt += 1;
                 }
@@ -256,7 +251,7 @@ impl Producer {
                     // refused its sequence): the next batch starts over under
                     // a new identity rather than leave a gap.
                     *sequencing = None;
-                    return Err(error);
+                    return Err(error.after_attempts(maybe_written));
                 }
             }
         }
@@ -278,6 +273,28 @@ pub fn record(key: Option<&[u8]>, value: &[u8], timestamp_ms: i64) -> Record {
 mod tests {
     use super::*;
     use crate::broker::error::BrokerError;
+    use crate::proto::ErrorCode;
+
+    #[test]
+    fn a_definite_last_error_after_an_unknown_attempt_is_indefinite() {
+        let broker = |code| ClientError::Broker(BrokerError::new(code, "x"));
+        assert!(broker(ErrorCode::NotLeader).did_nothing());
+        assert!(broker(ErrorCode::PartitionUnavailable).did_nothing());
+        assert!(!broker(ErrorCode::OutcomeUnknown).did_nothing());
+        assert!(!broker(ErrorCode::Unspecified).did_nothing(), "a transport error may follow the write");
+        assert!(ClientError::Connect { address: "a".into(), reason: "refused".into() }.did_nothing());
+        // Every attempt refused: the request did nothing.
+        let refused = broker(ErrorCode::NotLeader).after_attempts(false);
+        assert!(refused.did_nothing());
+        // One attempt's outcome unknown, the last refused: it may be written.
+        let after_unknown = broker(ErrorCode::NotLeader).after_attempts(true);
+        assert!(!after_unknown.did_nothing(), "{after_unknown}");
+        assert_eq!(after_unknown.code(), Some(ErrorCode::NotLeader), "the last error's code is kept");
+        assert!(is_retriable(&after_unknown));
+        assert!(after_unknown.to_string().contains("may have taken effect"));
+        // An error that is itself unknown stays as it is.
+        assert!(matches!(broker(ErrorCode::OutcomeUnknown).after_attempts(true), ClientError::Broker(_)));
+    }
 
     #[test]
     fn retriable_errors() {
@@ -288,6 +305,7 @@ mod tests {
             (broker(ErrorCode::MetadataUnavailable), true),
             (broker(ErrorCode::NotLeader), true),
             (broker(ErrorCode::PartitionUnavailable), true),
+            (broker(ErrorCode::OutcomeUnknown), true),
             (broker(ErrorCode::UnknownTopic), false),
             (broker(ErrorCode::MessageTooLarge), false),
             (broker(ErrorCode::InvalidBatch), false),

@@ -32,7 +32,7 @@ use serde_json::json;
 use crate::client::producer::{Producer, ProducerConfig};
 use crate::client::{Client, ClientError};
 use crate::log::batch::{Record, RecordHeader};
-use crate::proto::{self, Acks, ErrorCode};
+use crate::proto::{self, Acks};
 use crate::sys::clock::system_clock;
 use http::{Request, Response};
 
@@ -300,29 +300,10 @@ fn describe(failed: &ClientError) -> (u16, &'static str, String) {
             _ => (500, "INTERNAL", message),
         };
     };
-    let status = match code {
-        ErrorCode::InvalidTopicName
-        | ErrorCode::InvalidTopicConfig
-        | ErrorCode::InvalidBatch
-        | ErrorCode::MessageTooLarge
-        | ErrorCode::InvalidRequest
-        | ErrorCode::InvalidGroup => 400,
-        ErrorCode::InternalTopic => 403,
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => 404,
-        // A group moved on without the caller (a commit fenced off): it
-        // rejoins, nothing was committed.
-        ErrorCode::TopicAlreadyExists
-        | ErrorCode::RebalanceInProgress
-        | ErrorCode::IllegalGeneration
-        | ErrorCode::UnknownMember => 409,
-        ErrorCode::OffsetOutOfRange => 416,
-        ErrorCode::StorageFull => 507,
-        ErrorCode::StorageFailed
-        | ErrorCode::MetadataUnavailable
-        | ErrorCode::PartitionUnavailable
-        | ErrorCode::CoordinatorLoading
-        | ErrorCode::NotLeader => 503,
-        _ => 500,
+    let status = match crate::broker::error::meaning(code).http {
+        // The last attempt did nothing, an earlier one may have.
+        status if status < 500 && !failed.did_nothing() => 503,
+        status => status,
     };
     (status, code.as_str_name(), message)
 }

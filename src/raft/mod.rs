@@ -61,8 +61,13 @@ pub enum Acks {
 pub enum ProposeError {
     #[error("this broker does not lead partition group {group}; leader: {leader:?}")]
     NotLeader { group: GroupId, leader: Option<(NodeId, String)> },
+    /// Refused before anything was handed to Raft: nothing was written.
     #[error("partition group {group} is unavailable: {reason}")]
     Unavailable { group: GroupId, reason: String },
+    /// Handed to Raft, then lost track of (leadership lost, Raft stopped):
+    /// the batch may yet be committed.
+    #[error("partition group {group} may or may not have written the batch: {reason}")]
+    Indeterminate { group: GroupId, leader: Option<(NodeId, String)>, reason: String },
     #[error("producer {producer_id}: batch starts at sequence {got}, expected {expected}")]
     OutOfOrderSequence { producer_id: i64, got: i32, expected: i32 },
     #[error("producer {producer_id}: epoch {got} is fenced by epoch {current}")]
@@ -568,13 +573,22 @@ impl Replica {
         ProposeError::Unavailable { group: self.group, reason: reason.to_string() }
     }
 
+    /// A proposal handed to Raft whose outcome this replica lost track of.
+    fn indeterminate(&self, leader: Option<(NodeId, String)>, reason: impl ToString) -> ProposeError {
+        ProposeError::Indeterminate { group: self.group, leader, reason: reason.to_string() }
+    }
+
+    /// The error of a proposal Raft had accepted. openraft answers
+    /// ForwardToLeader both when it refused the entry and when it appended
+    /// it and then lost its leadership (the entry may still commit under
+    /// the next leader), so every such answer is indeterminate.
     fn write_error(&self, error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ProposeError {
         match error {
             RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
                 let leader = forward.leader_id.map(|id| (id, forward.leader_node.map(|n| n.addr).unwrap_or_default()));
-                self.not_leader(leader)
+                self.indeterminate(leader, "the leader lost its leadership with the batch in flight")
             }
-            other => self.unavailable(other),
+            other => self.indeterminate(None, other),
         }
     }
 
@@ -657,7 +671,7 @@ impl Replica {
                 let result = match committed.await {
                     Ok(Ok(written)) => Ok(written.data),
                     Ok(Err(e)) => Err(self.write_error(RaftError::APIError(e))),
-                    Err(_) => Err(self.unavailable("the Raft node stopped")),
+                    Err(_) => Err(self.indeterminate(None, "the Raft node stopped")),
                 };
                 self.forget_in_flight(producer_id, (first, last), result.is_ok()).await;
                 result.map(Some)
@@ -675,7 +689,7 @@ impl Replica {
                 match durable_offset {
                     None => Ok(None),
                     Some(Ok(base_offset)) => Ok(Some(Applied { base_offset, next_offset: base_offset + count })),
-                    Some(Err(_)) => Err(self.unavailable("the batch was not appended")),
+                    Some(Err(_)) => Err(self.indeterminate(None, "the batch was not appended here")),
                 }
             }
         }
@@ -715,7 +729,7 @@ impl Replica {
             Ok(Some(written)) => {
                 Ok(Applied { base_offset: written.base_offset, next_offset: written.base_offset + count })
             }
-            _ => Err(self.unavailable("an earlier copy of this batch is still in flight")),
+            _ => Err(self.indeterminate(None, "an earlier copy of this batch is still in flight")),
         }
     }
 
@@ -727,10 +741,13 @@ impl Replica {
         }
         let written = self.raft.client_write(Proposal::new(batch)).await.map_err(|e| self.write_error(e))?;
         if written.log_id.leader_id.term != term {
-            return Err(self.unavailable(format!(
-                "leadership changed while writing: the batch landed in term {}, not {term}",
-                written.log_id.leader_id.term
-            )));
+            return Err(self.indeterminate(
+                None,
+                format!(
+                    "leadership changed while writing: the batch landed in term {}, not {term}",
+                    written.log_id.leader_id.term
+                ),
+            ));
         }
         Ok(written.data)
     }
@@ -738,6 +755,11 @@ impl Replica {
     async fn propose_plain(&self, batch: Batch, acks: Acks) -> Result<Option<Applied>, ProposeError> {
         match acks {
             Acks::All => {
+                // Refused here, nothing was written; once handed to Raft, a
+                // lost leadership leaves the outcome unknown.
+                if !self.is_leader() {
+                    return Err(self.not_leader(self.leader()));
+                }
                 let written = self.raft.client_write(Proposal::new(batch)).await.map_err(|e| self.write_error(e))?;
                 Ok(Some(written.data))
             }
@@ -750,8 +772,8 @@ impl Replica {
                     // Never appended: the commit answer says why.
                     Err(_) => match committed.await {
                         Ok(Err(e)) => Err(self.write_error(RaftError::APIError(e))),
-                        Ok(Ok(_)) => Err(self.unavailable("the batch was committed without a local append")),
-                        Err(_) => Err(self.unavailable("the Raft node stopped")),
+                        Ok(Ok(_)) => Err(self.indeterminate(None, "the batch was committed without a local append")),
+                        Err(_) => Err(self.indeterminate(None, "the Raft node stopped")),
                     },
                 }
             }

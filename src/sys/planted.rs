@@ -45,10 +45,14 @@ pub enum Bug {
     /// Fetches serve some records (offsets 7, 57, 107, ...) with a byte
     /// added to the value after every check passed: bytes no producer sent.
     ServeAlteredValue,
+    /// The broker checks a produced batch's size after it appended it, and
+    /// answers MESSAGE_TOO_LARGE (a refusal) for some it has written (base
+    /// offsets 13, 63, 113, ...).
+    RefuseAfterAppend,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::AckBeforeCommit,
         Bug::SkipFsync,
         Bug::UncommittedReads,
@@ -61,6 +65,7 @@ impl Bug {
         Bug::CommitPastRead,
         Bug::HighWatermarkPastLogEnd,
         Bug::ServeAlteredValue,
+        Bug::RefuseAfterAppend,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +82,7 @@ impl Bug {
             Bug::CommitPastRead => "commit-past-read",
             Bug::HighWatermarkPastLogEnd => "high-watermark-past-log-end",
             Bug::ServeAlteredValue => "serve-altered-value",
+            Bug::RefuseAfterAppend => "refuse-after-append",
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::history::{pairs, Kind, Op, Value};
 
+pub mod aborted_read;
 pub mod commits;
 pub mod duplicate;
 pub mod durable_majority;
@@ -103,6 +104,7 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
     let mut out = Vec::new();
     out.extend(lost_write::check(input));
     out.extend(no_writer::check(input));
+    out.extend(aborted_read::check(input));
     out.extend(unseen::check(input));
     out.extend(duplicate::check(input));
     out.extend(inconsistent_offsets::check(input));
