@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+use crate::checker::WEAK_PRODUCERS_FROM;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -157,6 +159,8 @@ pub enum View {
 ///   and generation), as Jepsen's own client reports rebalances.
 /// - A consumer without a group assigns itself partitions between polls:
 ///   `:assign` with the partitions.
+/// - A send acknowledged under weaker acks (processes from
+///   [`WEAK_PRODUCERS_FROM`]) exports as `:info` with `:weak-acks true`.
 /// - Seeks and commits, which Jepsen's workload does not have, keep
 ///   functions of their own (`:seek`, `:commit`) that its checker passes
 ///   over; a seek exported as an `:assign` would make every seek back a
@@ -243,6 +247,14 @@ pub fn to_edn(ops: &[Op], view: View) -> String {
                 format!("{{{partition} {to}}}")
             }
         };
+        // An acknowledgement under acks=leader or acks=none promises no
+        // durability (what those producers lose is measured, not an
+        // anomaly): to Jepsen such a send's outcome is unknown.
+        let weak = matches!(op.value, Value::Send { .. }) && op.kind == Kind::Ok && op.process >= WEAK_PRODUCERS_FROM;
+        let kind = if weak { Kind::Info.name() } else { kind };
+        if weak {
+            extra.push_str(", :weak-acks true");
+        }
         line(op.time, kind, op.process, op.value.f(), &value, &extra);
     }
     out
@@ -256,6 +268,12 @@ pub fn write_edn(path: &Path, ops: &[Op]) -> std::io::Result<PathBuf> {
     std::fs::write(path, to_edn(ops, View::All))?;
     std::fs::write(&assigned, to_edn(ops, View::Assigned))?;
     Ok(assigned)
+}
+
+/// Removes what [`write_edn`] wrote to `path`.
+pub fn remove_edn(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("assigned.edn"));
 }
 
 fn join<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
@@ -351,6 +369,8 @@ mod tests {
             op(7, 9, Kind::Invoke, manual.clone()),
             op(8, 9, Kind::Ok, manual),
             op(9, 1, Kind::Invoke, Value::Send { partition: 1, value: 8, offset: None }),
+            op(10, WEAK_PRODUCERS_FROM, Kind::Invoke, Value::Send { partition: 1, value: 9, offset: None }),
+            op(11, WEAK_PRODUCERS_FROM, Kind::Ok, Value::Send { partition: 1, value: 9, offset: Some(0) }),
         ];
         let edn = to_edn(&ops, View::All);
         outstanding_at_most_one(&edn);
@@ -369,12 +389,17 @@ mod tests {
         );
         assert_eq!(lines[7], "{:index 7, :time 6000000, :type :ok, :process 4, :f :seek, :value {2 1}, :group \"g\"}");
         assert_eq!(lines[9], "{:index 9, :time 8000000, :type :ok, :process 9, :f :assign, :value [1]}");
+        assert_eq!(
+            lines[12],
+            "{:index 12, :time 11000000, :type :info, :process 50, :f :send, :value [[:send 1 [0 9]]], :weak-acks true}",
+            "an acks=leader acknowledgement promises no durability"
+        );
 
         // Without the subscriber: the sends and the consumer without a group.
         let assigned = to_edn(&ops, View::Assigned);
         outstanding_at_most_one(&assigned);
         let lines: Vec<&str> = assigned.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 5);
         assert_eq!(lines[1], "{:index 1, :time 8000000, :type :ok, :process 9, :f :assign, :value [1]}");
         assert!(lines[2].contains(":process 1, :f :send"));
     }

@@ -38,7 +38,7 @@ mod runner {
     use std::time::{Duration, Instant};
 
     use weir::sys::planted::{self, Bug};
-    use weir_sim::history::{fingerprint, write_edn};
+    use weir_sim::history::{fingerprint, remove_edn, write_edn};
     use weir_sim::plan::Plan;
 
     const USAGE: &str = "usage: weir-sim run --seed N [--secs S] [--brokers B] [--history FILE]\n       \
@@ -304,8 +304,7 @@ mod runner {
                         }
                     }
                     if field(&line, "valid") == Some("true") {
-                        let _ = std::fs::remove_file(args.out.join(format!("seed-{seed}.edn")));
-                        let _ = std::fs::remove_file(args.out.join(format!("seed-{seed}.assigned.edn")));
+                        remove_edn(&args.out.join(format!("seed-{seed}.edn")));
                     } else {
                         failed.push(seed);
                         let log = args.out.join(format!("seed-{seed}.out"));
@@ -460,7 +459,7 @@ mod runner {
                 process.wait_with_output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
             let line = result_line(&stdout).unwrap_or("");
             if field(line, "valid") == Some("true") {
-                let _ = std::fs::remove_file(history(seed));
+                remove_edn(&history(seed));
                 continue;
             }
             let mut kinds: Vec<&str> = stdout

@@ -32,8 +32,8 @@ use weir::sys::rng::SeededRng;
 use crate::checker::{self, Anomaly, Input};
 use crate::history::{History, Op};
 use crate::workload::{
-    await_group_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, GROUP,
-    GROUP_MEMBERS, LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, OTHER_GROUP, READER, TOPIC,
+    await_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, GROUP, GROUP_MEMBERS,
+    LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, OTHER_GROUP, READER, TOPIC,
 };
 
 /// One host of the cluster: an etcd member and a broker, installed under
@@ -398,6 +398,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
         READER,
         options.seed,
         history.clone(),
+        stop_producing.clone(),
         stop_consuming.clone(),
     );
     consumers.push(tokio::spawn(task));
@@ -448,7 +449,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
         }
     }
     let deadline = tokio::time::Instant::now() + options.liveness;
-    let acknowledged = await_group_read_all(&history, deadline, Duration::from_millis(500)).await;
+    let acknowledged = await_read_all(&history, deadline, Duration::from_millis(500)).await;
     stop_consuming.store(true, Ordering::Relaxed);
     for consumer in consumers {
         if tokio::time::timeout(SETTLE, consumer).await.is_err() {

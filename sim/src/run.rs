@@ -21,8 +21,7 @@ use crate::cluster::Cluster;
 use crate::history::{History, Op};
 use crate::plan::{Fault, Plan};
 use crate::workload::{
-    await_group_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, OTHER_GROUP,
-    READER,
+    await_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, OTHER_GROUP, READER,
 };
 pub use crate::workload::{GROUP, LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, TOPIC};
 
@@ -129,8 +128,15 @@ pub async fn run(plan: Plan) -> Outcome {
     }
     let task = consume(bootstrap.clone(), OTHER_GROUP, 200, plan.seed, history.clone(), stop_consuming.clone());
     consumers.push(cluster.spawn_client(task));
-    let task =
-        read_assigned(bootstrap.clone(), plan.partitions, READER, plan.seed, history.clone(), stop_consuming.clone());
+    let task = read_assigned(
+        bootstrap.clone(),
+        plan.partitions,
+        READER,
+        plan.seed,
+        history.clone(),
+        stop_producing.clone(),
+        stop_consuming.clone(),
+    );
     consumers.push(cluster.spawn_client(task));
 
     // Safety: the plan's faults, one at a time, each healed before the next;
@@ -166,7 +172,7 @@ pub async fn run(plan: Plan) -> Outcome {
     // Liveness: everything healed; the first group must read all that was
     // acknowledged.
     let deadline = tokio::time::Instant::now() + plan.liveness;
-    let acknowledged = await_group_read_all(&history, deadline, Duration::from_millis(200)).await;
+    let acknowledged = await_read_all(&history, deadline, Duration::from_millis(200)).await;
     stop_consuming.store(true, Ordering::Relaxed);
     for consumer in consumers {
         if tokio::time::timeout(SETTLE, &mut *Box::pin(consumer)).await.is_err() {

@@ -47,17 +47,19 @@ fn polled_by(ops: &[Op], processes: &[u64]) -> BTreeSet<(u32, u64)> {
 }
 
 /// Waits until the first group's members have, together, polled every send
-/// acknowledged under acks=all so far, or until `deadline`, looking every
+/// acknowledged under acks=all so far, and so has the consumer without a
+/// group (its final polls, as Jepsen's), or until `deadline`, looking every
 /// `every`. Returns how many sends were acknowledged.
-pub async fn await_group_read_all(history: &History, deadline: tokio::time::Instant, every: Duration) -> usize {
+pub async fn await_read_all(history: &History, deadline: tokio::time::Instant, every: Duration) -> usize {
     let acknowledged: Vec<(u32, u64)> = checker::Input { ops: history.ops(), ..checker::Input::default() }
         .acknowledged()
         .into_iter()
         .map(|(_, partition, _, value)| (partition, value))
         .collect();
     while tokio::time::Instant::now() < deadline {
-        let seen = polled_by(&history.ops(), &GROUP_MEMBERS);
-        if acknowledged.iter().all(|key| seen.contains(key)) {
+        let ops = history.ops();
+        let (group, reader) = (polled_by(&ops, &GROUP_MEMBERS), polled_by(&ops, &[READER]));
+        if acknowledged.iter().all(|key| group.contains(key) && reader.contains(key)) {
             break;
         }
         tokio::time::sleep(every).await;
@@ -200,13 +202,16 @@ pub async fn consume(
 /// Jepsen's checker holds it to poll-skip and nonmonotonic-poll (which it
 /// cannot for subscribers), and so do ours, across its reassignments too.
 /// It reads with the bare client, not the group consumer: a second way of
-/// reading the same logs.
+/// reading the same logs. Once `finish` is set (the producers stopped) it
+/// takes every partition for good and reads on to the end: Jepsen's final
+/// polls, after which nothing acknowledged may be unseen.
 pub async fn read_assigned(
     bootstrap: String,
     partitions: u32,
     process: u64,
     seed: u64,
     history: History,
+    finish: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) {
     let mut rng = SeededRng::new(seed.wrapping_mul(41).wrapping_add(process));
@@ -224,9 +229,17 @@ pub async fn read_assigned(
     };
     let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
     let mut polls_left = 0u64;
+    let mut finishing = false;
     while !stop.load(Ordering::Relaxed) {
+        if !finishing && finish.load(Ordering::Relaxed) {
+            finishing = true;
+            polls_left = 0;
+        }
         if polls_left == 0 {
-            let mut chosen: Vec<u32> = (0..partitions).filter(|_| rng.chance(1, 2)).collect();
+            let mut chosen: Vec<u32> = match finishing {
+                true => (0..partitions).collect(),
+                false => (0..partitions).filter(|_| rng.chance(1, 2)).collect(),
+            };
             if chosen.is_empty() {
                 chosen.push(rng.below(u64::from(partitions)) as u32);
             }
@@ -237,7 +250,7 @@ pub async fn read_assigned(
                 positions.entry(*partition).or_insert(0);
             }
             history.record(process, Kind::Ok, value);
-            polls_left = 10 + rng.below(30);
+            polls_left = if finishing { u64::MAX } else { 10 + rng.below(30) };
         }
         polls_left -= 1;
         history.record(process, Kind::Invoke, Value::Poll(BTreeMap::new()));
