@@ -36,6 +36,11 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         Bug::ServeAlteredValue => &["no-writer"],
         // A write refused after it was made: its send fails, its value is read.
         Bug::RefuseAfterAppend => &["aborted-read"],
+        // A later send reported below an earlier one (and at an offset
+        // holding another value).
+        Bug::MisreportedOffset => &["nonmonotonic-send", "inconsistent-offsets"],
+        // A voter's replica left out of the check.
+        Bug::HideReplica => &["replicas-unchecked"],
     }
 }
 
@@ -56,6 +61,7 @@ mod tests {
             include_str!("checker/lost_write.rs"),
             include_str!("checker/no_writer.rs"),
             include_str!("checker/nonmonotonic_poll.rs"),
+            include_str!("checker/nonmonotonic_send.rs"),
             include_str!("checker/poll_skip.rs"),
             include_str!("checker/replicas.rs"),
             include_str!("checker/stale_commit.rs"),

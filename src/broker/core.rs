@@ -817,7 +817,8 @@ impl Broker {
                 }
                 None => proto::PartitionDescription { partition: index, ..Default::default() },
             };
-            description.hosted = state.partitions.contains_key(&index);
+            let hidden = planted::on(Bug::HideReplica) && self.config.broker_id == 2 && index == 0;
+            description.hosted = state.partitions.contains_key(&index) && !hidden;
             if let Some(partition) = state.partitions.get(&index) {
                 description.repairing = partition.replica().repairing();
                 description.repairs = self.repairs(partition.replica().group());
@@ -1029,8 +1030,12 @@ impl Broker {
         if planted::on(Bug::RefuseAfterAppend) && applied.is_some_and(|a| a.base_offset % 50 == 13) {
             return Err(BrokerError::new(ErrorCode::MessageTooLarge, "the batch is too large (checked after append)"));
         }
+        let misreported = |offset: u64| match planted::on(Bug::MisreportedOffset) && offset % 50 == 37 {
+            true => offset.saturating_sub(40),
+            false => offset,
+        };
         Ok(proto::ProduceResponse {
-            base_offset: applied.map_or(0, |a| a.base_offset),
+            base_offset: applied.map_or(0, |a| misreported(a.base_offset)),
             record_count,
             high_watermark: partition.high_watermark(),
             offset_known: applied.is_some(),

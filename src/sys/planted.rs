@@ -49,10 +49,15 @@ pub enum Bug {
     /// answers MESSAGE_TOO_LARGE (a refusal) for some it has written (base
     /// offsets 13, 63, 113, ...).
     RefuseAfterAppend,
+    /// The broker answers some produces (base offsets 37, 87, 137, ...)
+    /// with an offset 40 below where the batch landed.
+    MisreportedOffset,
+    /// Broker 2 describes its replica of partition 0 as not hosted.
+    HideReplica,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 15] = [
         Bug::AckBeforeCommit,
         Bug::SkipFsync,
         Bug::UncommittedReads,
@@ -66,6 +71,8 @@ impl Bug {
         Bug::HighWatermarkPastLogEnd,
         Bug::ServeAlteredValue,
         Bug::RefuseAfterAppend,
+        Bug::MisreportedOffset,
+        Bug::HideReplica,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +90,8 @@ impl Bug {
             Bug::HighWatermarkPastLogEnd => "high-watermark-past-log-end",
             Bug::ServeAlteredValue => "serve-altered-value",
             Bug::RefuseAfterAppend => "refuse-after-append",
+            Bug::MisreportedOffset => "misreported-offset",
+            Bug::HideReplica => "hide-replica",
         }
     }
 

@@ -14,7 +14,7 @@
 //! two replicas must agree on every offset below both their high
 //! watermarks, and neither may miss one there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Anomaly, Input};
 
@@ -40,6 +40,25 @@ pub struct Replica {
 pub fn check(input: &Input) -> Vec<Anomaly> {
     let mut out: Vec<Anomaly> =
         input.unchecked.iter().map(|why| Anomaly { kind: "replicas-unchecked", detail: why.clone() }).collect();
+    // Every voter of a partition's configuration, as its leader describes
+    // it, must have left a replica to read: one its broker did not
+    // describe is as unchecked as one its disk lacks.
+    let mut voters: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    for r in &input.replicas {
+        voters.entry(r.partition).or_default().extend(r.voter_sets.iter().flatten());
+    }
+    for (partition, brokers) in voters {
+        for broker in brokers {
+            if !input.replicas.iter().any(|r| r.partition == partition && r.broker == broker) {
+                out.push(Anomaly {
+                    kind: "replicas-unchecked",
+                    detail: format!(
+                        "broker {broker}, a voter of partition {partition}, left no replica of it to check"
+                    ),
+                });
+            }
+        }
+    }
     for r in &input.replicas {
         if !(r.log_start <= r.high_watermark && r.high_watermark <= r.log_end) {
             out.push(Anomaly {
@@ -122,6 +141,18 @@ pub(crate) mod tests {
     fn a_replica_left_unread_is_an_error_not_a_skip() {
         let input = Input { unchecked: vec!["broker 2 did not describe its replicas".into()], ..Input::default() };
         assert_eq!(check(&input).into_iter().map(|a| a.kind).collect::<Vec<_>>(), vec!["replicas-unchecked"]);
+    }
+
+    #[test]
+    fn a_voter_that_described_no_replica_is_unchecked() {
+        let mut leader = replica(1, 3, &[10, 11, 12]);
+        leader.voter_sets = vec![vec![1, 2, 3]];
+        let all = vec![leader.clone(), replica(2, 3, &[10, 11, 12]), replica(3, 3, &[10, 11, 12])];
+        assert_eq!(check_replicas(all), Vec::<&str>::new());
+        let missing = vec![leader, replica(2, 3, &[10, 11, 12])];
+        let found = check(&Input { replicas: missing, ..Input::default() });
+        assert_eq!(found.iter().map(|a| a.kind).collect::<Vec<_>>(), vec!["replicas-unchecked"]);
+        assert!(found[0].detail.contains("broker 3, a voter of partition 0"), "{}", found[0].detail);
     }
 
     #[test]
