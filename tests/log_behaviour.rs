@@ -49,6 +49,34 @@ fn segments_roll_by_size() {
 }
 
 #[test]
+fn indexes_are_sized_to_their_segment_and_never_roll_it_early() {
+    // An index entry per 100 bytes: nearly one per batch.
+    let config = LogConfig { segment_bytes_max: 16 << 10, index_interval_bytes: 100, ..LogConfig::default() };
+    let (disk, _, mut log) = setup(config.clone());
+    let batch_len = batch(1, NOW_MS).len() as u64;
+    let batches: u64 = 600;
+    for _ in 0..batches {
+        log.append(batch(1, NOW_MS)).unwrap();
+    }
+    // Segments roll by size alone, never because an index filled up.
+    let per_segment = config.segment_bytes_max / batch_len;
+    assert_eq!(log.segment_count() as u64, batches.div_ceil(per_segment), "batches of {batch_len} bytes");
+    // Each index file is as large as a full segment can need, not 1 MiB.
+    let index_bytes = config.index_bytes();
+    assert!(index_bytes < 4 << 10, "{index_bytes}");
+    for path in weir::log::segment::Segment::paths(Path::new(DIR), 0).iter().skip(1) {
+        let len = weir::sys::disk::Disk::open(&disk, path, false).unwrap().len().unwrap();
+        assert_eq!(len, index_bytes, "{}", path.display());
+    }
+    // Reopened, every sealed index is trusted and reads agree.
+    drop(log);
+    let reopened = open(&disk, &ManualClock::new(NOW_MS), config);
+    assert_eq!(reopened.log_end_offset(), batches);
+    let read = reopened.read(300, 1, u64::MAX).unwrap();
+    assert_eq!(read[0].base_offset(), 300);
+}
+
+#[test]
 fn segments_roll_by_age() {
     let config = LogConfig { segment_age_ms_max: Some(60_000), ..LogConfig::default() };
     let (_, clock, mut log) = setup(config);

@@ -33,7 +33,9 @@ pub struct LogConfig {
     pub segment_age_ms_max: Option<i64>,
     /// One offset-index entry per this many bytes of batches (sparse index).
     pub index_interval_bytes: u64,
-    /// Size of each index file; a full index rolls the segment.
+    /// Size of each index file at most; a full index rolls the segment.
+    /// Each is made only as large as its segment can need
+    /// ([`LogConfig::index_bytes`]).
     pub index_bytes_max: u64,
     /// Delete the oldest segments while the log is larger than this.
     pub retention_bytes: Option<u64>,
@@ -57,6 +59,17 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// The size of a new segment's index files: room for an entry per
+    /// `index_interval_bytes` of a full segment (both indexes add one entry
+    /// per interval, and the time index one more at seal time), with a
+    /// margin, capped at `index_bytes_max`. Small segments get small
+    /// indexes instead of a mostly empty map each (a 16 KiB segment's
+    /// index is 112 bytes; a 128 MiB one's 384 KiB, not 1 MiB).
+    pub fn index_bytes(&self) -> u64 {
+        let entries = self.segment_bytes_max / self.index_interval_bytes.max(1) + 4;
+        (INDEX_HEADER_BYTES + entries * TIME_INDEX_ENTRY_BYTES).min(self.index_bytes_max)
+    }
+
     pub fn validate(&self) -> Result<(), LogError> {
         let fail = |reason: String| Err(LogError::Config(reason));
         if self.segment_bytes_max < BATCH_HEADER_BYTES as u64 || self.segment_bytes_max > SEGMENT_BYTES_LIMIT {

@@ -87,8 +87,8 @@ impl Segment {
     ) -> LogResult<Self> {
         let [path, index_path, time_index_path] = Self::paths(dir, base_offset);
         let file = disk.open(&path, create).map_err(|e| LogError::io(&path, e))?;
-        let offset_index = OffsetIndex::open(disk, &index_path, config.index_bytes_max)?;
-        let time_index = TimeIndex::open(disk, &time_index_path, config.index_bytes_max)?;
+        let offset_index = OffsetIndex::open(disk, &index_path, config.index_bytes())?;
+        let time_index = TimeIndex::open(disk, &time_index_path, config.index_bytes())?;
         Ok(Self {
             base_offset,
             next_offset: base_offset,
