@@ -33,7 +33,10 @@ pub enum Value {
     /// A consumer's partitions: in a group generation, noted when the
     /// member learned them (mid-poll), or chosen by a consumer without a
     /// group (`group: None`, generation 0) between its polls.
-    Assign { group: Option<String>, generation: u64, partitions: Vec<u32> },
+    /// `starts`: where the consumer began reading each partition (a group
+    /// member: the group's committed offset when it joined; without a
+    /// group: where it was, or the beginning for a partition newly taken).
+    Assign { group: Option<String>, generation: u64, partitions: Vec<u32>, starts: BTreeMap<u32, u64> },
     /// Offsets a consumer committed for its group (next offset to read).
     Commit { group: String, generation: u64, offsets: BTreeMap<u32, u64> },
     /// A consumer moved its position in one of its partitions; `offset` is
@@ -209,15 +212,22 @@ pub fn to_edn(ops: &[Op], view: View) -> String {
         let kind = op.kind.name();
         let mut extra = String::new();
         let value = match &op.value {
-            Value::Assign { group: Some(group), generation, partitions } => {
+            Value::Assign { group: Some(group), generation, partitions, starts } => {
                 if op.kind != Kind::Invoke {
                     let keys = join(partitions.iter());
-                    let event = format!("{{:keys [{keys}], :group \"{group}\", :generation {generation}}}");
+                    let starts = edn_map(starts);
+                    let event =
+                        format!("{{:keys [{keys}], :group \"{group}\", :generation {generation}, :starts {starts}}}");
                     rebalances.entry(op.process).or_default().push(event);
                 }
                 continue;
             }
-            Value::Assign { group: None, partitions, .. } => format!("[{}]", join(partitions.iter())),
+            Value::Assign { group: None, partitions, starts, .. } => {
+                if op.kind != Kind::Invoke {
+                    let _ = write!(extra, ", :starts {}", edn_map(starts));
+                }
+                format!("[{}]", join(partitions.iter()))
+            }
             Value::Send { partition, value, offset: Some(offset) } => {
                 format!("[[:send {partition} [{offset} {value}]]]")
             }
@@ -238,8 +248,7 @@ pub fn to_edn(ops: &[Op], view: View) -> String {
             }
             Value::Commit { group, generation, offsets } => {
                 let _ = write!(extra, ", :group \"{group}\", :generation {generation}");
-                let offsets: Vec<String> = offsets.iter().map(|(p, o)| format!("{p} {o}")).collect();
-                format!("{{{}}}", offsets.join(", "))
+                edn_map(offsets)
             }
             Value::Seek { group, partition, offset, .. } => {
                 let _ = write!(extra, ", :group \"{group}\"");
@@ -274,6 +283,12 @@ pub fn write_edn(path: &Path, ops: &[Op]) -> std::io::Result<PathBuf> {
 pub fn remove_edn(path: &Path) {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(path.with_extension("assigned.edn"));
+}
+
+/// `{k v, ...}`.
+fn edn_map(map: &BTreeMap<u32, u64>) -> String {
+    let pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!("{{{}}}", pairs.join(", "))
 }
 
 fn join<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
@@ -354,10 +369,17 @@ mod tests {
 
     #[test]
     fn a_group_member_subscribes_and_learns_its_assignments_inside_polls() {
-        let assign = |generation| Value::Assign { group: Some("g".into()), generation, partitions: vec![0, 2] };
+        let starts = BTreeMap::from([(0, 0), (2, 3)]);
+        let assign = |generation| Value::Assign {
+            group: Some("g".into()),
+            generation,
+            partitions: vec![0, 2],
+            starts: starts.clone(),
+        };
         let seek = |offset| Value::Seek { group: "g".into(), partition: 2, offset, partitions: vec![0, 2] };
         let commit = Value::Commit { group: "g".into(), generation: 5, offsets: BTreeMap::from([(2, 4)]) };
-        let manual = Value::Assign { group: None, generation: 0, partitions: vec![1] };
+        let manual =
+            Value::Assign { group: None, generation: 0, partitions: vec![1], starts: BTreeMap::from([(1, 0)]) };
         let ops = vec![
             op(0, 4, Kind::Invoke, Value::Poll(BTreeMap::new())),
             op(1, 4, Kind::Ok, assign(5)),
@@ -381,14 +403,14 @@ mod tests {
         assert_eq!(
             lines[3],
             "{:index 3, :time 2000000, :type :ok, :process 4, :f :poll, :value [[:poll {2 [[3 7]]}]], \
-             :rebalance-log [{:keys [0 2], :group \"g\", :generation 5}]}"
+             :rebalance-log [{:keys [0 2], :group \"g\", :generation 5, :starts {0 0, 2 3}}]}"
         );
         assert_eq!(
             lines[5],
             "{:index 5, :time 4000000, :type :ok, :process 4, :f :commit, :value {2 4}, :group \"g\", :generation 5}"
         );
         assert_eq!(lines[7], "{:index 7, :time 6000000, :type :ok, :process 4, :f :seek, :value {2 1}, :group \"g\"}");
-        assert_eq!(lines[9], "{:index 9, :time 8000000, :type :ok, :process 9, :f :assign, :value [1]}");
+        assert_eq!(lines[9], "{:index 9, :time 8000000, :type :ok, :process 9, :f :assign, :value [1], :starts {1 0}}");
         assert_eq!(
             lines[12],
             "{:index 12, :time 11000000, :type :info, :process 50, :f :send, :value [[:send 1 [0 9]]], :weak-acks true}",
@@ -400,7 +422,7 @@ mod tests {
         outstanding_at_most_one(&assigned);
         let lines: Vec<&str> = assigned.lines().collect();
         assert_eq!(lines.len(), 5);
-        assert_eq!(lines[1], "{:index 1, :time 8000000, :type :ok, :process 9, :f :assign, :value [1]}");
+        assert_eq!(lines[1], "{:index 1, :time 8000000, :type :ok, :process 9, :f :assign, :value [1], :starts {1 0}}");
         assert!(lines[2].contains(":process 1, :f :send"));
     }
 }

@@ -65,6 +65,7 @@ mod tests {
             include_str!("checker/poll_skip.rs"),
             include_str!("checker/replicas.rs"),
             include_str!("checker/stale_commit.rs"),
+            include_str!("checker/start_position.rs"),
             include_str!("checker/unseen.rs"),
         ]
         .concat();

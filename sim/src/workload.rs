@@ -176,7 +176,11 @@ pub async fn consume(
                         Ok(()) => Kind::Ok,
                         Err(error) => {
                             tracing::info!(process, %error, "commit failed");
-                            Kind::Info
+                            if error.did_nothing() {
+                                Kind::Fail
+                            } else {
+                                Kind::Info
+                            }
                         }
                     };
                     history.record(process, kind, value);
@@ -243,13 +247,15 @@ pub async fn read_assigned(
             if chosen.is_empty() {
                 chosen.push(rng.below(u64::from(partitions)) as u32);
             }
-            let value = Value::Assign { group: None, generation: 0, partitions: chosen.clone() };
-            history.record(process, Kind::Invoke, value.clone());
+            let invoked =
+                Value::Assign { group: None, generation: 0, partitions: chosen.clone(), starts: BTreeMap::new() };
+            history.record(process, Kind::Invoke, invoked);
             positions.retain(|partition, _| chosen.contains(partition));
             for partition in &chosen {
                 positions.entry(*partition).or_insert(0);
             }
-            history.record(process, Kind::Ok, value);
+            let starts = positions.clone();
+            history.record(process, Kind::Ok, Value::Assign { group: None, generation: 0, partitions: chosen, starts });
             polls_left = if finishing { u64::MAX } else { 10 + rng.below(30) };
         }
         polls_left -= 1;
@@ -345,7 +351,8 @@ fn note_assignment(
     let mut partitions: Vec<u32> = member.assignment().into_iter().map(|(_, p)| p).collect();
     partitions.sort_unstable();
     if noted.as_ref() != Some(&(generation, partitions.clone())) {
-        let value = Value::Assign { group: Some(group.to_owned()), generation, partitions: partitions.clone() };
+        let starts = member.starts().into_iter().map(|((_, partition), offset)| (partition, offset)).collect();
+        let value = Value::Assign { group: Some(group.to_owned()), generation, partitions: partitions.clone(), starts };
         history.record(process, Kind::Ok, value);
         *noted = Some((generation, partitions));
     }

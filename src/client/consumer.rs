@@ -123,6 +123,9 @@ pub struct GroupConsumer {
     membership: Arc<Mutex<Membership>>,
     /// Next offset to fetch, per assigned partition.
     positions: BTreeMap<(String, u32), u64>,
+    /// Where this generation's assignment started reading, per partition:
+    /// its committed offset, or where the reset policy put it.
+    starts: BTreeMap<(String, u32), u64>,
     /// What the records handed out so far allow committing.
     uncommitted: bool,
     next_partition: usize,
@@ -164,6 +167,7 @@ impl GroupConsumer {
             config,
             membership: Arc::new(Mutex::new(Membership::default())),
             positions: BTreeMap::new(),
+            starts: BTreeMap::new(),
             uncommitted: false,
             next_partition: 0,
             heartbeat: None,
@@ -196,6 +200,13 @@ impl GroupConsumer {
     /// [`Self::commit`] commits).
     pub fn positions(&self) -> Vec<((String, u32), u64)> {
         self.positions.iter().map(|(key, offset)| (key.clone(), *offset)).collect()
+    }
+
+    /// Where each partition of the current assignment started: the group's
+    /// committed offset when the member joined this generation, or where
+    /// the reset policy put it (seeks since do not change it).
+    pub fn starts(&self) -> Vec<((String, u32), u64)> {
+        self.starts.iter().map(|(key, offset)| (key.clone(), *offset)).collect()
     }
 
     fn start_heartbeat(&mut self) {
@@ -275,6 +286,7 @@ impl GroupConsumer {
             };
             self.positions.insert(key, offset);
         }
+        self.starts = self.positions.clone();
         self.uncommitted = false;
         Ok(())
     }

@@ -15,7 +15,7 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
     let mut owners: BTreeMap<(String, u64, u32), u64> = BTreeMap::new();
     let mut out = Vec::new();
     for op in input.ops.iter().filter(|op| op.kind == Kind::Ok) {
-        let Value::Assign { group: Some(group), generation, partitions } = &op.value else { continue };
+        let Value::Assign { group: Some(group), generation, partitions, .. } = &op.value else { continue };
         for partition in partitions {
             match owners.get(&(group.clone(), *generation, *partition)) {
                 Some(owner) if *owner != op.process => out.push(Anomaly {

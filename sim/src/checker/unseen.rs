@@ -47,6 +47,8 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::super::tests::Script;
     use super::*;
     use crate::history::Kind;
@@ -70,8 +72,16 @@ mod tests {
     fn another_groups_polls_do_not_count() {
         let mut s = Script::new();
         s.assign(9, 1, &[0]);
-        s.push(8, Kind::Invoke, Value::Assign { group: Some("other".into()), generation: 1, partitions: vec![0] });
-        s.push(8, Kind::Ok, Value::Assign { group: Some("other".into()), generation: 1, partitions: vec![0] });
+        s.push(
+            8,
+            Kind::Invoke,
+            Value::Assign { group: Some("other".into()), generation: 1, partitions: vec![0], starts: BTreeMap::new() },
+        );
+        s.push(
+            8,
+            Kind::Ok,
+            Value::Assign { group: Some("other".into()), generation: 1, partitions: vec![0], starts: BTreeMap::new() },
+        );
         s.send(1, 0, 10, Some(0), Kind::Ok).send(1, 0, 11, Some(1), Kind::Ok);
         s.poll(8, 0, &[(0, 10), (1, 11)]).poll(9, 0, &[(0, 10)]);
         let mut input = s.input(&[(0, &[(0, 10), (1, 11)])]);
