@@ -213,7 +213,10 @@ pub fn to_edn(ops: &[Op], view: View) -> String {
         let mut extra = String::new();
         let value = match &op.value {
             Value::Assign { group: Some(group), generation, partitions, starts } => {
-                if op.kind != Kind::Invoke {
+                // A member's join (invoked and completed between its
+                // polls) and the assignments it learns mid-poll alike go
+                // into its next poll's rebalance log.
+                if op.kind == Kind::Ok {
                     let keys = join(partitions.iter());
                     let starts = edn_map(starts);
                     let event =

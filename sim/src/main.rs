@@ -191,9 +191,6 @@ mod runner {
                 for anomaly in &outcome.anomalies {
                     println!("anomaly: {anomaly}");
                 }
-                for finding in &outcome.pending {
-                    println!("pending: {finding}");
-                }
                 if !valid || args.history.is_some() {
                     let path = args.history.clone().unwrap_or_else(|| PathBuf::from(format!("seed-{seed}.edn")));
                     match write_edn(&path, &outcome.ops) {
@@ -208,14 +205,13 @@ mod runner {
                 }
                 let [(leader_acked, leader_lost), (none_acked, none_lost)] = outcome.weak_losses;
                 println!(
-                    "RESULT seed={seed} valid={valid} ops={} acknowledged={} faults={} anomalies={} pending={} \
+                    "RESULT seed={seed} valid={valid} ops={} acknowledged={} faults={} anomalies={} \
                      leader_lost={leader_lost}/{leader_acked} none_lost={none_lost}/{none_acked} \
                      hash={hash:016x} history={history_hash:016x} wall={wall:.1}s",
                     outcome.ops.len(),
                     outcome.acknowledged,
                     outcome.faults,
-                    outcome.anomalies.len(),
-                    outcome.pending.len()
+                    outcome.anomalies.len()
                 );
                 valid
             }
@@ -270,8 +266,6 @@ mod runner {
         let mut wall_sum = 0.0;
         // acks=leader and acks=none: (lost, acknowledged) summed over seeds.
         let mut weak = [(0u64, 0u64); 2];
-        // Seeds on which a pending rule (checker::pending) found something.
-        let mut pending_found: Vec<u64> = Vec::new();
         loop {
             let out_of_time =
                 args.minutes.is_some_and(|m| started.elapsed() >= Duration::from_secs(m.saturating_mul(60)));
@@ -308,9 +302,6 @@ mod runner {
                             sum.0 += lost;
                             sum.1 += acked;
                         }
-                    }
-                    if field(&line, "pending").is_some_and(|n| n != "0") {
-                        pending_found.push(seed);
                     }
                     if field(&line, "valid") == Some("true") {
                         remove_edn(&args.out.join(format!("seed-{seed}.edn")));
@@ -355,10 +346,6 @@ mod runner {
             failed.len(),
             if failed.is_empty() { String::new() } else { format!(": {failed:?}") }
         );
-        if !pending_found.is_empty() {
-            pending_found.sort_unstable();
-            println!("pending rules (found, not failing; see checker::pending) on seeds {pending_found:?}");
-        }
         println!(
             "weaker acks (measured, not failures): acks=leader lost {} of {} acknowledged, acks=none lost {} of {} accepted",
             weak[0].0, weak[0].1, weak[1].0, weak[1].1

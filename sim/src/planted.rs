@@ -30,7 +30,7 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         Bug::RereadPolledRecord => &["nonmonotonic-poll"],
         Bug::DoubleAssignment => &["group-ownership"],
         // The next owner starts past a record nobody in the group read.
-        Bug::CommitPastRead => &["unseen"],
+        Bug::CommitPastRead => &["unseen", "start-position"],
         Bug::HighWatermarkPastLogEnd => &["replica-bounds"],
         // A value no producer sent, served as if stored.
         Bug::ServeAlteredValue => &["no-writer"],
@@ -41,6 +41,8 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         Bug::MisreportedOffset => &["nonmonotonic-send", "inconsistent-offsets"],
         // A voter's replica left out of the check.
         Bug::HideReplica => &["replicas-unchecked"],
+        // The next owner skips the record at the group's committed offset.
+        Bug::StartPastCommit => &["start-position"],
     }
 }
 

@@ -131,6 +131,16 @@ pub async fn consume(
         let member = match consumer.as_mut() {
             Some(member) => member,
             None => {
+                // Joining is an operation of its own: the member fetches
+                // the group's commits while it joins, so where it starts
+                // is judged against the commits accepted before this.
+                let joining = Value::Assign {
+                    group: Some(group.to_owned()),
+                    generation: 0,
+                    partitions: Vec::new(),
+                    starts: BTreeMap::new(),
+                };
+                history.record(process, Kind::Invoke, joining.clone());
                 let joined = match Client::connect(&bootstrap).await {
                     Ok(client) => {
                         let mut config = ConsumerConfig::new(group, &[TOPIC]);
@@ -142,9 +152,14 @@ pub async fn consume(
                     Err(error) => Err(error),
                 };
                 match joined {
-                    Ok(member) => consumer.insert(member),
+                    Ok(member) => {
+                        noted = None;
+                        note_assignment(&member, group, process, &history, &mut noted);
+                        consumer.insert(member)
+                    }
                     Err(error) => {
                         tracing::info!(process, %error, "joining failed");
+                        history.record(process, Kind::Info, joining);
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         continue;
                     }

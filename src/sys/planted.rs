@@ -54,10 +54,13 @@ pub enum Bug {
     MisreportedOffset,
     /// Broker 2 describes its replica of partition 0 as not hosted.
     HideReplica,
+    /// A consumer joining a generation starts each partition one past the
+    /// group's committed offset.
+    StartPastCommit,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::AckBeforeCommit,
         Bug::SkipFsync,
         Bug::UncommittedReads,
@@ -73,6 +76,7 @@ impl Bug {
         Bug::RefuseAfterAppend,
         Bug::MisreportedOffset,
         Bug::HideReplica,
+        Bug::StartPastCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +96,7 @@ impl Bug {
             Bug::RefuseAfterAppend => "refuse-after-append",
             Bug::MisreportedOffset => "misreported-offset",
             Bug::HideReplica => "hide-replica",
+            Bug::StartPastCommit => "start-past-commit",
         }
     }
 

@@ -115,22 +115,10 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
     out.extend(group_ownership::check(input));
     out.extend(commits::check(input));
     out.extend(stale_commit::check(input));
+    out.extend(start_position::check(input));
     out.extend(replicas::check(input));
     out.extend(durable_majority::check(input));
     out
-}
-
-/// Rules that found a bug not fixed yet. They run on every seed and what
-/// they find is printed (`pending:` lines, `pending=` on the `RESULT`
-/// line), without failing the seed until that bug is fixed: a rule goes
-/// from here into [`check`] with the fix.
-///
-/// - `start_position`: on 3 of seeds 0..100 a member that joined a group
-///   started at 0 though commits had been accepted: the history shows the
-///   group at two generations of one coordinator term at once (1.1 beside
-///   1.4), a coordinator started over in a term (sim/README, "Not yet").
-pub fn pending(input: &Input) -> Vec<Anomaly> {
-    start_position::check(input)
 }
 
 /// For each producer with weaker acks: how many of its sends were

@@ -14,7 +14,10 @@
 //! are those invoked before the assignment was noted and not superseded: a
 //! commit is superseded once another accepted commit of that partition,
 //! invoked after it completed, completed before the member's operation in
-//! which it learned the assignment began (so before its fetch). A commit of
+//! which it learned the assignment began (so before its fetch): its join,
+//! an operation of its own, or the poll in which it rejoined. (A member
+//! stalled right after joining may first poll many seconds later, still
+//! in its first generation, from where it started then.) A commit of
 //! unknown outcome may take effect at any time and is never superseded.
 //! With no accepted commit before that point, the reset position (the
 //! log's start, 0 here) is allowed too. Seeks do not matter: a commit
@@ -132,6 +135,31 @@ mod tests {
         reset.commit(9, 1, 0, 8, Kind::Ok);
         assigned(&mut reset, 7, 2, &[(0, 0)]);
         assert_eq!(check(&reset.input(&[])).len(), 1, "back to the beginning though a commit was accepted");
+    }
+
+    #[test]
+    fn a_member_stalled_after_its_join_starts_where_the_join_put_it() {
+        let mut s = Script::new();
+        let join = |generation, starts: BTreeMap<u32, u64>| Value::Assign {
+            group: Some("g".into()),
+            generation,
+            partitions: starts.keys().copied().collect(),
+            starts,
+        };
+        s.push(7, Kind::Invoke, join(0, BTreeMap::new()));
+        s.push(7, Kind::Ok, join(1, BTreeMap::from([(0, 0)])));
+        // Another member commits while 7 is stalled; 7 then polls on in
+        // generation 1 from where its join put it.
+        assigned(&mut s, 9, 2, &[(0, 0)]);
+        s.commit(9, 2, 0, 8, Kind::Ok);
+        s.poll(7, 0, &[(0, 10)]);
+        assert_eq!(check(&s.input(&[])), vec![]);
+        // The same start noted only at a poll after the commit would not do.
+        let mut late = Script::new();
+        assigned(&mut late, 9, 2, &[(0, 0)]);
+        late.commit(9, 2, 0, 8, Kind::Ok);
+        assigned(&mut late, 7, 1, &[(0, 0)]);
+        assert_eq!(check(&late.input(&[])).len(), 1);
     }
 
     #[test]
