@@ -145,8 +145,8 @@ pub fn weak_losses(input: &Input) -> BTreeMap<u64, (usize, usize)> {
 pub(crate) struct Run {
     pub process: u64,
     pub partition: u32,
-    /// Where a seek put the consumer when the run began (a run begun by an
-    /// assignment starts wherever its group's commit says).
+    /// Where the run began: the offset a seek put the consumer at, or the
+    /// start its assignment recorded (`None` if unknown).
     pub sought: Option<u64>,
     /// The offsets of its successful polls, in order.
     pub offsets: Vec<u64>,
@@ -165,9 +165,9 @@ pub(crate) fn poll_runs(input: &Input) -> Vec<Run> {
             continue;
         }
         match &op.value {
-            Value::Assign { group, partitions, .. } => {
-                // A group member's runs all end (a rebalance may move it to
-                // its group's commit); a consumer without a group reads on in
+            Value::Assign { group, partitions, starts, .. } => {
+                // A group member's runs all end (a rebalance moves it to its
+                // group's commit); a consumer without a group reads on in
                 // the partitions it kept.
                 let ended: Vec<(u64, u32)> = current
                     .keys()
@@ -175,6 +175,15 @@ pub(crate) fn poll_runs(input: &Input) -> Vec<Run> {
                     .copied()
                     .collect();
                 out.extend(ended.into_iter().filter_map(|key| current.remove(&key)));
+                // The runs it begins start where the assignment put them.
+                for (partition, start) in starts {
+                    current.entry((op.process, *partition)).or_insert_with(|| Run {
+                        process: op.process,
+                        partition: *partition,
+                        sought: Some(*start),
+                        offsets: Vec::new(),
+                    });
+                }
             }
             Value::Seek { partition, offset, .. } => {
                 let run = Run { process: op.process, partition: *partition, sought: *offset, offsets: Vec::new() };
@@ -246,6 +255,18 @@ pub(crate) mod tests {
         pub fn assign_manually(&mut self, process: u64, partitions: &[u32]) -> &mut Self {
             let value =
                 Value::Assign { group: None, generation: 0, partitions: partitions.to_vec(), starts: BTreeMap::new() };
+            self.push(process, Kind::Invoke, value.clone());
+            self.push(process, Kind::Ok, value)
+        }
+
+        /// A group member's assignment that started `partition` at `start`.
+        pub fn assign_at(&mut self, process: u64, generation: u64, partition: u32, start: u64) -> &mut Self {
+            let value = Value::Assign {
+                group: Some("g".into()),
+                generation,
+                partitions: vec![partition],
+                starts: BTreeMap::from([(partition, start)]),
+            };
             self.push(process, Kind::Invoke, value.clone());
             self.push(process, Kind::Ok, value)
         }

@@ -5,8 +5,8 @@
 //! a process of a key whose offsets go down, for assigned consumers). A
 //! rebalance may legitimately rewind a member to its group's committed
 //! offset, and a seek moves a consumer on purpose, so runs are split at
-//! each new assignment and seek; after a seek, nothing below the offset
-//! sought may be read.
+//! each new assignment and seek; after either, nothing below where it
+//! started may be read.
 
 use super::{poll_runs, Anomaly, Input};
 
@@ -45,6 +45,15 @@ mod tests {
         assert_eq!(check(&s.input(&[])), vec![], "a new generation may rewind to the commit");
         s.poll(9, 0, &[(0, 10)]);
         assert_eq!(check(&s.input(&[])).len(), 1);
+    }
+
+    #[test]
+    fn after_an_assignment_nothing_below_its_start_is_read() {
+        let mut s = Script::new();
+        s.assign_at(9, 1, 0, 4).poll(9, 0, &[(4, 14)]);
+        assert_eq!(check(&s.input(&[])), vec![]);
+        s.assign_at(9, 2, 0, 6).poll(9, 0, &[(5, 15)]);
+        assert_eq!(check(&s.input(&[])).len(), 1, "started at 6, read 5");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! weir partition are dense, so within one assignment each read offset
 //! follows the previous one; only offsets that exist in the final log
 //! count, so a run cut short by the end is not a skip. After a seek, the
-//! first read must be the offset sought.
+//! first read must be the offset sought, and after an assignment the
+//! offset it started at (its group's commit, `start_position`).
 
 use super::{poll_runs, Anomaly, Input};
 
@@ -65,6 +66,16 @@ mod tests {
         s.assign_manually(9, &[0, 1]).poll(9, 0, &[(4, 14)]);
         let found = check(&s.input(&[]));
         assert_eq!(found.len(), 1, "kept across the reassignment, partition 0 skipped 3: {found:?}");
+    }
+
+    #[test]
+    fn after_an_assignment_the_first_read_is_where_it_started() {
+        let mut s = Script::new();
+        s.assign_at(9, 1, 0, 4).poll(9, 0, &[(4, 14), (5, 15)]);
+        assert_eq!(check(&s.input(&[])), vec![]);
+        s.assign_at(9, 2, 0, 6).poll(9, 0, &[(8, 18)]);
+        let found = check(&s.input(&[]));
+        assert_eq!(found.len(), 1, "started at 6, read 8 first: {found:?}");
     }
 
     #[test]
