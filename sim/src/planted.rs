@@ -43,6 +43,8 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         Bug::HideReplica => &["replicas-unchecked"],
         // The next owner skips the record at the group's committed offset.
         Bug::StartPastCommit => &["start-position"],
+        // After a failover the group resumes below a commit it acknowledged.
+        Bug::LoadMissesLastCommit => &["start-position", "commit-backwards"],
     }
 }
 

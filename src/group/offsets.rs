@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::error::{BrokerError, BrokerResult, ErrorCode};
 use crate::broker::partition::Partition;
 use crate::log::{BatchBuilder, Record};
+use crate::sys::planted::{self, Bug};
 use crate::sys::task::blocking;
 
 /// Records per batch when writing a snapshot.
@@ -113,13 +114,18 @@ impl OffsetStore {
             let mut committed = BTreeMap::new();
             let mut skipped = 0;
             let mut offset = source.bounds()?.log_start_offset;
+            let mut read = Vec::new();
             loop {
                 let (batches, _) = source.read(offset, READ_BYTES)?;
                 let Some(last) = batches.last() else { break };
                 offset = last.next_offset();
-                for batch in &batches {
-                    skipped += apply_batch(batch, &mut committed);
-                }
+                read.extend(batches);
+            }
+            if planted::on(Bug::LoadMissesLastCommit) {
+                read.pop();
+            }
+            for batch in &read {
+                skipped += apply_batch(batch, &mut committed);
             }
             Ok::<_, BrokerError>((committed, skipped))
         })

@@ -57,10 +57,13 @@ pub enum Bug {
     /// A consumer joining a generation starts each partition one past the
     /// group's committed offset.
     StartPastCommit,
+    /// A new group coordinator loads the committed offsets but the last
+    /// batch of them: a commit acknowledged, then lost on failover.
+    LoadMissesLastCommit,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::AckBeforeCommit,
         Bug::SkipFsync,
         Bug::UncommittedReads,
@@ -77,6 +80,7 @@ impl Bug {
         Bug::MisreportedOffset,
         Bug::HideReplica,
         Bug::StartPastCommit,
+        Bug::LoadMissesLastCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -97,6 +101,7 @@ impl Bug {
             Bug::MisreportedOffset => "misreported-offset",
             Bug::HideReplica => "hide-replica",
             Bug::StartPastCommit => "start-past-commit",
+            Bug::LoadMissesLastCommit => "load-misses-last-commit",
         }
     }
 
