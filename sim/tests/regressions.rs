@@ -1,4 +1,5 @@
-//! Every seed with which the simulator once found a real bug, replayed.
+//! Every seed with which the simulator once found a real bug (in weir, or
+//! in a checker), replayed.
 //!
 //! Each seed runs in a process of its own (`weir-sim run`), as the sweep ran
 //! it: only then does a seed replay exactly (see `sim/src/main.rs`). A seed
@@ -30,6 +31,8 @@ const SEEDS: &[(u64, u64, &str)] = &[
     (218, 60, "a damaged leader and a damaged follower refused the intact replica their votes (cluster_damage)"),
     (247, 60, "damage to the last batch of a running replica: it stopped abstaining at once and was elected without it (raft_cluster)"),
     (2581, 60, "a stale replica's campaigns kept the only electable one a term behind: no leader for minutes (pre-vote; raft_cluster)"),
+    (614, 60, "the checker's own: durable-majority judged by an uncommitted joint configuration (voter_sets: the applied one)"),
+    (760, 60, "the checker's own: durable-majority judged by an uncommitted joint configuration (as 614)"),
 ];
 
 #[test]

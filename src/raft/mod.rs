@@ -334,12 +334,14 @@ impl Replica {
         (membership.voter_ids().collect(), membership.learner_ids().collect())
     }
 
-    /// The voter sets of the configuration this replica applies: one, or
-    /// two during a joint change.
+    /// The voter sets of the last configuration this replica applied (on a
+    /// leader: the last committed one): one, or two during a joint change.
+    /// Not the effective configuration, which may be a change still
+    /// uncommitted: every acknowledged record is on a majority of each set
+    /// of the committed one, while the new voters of an uncommitted change
+    /// may still lack records committed before it.
     pub fn voter_sets(&self) -> Vec<Vec<NodeId>> {
-        let metrics = self.raft.server_metrics().borrow().clone();
-        let joint = metrics.membership_config.membership().get_joint_config().clone();
-        joint.into_iter().map(|voters| voters.into_iter().collect()).collect()
+        self.state_machine.applied_voter_sets()
     }
 
     /// On the leader: makes `target` (node id → address) the group's

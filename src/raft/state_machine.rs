@@ -20,7 +20,9 @@ use tokio::sync::watch;
 use super::log_store::LogStore;
 use super::producers::ProducerTable;
 use super::state_file;
-use super::types::{offsets_taken, Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::types::{
+    offsets_taken, Applied, Entry, LogId, NodeId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 use crate::sys::disk::Disk;
 use crate::sys::planted::{self, Bug};
 use crate::sys::task::blocking;
@@ -137,6 +139,13 @@ impl StateMachine {
 
     pub fn last_applied(&self) -> Option<LogId> {
         self.state().last_applied
+    }
+
+    /// The voter sets of the last membership applied: one, or two during a
+    /// joint change.
+    pub fn applied_voter_sets(&self) -> Vec<Vec<NodeId>> {
+        let joint = self.state().membership.membership().get_joint_config().clone();
+        joint.into_iter().map(|voters| voters.into_iter().collect()).collect()
     }
 
     /// Reads the producer table (as of the last applied entry).

@@ -18,9 +18,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::replicas::Replica;
 use super::{Anomaly, Input};
 
-/// The partition's voter sets: those of the Raft configuration its leader
-/// applies (two during a joint change; the metadata's `members` lag a
-/// move until it is confirmed), else the members most replicas described.
+/// The partition's voter sets: those of the last Raft configuration its
+/// leader applied, that is committed (two during a joint change; the
+/// metadata's `members` lag a move until it is confirmed), else the members
+/// most replicas described. Not the leader's effective configuration: the
+/// new voters of a change still uncommitted may lack records committed
+/// before it (seed 614 ended in one).
 fn voter_sets(replicas: &[&Replica]) -> Vec<Vec<u64>> {
     if let Some(leader) = replicas.iter().find(|r| r.leader == r.broker && !r.voter_sets.is_empty()) {
         return leader.voter_sets.clone();
