@@ -218,7 +218,8 @@ fn sigterm_stops_cleanly_and_the_next_start_is_clean() {
     let mut third = Server::start(&config, &[], "third");
     third.wait_serving();
     assert!(third.stdout().contains("unclean shutdown"), "{}", third.stdout());
-    assert!(third.signal_and_wait("INT").success());
+    let status = third.signal_and_wait("INT");
+    assert!(status.success(), "exit {status}:\n{}\n{}", third.stdout(), third.stderr());
 }
 
 /// Before: two brokers with different ids on one data directory both

@@ -8,7 +8,7 @@ use crate::meta::EtcdStore;
 use crate::sys::clock::system_clock;
 use crate::sys::disk::real_disk;
 use crate::sys::net::SocketAddr;
-use crate::sys::process::{etcd_installed, port_taken, stop_requested, EtcdProcess};
+use crate::sys::process::{etcd_installed, port_taken, EtcdProcess, StopSignals};
 use std::time::Duration;
 
 pub async fn dev(args: DevArgs) -> CliResult {
@@ -30,6 +30,7 @@ const ETCD_STARTUP: Duration = Duration::from_secs(15);
 
 /// `weir dev --brokers N`: N brokers in this process on one etcd.
 async fn dev_cluster(args: DevArgs) -> CliResult {
+    let stop_signals = StopSignals::listen();
     let mut etcd_process = None;
     let endpoints = if args.etcd.is_empty() {
         if !etcd_installed() {
@@ -106,7 +107,7 @@ async fn dev_cluster(args: DevArgs) -> CliResult {
     say!("a {}-broker cluster is up; Ctrl-C or SIGTERM stops it. Try:", args.brokers);
     say!("  weir topic create demo --partitions 6 --broker {all}");
     say!("  weir cluster status --broker {all}");
-    let signal = stop_requested().await;
+    let signal = stop_signals.wait().await;
     say!("{signal}: stopping");
     let _ = stop_tx.send(true);
     for server in servers {
@@ -141,6 +142,7 @@ pub async fn server(args: ServerArgs) -> CliResult {
 }
 
 async fn start(config: BrokerConfig) -> CliResult {
+    let stop_signals = StopSignals::listen();
     let listeners = Listeners::bind(&config).await?;
     let (listen, data_dir) = (config.listen, config.data_dir.clone());
     let (metrics, http) = (config.metrics_listen, config.http_listen);
@@ -167,7 +169,7 @@ async fn start(config: BrokerConfig) -> CliResult {
     let stopping = std::sync::Arc::new(std::sync::Mutex::new(None));
     let stopped_at = stopping.clone();
     serve_on(broker, listeners, async move {
-        let signal = stop_requested().await;
+        let signal = stop_signals.wait().await;
         eprintln!("{signal}: stopping");
         *stopped_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
     })

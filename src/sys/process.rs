@@ -8,26 +8,48 @@ use std::process::{Child, Command, Stdio};
 use super::net::SocketAddr;
 
 /// Whether an `etcd` binary is on PATH.
-/// Resolves when the process is asked to stop, naming the signal: SIGINT
-/// (Ctrl-C) or SIGTERM (what systemd, Docker and Kubernetes send). Inside
-/// the simulator only the simulated Ctrl-C exists.
-pub async fn stop_requested() -> &'static str {
+/// The signals that ask the process to stop: SIGINT (Ctrl-C) and SIGTERM
+/// (what systemd, Docker and Kubernetes send), listened for from the moment
+/// this is made. Made only when the wait began, a SIGINT that came right
+/// after the broker said it was serving killed it outright (the default
+/// action), which tests/process_front_door caught under load. Inside the
+/// simulator only the simulated Ctrl-C exists.
+pub struct StopSignals {
     #[cfg(not(madsim))]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
+    listening: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    /// Starts listening (needs a tokio runtime).
+    pub fn listen() -> Self {
+        #[cfg(not(madsim))]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listening = signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?)));
+            Self { listening: listening.ok() }
         }
+        #[cfg(madsim)]
+        Self {}
     }
-    #[cfg(madsim)]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
+
+    /// Resolves when the process is asked to stop, naming the signal.
+    pub async fn wait(self) -> &'static str {
+        #[cfg(not(madsim))]
+        {
+            let Some((mut interrupt, mut terminate)) = self.listening else {
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            };
+            tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(madsim)]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }
 
