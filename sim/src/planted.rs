@@ -45,6 +45,9 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         Bug::StartPastCommit => &["start-position"],
         // After a failover the group resumes below a commit it acknowledged.
         Bug::LoadMissesLastCommit => &["start-position", "commit-backwards"],
+        // A sealed segment's unsynced tail lost by a crash, the next
+        // segment's records kept: a hole below the high watermark.
+        Bug::SealWithoutSync => &["replica-hole"],
     }
 }
 

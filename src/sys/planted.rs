@@ -60,10 +60,15 @@ pub enum Bug {
     /// A new group coordinator loads the committed offsets but the last
     /// batch of them: a commit acknowledged, then lost on failover.
     LoadMissesLastCommit,
+    /// A segment is sealed at a roll without syncing its file: the tail
+    /// written since the last flush is never made durable, while the next
+    /// segment's later records are. A crash leaves a hole below the high
+    /// watermark.
+    SealWithoutSync,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 18] = [
         Bug::AckBeforeCommit,
         Bug::SkipFsync,
         Bug::UncommittedReads,
@@ -81,6 +86,7 @@ impl Bug {
         Bug::HideReplica,
         Bug::StartPastCommit,
         Bug::LoadMissesLastCommit,
+        Bug::SealWithoutSync,
     ];
 
     pub fn name(self) -> &'static str {
@@ -102,6 +108,7 @@ impl Bug {
             Bug::HideReplica => "hide-replica",
             Bug::StartPastCommit => "start-past-commit",
             Bug::LoadMissesLastCommit => "load-misses-last-commit",
+            Bug::SealWithoutSync => "seal-without-sync",
         }
     }
 
