@@ -7,6 +7,8 @@
 //!
 //! ```text
 //! weir-sim run --seed 7 [--secs 60] [--history FILE]
+//! weir-sim run --plan sim/plans/seed-98.plan [--history FILE]
+//! weir-sim plan --seed 7 [--secs 60] [--brokers B]
 //! weir-sim sweep --seeds 0..1000 [--jobs 2] [--secs 60] [--out DIR]
 //! weir-sim determinism --seed 7 | --seeds 0..10 [--secs 20]
 //! weir-sim planted [--seeds 0..200] [--secs 60] [--plant NAME]
@@ -42,6 +44,8 @@ mod runner {
     use weir_sim::plan::Plan;
 
     const USAGE: &str = "usage: weir-sim run --seed N [--secs S] [--brokers B] [--history FILE]\n       \
+                         weir-sim run --plan FILE [--history FILE]\n       \
+                         weir-sim plan --seed N [--secs S] [--brokers B]\n       \
                          weir-sim sweep --seeds A..B [--jobs J] [--secs S] [--brokers B] [--minutes M] [--out DIR]\n       \
                          weir-sim determinism --seed N | --seeds A..B [--secs S] [--brokers B]\n       \
                          weir-sim planted [--seeds A..B] [--jobs J] [--secs S] [--plant BUG]\n\
@@ -58,6 +62,8 @@ mod runner {
         /// A sweep starts no seed after this many minutes.
         minutes: Option<u64>,
         history: Option<PathBuf>,
+        /// A recorded plan to run instead of the seed's (`Plan::parse`).
+        plan: Option<PathBuf>,
         out: PathBuf,
         /// A planted bug switched on in every seed's process.
         plant: Option<Bug>,
@@ -75,6 +81,7 @@ mod runner {
             brokers: None,
             minutes: None,
             history: None,
+            plan: None,
             out: PathBuf::from("target/sim"),
             plant: None,
         };
@@ -88,6 +95,7 @@ mod runner {
                 "--brokers" => args.brokers = Some(number(&value)?),
                 "--minutes" => args.minutes = Some(number(&value)?),
                 "--history" => args.history = Some(PathBuf::from(value)),
+                "--plan" => args.plan = Some(PathBuf::from(value)),
                 "--out" => args.out = PathBuf::from(value),
                 "--plant" => {
                     let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
@@ -114,6 +122,10 @@ mod runner {
         };
         let ok = match args.command.as_str() {
             "run" => run_here(&args),
+            "plan" => {
+                print!("{}", Plan::with_brokers(args.seed, Duration::from_secs(args.secs), args.brokers).to_text());
+                true
+            }
             "sweep" => sweep(&args),
             "determinism" => determinism(&args),
             "planted" => hunt_planted(&args),
@@ -128,15 +140,36 @@ mod runner {
     /// The command that replays `seed` with this very build.
     fn replay_command(seed: u64, args: &Args) -> String {
         let profile = if cfg!(debug_assertions) { "WEIR_SIM_PROFILE=debug " } else { "" };
-        let brokers = args.brokers.map(|b| format!(" --brokers {b}")).unwrap_or_default();
         let plant = args.plant.map(|b| format!(" --plant {b}")).unwrap_or_default();
+        if let Some(plan) = &args.plan {
+            return format!("{profile}sim/run run --plan {}{plant}", plan.display());
+        }
+        let brokers = args.brokers.map(|b| format!(" --brokers {b}")).unwrap_or_default();
         format!("{profile}sim/run run --seed {seed} --secs {}{brokers}{plant}", args.secs)
+    }
+
+    /// The plan to run: the recorded one `--plan` names, or the seed's.
+    fn plan_of(args: &Args) -> Result<Plan, String> {
+        match &args.plan {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                Plan::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+            }
+            None => Ok(Plan::with_brokers(args.seed, Duration::from_secs(args.secs), args.brokers)),
+        }
     }
 
     /// Runs one seed in this process. Prints the seed first and, last, one
     /// `RESULT` line the sweep reads.
     fn run_here(args: &Args) -> bool {
-        let seed = args.seed;
+        let plan = match plan_of(args) {
+            Ok(plan) => plan,
+            Err(error) => {
+                eprintln!("weir-sim: {error}");
+                std::process::exit(2);
+            }
+        };
+        let seed = plan.seed;
         println!("seed {seed}");
         if let Some(bug) = args.plant {
             planted::plant(bug);
@@ -145,7 +178,9 @@ mod runner {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
             .try_init();
-        let plan = Plan::with_brokers(seed, Duration::from_secs(args.secs), args.brokers);
+        if let Some(path) = &args.plan {
+            println!("plan: {}", path.display());
+        }
         println!(
             "plan: {} brokers, {} partitions, {} producers, {} members, {} faults, {} member stalls",
             plan.brokers,
@@ -166,6 +201,7 @@ mod runner {
         }));
         // Simulated time: the phases, plus room for startup and the final read.
         let limit = plan.safety + plan.liveness + Duration::from_secs(240);
+        let plan_text = plan.to_text();
         let started = Instant::now();
         // A thread of its own, as madsim's test runner does: std's hash
         // keys are per thread, and madsim can seed them only in a thread
@@ -201,6 +237,17 @@ mod runner {
                     }
                 }
                 if !valid {
+                    // The schedule as text: it replays with `--plan`
+                    // whatever this seed draws after later changes.
+                    let path = args
+                        .history
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(format!("seed-{seed}.edn")))
+                        .with_extension("plan");
+                    match std::fs::write(&path, &plan_text) {
+                        Ok(()) => println!("plan kept: {} (sim/plans/ keeps the ones that found bugs)", path.display()),
+                        Err(error) => println!("plan not written to {}: {error}", path.display()),
+                    }
                     println!("replay: {}", replay_command(seed, args));
                 }
                 let [(leader_acked, leader_lost), (none_acked, none_lost)] = outcome.weak_losses;
@@ -315,9 +362,10 @@ mod runner {
                         let _ = std::fs::write(&log, text);
                         println!("FAIL seed {seed}: {line}");
                         println!(
-                            "  output: {}  history: {}",
+                            "  output: {}  history: {}  plan: {}",
                             log.display(),
-                            args.out.join(format!("seed-{seed}.edn")).display()
+                            args.out.join(format!("seed-{seed}.edn")).display(),
+                            args.out.join(format!("seed-{seed}.plan")).display()
                         );
                         println!("  replay: {}", replay_command(seed, args));
                     }

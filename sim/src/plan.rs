@@ -178,6 +178,272 @@ impl Plan {
     }
 }
 
+/// A plan as text, so that a schedule that once found a bug can be kept
+/// and replayed whatever `Plan::from_seed` draws for its seed later
+/// (`weir-sim run --plan FILE`; `sim/plans/`). One setting per line, then
+/// one line per fault and per member stall, times in milliseconds from the
+/// start of the workload:
+///
+/// ```text
+/// # found: a removed replica deleted while a voter lagged
+/// seed 98
+/// brokers 4
+/// partitions 3
+/// replication 3
+/// producers 2
+/// members 2
+/// safety_ms 60000
+/// liveness_ms 60000
+/// fault at=2345 for=1200 kill-restart broker=2 seed=123 rot=false
+/// fault at=6000 for=900 move partition=1 replicas=2,3,4
+/// stall at=3100 for=7400 member=1
+/// ```
+///
+/// `#` starts a comment. Parsing checks what a run relies on (brokers and
+/// partitions in range, at least three brokers) and names the line of any
+/// error.
+impl Plan {
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "seed {}\nbrokers {}\npartitions {}\nreplication {}\nproducers {}\nmembers {}\nsafety_ms {}\nliveness_ms {}\n",
+            self.seed,
+            self.brokers,
+            self.partitions,
+            self.replication,
+            self.producers,
+            self.members,
+            self.safety.as_millis(),
+            self.liveness.as_millis()
+        );
+        for step in &self.steps {
+            out += &format!(
+                "fault at={} for={} {}\n",
+                step.at.as_millis(),
+                step.lasting.as_millis(),
+                fault_text(&step.fault)
+            );
+        }
+        for stall in &self.stalls {
+            out += &format!(
+                "stall at={} for={} member={}\n",
+                stall.at.as_millis(),
+                stall.lasting.as_millis(),
+                stall.member
+            );
+        }
+        out
+    }
+
+    pub fn parse(text: &str) -> Result<Plan, String> {
+        let mut settings = std::collections::BTreeMap::new();
+        let mut steps = Vec::new();
+        let mut stalls = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let at_line = |e: String| format!("line {}: {e}", n + 1);
+            let line = line.split('#').next().unwrap_or("").trim();
+            let mut words = line.split_whitespace();
+            let Some(first) = words.next() else { continue };
+            match first {
+                "fault" | "stall" => {
+                    let mut fields = Fields::new(words).map_err(at_line)?;
+                    let at = Duration::from_millis(fields.number("at").map_err(at_line)?);
+                    let lasting = Duration::from_millis(fields.number("for").map_err(at_line)?);
+                    if first == "fault" {
+                        let fault = fields.fault().map_err(at_line)?;
+                        fields.done().map_err(at_line)?;
+                        steps.push((n + 1, Step { at, fault, lasting }));
+                    } else {
+                        let member = fields.number("member").map_err(at_line)?;
+                        fields.done().map_err(at_line)?;
+                        stalls.push((n + 1, Stall { member, at, lasting }));
+                    }
+                }
+                key => {
+                    let value = match (words.next(), words.next()) {
+                        (Some(value), None) => value,
+                        _ => return Err(at_line(format!("expected `{key} <number>`"))),
+                    };
+                    let value: u64 = value.parse().map_err(|e| at_line(format!("{key} {value}: {e}")))?;
+                    if settings.insert(key.to_owned(), value).is_some() {
+                        return Err(at_line(format!("{key} given twice")));
+                    }
+                }
+            }
+        }
+        let mut setting = |key: &str| settings.remove(key).ok_or(format!("no `{key}` line"));
+        let plan = Plan {
+            seed: setting("seed")?,
+            brokers: setting("brokers")?,
+            partitions: u32::try_from(setting("partitions")?).map_err(|e| format!("partitions: {e}"))?,
+            replication: u32::try_from(setting("replication")?).map_err(|e| format!("replication: {e}"))?,
+            producers: setting("producers")?,
+            members: setting("members")?,
+            safety: Duration::from_millis(setting("safety_ms")?),
+            liveness: Duration::from_millis(setting("liveness_ms")?),
+            steps: Vec::new(),
+            stalls: Vec::new(),
+        };
+        if let Some(key) = settings.keys().next() {
+            return Err(format!("unknown setting `{key}`"));
+        }
+        if plan.brokers < 3 || plan.partitions == 0 || plan.replication == 0 || plan.replication as u64 > plan.brokers {
+            return Err(format!(
+                "{} brokers, {} partitions, replication {}: a run needs at least 3 brokers, a partition, \
+                 and no more replicas than brokers",
+                plan.brokers, plan.partitions, plan.replication
+            ));
+        }
+        let brokers = 1..=plan.brokers;
+        let mut plan = plan;
+        for (line, step) in steps {
+            let named: Vec<u64> = match &step.fault {
+                Fault::KillRestart { broker, .. }
+                | Fault::Rot { broker, .. }
+                | Fault::Isolate { broker }
+                | Fault::Pause { broker }
+                | Fault::DiskErrors { broker, .. }
+                | Fault::FullDisk { broker } => vec![*broker],
+                Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } => {
+                    if a == b {
+                        return Err(format!("line {line}: a link from broker {a} to itself"));
+                    }
+                    vec![*a, *b]
+                }
+                Fault::Move { partition, replicas } => {
+                    if *partition >= plan.partitions {
+                        return Err(format!("line {line}: partition {partition} of {}", plan.partitions));
+                    }
+                    if replicas.len() != plan.replication as usize {
+                        return Err(format!(
+                            "line {line}: {} replicas, replication {}",
+                            replicas.len(),
+                            plan.replication
+                        ));
+                    }
+                    replicas.clone()
+                }
+                Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } => Vec::new(),
+            };
+            if let Some(b) = named.iter().find(|&&b| !brokers.contains(&b)) {
+                return Err(format!("line {line}: broker {b}, of brokers 1..={}", plan.brokers));
+            }
+            plan.steps.push(step);
+        }
+        for (line, stall) in stalls {
+            if stall.member >= plan.members {
+                return Err(format!("line {line}: member {} of {} (0-based)", stall.member, plan.members));
+            }
+            plan.stalls.push(stall);
+        }
+        Ok(plan)
+    }
+}
+
+fn fault_text(fault: &Fault) -> String {
+    match fault {
+        Fault::KillRestart { broker, seed, rot } => format!("kill-restart broker={broker} seed={seed} rot={rot}"),
+        Fault::Rot { broker, seed } => format!("rot broker={broker} seed={seed}"),
+        Fault::Isolate { broker } => format!("isolate broker={broker}"),
+        Fault::CutLink { a, b } => format!("cut-link a={a} b={b}"),
+        Fault::Pause { broker } => format!("pause broker={broker}"),
+        Fault::EtcdOutage => "etcd-outage".to_owned(),
+        Fault::Move { partition, replicas } => {
+            let replicas: Vec<String> = replicas.iter().map(u64::to_string).collect();
+            format!("move partition={partition} replicas={}", replicas.join(","))
+        }
+        Fault::LatencySpike => "latency-spike".to_owned(),
+        Fault::OneWay { from, to } => format!("one-way from={from} to={to}"),
+        Fault::PacketLoss { per_mille } => format!("packet-loss per_mille={per_mille}"),
+        Fault::DiskErrors { broker, syncs, writes } => {
+            format!("disk-errors broker={broker} syncs={syncs} writes={writes}")
+        }
+        Fault::FullDisk { broker } => format!("full-disk broker={broker}"),
+    }
+}
+
+/// The words of a `fault` or `stall` line: `key=value` pairs and, for a
+/// fault, one bare word naming its kind. Each key is taken once; `done`
+/// refuses any left over.
+struct Fields<'a> {
+    kind: Option<&'a str>,
+    pairs: std::collections::BTreeMap<&'a str, &'a str>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(words: impl Iterator<Item = &'a str>) -> Result<Self, String> {
+        let mut fields = Fields { kind: None, pairs: Default::default() };
+        for word in words {
+            match word.split_once('=') {
+                Some((key, value)) => {
+                    if fields.pairs.insert(key, value).is_some() {
+                        return Err(format!("{key} given twice"));
+                    }
+                }
+                None if fields.kind.is_none() => fields.kind = Some(word),
+                None => return Err(format!("`{word}`: expected key=value")),
+            }
+        }
+        Ok(fields)
+    }
+
+    fn text(&mut self, key: &str) -> Result<&'a str, String> {
+        self.pairs.remove(key).ok_or(format!("no {key}="))
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, key: &str) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let value = self.text(key)?;
+        value.parse().map_err(|e| format!("{key}={value}: {e}"))
+    }
+
+    fn fault(&mut self) -> Result<Fault, String> {
+        let kind = self.kind.take().ok_or("no fault kind")?;
+        Ok(match kind {
+            "kill-restart" => Fault::KillRestart {
+                broker: self.number("broker")?,
+                seed: self.number("seed")?,
+                rot: self.number("rot")?,
+            },
+            "rot" => Fault::Rot { broker: self.number("broker")?, seed: self.number("seed")? },
+            "isolate" => Fault::Isolate { broker: self.number("broker")? },
+            "cut-link" => Fault::CutLink { a: self.number("a")?, b: self.number("b")? },
+            "pause" => Fault::Pause { broker: self.number("broker")? },
+            "etcd-outage" => Fault::EtcdOutage,
+            "move" => {
+                let partition = self.number("partition")?;
+                let replicas = self.text("replicas")?;
+                let replicas = replicas
+                    .split(',')
+                    .map(|b| b.parse::<u64>().map_err(|e| format!("replicas={replicas}: {e}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Fault::Move { partition, replicas }
+            }
+            "latency-spike" => Fault::LatencySpike,
+            "one-way" => Fault::OneWay { from: self.number("from")?, to: self.number("to")? },
+            "packet-loss" => Fault::PacketLoss { per_mille: self.number("per_mille")? },
+            "disk-errors" => Fault::DiskErrors {
+                broker: self.number("broker")?,
+                syncs: self.number("syncs")?,
+                writes: self.number("writes")?,
+            },
+            "full-disk" => Fault::FullDisk { broker: self.number("broker")? },
+            other => return Err(format!("unknown fault `{other}`")),
+        })
+    }
+
+    fn done(self) -> Result<(), String> {
+        if let Some(kind) = self.kind {
+            return Err(format!("`{kind}`: expected key=value"));
+        }
+        match self.pairs.keys().next() {
+            Some(key) => Err(format!("unknown field {key}=")),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +488,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn plans_read_back_from_their_text() {
+        let mut kinds = std::collections::BTreeSet::new();
+        for seed in 0..300 {
+            for brokers in [None, Some(3)] {
+                let plan = Plan::with_brokers(seed, Duration::from_secs(60), brokers);
+                kinds
+                    .extend(plan.steps.iter().map(|s| fault_text(&s.fault).split(' ').next().unwrap_or("").to_owned()));
+                assert_eq!(Plan::parse(&plan.to_text()), Ok(plan), "seed {seed}");
+            }
+        }
+        assert_eq!(kinds.len(), 12, "every fault kind went through the text: {kinds:?}");
+        let commented =
+            format!("# found: something\n\n{}  # trailing\n", Plan::from_seed(5, Duration::from_secs(30)).to_text());
+        assert_eq!(Plan::parse(&commented), Ok(Plan::from_seed(5, Duration::from_secs(30))));
+    }
+
+    #[test]
+    fn a_plan_text_that_a_run_could_not_follow_is_refused_by_line() {
+        let good = "seed 1\nbrokers 3\npartitions 2\nreplication 3\nproducers 2\nmembers 1\nsafety_ms 1000\nliveness_ms 1000\n";
+        assert!(Plan::parse(good).is_ok());
+        let refused = |extra: &str| Plan::parse(&format!("{good}{extra}")).expect_err(extra);
+        assert_eq!(refused("fault at=1 for=2 pause broker=4"), "line 9: broker 4, of brokers 1..=3");
+        assert_eq!(refused("fault at=1 for=2 cut-link a=2 b=2"), "line 9: a link from broker 2 to itself");
+        assert_eq!(refused("fault at=1 for=2 move partition=2 replicas=1,2,3"), "line 9: partition 2 of 2");
+        assert_eq!(refused("fault at=1 for=2 move partition=0 replicas=1,2"), "line 9: 2 replicas, replication 3");
+        assert_eq!(refused("fault at=1 for=2 meteor broker=1"), "line 9: unknown fault `meteor`");
+        assert_eq!(refused("fault at=1 for=2 pause broker=1 extra=3"), "line 9: unknown field extra=");
+        assert_eq!(refused("fault at=1 pause broker=1"), "line 9: no for=");
+        assert_eq!(refused("fault at=x for=2 pause broker=1"), "line 9: at=x: invalid digit found in string");
+        assert_eq!(refused("stall at=1 for=2 member=1"), "line 9: member 1 of 1 (0-based)");
+        assert_eq!(refused("seed 2"), "line 9: seed given twice");
+        assert_eq!(refused("colour 2"), "unknown setting `colour`");
+        assert_eq!(
+            Plan::parse(&good.replace("brokers 3", "brokers 2")).map(|_| ()).unwrap_err().split(':').next(),
+            Some("2 brokers, 2 partitions, replication 3")
+        );
+        assert_eq!(Plan::parse(&good.replace("seed 1\n", "")), Err("no `seed` line".to_owned()));
     }
 }

@@ -1,72 +1,112 @@
-//! Every seed with which the simulator once found a real bug (in weir, or
-//! in a checker), replayed.
+//! Every schedule with which the simulator once found a real bug (in weir,
+//! or in a checker), replayed.
 //!
-//! Each seed runs in a process of its own (`weir-sim run`), as the sweep ran
-//! it: only then does a seed replay exactly (see `sim/src/main.rs`). A seed
-//! replays the schedule that found its bug only as long as the code draws
-//! the same random numbers in the same order; later changes move it onto
-//! other schedules, which are then checked as well. The focused tests named
-//! below pin each bug down independently of the schedule.
+//! Each is kept as a recorded plan in `sim/plans/` (`Plan::parse`): the
+//! cluster, the workload's shape and the fault schedule the seed drew when
+//! it found the bug, with the bug named in its first line. The plans of
+//! seeds found before the plan generator last changed were rebuilt from the
+//! generator of that time. A plan replays its faults whatever its seed draws
+//! later; the simulation's own timings still move with the code, which is
+//! why the focused tests each plan's comment names pin every bug down
+//! independently of schedules.
+//!
+//! Each plan runs in a process of its own (`weir-sim run --plan`), as a
+//! sweep runs a seed: only then does a run replay exactly (see
+//! `sim/src/main.rs`).
 
 #![cfg(madsim)]
 // Runs the simulator binary: processes outside the seam, by design.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
-/// (seed, simulated seconds of faults, the bug and where it is pinned down).
-const SEEDS: &[(u64, u64, &str)] = &[
-    (1, 60, "a new coordinator restarted generations at 1 (groups_e2e: relative generations)"),
-    (17, 60, "a group formed before its topic never got partitions (groups_e2e)"),
-    (27, 60, "a withdrawn coordinator's commit landed after its successor loaded the offsets"),
-    (29, 60, "a group formed before its topic never got partitions (groups_e2e)"),
-    (35, 60, "a group formed before its topic never got partitions (groups_e2e)"),
-    (56, 60, "a partition balanced before any replica started its group (topics.rs unit test)"),
-    (98, 60, "a removed replica deleted while a voter lagged; committed entries lost (cluster_moves)"),
-    (325, 60, "an offset fetch answered while an old generation's commit was in flight"),
-    (751, 60, "an offset fetch answered while an old generation's commit was in flight"),
-    (5727, 60, "a move replaced before its confirmation: two voters deleted their replicas (topics.rs unit test)"),
-    (7359, 60, "a move replaced before its confirmation, then a full disk (as 5727)"),
-    (299, 60, "two replicas damaged before the first was repaired: no leader (one replica at a time; hand-over)"),
-    (218, 60, "a damaged leader and a damaged follower refused the intact replica their votes (cluster_damage)"),
-    (247, 60, "damage to the last batch of a running replica: it stopped abstaining at once and was elected without it (raft_cluster)"),
-    (2581, 60, "a stale replica's campaigns kept the only electable one a term behind: no leader for minutes (pre-vote; raft_cluster)"),
-    (614, 60, "the checker's own: durable-majority judged by an uncommitted joint configuration (voter_sets: the applied one)"),
-    (760, 60, "the checker's own: durable-majority judged by an uncommitted joint configuration (as 614)"),
-];
+fn plans() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("plans");
+    let mut plans: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("sim/plans")
+        .map(|entry| entry.expect("a plan").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "plan"))
+        .collect();
+    plans.sort();
+    plans
+}
+
+fn sim(args: &[&str], history: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_weir-sim"))
+        .args(args)
+        .arg("--history")
+        .arg(history)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir-sim starts")
+}
+
+fn result_line(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout.lines().find(|l| l.starts_with("RESULT ")).unwrap_or("no RESULT line").to_owned()
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+}
 
 #[test]
-fn seeds_that_found_bugs_now_pass() {
+fn schedules_that_found_bugs_now_pass() {
+    let plans = plans();
+    assert!(plans.len() >= 17, "the recorded plans are missing: {plans:?}");
     let mut failed = Vec::new();
     // Two at a time: one per core.
-    for pair in SEEDS.chunks(2) {
+    for pair in plans.chunks(2) {
         let running: Vec<_> = pair
             .iter()
-            .map(|&(seed, secs, bug)| {
-                let child = Command::new(env!("CARGO_BIN_EXE_weir-sim"))
-                    .args(["run", "--seed", &seed.to_string(), "--secs", &secs.to_string()])
-                    .arg("--history")
-                    .arg(std::env::temp_dir().join(format!("weir-sim-regression-{seed}.edn")))
-                    .env_remove("RUST_LOG")
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("weir-sim starts");
-                (seed, bug, child)
+            .map(|plan| {
+                let name = plan.file_stem().and_then(|s| s.to_str()).unwrap_or("plan").to_owned();
+                let history = std::env::temp_dir().join(format!("weir-sim-regression-{name}.edn"));
+                let plan_arg = plan.to_str().expect("a UTF-8 path");
+                (plan, history.clone(), sim(&["run", "--plan", plan_arg], &history))
             })
             .collect();
-        for (seed, bug, child) in running {
+        for (plan, history, child) in running {
             let output = child.wait_with_output().expect("weir-sim runs");
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let result = stdout.lines().find(|l| l.starts_with("RESULT ")).unwrap_or("no RESULT line");
-            println!("{result}");
-            if !output.status.success() || !result.contains("valid=true") {
-                println!("{stdout}");
-                failed.push(format!("seed {seed} ({bug}): {result}"));
+            let result = result_line(&output);
+            println!("{}: {result}", plan.display());
+            if !output.status.success() || field(&result, "valid") != Some("true") {
+                println!("{}", String::from_utf8_lossy(&output.stdout));
+                let found = std::fs::read_to_string(plan).unwrap_or_default();
+                let bug = found.lines().next().unwrap_or("").to_owned();
+                failed.push(format!("{} ({bug}): {result}", plan.display()));
             } else {
-                let _ = std::fs::remove_file(std::env::temp_dir().join(format!("weir-sim-regression-{seed}.edn")));
+                let _ = std::fs::remove_file(&history);
+                let _ = std::fs::remove_file(history.with_extension("assigned.edn"));
             }
         }
     }
-    assert!(failed.is_empty(), "seeds failing again:\n{}", failed.join("\n"));
+    assert!(failed.is_empty(), "schedules failing again:\n{}", failed.join("\n"));
+}
+
+/// A plan's text is the whole of its schedule: the plan a seed draws,
+/// written out and run from the file, gives the very outcome the seed
+/// gives (the same fingerprint of history, logs, replicas and verdict).
+#[test]
+fn a_recorded_plan_runs_exactly_as_its_seed() {
+    let seed = "3";
+    let dir = std::env::temp_dir().join(format!("weir-sim-plan-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let text = Command::new(env!("CARGO_BIN_EXE_weir-sim"))
+        .args(["plan", "--seed", seed, "--secs", "20"])
+        .output()
+        .expect("weir-sim plan");
+    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    let plan = dir.join("seed-3.plan");
+    std::fs::write(&plan, &text.stdout).expect("the plan written");
+    let by_seed = sim(&["run", "--seed", seed, "--secs", "20"], &dir.join("by-seed.edn"));
+    let by_plan = sim(&["run", "--plan", plan.to_str().expect("a UTF-8 path")], &dir.join("by-plan.edn"));
+    let (by_seed, by_plan) =
+        (result_line(&by_seed.wait_with_output().unwrap()), result_line(&by_plan.wait_with_output().unwrap()));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(field(&by_seed, "hash").is_some(), "{by_seed}");
+    assert_eq!(field(&by_seed, "hash"), field(&by_plan, "hash"), "\nby seed: {by_seed}\nby plan: {by_plan}");
 }
