@@ -229,3 +229,58 @@ async fn bad_input() {
         })
         .await;
 }
+
+/// A producer whose partition leader is paused (SIGSTOP on a real host: the
+/// connection stays open and nothing answers) writes again once the
+/// followers have elected another leader, within the design's bound (the
+/// election timeout, 2 s, plus the leader lease, 2 s, plus 1 s), not when
+/// the paused leader comes back. Before each attempt had a time limit
+/// (`client::ANSWER_WITHIN`), the send waited out the whole 15 s pause (the
+/// simulator's availability rule found it on seeds 3, 7, 10, 17 and 19).
+/// Needs a paused node: simulator only.
+#[cfg(madsim)]
+#[tokio::test]
+async fn a_producer_writes_again_within_the_bound_while_its_leader_is_paused() {
+    init_tracing();
+    let cluster = Cluster::start("leader-pause", BROKERS, |_| {}).await;
+    let bootstrap = cluster.addresses().join(",");
+    let address = bootstrap.clone();
+    let leader = cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let config = proto::TopicConfig { partitions: 1, replication_factor: Some(3), ..Default::default() };
+            client.create_topic("paused", config).await.expect("create");
+            leaders(&client, "paused").await[&0].0
+        })
+        .await;
+    let address = bootstrap.clone();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (paused_tx, paused_rx) = tokio::sync::oneshot::channel::<()>();
+    let producer = cluster.spawn_client(async move {
+        let client = Client::connect(&address).await.expect("connect");
+        let sender = Producer::new(client, ProducerConfig { batch_bytes_max: 0, ..ProducerConfig::default() });
+        let send = |value: &'static str| {
+            let sender = sender.clone();
+            async move {
+                let record = weir::client::producer::record(None, value.as_bytes(), 1);
+                sender.send("paused", Some(0), record).await.expect("queued").wait().await
+            }
+        };
+        // The route to the leader is known, and its connection open.
+        send("before").await.expect("written before the pause");
+        ready_tx.send(()).expect("the test waits");
+        paused_rx.await.expect("the leader paused");
+        let started = tokio::time::Instant::now();
+        let written = send("during").await;
+        (written.map(|d| d.offset), started.elapsed())
+    });
+    ready_rx.await.expect("the producer is ready");
+    tracing::info!(broker = leader, "pausing the leader for 15 s");
+    cluster.pause(leader);
+    paused_tx.send(()).expect("the producer waits");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    cluster.resume(leader);
+    let (written, took) = producer.await.expect("the producer task");
+    assert_eq!(written.ok(), Some(1), "the write lands after the first, acknowledged");
+    assert!(took <= Duration::from_secs(5), "acknowledged after {took:?}, over the 5 s bound");
+}

@@ -93,6 +93,11 @@ impl History {
         Self { ops: Arc::default(), start: Some(tokio::time::Instant::now()) }
     }
 
+    /// Simulated time since the run began: the time of an op recorded now.
+    pub fn now(&self) -> Duration {
+        self.start.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
     /// Records an operation; returns its index.
     pub fn record(&self, process: u64, kind: Kind, value: Value) -> usize {
         let time = self.start.map_or(Duration::ZERO, |s| s.elapsed());

@@ -2,6 +2,7 @@
 //! driven by one seed each (see `sim/README.md`). The cluster harness here
 //! is shared with the cluster tests in `tests/`.
 
+pub mod availability;
 pub mod checker;
 pub mod cluster;
 pub mod etcd;

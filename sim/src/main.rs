@@ -250,6 +250,9 @@ mod runner {
                     }
                     println!("replay: {}", replay_command(seed, args));
                 }
+                for sample in &outcome.availability {
+                    println!("{}", availability_line(sample));
+                }
                 let [(leader_acked, leader_lost), (none_acked, none_lost)] = outcome.weak_losses;
                 println!(
                     "RESULT seed={seed} valid={valid} ops={} acknowledged={} faults={} anomalies={} \
@@ -267,6 +270,61 @@ mod runner {
                 println!("RESULT seed={seed} valid=false panicked=true wall={wall:.1}s");
                 false
             }
+        }
+    }
+
+    /// One fault's effect on one partition, as a run prints it and a sweep
+    /// reads it back (`Availability::add`).
+    fn availability_line(sample: &weir_sim::availability::Sample) -> String {
+        let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| d.as_millis().to_string());
+        format!(
+            "availability: kind={} role={} partition={} start={} from_start={} from_heal={}",
+            sample.kind,
+            sample.role.name(),
+            sample.partition,
+            sample.start.as_millis(),
+            ms(sample.from_start),
+            ms(sample.from_heal)
+        )
+    }
+
+    /// A sweep's availability figures, per fault kind and role: the times
+    /// from each fault's start and heal to the next acknowledged acks=all
+    /// write on a partition it touched, and how often none came.
+    #[derive(Default)]
+    struct Availability {
+        by: std::collections::BTreeMap<(String, String), (Vec<Duration>, Vec<Duration>, u64)>,
+    }
+
+    impl Availability {
+        fn add(&mut self, stdout: &str) {
+            for line in stdout.lines().filter_map(|l| l.strip_prefix("availability: ")) {
+                let (Some(kind), Some(role)) = (field(line, "kind"), field(line, "role")) else { continue };
+                let ms = |name| field(line, name).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
+                let entry = self.by.entry((kind.to_owned(), role.to_owned())).or_default();
+                match ms("from_start") {
+                    Some(d) => entry.0.push(d),
+                    None => entry.2 += 1,
+                }
+                entry.1.extend(ms("from_heal"));
+            }
+        }
+
+        fn report(&self) -> String {
+            let mut out = String::from(
+                "availability: from each fault's start (and heal) to the next acknowledged acks=all write \
+                 on each partition it touched\n",
+            );
+            for ((kind, role), (from_start, from_heal, never)) in &self.by {
+                out += &format!(
+                    "  {kind:<14} {role:<8} from start: {}\n  {:<23} from heal:  {}{}\n",
+                    weir_sim::availability::summary(from_start.clone()),
+                    "",
+                    weir_sim::availability::summary(from_heal.clone()),
+                    if *never > 0 { format!("; no write after the start {never} times") } else { String::new() }
+                );
+            }
+            out
         }
     }
 
@@ -313,6 +371,7 @@ mod runner {
         let mut wall_sum = 0.0;
         // acks=leader and acks=none: (lost, acknowledged) summed over seeds.
         let mut weak = [(0u64, 0u64); 2];
+        let mut availability = Availability::default();
         loop {
             let out_of_time =
                 args.minutes.is_some_and(|m| started.elapsed() >= Duration::from_secs(m.saturating_mul(60)));
@@ -338,6 +397,7 @@ mod runner {
                     let stdout =
                         output.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
                     let line = result_line(&stdout).unwrap_or("RESULT valid=false (no result line)").to_owned();
+                    availability.add(&stdout);
                     done += 1;
                     wall_sum +=
                         field(&line, "wall").and_then(|w| w.trim_end_matches('s').parse::<f64>().ok()).unwrap_or(0.0);
@@ -398,6 +458,12 @@ mod runner {
             "weaker acks (measured, not failures): acks=leader lost {} of {} acknowledged, acks=none lost {} of {} accepted",
             weak[0].0, weak[0].1, weak[1].0, weak[1].1
         );
+        let report = availability.report();
+        print!("{report}");
+        let path = args.out.join("availability.txt");
+        if let Err(error) = std::fs::write(&path, &report) {
+            eprintln!("weir-sim: cannot write {}: {error}", path.display());
+        }
         failed.is_empty()
     }
 

@@ -47,6 +47,26 @@ pub enum Fault {
     FullDisk { broker: u64 },
 }
 
+impl Fault {
+    /// Its kind's name, as a plan's text spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::KillRestart { .. } => "kill-restart",
+            Fault::Rot { .. } => "rot",
+            Fault::Isolate { .. } => "isolate",
+            Fault::CutLink { .. } => "cut-link",
+            Fault::Pause { .. } => "pause",
+            Fault::EtcdOutage => "etcd-outage",
+            Fault::Move { .. } => "move",
+            Fault::LatencySpike => "latency-spike",
+            Fault::OneWay { .. } => "one-way",
+            Fault::PacketLoss { .. } => "packet-loss",
+            Fault::DiskErrors { .. } => "disk-errors",
+            Fault::FullDisk { .. } => "full-disk",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     /// When the fault starts, from the beginning of the workload.
@@ -149,6 +169,15 @@ impl Plan {
                     all.truncate(replication as usize);
                     Fault::Move { partition: rng.below(u64::from(partitions)) as u32, replicas: all }
                 }
+            };
+            // A third of the pauses and isolations outlast an election and
+            // the leader lease many times over: the paused or cut-off leader
+            // is replaced, and its successor must stay (issue 22's defect
+            // needs that long to show).
+            let lasting = if matches!(fault, Fault::Pause { .. } | Fault::Isolate { .. }) && rng.chance(1, 3) {
+                Duration::from_millis(6_000 + rng.below(9_000))
+            } else {
+                lasting
             };
             steps.push(Step { at, fault, lasting });
             at += lasting + Duration::from_millis(1_000 + rng.below(3_000));

@@ -48,6 +48,9 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         // A sealed segment's unsynced tail lost by a crash, the next
         // segment's records kept: a hole below the high watermark.
         Bug::SealWithoutSync => &["replica-hole"],
+        // Followers of a paused leader depose each other: no acks=all
+        // write within the bound.
+        Bug::StalePreVote => &["availability"],
     }
 }
 
@@ -59,6 +62,7 @@ mod tests {
     #[test]
     fn every_named_rule_is_a_checker_rule() {
         let sources = [
+            include_str!("availability.rs"),
             include_str!("checker/aborted_read.rs"),
             include_str!("checker/commits.rs"),
             include_str!("checker/duplicate.rs"),

@@ -15,6 +15,7 @@ use weir::proto::Acks;
 use weir::sys::disk::{Disk, SimDisk};
 use weir::sys::rng::SeededRng;
 
+use crate::availability::{self, Sample, View, Window};
 use crate::checker::replicas::Replica;
 use crate::checker::{self, Anomaly, Input};
 use crate::cluster::Cluster;
@@ -42,6 +43,8 @@ pub struct Outcome {
     pub final_log: std::collections::BTreeMap<u32, Vec<(u64, u64)>>,
     pub replicas: Vec<Replica>,
     pub unchecked: Vec<String>,
+    /// Each fault's effect on each partition it touched.
+    pub availability: Vec<Sample>,
 }
 
 impl Outcome {
@@ -153,14 +156,31 @@ pub async fn run(plan: Plan) -> Outcome {
             madsim::runtime::Handle::current().resume(node);
         }
     });
+    let mut windows = Vec::new();
     for step in &plan.steps {
+        // Who leads what, asked just before (within the last 250 ms):
+        // which partitions the fault touches, and how (availability).
+        tokio::time::sleep_until((start + step.at).checked_sub(Duration::from_millis(250)).unwrap_or(start)).await;
+        let views = views(&cluster, start + step.at).await;
         tokio::time::sleep_until(start + step.at).await;
         tracing::info!(fault = ?step.fault, lasting = ?step.lasting, "nemesis");
+        let at = history.now();
         inject(&mut cluster, &bootstrap, &step.fault, step.lasting).await;
+        let (touched, healthy) = availability::touched(&step.fault, plan.partitions, &views);
+        tracing::debug!(?views, ?touched, ?healthy, "what the fault touched");
+        windows.push(Window {
+            kind: step.fault.kind(),
+            start: at,
+            heal: history.now(),
+            touched,
+            healthy,
+            leader_loss: availability::is_leader_loss(&step.fault),
+        });
     }
     tokio::time::sleep_until(start + plan.safety).await;
     // The last stall ends before the liveness phase.
     let _ = stalling.await;
+    let writes_until = history.now();
     stop_producing.store(true, Ordering::Relaxed);
     // A send still retrying when the phase ends stays unknown (`:info`).
     for producer in producers {
@@ -184,7 +204,9 @@ pub async fn run(plan: Plan) -> Outcome {
     let final_log = cluster.run(read_all(address, plan.partitions)).await.unwrap_or_else(|error| panic!("{error}"));
     let (replicas, unchecked) = replicas(&cluster, plan.brokers).await;
     let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()), replicas, unchecked };
-    let anomalies = checker::check(&input);
+    let mut anomalies = checker::check(&input);
+    anomalies.extend(availability::check(&input.ops, &windows, writes_until));
+    let availability = availability::measure(&input.ops, &windows);
     let weak = checker::weak_losses(&input);
     Outcome {
         acknowledged,
@@ -195,7 +217,37 @@ pub async fn run(plan: Plan) -> Outcome {
         final_log: input.final_log,
         replicas: input.replicas,
         unchecked: input.unchecked,
+        availability,
     }
+}
+
+/// What every broker says of the partitions it hosts, asked before
+/// `until` (brokers that do not answer by then are left out).
+async fn views(cluster: &Cluster, until: tokio::time::Instant) -> Vec<View> {
+    let addresses = cluster.addresses();
+    let until = until.max(tokio::time::Instant::now() + Duration::from_millis(50));
+    cluster
+        .run(async move {
+            let mut out = Vec::new();
+            for (i, address) in addresses.iter().enumerate() {
+                let asked = async {
+                    let client = Client::connect(address).await.ok()?;
+                    client.describe_topic(TOPIC).await.ok()
+                };
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                let Ok(Some(topic)) = tokio::time::timeout(left, asked).await else { continue };
+                out.extend(topic.partitions.iter().filter(|p| p.hosted).map(|p| View {
+                    broker: i as u64 + 1,
+                    partition: p.partition,
+                    leader: p.leader,
+                    members: p.members.clone(),
+                    replicas: p.replicas.clone(),
+                    repairing: p.repairing,
+                }));
+            }
+            out
+        })
+        .await
 }
 
 /// Every replica of the topic: its bounds as its broker describes them,

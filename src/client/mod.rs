@@ -145,6 +145,14 @@ impl Conn {
 
 /// Attempts at a partition call before its error is returned.
 const ROUTE_ATTEMPTS: u32 = 60;
+/// How long an attempt at a partition call waits for its answer (beyond
+/// any wait the call asks the broker for) before it takes the broker for
+/// stopped or cut off and asks another who leads. A connection to a paused
+/// or isolated leader stays open and answers nothing: without this, a
+/// producer waits for that leader to come back even once its followers
+/// have elected another (within the election timeout plus the lease,
+/// 4 s). The attempt's outcome is then unknown, as after any lost answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 const ROUTE_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Times a call any broker can answer goes round the bootstrap brokers.
 const ANYWHERE_ROUNDS: u32 = 3;
@@ -164,6 +172,8 @@ struct Routes {
 pub struct Client {
     /// The connection to the home broker.
     conn: Conn,
+    /// That broker's address.
+    address: String,
     routes: Arc<Routes>,
 }
 
@@ -180,7 +190,7 @@ impl Client {
                     let routes =
                         Routes { bootstrap: bootstrap.clone(), home: std::sync::Mutex::new(i), ..Default::default() };
                     routes.conns.lock().await.insert(candidate.clone(), conn.clone());
-                    return Ok(Self { conn, routes: Arc::new(routes) });
+                    return Ok(Self { conn, address: candidate.clone(), routes: Arc::new(routes) });
                 }
                 Err(error) => last_error = error,
             }
@@ -209,24 +219,47 @@ impl Client {
         };
     }
 
-    /// The connection for a partition call: its leader's if known, else a
-    /// bootstrap broker's (trying the next one each `attempt`).
-    async fn conn_for(&self, topic: &str, partition: u32, attempt: u32) -> ClientResult<Conn> {
-        if let Some(leader) = self.leader_of(topic, partition) {
+    /// The connection for a partition call, and where it goes: the
+    /// partition's leader's if known, else a bootstrap broker's (trying the
+    /// next one each `attempt`), passing over brokers that just left an
+    /// attempt unanswered (`avoid`) while there are others.
+    async fn conn_for(
+        &self,
+        topic: &str,
+        partition: u32,
+        attempt: u32,
+        avoid: &[String],
+    ) -> ClientResult<(String, Conn)> {
+        if let Some(leader) = self.leader_of(topic, partition).filter(|l| !avoid.contains(l)) {
             match self.conn_to(&leader).await {
-                Ok(conn) => return Ok(conn),
+                Ok(conn) => return Ok((leader, conn)),
                 Err(_) => self.set_leader(topic, partition, None),
             }
         }
         if attempt == 0 || self.routes.bootstrap.len() < 2 {
-            return Ok(self.conn.clone());
+            return Ok((self.address.clone(), self.conn.clone()));
+        }
+        for _ in 1..self.routes.bootstrap.len() {
+            let (address, conn) = self.next_home().await?;
+            if !avoid.contains(&address) {
+                return Ok((address, conn));
+            }
         }
         self.next_home().await
     }
 
     /// Runs a partition call on the partition's leader, following leader
     /// hints and retrying while there is no leader or a broker is down.
-    async fn routed<T, F, Fut>(&self, topic: &str, partition: u32, call: F) -> ClientResult<T>
+    /// An attempt unanswered after `patience` counts as a broker down
+    /// (`None`: calls that may rightly wait long, as a join does for a
+    /// rebalance).
+    async fn routed<T, F, Fut>(
+        &self,
+        topic: &str,
+        partition: u32,
+        patience: Option<Duration>,
+        call: F,
+    ) -> ClientResult<T>
     where
         F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -237,9 +270,28 @@ impl Client {
         let mut followed: Vec<String> = Vec::new();
         // Whether an attempt so far may have taken effect.
         let mut maybe_done = false;
+        // Brokers that left an attempt unanswered, passed over until then:
+        // a paused leader's followers name it as their leader until they
+        // elect another, and following them back to it would wait out
+        // `patience` again and again.
+        let mut silent: Vec<(String, tokio::time::Instant)> = Vec::new();
         loop {
-            let outcome = match self.conn_for(topic, partition, attempt).await {
-                Ok(conn) => call(conn).await.map_err(ClientError::from),
+            let now = tokio::time::Instant::now();
+            silent.retain(|(_, until)| *until > now);
+            let avoid: Vec<String> = silent.iter().map(|(address, _)| address.clone()).collect();
+            let outcome = match self.conn_for(topic, partition, attempt, &avoid).await {
+                Ok((address, conn)) => match patience {
+                    Some(limit) => match tokio::time::timeout(limit, call(conn)).await {
+                        Ok(answer) => answer.map_err(ClientError::from),
+                        Err(_) => {
+                            silent.push((address, tokio::time::Instant::now() + ANSWER_WITHIN));
+                            Err(ClientError::from(tonic::Status::unavailable(format!(
+                                "no answer within {limit:?}: the broker may be stopped or cut off"
+                            ))))
+                        }
+                    },
+                    None => call(conn).await.map_err(ClientError::from),
+                },
                 Err(error) => Err(error),
             };
             let error = match outcome {
@@ -253,7 +305,9 @@ impl Client {
                 ClientError::Broker(broker)
                     if matches!(broker.code, proto::ErrorCode::NotLeader | proto::ErrorCode::OutcomeUnknown) =>
                 {
-                    let hinted = broker.leader.clone();
+                    // A hint at a broker that just left us unanswered
+                    // waits its turn: its followers may not have noticed.
+                    let hinted = broker.leader.clone().filter(|h| !silent.iter().any(|(s, _)| s == h));
                     let changed = hinted.is_some() && hinted != self.leader_of(topic, partition);
                     let fresh = hinted.as_ref().is_some_and(|h| !followed.contains(h));
                     self.set_leader(topic, partition, hinted.clone());
@@ -299,7 +353,7 @@ impl Client {
         let attempts = ANYWHERE_ROUNDS * self.routes.bootstrap.len().max(1) as u32;
         let mut attempt = 0;
         loop {
-            let conn = if attempt == 0 { Ok(self.conn.clone()) } else { self.next_home().await };
+            let conn = if attempt == 0 { Ok(self.conn.clone()) } else { self.next_home().await.map(|(_, conn)| conn) };
             let error = match conn {
                 Ok(conn) => match call(conn).await {
                     Ok(response) => return Ok(response.into_inner()),
@@ -320,15 +374,15 @@ impl Client {
     }
 
     /// Makes the next bootstrap broker home and connects to it.
-    async fn next_home(&self) -> ClientResult<Conn> {
+    async fn next_home(&self) -> ClientResult<(String, Conn)> {
         let home = {
             let mut home = self.routes.home.lock().unwrap_or_else(|p| p.into_inner());
             *home = (*home + 1) % self.routes.bootstrap.len().max(1);
             self.routes.bootstrap.get(*home).cloned()
         };
         match home {
-            Some(address) => self.conn_to(&address).await,
-            None => Ok(self.conn.clone()),
+            Some(address) => Ok((address.clone(), self.conn_to(&address).await?)),
+            None => Ok((self.address.clone(), self.conn.clone())),
         }
     }
 
@@ -382,7 +436,7 @@ impl Client {
     /// connections and what it learned about leaders).
     pub async fn via(&self, address: &str) -> ClientResult<Client> {
         let conn = self.conn_to(address).await?;
-        Ok(Client { conn, routes: self.routes.clone() })
+        Ok(Client { conn, address: address.to_owned(), routes: self.routes.clone() })
     }
 
     /// Produces records as one batch; the broker stamps missing timestamps.
@@ -428,7 +482,7 @@ impl Client {
     }
 
     async fn send_produce(&self, request: proto::ProduceRequest) -> ClientResult<proto::ProduceResponse> {
-        self.routed(&request.topic, request.partition, |mut conn| {
+        self.routed(&request.topic, request.partition, Some(ANSWER_WITHIN), |mut conn| {
             let request = request.clone();
             async move { conn.producer.produce(request).await.map(tonic::Response::into_inner) }
         })
@@ -452,7 +506,7 @@ impl Client {
             max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
             encoded: false,
         };
-        self.routed(topic, partition, |mut conn| {
+        self.routed(topic, partition, Some(ANSWER_WITHIN + max_wait), |mut conn| {
             let request = request.clone();
             async move { conn.consumer.fetch(request).await.map(tonic::Response::into_inner) }
         })
@@ -474,7 +528,7 @@ impl Client {
         let requests = futures::stream::unfold(outbound, |mut outbound| async move {
             outbound.recv().await.map(|request| (request, outbound))
         });
-        let mut conn = self.conn_for(topic, partition, 0).await?;
+        let (_, mut conn) = self.conn_for(topic, partition, 0, &[]).await?;
         let responses = conn.consumer.subscribe(requests).await?.into_inner();
         Ok(Subscription { credits, responses })
     }
@@ -487,11 +541,9 @@ impl Client {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let call = &call;
-        self.routed(
-            OFFSETS_TOPIC,
-            0,
-            |conn| async move { call(conn.groups.clone()).await.map(tonic::Response::into_inner) },
-        )
+        self.routed(OFFSETS_TOPIC, 0, None, |conn| async move {
+            call(conn.groups.clone()).await.map(tonic::Response::into_inner)
+        })
         .await
     }
 
@@ -581,7 +633,7 @@ impl Client {
         timestamp_ms: i64,
     ) -> ClientResult<u64> {
         let request = proto::ListOffsetRequest { topic: topic.to_owned(), partition, spec: spec as i32, timestamp_ms };
-        self.routed(topic, partition, |mut conn| {
+        self.routed(topic, partition, Some(ANSWER_WITHIN), |mut conn| {
             let request = request.clone();
             async move { conn.consumer.list_offset(request).await.map(|r| r.into_inner().offset) }
         })

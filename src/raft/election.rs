@@ -220,7 +220,11 @@ pub async fn run_elections(elector: Elector) {
             })
             .collect();
         let mut granted = BTreeSet::from([node_id]);
-        while !is_quorum(&configs, &granted) {
+        // Planted (simulator only): wait for every answer, the paused
+        // leader's too, and campaign on them however stale (issue 22's
+        // paused-leader defect, put back).
+        let stale = planted::on(Bug::StalePreVote);
+        while stale || !is_quorum(&configs, &granted) {
             match answers.next().await {
                 Some((peer, true)) => {
                     granted.insert(peer);
@@ -235,7 +239,7 @@ pub async fn run_elections(elector: Elector) {
         // own vote. The pre-votes were given before that; campaigning on
         // them would depose it (on real hosts, a paused leader's two
         // followers deposed each other 3 to 6 times in 15 s).
-        let overtaken = contact.silence() < started.elapsed() || running.borrow().current_term != term;
+        let overtaken = !stale && (contact.silence() < started.elapsed() || running.borrow().current_term != term);
         if overtaken {
             tracing::debug!(node_id, %group, "a leader or a campaign appeared while pre-voting: not campaigning");
         } else if is_quorum(&configs, &granted) {

@@ -65,10 +65,15 @@ pub enum Bug {
     /// segment's later records are. A crash leaves a hole below the high
     /// watermark.
     SealWithoutSync,
+    /// A replica's pre-vote waits for every peer's answer (a paused
+    /// leader's until it times out) and it campaigns on those answers even
+    /// after a leader was elected meanwhile: followers of a paused leader
+    /// depose each other (issue 22's defect, put back).
+    StalePreVote,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 19] = [
         Bug::AckBeforeCommit,
         Bug::SkipFsync,
         Bug::UncommittedReads,
@@ -87,6 +92,7 @@ impl Bug {
         Bug::StartPastCommit,
         Bug::LoadMissesLastCommit,
         Bug::SealWithoutSync,
+        Bug::StalePreVote,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +115,7 @@ impl Bug {
             Bug::StartPastCommit => "start-past-commit",
             Bug::LoadMissesLastCommit => "load-misses-last-commit",
             Bug::SealWithoutSync => "seal-without-sync",
+            Bug::StalePreVote => "stale-pre-vote",
         }
     }
 
