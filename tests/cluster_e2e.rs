@@ -233,10 +233,13 @@ async fn bad_input() {
 /// A producer whose partition leader is paused (SIGSTOP on a real host: the
 /// connection stays open and nothing answers) writes again once the
 /// followers have elected another leader, within the design's bound (the
-/// election timeout, 2 s, plus the leader lease, 2 s, plus 1 s), not when
-/// the paused leader comes back. Before each attempt had a time limit
+/// leader lease, 2 s, two election timeouts, 2 s each, as a split vote may
+/// take a second round, plus 1 s: `weir_sim::availability`), not when the
+/// paused leader comes back. Before each attempt had a time limit
 /// (`client::ANSWER_WITHIN`), the send waited out the whole 15 s pause (the
-/// simulator's availability rule found it on seeds 3, 7, 10, 17 and 19).
+/// simulator's availability rule found it on seeds 3, 7, 10, 17 and 19);
+/// with the limit but without probing the silent broker briefly, it took
+/// 6.2 s; after a split vote the retry waited the lease again (7.4 s).
 /// Needs a paused node: simulator only.
 #[cfg(madsim)]
 #[tokio::test]
@@ -281,6 +284,8 @@ async fn a_producer_writes_again_within_the_bound_while_its_leader_is_paused() {
     tokio::time::sleep(Duration::from_secs(15)).await;
     cluster.resume(leader);
     let (written, took) = producer.await.expect("the producer task");
+    tracing::info!(?took, "the write during the pause");
     assert_eq!(written.ok(), Some(1), "the write lands after the first, acknowledged");
-    assert!(took <= Duration::from_secs(5), "acknowledged after {took:?}, over the 5 s bound");
+    let bound = weir_sim::availability::LEADER_LOSS_BOUND;
+    assert!(took <= bound, "acknowledged after {took:?}, over the bound of {bound:?}");
 }

@@ -153,6 +153,14 @@ const ROUTE_ATTEMPTS: u32 = 60;
 /// have elected another (within the election timeout plus the lease,
 /// 4 s). The attempt's outcome is then unknown, as after any lost answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+/// A broker that left an attempt unanswered is silent for this long (the
+/// lease and an election timeout after the attempt gave up, as long as its
+/// followers may still name it as their leader), unless it answers sooner.
+/// Meanwhile attempts to it wait only `PROBE_WITHIN`: long enough for a
+/// broker that is back, short enough that following the followers' hints
+/// back to a paused leader does not wait out `ANSWER_WITHIN` each time.
+const SILENCE_FOR: Duration = Duration::from_secs(5);
+const PROBE_WITHIN: Duration = Duration::from_millis(250);
 const ROUTE_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Times a call any broker can answer goes round the bootstrap brokers.
 const ANYWHERE_ROUNDS: u32 = 3;
@@ -166,6 +174,10 @@ struct Routes {
     home: std::sync::Mutex<usize>,
     leaders: std::sync::Mutex<HashMap<(String, u32), String>>,
     conns: tokio::sync::Mutex<HashMap<String, Conn>>,
+    /// Brokers that left a partition call unanswered, and until when
+    /// (`SILENCE_FOR`): every call probes them briefly and prefers others
+    /// for calls any broker can route.
+    silent: std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +219,23 @@ impl Client {
         Ok(conn)
     }
 
+    /// The brokers silent for now (see `Routes::silent`).
+    fn silent(&self) -> Vec<String> {
+        let now = tokio::time::Instant::now();
+        let mut silent = self.routes.silent.lock().unwrap_or_else(|p| p.into_inner());
+        silent.retain(|_, until| *until > now);
+        silent.keys().cloned().collect()
+    }
+
+    fn set_silent(&self, address: &str, silent: bool) {
+        let mut brokers = self.routes.silent.lock().unwrap_or_else(|p| p.into_inner());
+        if silent {
+            brokers.insert(address.to_owned(), tokio::time::Instant::now() + SILENCE_FOR);
+        } else {
+            brokers.remove(address);
+        }
+    }
+
     fn leader_of(&self, topic: &str, partition: u32) -> Option<String> {
         self.routes.leaders.lock().unwrap_or_else(|p| p.into_inner()).get(&(topic.to_owned(), partition)).cloned()
     }
@@ -221,8 +250,8 @@ impl Client {
 
     /// The connection for a partition call, and where it goes: the
     /// partition's leader's if known, else a bootstrap broker's (trying the
-    /// next one each `attempt`), passing over brokers that just left an
-    /// attempt unanswered (`avoid`) while there are others.
+    /// next one each `attempt`), passing over silent bootstrap brokers
+    /// (`avoid`) while there are others.
     async fn conn_for(
         &self,
         topic: &str,
@@ -230,7 +259,7 @@ impl Client {
         attempt: u32,
         avoid: &[String],
     ) -> ClientResult<(String, Conn)> {
-        if let Some(leader) = self.leader_of(topic, partition).filter(|l| !avoid.contains(l)) {
+        if let Some(leader) = self.leader_of(topic, partition) {
             match self.conn_to(&leader).await {
                 Ok(conn) => return Ok((leader, conn)),
                 Err(_) => self.set_leader(topic, partition, None),
@@ -270,26 +299,29 @@ impl Client {
         let mut followed: Vec<String> = Vec::new();
         // Whether an attempt so far may have taken effect.
         let mut maybe_done = false;
-        // Brokers that left an attempt unanswered, passed over until then:
-        // a paused leader's followers name it as their leader until they
-        // elect another, and following them back to it would wait out
-        // `patience` again and again.
-        let mut silent: Vec<(String, tokio::time::Instant)> = Vec::new();
         loop {
-            let now = tokio::time::Instant::now();
-            silent.retain(|(_, until)| *until > now);
-            let avoid: Vec<String> = silent.iter().map(|(address, _)| address.clone()).collect();
+            let avoid = self.silent();
             let outcome = match self.conn_for(topic, partition, attempt, &avoid).await {
                 Ok((address, conn)) => match patience {
-                    Some(limit) => match tokio::time::timeout(limit, call(conn)).await {
-                        Ok(answer) => answer.map_err(ClientError::from),
-                        Err(_) => {
-                            silent.push((address, tokio::time::Instant::now() + ANSWER_WITHIN));
-                            Err(ClientError::from(tonic::Status::unavailable(format!(
-                                "no answer within {limit:?}: the broker may be stopped or cut off"
-                            ))))
+                    Some(patience) => {
+                        // A silent broker is probed, not waited for.
+                        let limit = match avoid.contains(&address) {
+                            true => patience.saturating_sub(ANSWER_WITHIN) + PROBE_WITHIN,
+                            false => patience,
+                        };
+                        match tokio::time::timeout(limit, call(conn)).await {
+                            Ok(answer) => {
+                                self.set_silent(&address, false);
+                                answer.map_err(ClientError::from)
+                            }
+                            Err(_) => {
+                                self.set_silent(&address, true);
+                                Err(ClientError::from(tonic::Status::unavailable(format!(
+                                    "no answer within {limit:?}: the broker may be stopped or cut off"
+                                ))))
+                            }
                         }
-                    },
+                    }
                     None => call(conn).await.map_err(ClientError::from),
                 },
                 Err(error) => Err(error),
@@ -305,9 +337,7 @@ impl Client {
                 ClientError::Broker(broker)
                     if matches!(broker.code, proto::ErrorCode::NotLeader | proto::ErrorCode::OutcomeUnknown) =>
                 {
-                    // A hint at a broker that just left us unanswered
-                    // waits its turn: its followers may not have noticed.
-                    let hinted = broker.leader.clone().filter(|h| !silent.iter().any(|(s, _)| s == h));
+                    let hinted = broker.leader.clone();
                     let changed = hinted.is_some() && hinted != self.leader_of(topic, partition);
                     let fresh = hinted.as_ref().is_some_and(|h| !followed.contains(h));
                     self.set_leader(topic, partition, hinted.clone());

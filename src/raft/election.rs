@@ -180,11 +180,19 @@ pub async fn run_elections(elector: Elector) {
             } else if alone && first {
                 break; // the only voter: nobody to wait for
             }
-            let waited = contact.silence().min(tried.map_or(Duration::MAX, |at| at.elapsed()));
-            if waited >= timeout {
+            // Two clocks: the silence since a leader was heard must cover
+            // the timeout (and the lease, if there was a leader), and the
+            // time since this replica's own last try must cover the drawn
+            // timeout alone. One clock for both (the shorter) made a retry
+            // after a split vote wait the lease as well: its own campaign
+            // had not ended any leader's lease (issue 22: 3 s instead of 1
+            // to 2 after a split, on a paused leader's two followers).
+            let silence = contact.silence();
+            let since_try = tried.map_or(Duration::MAX, |at| at.elapsed());
+            if silence >= timeout && since_try >= drawn {
                 break;
             }
-            tokio::time::sleep(timeout - waited).await;
+            tokio::time::sleep(timeout.saturating_sub(silence).max(drawn.saturating_sub(since_try))).await;
         }
         first = false;
         tried = Some(Instant::now());
