@@ -85,10 +85,37 @@ pub struct View {
     pub repairing: bool,
 }
 
-/// The partitions `fault` touches, how, and which of them were whole:
-/// every voter described the partition, all name the same leader, none is
-/// repairing, and the voters are the assigned replicas (no move).
-pub fn touched(fault: &Fault, partitions: u32, views: &[View]) -> (BTreeMap<u32, Role>, BTreeSet<u32>) {
+/// What a fault hits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hit {
+    /// These brokers (a crash, a pause, a cut-off side, a sick disk).
+    Brokers(Vec<u64>),
+    /// One partition as a whole (a move).
+    Partition(u32),
+    /// The whole cluster (the network, etcd).
+    All,
+}
+
+/// What a simulator fault hits.
+pub fn hit(fault: &Fault) -> Hit {
+    match fault {
+        Fault::KillRestart { broker, .. }
+        | Fault::Rot { broker, .. }
+        | Fault::Isolate { broker }
+        | Fault::Pause { broker }
+        | Fault::DiskErrors { broker, .. }
+        | Fault::FullDisk { broker } => Hit::Brokers(vec![*broker]),
+        Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } => Hit::Brokers(vec![*a, *b]),
+        Fault::Move { partition, .. } => Hit::Partition(*partition),
+        Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } => Hit::All,
+    }
+}
+
+/// The partitions a fault that hits `hit` touches, how, and which of them
+/// were whole: every voter described the partition, all name the same
+/// leader, none is repairing, and the voters are the assigned replicas (no
+/// move).
+pub fn touched(hit: &Hit, partitions: u32, views: &[View]) -> (BTreeMap<u32, Role>, BTreeSet<u32>) {
     let mut leaders: BTreeMap<u32, BTreeMap<u64, usize>> = BTreeMap::new();
     let mut hosts: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
     for view in views {
@@ -124,18 +151,10 @@ pub fn touched(fault: &Fault, partitions: u32, views: &[View]) -> (BTreeMap<u32,
             .map(|p| (p, if brokers.contains(&leader(p)) { Role::Leader } else { Role::Follower }))
             .collect()
     };
-    let touched = match fault {
-        Fault::KillRestart { broker, .. }
-        | Fault::Rot { broker, .. }
-        | Fault::Isolate { broker }
-        | Fault::Pause { broker }
-        | Fault::DiskErrors { broker, .. }
-        | Fault::FullDisk { broker } => on(&[*broker]),
-        Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } => on(&[*a, *b]),
-        Fault::Move { partition, .. } => BTreeMap::from([(*partition, Role::All)]),
-        Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } => {
-            (0..partitions).map(|p| (p, Role::All)).collect()
-        }
+    let touched = match hit {
+        Hit::Brokers(brokers) => on(brokers),
+        Hit::Partition(partition) => BTreeMap::from([(*partition, Role::All)]),
+        Hit::All => (0..partitions).map(|p| (p, Role::All)).collect(),
     };
     (touched, healthy)
 }
@@ -366,7 +385,7 @@ mod tests {
             views.push(View { repairing: b == 3, ..view(b, 1, 2) });
             views.push(View { replicas: vec![2, 3, 4], ..view(b, 2, 3) });
         }
-        let (touched, healthy) = touched(&Fault::Pause { broker: 1 }, 3, &views);
+        let (touched, healthy) = touched(&hit(&Fault::Pause { broker: 1 }), 3, &views);
         assert_eq!(touched, BTreeMap::from([(0, Role::Leader), (1, Role::Follower), (2, Role::Follower)]));
         assert_eq!(healthy, BTreeSet::from([0]));
         let (touched, _) = touched_by(&Fault::Pause { broker: 4 }, &views);
@@ -388,7 +407,7 @@ mod tests {
     }
 
     fn touched_by(fault: &Fault, views: &[View]) -> (BTreeMap<u32, Role>, BTreeSet<u32>) {
-        touched(fault, 3, views)
+        touched(&hit(fault), 3, views)
     }
 
     #[test]

@@ -17,7 +17,7 @@
 // cluster; none of it is broker code under the seam.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,11 +29,12 @@ use weir::proto;
 use weir::proto::Acks;
 use weir::sys::rng::SeededRng;
 
+use crate::availability::{self, Hit, Window};
 use crate::checker::{self, Anomaly, Input};
 use crate::history::{History, Op};
 use crate::workload::{
-    await_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, GROUP, GROUP_MEMBERS,
-    LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, OTHER_GROUP, READER, TOPIC,
+    await_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, views, GROUP,
+    GROUP_MEMBERS, LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, OTHER_GROUP, READER, TOPIC,
 };
 
 /// One host of the cluster: an etcd member and a broker, installed under
@@ -97,6 +98,39 @@ impl Fault {
             Fault::Drop { .. } => "packet-drop",
             Fault::EtcdKill { .. } => "etcd-kill",
             Fault::FullDisk { .. } => "full-disk",
+        }
+    }
+}
+
+impl Fault {
+    /// What the fault hits, for availability (brokers are hosts + 1).
+    pub fn hit(&self, hosts: usize) -> Hit {
+        let broker = |host: &usize| *host as u64 + 1;
+        match self {
+            Fault::Kill { host } | Fault::Pause { host } | Fault::FullDisk { host } => Hit::Brokers(vec![broker(host)]),
+            // The hosts cut from some other: the lone side of halves, the
+            // leader cut off, both halves of a bridge (not the bridge).
+            Fault::Partition { cuts, .. } => {
+                let mut cut: Vec<u64> = cuts.iter().flat_map(|(a, b)| [broker(a), broker(b)]).collect();
+                cut.sort_unstable();
+                cut.dedup();
+                let sides: BTreeSet<u64> = cuts.iter().map(|(a, _)| broker(a)).collect();
+                match sides.len() {
+                    // One host against the others.
+                    1 if cuts.len() + 1 == hosts => Hit::Brokers(sides.into_iter().collect()),
+                    _ => Hit::Brokers(cut),
+                }
+            }
+            Fault::Drop { .. } | Fault::EtcdKill { .. } => Hit::All,
+        }
+    }
+
+    /// Whether availability's bound applies where this fault hits a leader.
+    pub fn is_leader_loss(&self) -> bool {
+        match self {
+            Fault::Kill { .. } | Fault::Pause { .. } => true,
+            Fault::Partition { name, .. } => *name != "partition-bridge",
+            _ => false,
         }
     }
 }
@@ -344,6 +378,8 @@ pub struct Report {
     /// Replicas each broker described after the run (a broker that did
     /// not answer describes none, and its replicas go unchecked).
     pub replicas_described: BTreeMap<u64, usize>,
+    /// Each fault's effect on each partition it touched.
+    pub availability: Vec<availability::Sample>,
 }
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -409,6 +445,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
     let safety_end = start + options.duration.saturating_sub(options.liveness);
     let mut rng = SeededRng::new(options.seed);
     let mut faults = Vec::new();
+    let mut windows = Vec::new();
     let mut nemesis_errors = Vec::new();
     loop {
         let quiet = Duration::from_millis(2_000 + rng.below(6_000));
@@ -418,6 +455,9 @@ pub async fn run(options: Options) -> Result<Report, String> {
         }
         tokio::time::sleep(quiet).await;
         let leader = some_leader(&client, &mut rng, options.partitions).await;
+        // Who leads what, just before: which partitions the fault touches
+        // (availability).
+        let views = views(&addresses, tokio::time::Instant::now() + Duration::from_secs(1)).await;
         let kind = if options.cycle {
             options.kinds[faults.len() % options.kinds.len()]
         } else {
@@ -425,6 +465,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
         };
         let fault = fault_of(kind, &mut rng, hosts, leader);
         let began = start.elapsed();
+        let at = history.now();
         tracing::info!(at = ?began, %fault, ?lasting, "nemesis: inject");
         eprintln!("nemesis {:>7.1} s  {fault} for {:.1} s", began.as_secs_f64(), lasting.as_secs_f64());
         if let Err(error) = ssh.inject(&fault).await {
@@ -434,9 +475,19 @@ pub async fn run(options: Options) -> Result<Report, String> {
         if let Err(error) = ssh.heal(&fault).await {
             nemesis_errors.push(format!("heal {fault}: {error}"));
         }
+        let (touched, healthy) = availability::touched(&fault.hit(hosts), options.partitions, &views);
+        windows.push(Window {
+            kind: fault.kind(),
+            start: at,
+            heal: history.now(),
+            touched,
+            healthy,
+            leader_loss: fault.is_leader_loss(),
+        });
         faults.push((began.as_secs_f64(), start.elapsed().saturating_sub(began).as_secs_f64(), fault));
     }
     tokio::time::sleep_until(safety_end).await;
+    let writes_until = history.now();
 
     // Liveness: everything healed; the producers stop (a send still
     // retrying stays unknown) and the first group must read everything
@@ -493,9 +544,12 @@ pub async fn run(options: Options) -> Result<Report, String> {
     }
     let replicas_read = replicas.len();
     let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()), replicas, unchecked };
-    let anomalies = checker::check(&input);
+    let mut anomalies = checker::check(&input);
+    anomalies.extend(availability::check(&input.ops, &windows, writes_until));
+    let availability = availability::measure(&input.ops, &windows);
     let weak = checker::weak_losses(&input);
     Ok(Report {
+        availability,
         acknowledged,
         anomalies,
         weak_losses: [LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER].map(|p| weak.get(&p).copied().unwrap_or_default()),
@@ -572,6 +626,23 @@ mod tests {
         let bridge = fault_of("partition-bridge", &mut rng, 5, None);
         let Fault::Partition { cuts, .. } = bridge else { panic!("{bridge:?}") };
         assert_eq!(cuts.len(), 4, "{cuts:?}");
+    }
+
+    #[test]
+    fn a_fault_hits_the_brokers_it_stops_or_cuts_off() {
+        let mut rng = SeededRng::new(1);
+        assert_eq!(Fault::Kill { host: 1 }.hit(3), Hit::Brokers(vec![2]));
+        let cut_off = fault_of("partition-leader", &mut rng, 3, Some(0));
+        assert_eq!(cut_off.hit(3), Hit::Brokers(vec![1]), "{cut_off}");
+        assert!(cut_off.is_leader_loss());
+        let bridge = fault_of("partition-bridge", &mut rng, 5, None);
+        match bridge.hit(5) {
+            Hit::Brokers(brokers) => assert_eq!(brokers.len(), 4, "both halves, not the bridge: {bridge}"),
+            other => panic!("{bridge}: {other:?}"),
+        }
+        assert!(!bridge.is_leader_loss());
+        assert_eq!(Fault::Drop { percent: 5 }.hit(3), Hit::All);
+        assert!(!Fault::FullDisk { host: 0 }.is_leader_loss());
     }
 
     #[test]

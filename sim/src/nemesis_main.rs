@@ -194,6 +194,21 @@ mod harness {
             described.join(" "),
             report.replicas_read
         );
+        let mut by_role = std::collections::BTreeMap::<(&str, &str), (Vec<Duration>, Vec<Duration>)>::new();
+        for sample in &report.availability {
+            let entry = by_role.entry((sample.kind, sample.role.name())).or_default();
+            entry.0.extend(sample.from_start);
+            entry.1.extend(sample.from_heal);
+        }
+        println!("availability: from each fault's start (and heal) to the next acknowledged acks=all write");
+        for ((kind, role), (from_start, from_heal)) in by_role {
+            println!(
+                "  {kind:<17} {role:<8} from start: {}\n  {:<26} from heal:  {}",
+                weir_sim::availability::summary(from_start),
+                "",
+                weir_sim::availability::summary(from_heal)
+            );
+        }
         if report.anomalies.is_empty() {
             println!("verdict: valid (no anomaly)");
             0

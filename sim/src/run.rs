@@ -15,14 +15,15 @@ use weir::proto::Acks;
 use weir::sys::disk::{Disk, SimDisk};
 use weir::sys::rng::SeededRng;
 
-use crate::availability::{self, Sample, View, Window};
+use crate::availability::{self, Sample, Window};
 use crate::checker::replicas::Replica;
 use crate::checker::{self, Anomaly, Input};
 use crate::cluster::Cluster;
 use crate::history::{History, Op};
 use crate::plan::{Fault, Plan};
 use crate::workload::{
-    await_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, OTHER_GROUP, READER,
+    await_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, views, OTHER_GROUP,
+    READER,
 };
 pub use crate::workload::{GROUP, LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, TOPIC};
 
@@ -161,12 +162,13 @@ pub async fn run(plan: Plan) -> Outcome {
         // Who leads what, asked just before (within the last 250 ms):
         // which partitions the fault touches, and how (availability).
         tokio::time::sleep_until((start + step.at).checked_sub(Duration::from_millis(250)).unwrap_or(start)).await;
-        let views = views(&cluster, start + step.at).await;
+        let (addresses, until) = (cluster.addresses(), start + step.at);
+        let views = cluster.run(async move { views(&addresses, until).await }).await;
         tokio::time::sleep_until(start + step.at).await;
         tracing::info!(fault = ?step.fault, lasting = ?step.lasting, "nemesis");
         let at = history.now();
         inject(&mut cluster, &bootstrap, &step.fault, step.lasting).await;
-        let (touched, healthy) = availability::touched(&step.fault, plan.partitions, &views);
+        let (touched, healthy) = availability::touched(&availability::hit(&step.fault), plan.partitions, &views);
         tracing::debug!(?views, ?touched, ?healthy, "what the fault touched");
         windows.push(Window {
             kind: step.fault.kind(),
@@ -219,35 +221,6 @@ pub async fn run(plan: Plan) -> Outcome {
         unchecked: input.unchecked,
         availability,
     }
-}
-
-/// What every broker says of the partitions it hosts, asked before
-/// `until` (brokers that do not answer by then are left out).
-async fn views(cluster: &Cluster, until: tokio::time::Instant) -> Vec<View> {
-    let addresses = cluster.addresses();
-    let until = until.max(tokio::time::Instant::now() + Duration::from_millis(50));
-    cluster
-        .run(async move {
-            let mut out = Vec::new();
-            for (i, address) in addresses.iter().enumerate() {
-                let asked = async {
-                    let client = Client::connect(address).await.ok()?;
-                    client.describe_topic(TOPIC).await.ok()
-                };
-                let left = until.saturating_duration_since(tokio::time::Instant::now());
-                let Ok(Some(topic)) = tokio::time::timeout(left, asked).await else { continue };
-                out.extend(topic.partitions.iter().filter(|p| p.hosted).map(|p| View {
-                    broker: i as u64 + 1,
-                    partition: p.partition,
-                    leader: p.leader,
-                    members: p.members.clone(),
-                    replicas: p.replicas.clone(),
-                    repairing: p.repairing,
-                }));
-            }
-            out
-        })
-        .await
 }
 
 /// Every replica of the topic: its bounds as its broker describes them,

@@ -485,3 +485,28 @@ pub fn read_replica(disk: Arc<dyn Disk>, topics: &Path, broker: u64, partition: 
     }
     Some(records)
 }
+
+/// What every broker at `addresses` says of the partitions of the test
+/// topic it hosts, asked before `until` (brokers that do not answer by
+/// then are left out): availability's view of who leads what.
+pub async fn views(addresses: &[String], until: tokio::time::Instant) -> Vec<crate::availability::View> {
+    let until = until.max(tokio::time::Instant::now() + Duration::from_millis(50));
+    let mut out = Vec::new();
+    for (i, address) in addresses.iter().enumerate() {
+        let asked = async {
+            let client = Client::connect(address).await.ok()?;
+            client.describe_topic(TOPIC).await.ok()
+        };
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let Ok(Some(topic)) = tokio::time::timeout(left, asked).await else { continue };
+        out.extend(topic.partitions.iter().filter(|p| p.hosted).map(|p| crate::availability::View {
+            broker: i as u64 + 1,
+            partition: p.partition,
+            leader: p.leader,
+            members: p.members.clone(),
+            replicas: p.replicas.clone(),
+            repairing: p.repairing,
+        }));
+    }
+    out
+}
