@@ -107,7 +107,8 @@ pub fn hit(fault: &Fault) -> Hit {
         | Fault::FullDisk { broker } => Hit::Brokers(vec![*broker]),
         Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } => Hit::Brokers(vec![*a, *b]),
         Fault::Move { partition, .. } => Hit::Partition(*partition),
-        Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } => Hit::All,
+        Fault::CrashMajority { brokers, .. } => Hit::Brokers(brokers.clone()),
+        Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } | Fault::PowerLoss { .. } => Hit::All,
     }
 }
 

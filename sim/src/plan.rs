@@ -45,6 +45,14 @@ pub enum Fault {
     /// A broker's disk is full; healed by freeing space and restarting the
     /// broker.
     FullDisk { broker: u64 },
+    /// Every broker loses power at once: each disk keeps only what it had
+    /// fsynced, its last write maybe torn (chosen by `seed`); all restart
+    /// when healed. Nothing acknowledged under acks=all may be lost.
+    PowerLoss { seed: u64 },
+    /// A majority of the brokers crash at once (as a power loss does to
+    /// each); they restart when healed. The partitions wait without a
+    /// quorum, and lose nothing acknowledged.
+    CrashMajority { brokers: Vec<u64>, seed: u64 },
 }
 
 impl Fault {
@@ -63,6 +71,8 @@ impl Fault {
             Fault::PacketLoss { .. } => "packet-loss",
             Fault::DiskErrors { .. } => "disk-errors",
             Fault::FullDisk { .. } => "full-disk",
+            Fault::PowerLoss { .. } => "power-loss",
+            Fault::CrashMajority { .. } => "crash-majority",
         }
     }
 }
@@ -124,7 +134,7 @@ impl Plan {
         while at + Duration::from_secs(2) < safety {
             let lasting = Duration::from_millis(500 + rng.below(4_000));
             let broker = 1 + rng.below(brokers);
-            let fault = match rng.below(11) {
+            let fault = match rng.below(13) {
                 0 | 1 => {
                     // Decided by the kill's seed, not a draw of its own, so
                     // the schedules of existing seeds stay as they were.
@@ -153,6 +163,16 @@ impl Plan {
                     Fault::OneWay { from: broker, to: other }
                 }
                 8 => Fault::PacketLoss { per_mille: 20 + rng.below(180) as u32 },
+                11 => Fault::PowerLoss { seed: rng.next_u64() },
+                12 => {
+                    let mut all: Vec<u64> = (1..=brokers).collect();
+                    for i in (1..all.len()).rev() {
+                        all.swap(i, rng.below(i as u64 + 1) as usize);
+                    }
+                    all.truncate(brokers as usize / 2 + 1);
+                    all.sort_unstable();
+                    Fault::CrashMajority { brokers: all, seed: rng.next_u64() }
+                }
                 9 => {
                     if rng.chance(1, 2) {
                         Fault::DiskErrors { broker, syncs: 1 + rng.below(3) as u32, writes: rng.below(3) as u32 }
@@ -351,7 +371,19 @@ impl Plan {
                     }
                     replicas.clone()
                 }
-                Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } => Vec::new(),
+                Fault::CrashMajority { brokers, .. } => {
+                    if brokers.len() as u64 <= plan.brokers / 2 {
+                        return Err(format!(
+                            "line {line}: {} brokers are no majority of {}",
+                            brokers.len(),
+                            plan.brokers
+                        ));
+                    }
+                    brokers.clone()
+                }
+                Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } | Fault::PowerLoss { .. } => {
+                    Vec::new()
+                }
             };
             if let Some(b) = named.iter().find(|&&b| !brokers.contains(&b)) {
                 return Err(format!("line {line}: broker {b}, of brokers 1..={}", plan.brokers));
@@ -387,6 +419,11 @@ fn fault_text(fault: &Fault) -> String {
             format!("disk-errors broker={broker} syncs={syncs} writes={writes}")
         }
         Fault::FullDisk { broker } => format!("full-disk broker={broker}"),
+        Fault::PowerLoss { seed } => format!("power-loss seed={seed}"),
+        Fault::CrashMajority { brokers, seed } => {
+            let brokers: Vec<String> = brokers.iter().map(u64::to_string).collect();
+            format!("crash-majority brokers={} seed={seed}", brokers.join(","))
+        }
     }
 }
 
@@ -427,6 +464,12 @@ impl<'a> Fields<'a> {
         value.parse().map_err(|e| format!("{key}={value}: {e}"))
     }
 
+    /// A comma-separated list of broker ids.
+    fn brokers(&mut self, key: &str) -> Result<Vec<u64>, String> {
+        let list = self.text(key)?;
+        list.split(',').map(|b| b.parse::<u64>().map_err(|e| format!("{key}={list}: {e}"))).collect()
+    }
+
     fn fault(&mut self) -> Result<Fault, String> {
         let kind = self.kind.take().ok_or("no fault kind")?;
         Ok(match kind {
@@ -440,15 +483,9 @@ impl<'a> Fields<'a> {
             "cut-link" => Fault::CutLink { a: self.number("a")?, b: self.number("b")? },
             "pause" => Fault::Pause { broker: self.number("broker")? },
             "etcd-outage" => Fault::EtcdOutage,
-            "move" => {
-                let partition = self.number("partition")?;
-                let replicas = self.text("replicas")?;
-                let replicas = replicas
-                    .split(',')
-                    .map(|b| b.parse::<u64>().map_err(|e| format!("replicas={replicas}: {e}")))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Fault::Move { partition, replicas }
-            }
+            "move" => Fault::Move { partition: self.number("partition")?, replicas: self.brokers("replicas")? },
+            "power-loss" => Fault::PowerLoss { seed: self.number("seed")? },
+            "crash-majority" => Fault::CrashMajority { brokers: self.brokers("brokers")?, seed: self.number("seed")? },
             "latency-spike" => Fault::LatencySpike,
             "one-way" => Fault::OneWay { from: self.number("from")?, to: self.number("to")? },
             "packet-loss" => Fault::PacketLoss { per_mille: self.number("per_mille")? },
@@ -495,6 +532,7 @@ mod tests {
             Fault::OneWay { from, to } => *from <= 3 && *to <= 3,
             Fault::DiskErrors { broker, .. } | Fault::FullDisk { broker } => *broker <= 3,
             Fault::Move { replicas, .. } => replicas.iter().all(|b| *b <= 3),
+            Fault::CrashMajority { brokers, .. } => brokers.len() == 2 && brokers.iter().all(|b| *b <= 3),
             _ => true,
         }));
         assert!(!a.stalls.is_empty());
@@ -530,7 +568,7 @@ mod tests {
                 assert_eq!(Plan::parse(&plan.to_text()), Ok(plan), "seed {seed}");
             }
         }
-        assert_eq!(kinds.len(), 12, "every fault kind went through the text: {kinds:?}");
+        assert_eq!(kinds.len(), 14, "every fault kind went through the text: {kinds:?}");
         let commented =
             format!("# found: something\n\n{}  # trailing\n", Plan::from_seed(5, Duration::from_secs(30)).to_text());
         assert_eq!(Plan::parse(&commented), Ok(Plan::from_seed(5, Duration::from_secs(30))));
@@ -550,6 +588,11 @@ mod tests {
         assert_eq!(refused("fault at=1 pause broker=1"), "line 9: no for=");
         assert_eq!(refused("fault at=x for=2 pause broker=1"), "line 9: at=x: invalid digit found in string");
         assert_eq!(refused("stall at=1 for=2 member=1"), "line 9: member 1 of 1 (0-based)");
+        assert_eq!(
+            refused("fault at=1 for=2 crash-majority brokers=1 seed=3"),
+            "line 9: 1 brokers are no majority of 3"
+        );
+        assert_eq!(refused("fault at=1 for=2 crash-majority brokers=1,4 seed=3"), "line 9: broker 4, of brokers 1..=3");
         assert_eq!(refused("seed 2"), "line 9: seed given twice");
         assert_eq!(refused("colour 2"), "unknown setting `colour`");
         assert_eq!(

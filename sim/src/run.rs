@@ -433,6 +433,11 @@ async fn inject(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, lasting: 
             cluster.kill(*broker, u64::from(*syncs) << 32 | u64::from(*writes)).await;
             cluster.restart(*broker).await;
         }
+        Fault::PowerLoss { seed } => {
+            let brokers: Vec<u64> = (1..=cluster.addresses().len() as u64).collect();
+            crash_and_restart(cluster, &brokers, *seed, lasting).await;
+        }
+        Fault::CrashMajority { brokers, seed } => crash_and_restart(cluster, brokers, *seed, lasting).await,
         Fault::FullDisk { broker } => {
             let disk = cluster.disk(*broker);
             disk.set_capacity(Some(disk.used_bytes()));
@@ -441,5 +446,18 @@ async fn inject(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, lasting: 
             cluster.kill(*broker, *broker).await;
             cluster.restart(*broker).await;
         }
+    }
+}
+
+/// `brokers` crash at once, each disk keeping only what it had fsynced
+/// (its last write maybe torn, as `seed` and the broker decide); after
+/// `lasting` all restart.
+async fn crash_and_restart(cluster: &mut Cluster, brokers: &[u64], seed: u64, lasting: Duration) {
+    for &broker in brokers {
+        cluster.kill(broker, seed ^ broker.wrapping_mul(0x9E37_79B9)).await;
+    }
+    tokio::time::sleep(lasting).await;
+    for &broker in brokers {
+        cluster.restart(broker).await;
     }
 }
