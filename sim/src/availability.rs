@@ -234,9 +234,14 @@ pub fn check(ops: &[Op], windows: &[Window], writes_until: Duration) -> Vec<Anom
             continue;
         }
         let deadline = window.start + LEADER_LOSS_BOUND;
-        // Another fault before the bound runs out may explain an outage.
-        let next = windows.get(i + 1).map_or(Duration::MAX, |w| w.start);
-        if deadline > writes_until || next < deadline {
+        // Another fault under way at any time before the bound runs out
+        // (one still lasting at the start, or one starting later) may
+        // explain an outage.
+        let overlapped = windows
+            .iter()
+            .enumerate()
+            .any(|(j, other)| j != i && other.start <= deadline && other.heal >= window.start);
+        if deadline > writes_until || overlapped {
             continue;
         }
         for (&partition, &role) in &window.touched {
@@ -362,6 +367,10 @@ mod tests {
         assert_eq!(check(&slow, &[unhealthy], ms(60_000)), Vec::new());
         let next = Window { start: ms(15_000), heal: ms(16_000), leader_loss: false, ..windows[0].clone() };
         assert_eq!(check(&slow, &[windows[0].clone(), next], ms(60_000)), Vec::new());
+        let before = Window { start: ms(8_000), heal: ms(10_500), leader_loss: false, ..windows[0].clone() };
+        assert_eq!(check(&slow, &[before, windows[0].clone()], ms(60_000)), Vec::new(), "one still under way");
+        let done = Window { start: ms(8_000), heal: ms(9_500), leader_loss: false, ..windows[0].clone() };
+        assert_eq!(check(&slow, &[done, windows[0].clone()], ms(60_000)).len(), 1, "one healed before");
         assert_eq!(check(&slow, &windows, ms(16_000)), Vec::new());
         // A follower's loss, or a fault the bound is not for, is not judged.
         let mut follower = windows[0].clone();

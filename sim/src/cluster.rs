@@ -206,8 +206,23 @@ mod harness {
                     node_disk.release_locks();
                     let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
                     let config = config.clone();
+                    let node_disk = node_disk.clone();
                     async move {
-                        let broker = open_broker(config, disk, system_clock()).await.expect("broker opens");
+                        // A broker that cannot reach etcd as it opens exits
+                        // with an error, and its supervisor starts it again
+                        // (systemd's Restart=always): a failure to open, not
+                        // a panic. Other errors are bugs.
+                        let broker = loop {
+                            match open_broker(config.clone(), disk.clone(), system_clock()).await {
+                                Ok(broker) => break broker,
+                                Err(error) if error.code == weir::proto::ErrorCode::MetadataUnavailable => {
+                                    tracing::info!(%error, "the broker did not open; its supervisor starts it again");
+                                    node_disk.release_locks();
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
+                                Err(error) => panic!("broker opens: {error:?}"),
+                            }
+                        };
                         serve(broker, std::future::pending()).await.expect("broker serves");
                     }
                 })
@@ -241,6 +256,12 @@ mod harness {
             let (node, _, listen) = &self.nodes[(id - 1) as usize];
             Handle::current().restart(node.id());
             self.run(wait_serving(listen.to_string())).await;
+        }
+
+        /// Starts broker `id` again without waiting for it to serve (it
+        /// may wait for etcd, which another fault may hold).
+        pub fn start_again(&mut self, id: u64) {
+            Handle::current().restart(self.node_id(id));
         }
 
         pub async fn stop_etcd(&mut self) {

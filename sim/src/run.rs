@@ -15,7 +15,7 @@ use weir::proto::Acks;
 use weir::sys::disk::{Disk, SimDisk};
 use weir::sys::rng::SeededRng;
 
-use crate::availability::{self, Sample, Window};
+use crate::availability::{self, Sample, View, Window};
 use crate::checker::replicas::Replica;
 use crate::checker::{self, Anomaly, Input};
 use crate::cluster::Cluster;
@@ -157,28 +157,46 @@ pub async fn run(plan: Plan) -> Outcome {
             madsim::runtime::Handle::current().resume(node);
         }
     });
-    let mut windows = Vec::new();
-    for step in &plan.steps {
-        // Who leads what, asked just before (within the last 250 ms):
-        // which partitions the fault touches, and how (availability).
-        tokio::time::sleep_until((start + step.at).checked_sub(Duration::from_millis(250)).unwrap_or(start)).await;
-        let (addresses, until) = (cluster.addresses(), start + step.at);
-        let views = cluster.run(async move { views(&addresses, until).await }).await;
-        tokio::time::sleep_until(start + step.at).await;
-        tracing::info!(fault = ?step.fault, lasting = ?step.lasting, "nemesis");
-        let at = history.now();
-        inject(&mut cluster, &bootstrap, &step.fault, step.lasting).await;
-        let (touched, healthy) = availability::touched(&availability::hit(&step.fault), plan.partitions, &views);
-        tracing::debug!(?views, ?touched, ?healthy, "what the fault touched");
-        windows.push(Window {
-            kind: step.fault.kind(),
-            start: at,
-            heal: history.now(),
-            touched,
-            healthy,
-            leader_loss: availability::is_leader_loss(&step.fault),
-        });
+    // The faults as events in time, heals before starts at one instant:
+    // faults may overlap (a plan's companions), each healed at its time.
+    let mut events: Vec<(Duration, bool, usize)> = Vec::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        events.push((step.at, true, i));
+        events.push((step.at + step.lasting, false, i));
     }
+    events.sort();
+    let mut underway: Vec<Option<(Started, Duration, Vec<View>)>> = plan.steps.iter().map(|_| None).collect();
+    let mut windows = Vec::new();
+    for (t, is_start, i) in events {
+        let step = &plan.steps[i];
+        if is_start {
+            // Who leads what, asked just before (within the last 250 ms):
+            // which partitions the fault touches, and how (availability).
+            tokio::time::sleep_until((start + t).checked_sub(Duration::from_millis(250)).unwrap_or(start)).await;
+            let (addresses, until) = (cluster.addresses(), start + t);
+            let views = cluster.run(async move { views(&addresses, until).await }).await;
+            tokio::time::sleep_until(start + t).await;
+            tracing::info!(fault = ?step.fault, lasting = ?step.lasting, "nemesis");
+            let at = history.now();
+            let started = start_fault(&mut cluster, &bootstrap, &step.fault).await;
+            underway[i] = Some((started, at, views));
+        } else {
+            tokio::time::sleep_until(start + t).await;
+            let Some((started, at, views)) = underway[i].take() else { continue };
+            heal_fault(&mut cluster, &step.fault, started).await;
+            let (touched, healthy) = availability::touched(&availability::hit(&step.fault), plan.partitions, &views);
+            tracing::debug!(?views, ?touched, ?healthy, "what the fault touched");
+            windows.push(Window {
+                kind: step.fault.kind(),
+                start: at,
+                heal: history.now(),
+                touched,
+                healthy,
+                leader_loss: availability::is_leader_loss(&step.fault),
+            });
+        }
+    }
+    windows.sort_by_key(|w| w.start);
     tokio::time::sleep_until(start + plan.safety).await;
     // The last stall ends before the liveness phase.
     let _ = stalling.await;
@@ -337,8 +355,17 @@ async fn repair_under_way(cluster: &Cluster) -> bool {
 /// so batches.
 const SEGMENT_BYTES: u64 = 16 << 10;
 
-/// Injects one fault, waits `lasting`, heals it.
-async fn inject(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, lasting: Duration) {
+/// What a started fault leaves for its heal.
+enum Started {
+    Nothing,
+    /// The network's usual latency, to restore.
+    Latency(Option<std::ops::Range<Duration>>),
+    /// The network's usual packet loss rate, to restore.
+    Loss(f64),
+}
+
+/// Starts one fault; `heal_fault` ends it.
+async fn start_fault(cluster: &mut Cluster, bootstrap: &str, fault: &Fault) -> Started {
     let net = NetSim::current();
     match fault {
         Fault::KillRestart { broker, seed, rot } => {
@@ -347,50 +374,27 @@ async fn inject(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, lasting: 
             if rot {
                 rot_a_segment(&cluster.disk(*broker), *broker, *seed, true);
             }
-            tokio::time::sleep(lasting).await;
-            cluster.restart(*broker).await;
         }
         Fault::Rot { broker, seed } => {
             if !repair_under_way(cluster).await {
                 rot_a_segment(&cluster.disk(*broker), *broker, *seed, false);
             }
-            tokio::time::sleep(lasting).await;
         }
-        Fault::Isolate { broker } => {
-            let node = cluster.node_id(*broker);
-            net.clog_node(node);
-            tokio::time::sleep(lasting).await;
-            net.unclog_node(node);
-        }
+        Fault::Isolate { broker } => net.clog_node(cluster.node_id(*broker)),
         Fault::CutLink { a, b } => {
             let (a, b) = (cluster.node_id(*a), cluster.node_id(*b));
             net.clog_link(a, b);
             net.clog_link(b, a);
-            tokio::time::sleep(lasting).await;
-            net.unclog_link(a, b);
-            net.unclog_link(b, a);
         }
-        Fault::Pause { broker } => {
-            cluster.pause(*broker);
-            tokio::time::sleep(lasting).await;
-            cluster.resume(*broker);
-        }
-        Fault::EtcdOutage => {
-            let node = cluster.etcd_node_id();
-            net.clog_node(node);
-            tokio::time::sleep(lasting).await;
-            net.unclog_node(node);
-        }
+        Fault::Pause { broker } => cluster.pause(*broker),
+        Fault::EtcdOutage => net.clog_node(cluster.etcd_node_id()),
         Fault::LatencySpike => {
             let mut usual = None;
             net.update_config(|c| {
                 usual = Some(c.send_latency.clone());
                 c.send_latency = Duration::from_millis(1)..Duration::from_millis(200);
             });
-            tokio::time::sleep(lasting).await;
-            if let Some(usual) = usual {
-                net.update_config(|c| c.send_latency = usual);
-            }
+            return Started::Latency(usual);
         }
         Fault::Move { partition, replicas } => {
             let (address, partition, replicas) = (bootstrap.to_owned(), *partition, replicas.clone());
@@ -404,60 +408,91 @@ async fn inject(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, lasting: 
                     }
                 })
                 .await;
-            tokio::time::sleep(lasting).await;
         }
-        Fault::OneWay { from, to } => {
-            let (from, to) = (cluster.node_id(*from), cluster.node_id(*to));
-            net.clog_link(from, to);
-            tokio::time::sleep(lasting).await;
-            net.unclog_link(from, to);
-        }
+        Fault::OneWay { from, to } => net.clog_link(cluster.node_id(*from), cluster.node_id(*to)),
         Fault::PacketLoss { per_mille } => {
             let mut usual = 0.0;
             net.update_config(|c| {
                 usual = c.packet_loss_rate;
                 c.packet_loss_rate = f64::from(*per_mille) / 1000.0;
             });
-            tokio::time::sleep(lasting).await;
-            net.update_config(|c| c.packet_loss_rate = usual);
+            return Started::Loss(usual);
         }
         Fault::DiskErrors { broker, syncs, writes } => {
             let disk = cluster.disk(*broker);
             disk.fail_next_syncs(*syncs);
             disk.fail_next_writes(*writes);
-            tokio::time::sleep(lasting).await;
+        }
+        Fault::FullDisk { broker } => {
+            let disk = cluster.disk(*broker);
+            disk.set_capacity(Some(disk.used_bytes()));
+        }
+        Fault::PowerLoss { seed } => {
+            let brokers: Vec<u64> = (1..=cluster.addresses().len() as u64).collect();
+            crash(cluster, &brokers, *seed).await;
+        }
+        Fault::CrashMajority { brokers, seed } => crash(cluster, brokers, *seed).await,
+    }
+    Started::Nothing
+}
+
+/// Ends a fault `start_fault` started.
+async fn heal_fault(cluster: &mut Cluster, fault: &Fault, started: Started) {
+    let net = NetSim::current();
+    match fault {
+        // Started again, not waited for: another fault may hold etcd.
+        Fault::KillRestart { broker, .. } => cluster.start_again(*broker),
+        Fault::Rot { .. } | Fault::Move { .. } => {}
+        Fault::Isolate { broker } => net.unclog_node(cluster.node_id(*broker)),
+        Fault::CutLink { a, b } => {
+            let (a, b) = (cluster.node_id(*a), cluster.node_id(*b));
+            net.unclog_link(a, b);
+            net.unclog_link(b, a);
+        }
+        Fault::Pause { broker } => cluster.resume(*broker),
+        Fault::EtcdOutage => net.unclog_node(cluster.etcd_node_id()),
+        Fault::LatencySpike => {
+            if let Started::Latency(Some(usual)) = started {
+                net.update_config(|c| c.send_latency = usual);
+            }
+        }
+        Fault::OneWay { from, to } => net.unclog_link(cluster.node_id(*from), cluster.node_id(*to)),
+        Fault::PacketLoss { .. } => {
+            if let Started::Loss(usual) = started {
+                net.update_config(|c| c.packet_loss_rate = usual);
+            }
+        }
+        Fault::DiskErrors { broker, syncs, writes } => {
+            let disk = cluster.disk(*broker);
             disk.fail_next_syncs(0);
             disk.fail_next_writes(0);
             // A failed fsync may have lost what it was to make durable: the
             // broker goes down as a crash would and comes back.
             cluster.kill(*broker, u64::from(*syncs) << 32 | u64::from(*writes)).await;
-            cluster.restart(*broker).await;
+            cluster.start_again(*broker);
         }
-        Fault::PowerLoss { seed } => {
-            let brokers: Vec<u64> = (1..=cluster.addresses().len() as u64).collect();
-            crash_and_restart(cluster, &brokers, *seed, lasting).await;
-        }
-        Fault::CrashMajority { brokers, seed } => crash_and_restart(cluster, brokers, *seed, lasting).await,
         Fault::FullDisk { broker } => {
-            let disk = cluster.disk(*broker);
-            disk.set_capacity(Some(disk.used_bytes()));
-            tokio::time::sleep(lasting).await;
-            disk.set_capacity(None);
+            cluster.disk(*broker).set_capacity(None);
             cluster.kill(*broker, *broker).await;
-            cluster.restart(*broker).await;
+            cluster.start_again(*broker);
+        }
+        Fault::PowerLoss { .. } => {
+            for broker in 1..=cluster.addresses().len() as u64 {
+                cluster.start_again(broker);
+            }
+        }
+        Fault::CrashMajority { brokers, .. } => {
+            for &broker in brokers {
+                cluster.start_again(broker);
+            }
         }
     }
 }
 
 /// `brokers` crash at once, each disk keeping only what it had fsynced
-/// (its last write maybe torn, as `seed` and the broker decide); after
-/// `lasting` all restart.
-async fn crash_and_restart(cluster: &mut Cluster, brokers: &[u64], seed: u64, lasting: Duration) {
+/// (its last write maybe torn, as `seed` and the broker decide).
+async fn crash(cluster: &mut Cluster, brokers: &[u64], seed: u64) {
     for &broker in brokers {
         cluster.kill(broker, seed ^ broker.wrapping_mul(0x9E37_79B9)).await;
-    }
-    tokio::time::sleep(lasting).await;
-    for &broker in brokers {
-        cluster.restart(broker).await;
     }
 }
