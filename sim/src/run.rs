@@ -335,20 +335,21 @@ fn rot_a_segment(disk: &SimDisk, broker: u64, seed: u64, may_cut: bool) {
 /// partition waits for an operator, by design (sim/README.md).
 async fn repair_under_way(cluster: &Cluster) -> bool {
     let addresses = cluster.addresses();
-    cluster
-        .run(async move {
-            for address in addresses {
-                let Ok(client) = Client::connect(&address).await else { return true };
-                for topic in [TOPIC, weir::broker::server::OFFSETS_TOPIC] {
-                    match client.describe_topic(topic).await {
-                        Ok(described) if described.partitions.iter().all(|p| !p.repairing) => {}
-                        _ => return true,
-                    }
+    // A broker that does not answer within a second (paused or cut off
+    // by another fault) cannot say: counted as repairing.
+    let asked = async move {
+        for address in addresses {
+            let Ok(client) = Client::connect(&address).await else { return true };
+            for topic in [TOPIC, weir::broker::server::OFFSETS_TOPIC] {
+                match client.describe_topic(topic).await {
+                    Ok(described) if described.partitions.iter().all(|p| !p.repairing) => {}
+                    _ => return true,
                 }
             }
-            false
-        })
-        .await
+        }
+        false
+    };
+    cluster.run(async move { tokio::time::timeout(Duration::from_secs(1), asked).await.unwrap_or(true) }).await
 }
 
 /// The test topic's segment size: a partition's log rolls every hundred or
@@ -399,12 +400,18 @@ async fn start_fault(cluster: &mut Cluster, bootstrap: &str, fault: &Fault) -> S
         Fault::Move { partition, replicas } => {
             let (address, partition, replicas) = (bootstrap.to_owned(), *partition, replicas.clone());
             // Recorded, not waited for: the move goes on under later faults.
+            // Asked for 5 s at most: the broker asked may be paused.
+            let asked = async move {
+                if let Ok(client) = Client::connect(&address).await {
+                    if let Err(error) = client.move_partition(TOPIC, partition, replicas).await {
+                        tracing::info!(%error, "the nemesis's move was refused");
+                    }
+                }
+            };
             cluster
                 .run(async move {
-                    if let Ok(client) = Client::connect(&address).await {
-                        if let Err(error) = client.move_partition(TOPIC, partition, replicas).await {
-                            tracing::info!(%error, "the nemesis's move was refused");
-                        }
+                    if tokio::time::timeout(Duration::from_secs(5), asked).await.is_err() {
+                        tracing::info!("the nemesis's move went unanswered");
                     }
                 })
                 .await;
