@@ -465,12 +465,14 @@ pub async fn run(options: Options) -> Result<Report, String> {
         };
         let fault = fault_of(kind, &mut rng, hosts, leader);
         let began = start.elapsed();
-        let at = history.now();
         tracing::info!(at = ?began, %fault, ?lasting, "nemesis: inject");
         eprintln!("nemesis {:>7.1} s  {fault} for {:.1} s", began.as_secs_f64(), lasting.as_secs_f64());
         if let Err(error) = ssh.inject(&fault).await {
             nemesis_errors.push(format!("inject {fault}: {error}"));
         }
+        // In effect from now: the SSH command that injects it takes its
+        // time (sends acknowledged meanwhile say nothing of the fault).
+        let at = history.now();
         tokio::time::sleep(lasting).await;
         if let Err(error) = ssh.heal(&fault).await {
             nemesis_errors.push(format!("heal {fault}: {error}"));

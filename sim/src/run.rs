@@ -177,8 +177,10 @@ pub async fn run(plan: Plan) -> Outcome {
             let views = cluster.run(async move { views(&addresses, until).await }).await;
             tokio::time::sleep_until(start + t).await;
             tracing::info!(fault = ?step.fault, lasting = ?step.lasting, "nemesis");
-            let at = history.now();
             let started = start_fault(&mut cluster, &bootstrap, &step.fault).await;
+            // In effect from now (a rot first asks whether a repair is
+            // under way, which takes simulated time).
+            let at = history.now();
             underway[i] = Some((started, at, views));
         } else {
             tokio::time::sleep_until(start + t).await;
