@@ -99,16 +99,9 @@ pub enum Hit {
 /// What a simulator fault hits.
 pub fn hit(fault: &Fault) -> Hit {
     match fault {
-        Fault::KillRestart { broker, .. }
-        | Fault::Rot { broker, .. }
-        | Fault::Isolate { broker }
-        | Fault::Pause { broker }
-        | Fault::DiskErrors { broker, .. }
-        | Fault::FullDisk { broker } => Hit::Brokers(vec![*broker]),
-        Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } => Hit::Brokers(vec![*a, *b]),
         Fault::Move { partition, .. } => Hit::Partition(*partition),
-        Fault::CrashMajority { brokers, .. } => Hit::Brokers(brokers.clone()),
         Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } | Fault::PowerLoss { .. } => Hit::All,
+        other => Hit::Brokers(other.brokers()),
     }
 }
 

@@ -60,18 +60,28 @@ pub enum Fault {
 fn held(fault: &Fault, brokers: u64) -> Vec<u64> {
     match fault {
         Fault::PowerLoss { .. } | Fault::CrashMajority { .. } => (1..=brokers).collect(),
-        Fault::KillRestart { broker, .. }
-        | Fault::Rot { broker, .. }
-        | Fault::Isolate { broker }
-        | Fault::Pause { broker }
-        | Fault::DiskErrors { broker, .. }
-        | Fault::FullDisk { broker } => vec![*broker],
-        Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } => vec![*a, *b],
-        Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } | Fault::Move { .. } => Vec::new(),
+        Fault::Move { .. } => Vec::new(),
+        other => other.brokers(),
     }
 }
 
 impl Fault {
+    /// The brokers the fault names: the one it hits, both ends of a link,
+    /// a move's new replicas, the brokers that crash together.
+    pub fn brokers(&self) -> Vec<u64> {
+        match self {
+            Fault::KillRestart { broker, .. }
+            | Fault::Rot { broker, .. }
+            | Fault::Isolate { broker }
+            | Fault::Pause { broker }
+            | Fault::DiskErrors { broker, .. }
+            | Fault::FullDisk { broker } => vec![*broker],
+            Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } => vec![*a, *b],
+            Fault::Move { replicas: brokers, .. } | Fault::CrashMajority { brokers, .. } => brokers.clone(),
+            Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } | Fault::PowerLoss { .. } => Vec::new(),
+        }
+    }
+
     /// Its kind's name, as a plan's text spells it.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -403,18 +413,9 @@ impl Plan {
         let brokers = 1..=plan.brokers;
         let mut plan = plan;
         for (line, step) in steps {
-            let named: Vec<u64> = match &step.fault {
-                Fault::KillRestart { broker, .. }
-                | Fault::Rot { broker, .. }
-                | Fault::Isolate { broker }
-                | Fault::Pause { broker }
-                | Fault::DiskErrors { broker, .. }
-                | Fault::FullDisk { broker } => vec![*broker],
-                Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } => {
-                    if a == b {
-                        return Err(format!("line {line}: a link from broker {a} to itself"));
-                    }
-                    vec![*a, *b]
+            match &step.fault {
+                Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } if a == b => {
+                    return Err(format!("line {line}: a link from broker {a} to itself"));
                 }
                 Fault::Move { partition, replicas } => {
                     if *partition >= plan.partitions {
@@ -427,22 +428,13 @@ impl Plan {
                             plan.replication
                         ));
                     }
-                    replicas.clone()
                 }
-                Fault::CrashMajority { brokers, .. } => {
-                    if brokers.len() as u64 <= plan.brokers / 2 {
-                        return Err(format!(
-                            "line {line}: {} brokers are no majority of {}",
-                            brokers.len(),
-                            plan.brokers
-                        ));
-                    }
-                    brokers.clone()
+                Fault::CrashMajority { brokers, .. } if brokers.len() as u64 <= plan.brokers / 2 => {
+                    return Err(format!("line {line}: {} brokers are no majority of {}", brokers.len(), plan.brokers));
                 }
-                Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } | Fault::PowerLoss { .. } => {
-                    Vec::new()
-                }
-            };
+                _ => {}
+            }
+            let named = step.fault.brokers();
             if let Some(b) = named.iter().find(|&&b| !brokers.contains(&b)) {
                 return Err(format!("line {line}: broker {b}, of brokers 1..={}", plan.brokers));
             }
