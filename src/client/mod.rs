@@ -219,12 +219,11 @@ impl Client {
         Ok(conn)
     }
 
-    /// The brokers silent for now (see `Routes::silent`).
-    fn silent(&self) -> Vec<String> {
-        let now = tokio::time::Instant::now();
-        let mut silent = self.routes.silent.lock().unwrap_or_else(|p| p.into_inner());
-        silent.retain(|_, until| *until > now);
-        silent.keys().cloned().collect()
+    /// Whether the broker at `address` is silent for now (see
+    /// `Routes::silent`).
+    fn is_silent(&self, address: &str) -> bool {
+        let silent = self.routes.silent.lock().unwrap_or_else(|p| p.into_inner());
+        silent.get(address).is_some_and(|until| *until > tokio::time::Instant::now())
     }
 
     fn set_silent(&self, address: &str, silent: bool) {
@@ -251,14 +250,8 @@ impl Client {
     /// The connection for a partition call, and where it goes: the
     /// partition's leader's if known, else a bootstrap broker's (trying the
     /// next one each `attempt`), passing over silent bootstrap brokers
-    /// (`avoid`) while there are others.
-    async fn conn_for(
-        &self,
-        topic: &str,
-        partition: u32,
-        attempt: u32,
-        avoid: &[String],
-    ) -> ClientResult<(String, Conn)> {
+    /// while there are others.
+    async fn conn_for(&self, topic: &str, partition: u32, attempt: u32) -> ClientResult<(String, Conn)> {
         if let Some(leader) = self.leader_of(topic, partition) {
             match self.conn_to(&leader).await {
                 Ok(conn) => return Ok((leader, conn)),
@@ -270,7 +263,7 @@ impl Client {
         }
         for _ in 1..self.routes.bootstrap.len() {
             let (address, conn) = self.next_home().await?;
-            if !avoid.contains(&address) {
+            if !self.is_silent(&address) {
                 return Ok((address, conn));
             }
         }
@@ -300,12 +293,11 @@ impl Client {
         // Whether an attempt so far may have taken effect.
         let mut maybe_done = false;
         loop {
-            let avoid = self.silent();
-            let outcome = match self.conn_for(topic, partition, attempt, &avoid).await {
+            let outcome = match self.conn_for(topic, partition, attempt).await {
                 Ok((address, conn)) => match patience {
                     Some(patience) => {
                         // A silent broker is probed, not waited for.
-                        let limit = match avoid.contains(&address) {
+                        let limit = match self.is_silent(&address) {
                             true => patience.saturating_sub(ANSWER_WITHIN) + PROBE_WITHIN,
                             false => patience,
                         };
@@ -558,7 +550,7 @@ impl Client {
         let requests = futures::stream::unfold(outbound, |mut outbound| async move {
             outbound.recv().await.map(|request| (request, outbound))
         });
-        let (_, mut conn) = self.conn_for(topic, partition, 0, &[]).await?;
+        let (_, mut conn) = self.conn_for(topic, partition, 0).await?;
         let responses = conn.consumer.subscribe(requests).await?.into_inner();
         Ok(Subscription { credits, responses })
     }
