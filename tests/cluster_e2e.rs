@@ -289,3 +289,52 @@ async fn a_producer_writes_again_within_the_bound_while_its_leader_is_paused() {
     let bound = weir_sim::availability::LEADER_LOSS_BOUND;
     assert!(took <= bound, "acknowledged after {took:?}, over the bound of {bound:?}");
 }
+
+/// A new idempotent producer asks a broker for its identity before its
+/// first write. Asked of a paused home broker with no time limit, that
+/// question waited out the whole pause and the producer wrote nothing,
+/// not even to partitions whose leaders were up (found by the sweep:
+/// seed 1703 wrote nothing for 14 s). Needs a paused node: simulator only.
+#[cfg(madsim)]
+#[tokio::test]
+async fn a_new_producer_writes_elsewhere_while_its_home_broker_is_paused() {
+    init_tracing();
+    let cluster = Cluster::start("home-pause", BROKERS, |_| {}).await;
+    let bootstrap = cluster.addresses().join(",");
+    let home = 1; // the first bootstrap address answers the connect
+    let address = bootstrap.clone();
+    let elsewhere = cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let config = proto::TopicConfig { partitions: 3, replication_factor: Some(3), ..Default::default() };
+            client.create_topic("homeless", config).await.expect("create");
+            let leaders = leaders(&client, "homeless").await;
+            let (partition, _) = leaders.iter().find(|(_, (leader, _))| *leader != home).expect("a leader not home");
+            *partition
+        })
+        .await;
+    let address = bootstrap.clone();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (paused_tx, paused_rx) = tokio::sync::oneshot::channel::<()>();
+    let producer = cluster.spawn_client(async move {
+        let client = Client::connect(&address).await.expect("connect");
+        ready_tx.send(()).expect("the test waits");
+        paused_rx.await.expect("home paused");
+        let started = tokio::time::Instant::now();
+        let sender = Producer::new(client, ProducerConfig { batch_bytes_max: 0, ..ProducerConfig::default() });
+        let record = weir::client::producer::record(None, b"while home sleeps", 1);
+        let written = sender.send("homeless", Some(elsewhere), record).await.expect("queued").wait().await;
+        (written.map(|d| d.offset), started.elapsed())
+    });
+    ready_rx.await.expect("the client is connected");
+    tracing::info!(broker = home, "pausing the home broker for 15 s");
+    cluster.pause(home);
+    paused_tx.send(()).expect("the producer waits");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    cluster.resume(home);
+    let (written, took) = producer.await.expect("the producer task");
+    tracing::info!(?took, partition = elsewhere, "the first write of a producer whose home is paused");
+    assert_eq!(written.ok(), Some(0), "the write lands, acknowledged");
+    let bound = Duration::from_secs(5);
+    assert!(took <= bound, "acknowledged after {took:?}, over {bound:?}: the producer waited for its home broker");
+}

@@ -261,6 +261,12 @@ impl Client {
         if attempt == 0 || self.routes.bootstrap.len() < 2 {
             return Ok((self.address.clone(), self.conn.clone()));
         }
+        self.next_audible_home().await
+    }
+
+    /// Makes the next bootstrap broker that is not silent home (or the
+    /// next one, if all are) and connects to it.
+    async fn next_audible_home(&self) -> ClientResult<(String, Conn)> {
         for _ in 1..self.routes.bootstrap.len() {
             let (address, conn) = self.next_home().await?;
             if !self.is_silent(&address) {
@@ -365,8 +371,11 @@ impl Client {
     }
 
     /// Runs a call that any broker can answer (and that is safe to repeat)
-    /// on the home broker; while brokers are unreachable, on the next
-    /// bootstrap broker, going round the list a few times.
+    /// on the home broker, unless it is silent; while brokers are
+    /// unreachable or leave the call unanswered for `ANSWER_WITHIN`, on the
+    /// next bootstrap broker, going round the list a few times. Without
+    /// the time limit a producer asking a paused home broker for its
+    /// identity waited out the whole pause, writing nothing anywhere.
     async fn anywhere<T, F, Fut>(&self, call: F) -> ClientResult<T>
     where
         F: Fn(Conn) -> Fut,
@@ -375,12 +384,29 @@ impl Client {
         let attempts = ANYWHERE_ROUNDS * self.routes.bootstrap.len().max(1) as u32;
         let mut attempt = 0;
         loop {
-            let conn = if attempt == 0 { Ok(self.conn.clone()) } else { self.next_home().await.map(|(_, conn)| conn) };
+            let conn = match attempt == 0 && !self.is_silent(&self.address) {
+                true => Ok((self.address.clone(), self.conn.clone())),
+                false => self.next_audible_home().await,
+            };
             let error = match conn {
-                Ok(conn) => match call(conn).await {
-                    Ok(response) => return Ok(response.into_inner()),
-                    Err(status) => ClientError::from(status),
-                },
+                Ok((address, conn)) => {
+                    let limit = ANSWER_WITHIN;
+                    match tokio::time::timeout(limit, call(conn)).await {
+                        Ok(answer) => {
+                            self.set_silent(&address, false);
+                            match answer {
+                                Ok(response) => return Ok(response.into_inner()),
+                                Err(status) => ClientError::from(status),
+                            }
+                        }
+                        Err(_) => {
+                            self.set_silent(&address, true);
+                            ClientError::from(tonic::Status::unavailable(format!(
+                                "{address} gave no answer within {limit:?}: the broker may be stopped or cut off"
+                            )))
+                        }
+                    }
+                }
                 Err(error) => error,
             };
             let unreachable =
