@@ -33,8 +33,8 @@ use crate::availability::{self, Hit, Window};
 use crate::checker::{self, Anomaly, Input};
 use crate::history::{History, Op};
 use crate::workload::{
-    await_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, views, GROUP,
-    GROUP_MEMBERS, LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, OTHER_GROUP, READER, TOPIC,
+    await_read_all, consume, describe_replicas, probe, produce, read_all, read_assigned, read_replica, views, Targets,
+    GROUP, GROUP_MEMBERS, LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, OTHER_GROUP, READER, TOPIC,
 };
 
 /// One host of the cluster: an etcd member and a broker, installed under
@@ -411,17 +411,16 @@ pub async fn run(options: Options) -> Result<Report, String> {
     let stop_producing = Arc::new(AtomicBool::new(false));
     let stop_consuming = Arc::new(AtomicBool::new(false));
     let mut producers = Vec::new();
-    let writers = [(1, Acks::All), (2, Acks::All), (3, Acks::All), (LEADER_ACKS_PRODUCER, Acks::Leader)];
-    for (process, acks) in writers.into_iter().chain([(NO_ACKS_PRODUCER, Acks::None)]) {
-        let task = produce(
-            bootstrap.clone(),
-            options.seed,
-            options.partitions,
-            process,
-            acks,
-            history.clone(),
-            stop_producing.clone(),
-        );
+    // Three producers with acks=all, one each with acks=leader and
+    // acks=none, and a probe per partition.
+    let any = Targets::Any(options.partitions);
+    let writers = [(1, any, Acks::All), (2, any, Acks::All), (3, any, Acks::All)]
+        .into_iter()
+        .chain([(LEADER_ACKS_PRODUCER, any, Acks::Leader), (NO_ACKS_PRODUCER, any, Acks::None)])
+        .chain((0..options.partitions).filter_map(|p| Some((probe(p)?, Targets::Only(p), Acks::All))));
+    for (process, targets, acks) in writers {
+        let task =
+            produce(bootstrap.clone(), options.seed, targets, process, acks, history.clone(), stop_producing.clone());
         producers.push(tokio::spawn(task));
     }
     let mut consumers = Vec::new();

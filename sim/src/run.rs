@@ -22,8 +22,8 @@ use crate::cluster::Cluster;
 use crate::history::{History, Op};
 use crate::plan::{Fault, Plan};
 use crate::workload::{
-    await_read_all, consume, describe_replicas, produce, read_all, read_assigned, read_replica, views, OTHER_GROUP,
-    READER,
+    await_read_all, consume, describe_replicas, probe, produce, read_all, read_assigned, read_replica, views, Targets,
+    OTHER_GROUP, READER,
 };
 pub use crate::workload::{GROUP, LEADER_ACKS_PRODUCER, NO_ACKS_PRODUCER, TOPIC};
 
@@ -96,30 +96,17 @@ pub async fn run(plan: Plan) -> Outcome {
     let stop_producing = Arc::new(AtomicBool::new(false));
     let stop_consuming = Arc::new(AtomicBool::new(false));
     let mut producers = Vec::new();
-    for p in 1..=plan.producers {
-        let task = produce(
-            bootstrap.clone(),
-            plan.seed,
-            plan.partitions,
-            p,
-            Acks::All,
-            history.clone(),
-            stop_producing.clone(),
-        );
-        producers.push(cluster.spawn_client(task));
-    }
-    // Beside them, one producer each with acks=leader and acks=none: what
-    // they lose is measured, not an anomaly.
-    for (process, acks) in [(LEADER_ACKS_PRODUCER, Acks::Leader), (NO_ACKS_PRODUCER, Acks::None)] {
-        let task = produce(
-            bootstrap.clone(),
-            plan.seed,
-            plan.partitions,
-            process,
-            acks,
-            history.clone(),
-            stop_producing.clone(),
-        );
+    let any = Targets::Any(plan.partitions);
+    // Producers with acks=all; beside them, one each with acks=leader and
+    // acks=none (what they lose is measured, not an anomaly), and a probe
+    // per partition.
+    let writers = (1..=plan.producers)
+        .map(|p| (p, any, Acks::All))
+        .chain([(LEADER_ACKS_PRODUCER, any, Acks::Leader), (NO_ACKS_PRODUCER, any, Acks::None)])
+        .chain((0..plan.partitions).filter_map(|p| Some((probe(p)?, Targets::Only(p), Acks::All))));
+    for (process, targets, acks) in writers {
+        let task =
+            produce(bootstrap.clone(), plan.seed, targets, process, acks, history.clone(), stop_producing.clone());
         producers.push(cluster.spawn_client(task));
     }
     let mut consumers = Vec::new();

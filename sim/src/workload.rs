@@ -67,13 +67,36 @@ pub async fn await_read_all(history: &History, deadline: tokio::time::Instant, e
     acknowledged.len()
 }
 
-/// A producer: unique values (`process * 1e9 + n`) to partitions in turn,
+/// The first probe's process: an acks=all producer of its own for each
+/// partition (see [`probe`]).
+pub const PROBES_FROM: u64 = 10;
+
+/// The probe of `partition`, if it has one: partitions below
+/// `WEAK_PRODUCERS_FROM - PROBES_FROM` do (every plan's do).
+pub fn probe(partition: u32) -> Option<u64> {
+    let process = PROBES_FROM + u64::from(partition);
+    (process < checker::WEAK_PRODUCERS_FROM).then_some(process)
+}
+
+/// Where a producer writes: a random partition each time, or always one
+/// (a probe, writing every 250 to 500 ms). The producers that pick at
+/// random write one at a time, so while one waits out a fault on one
+/// partition it writes nowhere else; a partition no one tried to write
+/// looked unavailable. Probes give every partition a writer of its own,
+/// and availability (`availability.rs`) its measure.
+#[derive(Debug, Clone, Copy)]
+pub enum Targets {
+    Any(u32),
+    Only(u32),
+}
+
+/// A producer: unique values (`process * 1e9 + n`) to its targets,
 /// idempotent, one at a time.
 #[allow(clippy::too_many_arguments)]
 pub async fn produce(
     bootstrap: String,
     seed: u64,
-    partitions: u32,
+    targets: Targets,
     process: u64,
     acks: Acks,
     history: History,
@@ -84,7 +107,10 @@ pub async fn produce(
     let mut rng = SeededRng::new(seed.wrapping_mul(31).wrapping_add(process));
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let partition = rng.below(u64::from(partitions)) as u32;
+        let partition = match targets {
+            Targets::Any(partitions) => rng.below(u64::from(partitions)) as u32,
+            Targets::Only(partition) => partition,
+        };
         let value = process * 1_000_000_000 + n;
         n += 1;
         history.record(process, Kind::Invoke, Value::Send { partition, value, offset: None });
@@ -110,7 +136,11 @@ pub async fn produce(
                 history.record(process, kind, Value::Send { partition, value, offset: None });
             }
         }
-        tokio::time::sleep(Duration::from_millis(10 + rng.below(40))).await;
+        let pause = match targets {
+            Targets::Any(_) => 10 + rng.below(40),
+            Targets::Only(_) => 250 + rng.below(250),
+        };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
 
