@@ -227,6 +227,53 @@ async fn a_dead_members_partitions_resume_from_its_last_commit() {
         .await;
 }
 
+/// Sessions run on the monotonic clock. On the wall clock, a step an hour
+/// forwards expired every member at once (a needless rebalance), and a
+/// step backwards kept a dead member in its group, its partitions unread,
+/// until the wall clock caught up.
+#[tokio::test]
+async fn a_wall_clock_step_neither_expires_live_members_nor_keeps_dead_ones() {
+    const HOUR_MS: i64 = 3_600_000;
+    let broker = TestBroker::start().await;
+    let (address, clock) = (broker.address.clone(), broker.clock.clone());
+    broker
+        .run(async move {
+            let client = connect(&address).await;
+            client.create_topic("ticks", proto::TopicConfig { partitions: 2, ..Default::default() }).await.unwrap();
+            let (mut first, mut second) = join_two(&client, config("clocks", &["ticks"])).await;
+            let settled = wait_stable(&client, "clocks", 2).await;
+
+            tracing::info!("the broker's wall clock jumps an hour forwards; both members keep polling");
+            clock.step_ms(HOUR_MS);
+            let until = tokio::time::Instant::now() + SESSION * 3;
+            while tokio::time::Instant::now() < until {
+                first.poll(POLL).await.unwrap();
+                second.poll(POLL).await.unwrap();
+            }
+            let after = client.describe_group("clocks").await.unwrap();
+            assert_eq!(
+                (after.state.as_str(), after.generation, after.members.len()),
+                ("stable", settled.generation, 2),
+                "no member expired: {after:?}"
+            );
+
+            tracing::info!("it jumps two hours backwards; one member dies without leaving");
+            clock.step_ms(-2 * HOUR_MS);
+            drop(second);
+            let polling = tokio::spawn(async move {
+                loop {
+                    if first.poll(POLL).await.is_err() {
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+            });
+            let survivors = wait_stable(&client, "clocks", 1).await;
+            polling.abort();
+            assert!(survivors.generation > settled.generation, "a rebalance dropped the dead member");
+        })
+        .await;
+}
+
 #[tokio::test]
 async fn commits_are_fenced_by_generation_and_ownership() {
     let broker = TestBroker::start().await;

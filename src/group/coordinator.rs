@@ -9,12 +9,18 @@
 //! not rejoin are dropped), which opens a new generation with a new
 //! assignment. Commits carry the committer's generation and are refused
 //! unless it is the current one and the member owns the partition.
+//!
+//! Sessions and rebalance deadlines run on the monotonic clock
+//! (`tokio::time::Instant`): a step of the host's wall clock, forwards or
+//! backwards, neither expires every member at once nor keeps a dead one
+//! in its group. Only commit timestamps read the wall clock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::assignor::{Assignor, TopicPartition};
 use super::offsets::{Committed, OffsetKey, OffsetStore};
@@ -35,13 +41,13 @@ pub const TICK: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 struct Member {
     topics: BTreeSet<String>,
-    session_timeout_ms: i64,
-    last_seen_ms: i64,
+    session_timeout: Duration,
+    last_seen: Instant,
 }
 
 #[derive(Debug)]
 struct Rebalance {
-    deadline_ms: i64,
+    deadline: Instant,
     joined: BTreeSet<String>,
 }
 
@@ -80,11 +86,11 @@ impl Group {
         }
     }
 
-    fn start_rebalance(&mut self, now_ms: i64) {
+    fn start_rebalance(&mut self, now: Instant) {
         if self.rebalance.is_none() {
             // Everyone gets as long to rejoin as the most patient session.
-            let timeout = self.members.values().map(|m| m.session_timeout_ms).max().unwrap_or(0);
-            self.rebalance = Some(Rebalance { deadline_ms: now_ms + timeout, joined: BTreeSet::new() });
+            let timeout = self.members.values().map(|m| m.session_timeout).max().unwrap_or_default();
+            self.rebalance = Some(Rebalance { deadline: now + timeout, joined: BTreeSet::new() });
         }
     }
 
@@ -215,7 +221,7 @@ impl GroupCoordinator {
                 BrokerError::invalid(format!("unknown assignor {name:?}: range, roundrobin or sticky"))
             })?,
         };
-        let now_ms = self.clock.now_ms();
+        let now = Instant::now();
         let (member_id, mut completed) = {
             let mut groups = self.lock();
             let group =
@@ -227,16 +233,17 @@ impl GroupCoordinator {
                 request.member_id.clone()
             };
             let topics: BTreeSet<String> = request.topics.iter().cloned().collect();
-            let member = Member { topics, session_timeout_ms: i64::from(session_timeout_ms), last_seen_ms: now_ms };
+            let session_timeout = Duration::from_millis(u64::from(session_timeout_ms));
+            let member = Member { topics, session_timeout, last_seen: now };
             group.members.insert(member_id.clone(), member);
-            group.start_rebalance(now_ms);
+            group.start_rebalance(now);
             (member_id, group.completed.subscribe())
         };
         // Count this member as joined and wait until the group settles with
         // it in it. A member waiting here is alive and joining: if another
         // rebalance starts meanwhile (a newcomer), it counts as rejoined for
         // that one too.
-        let mut deadline_ms = now_ms;
+        let mut deadline = now;
         loop {
             {
                 let mut groups = self.lock();
@@ -246,7 +253,7 @@ impl GroupCoordinator {
                     None => true,
                     Some(rebalance) => {
                         rebalance.joined.insert(member_id.clone());
-                        deadline_ms = rebalance.deadline_ms;
+                        deadline = rebalance.deadline;
                         let everyone = group.members.keys().all(|id| rebalance.joined.contains(id));
                         if everyone {
                             self.complete(group);
@@ -264,8 +271,8 @@ impl GroupCoordinator {
                     });
                 }
             }
-            let left_ms = deadline_ms.saturating_sub(self.clock.now_ms()).max(1) as u64;
-            let _ = tokio::time::timeout(Duration::from_millis(left_ms), completed.changed()).await;
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let _ = tokio::time::timeout(left, completed.changed()).await;
             self.tick();
         }
     }
@@ -278,11 +285,11 @@ impl GroupCoordinator {
     }
 
     pub fn heartbeat(&self, request: &proto::HeartbeatRequest) -> BrokerResult<()> {
-        let now_ms = self.clock.now_ms();
+        let now = Instant::now();
         let mut groups = self.lock();
         let group = groups.get_mut(&request.group).ok_or_else(|| unknown_group(&request.group))?;
         if let Some(member) = group.members.get_mut(&request.member_id) {
-            member.last_seen_ms = now_ms;
+            member.last_seen = now;
         }
         // A member that already rejoined this rebalance has nothing to do.
         let rejoined = group.rebalance.as_ref().is_some_and(|r| r.joined.contains(&request.member_id));
@@ -293,7 +300,7 @@ impl GroupCoordinator {
     }
 
     pub fn leave(&self, request: &proto::LeaveGroupRequest) -> BrokerResult<()> {
-        let now_ms = self.clock.now_ms();
+        let now = Instant::now();
         let mut groups = self.lock();
         let group = groups.get_mut(&request.group).ok_or_else(|| unknown_group(&request.group))?;
         group.member(&request.member_id)?;
@@ -302,18 +309,18 @@ impl GroupCoordinator {
         if let Some(rebalance) = group.rebalance.as_mut() {
             rebalance.joined.remove(&request.member_id);
         }
-        self.departed(group, now_ms);
+        self.departed(group, now);
         Ok(())
     }
 
     /// After members left: rebalance the rest, or settle an empty group.
-    fn departed(&self, group: &mut Group, now_ms: i64) {
+    fn departed(&self, group: &mut Group, now: Instant) {
         if group.members.is_empty() {
-            group.rebalance = Some(Rebalance { deadline_ms: now_ms, joined: BTreeSet::new() });
+            group.rebalance = Some(Rebalance { deadline: now, joined: BTreeSet::new() });
             self.complete(group);
             return;
         }
-        group.start_rebalance(now_ms);
+        group.start_rebalance(now);
         let rebalance = group.rebalance.as_ref().expect("just started");
         if !rebalance.joined.is_empty() && group.members.keys().all(|id| rebalance.joined.contains(id)) {
             self.complete(group);
@@ -322,13 +329,13 @@ impl GroupCoordinator {
 
     /// Expires silent members and completes overdue rebalances.
     pub fn tick(&self) {
-        let now_ms = self.clock.now_ms();
+        let now = Instant::now();
         let mut groups = self.lock();
         for (name, group) in groups.iter_mut() {
             let expired: Vec<String> = group
                 .members
                 .iter()
-                .filter(|(_, m)| now_ms - m.last_seen_ms > m.session_timeout_ms)
+                .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > m.session_timeout)
                 .map(|(id, _)| id.clone())
                 .collect();
             let rejoining = |id: &String| group.rebalance.as_ref().is_some_and(|r| r.joined.contains(id));
@@ -339,13 +346,13 @@ impl GroupCoordinator {
                     group.members.remove(id);
                     group.assignment.remove(id);
                 }
-                self.departed(group, now_ms);
+                self.departed(group, now);
             }
             if group.rebalance.is_none() && !group.members.is_empty() && self.counts_changed(group) {
                 tracing::info!(group = name, "the subscribed topics' partitions changed; rebalancing");
-                group.start_rebalance(now_ms);
+                group.start_rebalance(now);
             }
-            if group.rebalance.as_ref().is_some_and(|r| now_ms >= r.deadline_ms) {
+            if group.rebalance.as_ref().is_some_and(|r| now >= r.deadline) {
                 self.complete(group);
             }
         }
@@ -516,6 +523,9 @@ impl GroupCoordinator {
         let mut owners: BTreeMap<TopicPartition, String> = BTreeMap::new();
         let mut members = Vec::new();
         if let Some(group) = group {
+            // The last heartbeat as a wall-clock time: now, less how long
+            // ago it was by the monotonic clock.
+            let (now, now_ms) = (Instant::now(), self.clock.now_ms());
             for (id, member) in &group.members {
                 let assignment = group.assignment.get(id).cloned().unwrap_or_default();
                 for tp in &assignment {
@@ -525,7 +535,9 @@ impl GroupCoordinator {
                     member_id: id.clone(),
                     topics: member.topics.iter().cloned().collect(),
                     assignment: to_proto(&assignment),
-                    last_heartbeat_ms: member.last_seen_ms,
+                    last_heartbeat_ms: now_ms.saturating_sub(
+                        i64::try_from(now.saturating_duration_since(member.last_seen).as_millis()).unwrap_or(i64::MAX),
+                    ),
                 });
             }
         }

@@ -56,7 +56,57 @@ impl Clock for ManualClock {
     }
 }
 
+/// Another clock, stepped by hand: what a host's wall clock does when an
+/// operator or NTP steps it, forwards or backwards. The simulator gives
+/// each broker one and steps it (the clock-jump fault); only wall-clock
+/// time moves, as on a real host, where timeouts and leases run on the
+/// monotonic clock, which no step touches.
+#[derive(Debug)]
+pub struct SteppedClock {
+    base: Arc<dyn Clock>,
+    offset_ms: AtomicI64,
+}
+
+impl SteppedClock {
+    pub fn new(base: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(Self { base, offset_ms: AtomicI64::new(0) })
+    }
+
+    /// Steps the clock by `by_ms` (negative: backwards).
+    pub fn step_ms(&self, by_ms: i64) {
+        self.offset_ms.fetch_add(by_ms, Ordering::SeqCst);
+    }
+
+    /// How far it is from its base now.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::SeqCst)
+    }
+}
+
+impl Clock for SteppedClock {
+    fn now_ms(&self) -> i64 {
+        self.base.now_ms().saturating_add(self.offset_ms())
+    }
+}
+
 /// The default clock for production code.
 pub fn system_clock() -> Arc<dyn Clock> {
     Arc::new(SystemClock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stepped_clock_moves_with_its_base_and_by_its_steps() {
+        let base = ManualClock::new(1_000);
+        let clock = SteppedClock::new(base.clone());
+        assert_eq!(clock.now_ms(), 1_000);
+        clock.step_ms(3_600_000);
+        base.advance_ms(5);
+        assert_eq!(clock.now_ms(), 3_601_005);
+        clock.step_ms(-7_200_000);
+        assert_eq!((clock.now_ms(), clock.offset_ms()), (-3_598_995, -3_600_000));
+    }
 }

@@ -51,13 +51,15 @@ mod imp {
 
     use tokio::sync::oneshot;
     use weir::broker::server::{open_broker, serve};
-    use weir::sys::clock::system_clock;
+    use weir::sys::clock::{system_clock, SteppedClock};
     use weir::sys::disk::Disk;
 
     use super::*;
 
     pub struct TestBroker {
         pub disk: SimDisk,
+        /// The broker's wall clock, which a test may step.
+        pub clock: Arc<SteppedClock>,
         pub address: String,
         pub metrics_address: String,
         pub http_address: String,
@@ -76,6 +78,7 @@ mod imp {
             let http = weir::sys::net::free_loopback_addr().expect("a free port");
             let mut broker = Self {
                 disk: SimDisk::new(1),
+                clock: SteppedClock::new(system_clock()),
                 address: listen.to_string(),
                 metrics_address: metrics.to_string(),
                 http_address: http.to_string(),
@@ -93,7 +96,7 @@ mod imp {
         async fn boot(&mut self) {
             let disk: Arc<dyn Disk> = Arc::new(self.disk.clone());
             let config = config(self.listen, self.metrics, self.http);
-            let broker = open_broker(config, disk, system_clock()).await.expect("broker opens");
+            let broker = open_broker(config, disk, self.clock.clone()).await.expect("broker opens");
             self.broker = Some(broker.clone());
             let (stop, stopped) = oneshot::channel::<()>();
             self.stop = Some(stop);
@@ -155,7 +158,7 @@ mod imp {
 
     use madsim::runtime::{Handle, NodeHandle};
     use weir::broker::server::{open_broker, serve};
-    use weir::sys::clock::system_clock;
+    use weir::sys::clock::{system_clock, Clock, SteppedClock};
     use weir::sys::disk::Disk;
 
     use super::*;
@@ -168,6 +171,8 @@ mod imp {
 
     pub struct TestBroker {
         pub disk: SimDisk,
+        /// The broker's wall clock, which a test may step.
+        pub clock: Arc<SteppedClock>,
         pub address: String,
         pub metrics_address: String,
         pub http_address: String,
@@ -183,6 +188,8 @@ mod imp {
             let metrics = SocketAddr::new(listen.ip(), METRICS_PORT);
             let http = SocketAddr::new(listen.ip(), HTTP_PORT);
             let node_disk = disk.clone();
+            let clock = SteppedClock::new(system_clock());
+            let node_clock = clock.clone();
             let node = handle
                 .create_node()
                 .name("broker")
@@ -192,9 +199,10 @@ mod imp {
                     // lock on the data directory died with it.
                     node_disk.release_locks();
                     let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
+                    let clock: Arc<dyn Clock> = node_clock.clone();
                     async move {
                         let config = config(listen, metrics, http);
-                        let broker = open_broker(config, disk, system_clock()).await.expect("broker opens");
+                        let broker = open_broker(config, disk, clock).await.expect("broker opens");
                         serve(broker, std::future::pending()).await.expect("broker serves");
                     }
                 })
@@ -202,6 +210,7 @@ mod imp {
             let client_node = handle.create_node().name("client").ip(CLIENT_IP.parse().unwrap()).build();
             let broker = Self {
                 disk,
+                clock,
                 address: listen.to_string(),
                 metrics_address: metrics.to_string(),
                 http_address: http.to_string(),
