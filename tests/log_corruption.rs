@@ -164,10 +164,16 @@ proptest! {
         disk.corrupt_byte(&damaged, position, mask).unwrap();
 
         let log = open(&disk).unwrap();
-        prop_assert!(log.recovery_report().damage.is_none(), "trusted segments are not scanned at open");
-        let (_, error) = read_until_error(&log);
-        prop_assert!(matches!(error, Some(LogError::Corrupt { .. })), "{:?}", error);
-        let log = log.rescan().unwrap();
+        // Open reads a trusted segment only from its last index entry on:
+        // damage there is cut at once; damage before it, by the rescan.
+        let log = match log.recovery_report().damage.is_some() {
+            true => log,
+            false => {
+                let (_, error) = read_until_error(&log);
+                prop_assert!(matches!(error, Some(LogError::Corrupt { .. })), "{:?}", error);
+                log.rescan().unwrap()
+            }
+        };
         let damage = log.recovery_report().damage.clone().expect("damage in a sealed segment");
         prop_assert_eq!(damage.offset, log.log_end_offset());
         prop_assert_eq!(damage.raft_index_lost, Some(BATCHES));
@@ -199,6 +205,14 @@ proptest! {
         let position = at.index(disk.file_len(&damaged).unwrap() as usize) as u64;
         disk.corrupt_byte(&damaged, position, mask).unwrap();
         let log = open(&disk).unwrap();
+        if let Some((file, found, _)) = log.recovery_report().cut.clone() {
+            // In a trusted segment's tail past its last index entry, which
+            // open reads: cut there already.
+            prop_assert_eq!(file, damaged);
+            prop_assert!(found <= position);
+            prop_assert!(log.recovery_report().damage.is_some());
+            return Ok(());
+        }
         let mut from = 0;
         let error = loop {
             match log.scrub(from, chunk) {
@@ -229,10 +243,9 @@ fn truncated_sealed_segment_is_damage_not_a_torn_tail() {
     file.sync().unwrap();
     drop(file);
 
+    // Open reads a trusted segment from its last index entry to its end,
+    // and finds that the end is gone.
     let log = open(&disk).unwrap();
-    let (_, error) = read_until_error(&log);
-    assert!(matches!(error, Some(LogError::Corrupt { .. })), "{error:?}");
-    let log = log.rescan().unwrap();
     let damage = log.recovery_report().damage.clone().expect("a sealed segment lost its end");
     assert_eq!(damage.offset, log.log_end_offset());
     assert_eq!(damage.raft_index_lost, Some(BATCHES), "the later segments are read before they go");
@@ -241,6 +254,41 @@ fn truncated_sealed_segment_is_damage_not_a_torn_tail() {
     assert!(error.is_none());
     assert_eq!(read[..], all[..read.len()]);
     assert_eq!(log.segment_count(), 2, "the segments after the damage are gone");
+}
+
+/// A sealed segment cut exactly at a batch boundary reads cleanly to its
+/// new end; only its length says that offsets are missing before the next
+/// segment. Open must see it: trusting the file's length, reads skipped
+/// the lost offsets to the next segment (simulation seed 1115).
+#[test]
+fn a_sealed_segment_cut_at_a_batch_boundary_is_damage_found_at_open() {
+    let (disk, all) = filled_disk();
+    let segments = files(&disk, ".log");
+    let victim = &segments[1];
+    // The boundary before the segment's last batch.
+    let log = open(&disk).unwrap();
+    let base: u64 = victim.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let next: u64 = segments[2].file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let last_batch_bytes = (base..next)
+        .step_by(2)
+        .last()
+        .map(|offset| log.read(offset, 1, u64::MAX).unwrap()[0].as_bytes().len() as u64)
+        .unwrap();
+    drop(log);
+    let len = disk.file_len(victim).unwrap();
+    let file = disk.open(victim, false).unwrap();
+    file.set_len(len - last_batch_bytes).unwrap();
+    file.sync().unwrap();
+    drop(file);
+
+    let log = open(&disk).unwrap();
+    let damage = log.recovery_report().damage.clone().expect("the segment ends short of the next one");
+    assert_eq!(damage.offset, next - 2, "the log ends where the cut left it");
+    assert_eq!(log.log_end_offset(), next - 2);
+    assert_eq!(damage.reached_offset, Some(all.len() as u64), "the durable mark says how far the log reached");
+    let (read, error) = read_until_error(&log);
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(read[..], all[..(next - 2) as usize], "nothing past the hole is served");
 }
 
 /// Appends two more records to a reopened log: flushed, and marked

@@ -188,10 +188,16 @@ impl Segment {
         self.file.sync().map_err(|e| self.io(e))
     }
 
-    /// Trusts the sealed indexes of a segment that a checkpoint vouches for.
-    /// `next_offset` is known for all but the last segment; the last one is
-    /// scanned from its last index entry to the end. Returns false if the
-    /// indexes cannot be trusted, leaving the caller to [`Segment::scan`].
+    /// Trusts the sealed indexes of a segment that a checkpoint vouches for,
+    /// and reads the segment from its last index entry to its end (at most
+    /// an index interval), so a file cut short at rest is found here: the
+    /// read ends below `next_offset` (known for all but the last segment),
+    /// which the caller takes for damage. Trusting the file's length
+    /// instead let a sealed segment cut at a batch boundary pass: reads
+    /// then skipped the lost offsets to the next segment, and a Raft
+    /// replica met the gap applying its log and stopped for good
+    /// (simulation seed 1115). Returns `None` if the indexes cannot be
+    /// trusted, leaving the caller to [`Segment::scan`].
     pub fn load_trusted(&mut self, next_offset: Option<u64>) -> LogResult<Option<ScanOutcome>> {
         let file_len = self.file.len().map_err(|e| self.io(e))?;
         let trusted = self.offset_index.file().load_sealed() && self.time_index.file().load_sealed();
@@ -206,19 +212,9 @@ impl Segment {
             self.offset_of_max_timestamp = self.base_offset + u64::from(relative);
         }
         let (relative, position) = self.offset_index.lookup(u32::MAX);
-        match next_offset {
-            Some(next_offset) => {
-                self.next_offset = next_offset;
-                self.size = file_len;
-                self.bytes_since_index = file_len - u64::from(position);
-                Ok(Some(ScanOutcome::default()))
-            }
-            None => {
-                self.next_offset = self.base_offset + u64::from(relative);
-                self.size = u64::from(position);
-                self.scan_tail(u64::from(position), file_len, false).map(Some)
-            }
-        }
+        self.next_offset = self.base_offset + u64::from(relative);
+        self.size = u64::from(position);
+        self.scan_tail(u64::from(position), file_len, false).map(Some)
     }
 
     /// Scans the whole segment, checking every batch, rebuilding both indexes
