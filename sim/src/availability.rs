@@ -69,6 +69,10 @@ pub struct Window {
     pub healthy: BTreeSet<u32>,
     /// Whether the bound applies to this kind of fault on a leader.
     pub leader_loss: bool,
+    /// Whether it may explain another fault's outage when the two overlap
+    /// (a clock jump may not: elections, leases and the client's timeouts
+    /// run on the monotonic clock, which it leaves alone).
+    pub excuses: bool,
 }
 
 /// What one broker said of one partition it hosts, just before a fault.
@@ -158,6 +162,12 @@ pub fn is_leader_loss(fault: &Fault) -> bool {
     matches!(fault, Fault::KillRestart { .. } | Fault::Pause { .. } | Fault::Isolate { .. })
 }
 
+/// Whether a simulator fault may explain an overlapping fault's outage
+/// (see [`Window::excuses`]).
+pub fn excuses(fault: &Fault) -> bool {
+    !matches!(fault, Fault::ClockJump { .. })
+}
+
 /// One fault's effect on one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
@@ -233,7 +243,7 @@ pub fn check(ops: &[Op], windows: &[Window], writes_until: Duration) -> Vec<Anom
         let overlapped = windows
             .iter()
             .enumerate()
-            .any(|(j, other)| j != i && other.start <= deadline && other.heal >= window.start);
+            .any(|(j, other)| j != i && other.excuses && other.start <= deadline && other.heal >= window.start);
         if deadline > writes_until || overlapped {
             continue;
         }
@@ -317,6 +327,7 @@ mod tests {
             touched: BTreeMap::from([(partition, Role::Leader), (partition + 1, Role::Follower)]),
             healthy: BTreeSet::from([partition, partition + 1]),
             leader_loss: true,
+            excuses: true,
         }
     }
 
@@ -364,6 +375,9 @@ mod tests {
         assert_eq!(check(&slow, &[before, windows[0].clone()], ms(60_000)), Vec::new(), "one still under way");
         let done = Window { start: ms(8_000), heal: ms(9_500), leader_loss: false, ..windows[0].clone() };
         assert_eq!(check(&slow, &[done, windows[0].clone()], ms(60_000)).len(), 1, "one healed before");
+        let (start, heal) = (ms(8_000), ms(10_500));
+        let jump = Window { kind: "clock-jump", start, heal, excuses: false, leader_loss: false, ..windows[0].clone() };
+        assert_eq!(check(&slow, &[jump, windows[0].clone()], ms(60_000)).len(), 1, "a clock jump explains nothing");
         assert_eq!(check(&slow, &windows, ms(16_000)), Vec::new());
         // A follower's loss, or a fault the bound is not for, is not judged.
         let mut follower = windows[0].clone();

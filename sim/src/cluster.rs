@@ -146,15 +146,24 @@ mod harness {
 mod harness {
     use madsim::runtime::{Handle, NodeHandle};
     use weir::broker::server::{open_broker, serve};
-    use weir::sys::clock::system_clock;
+    use weir::sys::clock::{system_clock, SteppedClock};
 
     use super::*;
+
+    /// A broker's node: its process, disk, address and wall clock (which
+    /// outlive the process, as a host's do).
+    struct Node {
+        handle: NodeHandle,
+        disk: SimDisk,
+        listen: std::net::SocketAddr,
+        clock: Arc<SteppedClock>,
+    }
 
     pub struct Cluster {
         name: String,
         tweak: Tweak,
         etcd: etcd::EtcdServer,
-        nodes: Vec<(NodeHandle, SimDisk, std::net::SocketAddr)>,
+        nodes: Vec<Node>,
         client_nodes: u8,
         supervised: bool,
     }
@@ -191,6 +200,8 @@ mod harness {
             let id = self.nodes.len() as u64 + 1;
             let listen: std::net::SocketAddr = format!("10.0.3.{id}:9092").parse().unwrap();
             let disk = SimDisk::new(id);
+            let clock = SteppedClock::new(system_clock());
+            let node_clock = clock.clone();
             let mut config = config(id, listen, &self.etcd.endpoint(), &self.name);
             (self.tweak)(&mut config);
             let node_disk = disk.clone();
@@ -207,13 +218,14 @@ mod harness {
                     let disk: Arc<dyn Disk> = Arc::new(node_disk.clone());
                     let config = config.clone();
                     let node_disk = node_disk.clone();
+                    let clock: Arc<dyn weir::sys::clock::Clock> = node_clock.clone();
                     async move {
                         // A broker that cannot reach etcd as it opens exits
                         // with an error, and its supervisor starts it again
                         // (systemd's Restart=always): a failure to open, not
                         // a panic. Other errors are bugs.
                         let broker = loop {
-                            match open_broker(config.clone(), disk.clone(), system_clock()).await {
+                            match open_broker(config.clone(), disk.clone(), clock.clone()).await {
                                 Ok(broker) => break broker,
                                 Err(error) if error.code == weir::proto::ErrorCode::MetadataUnavailable => {
                                     tracing::info!(%error, "the broker did not open; its supervisor starts it again");
@@ -227,7 +239,7 @@ mod harness {
                     }
                 })
                 .build();
-            self.nodes.push((node, disk, listen));
+            self.nodes.push(Node { handle: node, disk, listen, clock });
             id
         }
 
@@ -239,23 +251,24 @@ mod harness {
         }
 
         pub fn addresses(&self) -> Vec<String> {
-            self.nodes.iter().map(|(_, _, listen)| listen.to_string()).collect()
+            self.nodes.iter().map(|node| node.listen.to_string()).collect()
         }
 
         pub fn disk(&self, id: u64) -> SimDisk {
-            self.nodes[(id - 1) as usize].1.clone()
+            self.nodes[(id - 1) as usize].disk.clone()
         }
 
         pub async fn kill(&mut self, id: u64, seed: u64) {
-            let (node, disk, _) = &self.nodes[(id - 1) as usize];
-            Handle::current().kill(node.id());
-            disk.crash(seed);
+            let node = &self.nodes[(id - 1) as usize];
+            Handle::current().kill(node.handle.id());
+            node.disk.crash(seed);
         }
 
         pub async fn restart(&mut self, id: u64) {
-            let (node, _, listen) = &self.nodes[(id - 1) as usize];
-            Handle::current().restart(node.id());
-            self.run(wait_serving(listen.to_string())).await;
+            let node = &self.nodes[(id - 1) as usize];
+            Handle::current().restart(node.handle.id());
+            let listen = node.listen.to_string();
+            self.run(wait_serving(listen)).await;
         }
 
         /// Starts broker `id` again without waiting for it to serve (it
@@ -277,7 +290,7 @@ mod harness {
 
         /// The simulator's node of broker `id` (1-based), for network faults.
         pub fn node_id(&self, id: u64) -> madsim::task::NodeId {
-            self.nodes[(id - 1) as usize].0.id()
+            self.nodes[(id - 1) as usize].handle.id()
         }
 
         /// The simulated etcd's node, for network faults.
@@ -293,6 +306,12 @@ mod harness {
 
         pub fn resume(&self, id: u64) {
             Handle::current().resume(self.node_id(id));
+        }
+
+        /// Steps broker `id`'s wall clock by `by_ms` (negative: backwards);
+        /// it keeps the step across restarts, as a host's clock does.
+        pub fn step_clock(&self, id: u64, by_ms: i64) {
+            self.nodes[(id - 1) as usize].clock.step_ms(by_ms);
         }
 
         pub fn spawn_client<F>(&self, f: F) -> madsim::task::JoinHandle<F::Output>

@@ -486,6 +486,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
             touched,
             healthy,
             leader_loss: fault.is_leader_loss(),
+            excuses: true,
         });
         faults.push((began.as_secs_f64(), start.elapsed().saturating_sub(began).as_secs_f64(), fault));
     }

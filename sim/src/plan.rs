@@ -53,6 +53,13 @@ pub enum Fault {
     /// each); they restart when healed. The partitions wait without a
     /// quorum, and lose nothing acknowledged.
     CrashMajority { brokers: Vec<u64>, seed: u64 },
+    /// A broker's wall clock steps by `by_ms` (forwards or backwards, by
+    /// seconds, minutes or hours), and steps back when healed, as an
+    /// operator or NTP would set it right. Its monotonic clock does not
+    /// move: sessions, leases and timeouts must not notice; what reads the
+    /// wall clock (record timestamps, retention, roll and flush ages) must
+    /// stay correct or fail safe.
+    ClockJump { broker: u64, by_ms: i64 },
 }
 
 /// The brokers `fault` holds while it lasts (all of them for a power
@@ -60,7 +67,7 @@ pub enum Fault {
 fn held(fault: &Fault, brokers: u64) -> Vec<u64> {
     match fault {
         Fault::PowerLoss { .. } | Fault::CrashMajority { .. } => (1..=brokers).collect(),
-        Fault::Move { .. } => Vec::new(),
+        Fault::Move { .. } | Fault::ClockJump { .. } => Vec::new(),
         other => other.brokers(),
     }
 }
@@ -75,7 +82,8 @@ impl Fault {
             | Fault::Isolate { broker }
             | Fault::Pause { broker }
             | Fault::DiskErrors { broker, .. }
-            | Fault::FullDisk { broker } => vec![*broker],
+            | Fault::FullDisk { broker }
+            | Fault::ClockJump { broker, .. } => vec![*broker],
             Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } => vec![*a, *b],
             Fault::Move { replicas: brokers, .. } | Fault::CrashMajority { brokers, .. } => brokers.clone(),
             Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } | Fault::PowerLoss { .. } => Vec::new(),
@@ -99,6 +107,7 @@ impl Fault {
             Fault::FullDisk { .. } => "full-disk",
             Fault::PowerLoss { .. } => "power-loss",
             Fault::CrashMajority { .. } => "crash-majority",
+            Fault::ClockJump { .. } => "clock-jump",
         }
     }
 }
@@ -269,6 +278,24 @@ impl Plan {
             companions.push(Step { at, fault, lasting });
         }
         steps.extend(companions);
+        // Clock jumps: on any broker, beside whatever else happens (they
+        // hold no broker), by seconds, minutes or hours either way. Drawn
+        // apart, so the faults above stay what they were for a seed.
+        let mut clock_rng = SeededRng::new(seed ^ 0xC10C_4A3F);
+        let mut at = Duration::from_millis(1_000 + clock_rng.below(8_000));
+        while at + Duration::from_secs(2) < safety {
+            let lasting = Duration::from_millis(1_000 + clock_rng.below(9_000));
+            let broker = 1 + clock_rng.below(brokers);
+            let scale: u64 = match clock_rng.below(3) {
+                0 => 1_000,
+                1 => 60_000,
+                _ => 3_600_000,
+            };
+            let by_ms = ((1 + clock_rng.below(59)) * scale) as i64;
+            let by_ms = if clock_rng.chance(1, 2) { by_ms } else { -by_ms };
+            steps.push(Step { at, fault: Fault::ClockJump { broker, by_ms }, lasting });
+            at += lasting + Duration::from_millis(2_000 + clock_rng.below(10_000));
+        }
         steps.sort_by_key(|step| step.at);
         // Drawn apart, so the faults above stay what they were for a seed.
         let mut stall_rng = SeededRng::new(seed ^ 0x57A1_1ED0);
@@ -474,6 +501,7 @@ fn fault_text(fault: &Fault) -> String {
             let brokers: Vec<String> = brokers.iter().map(u64::to_string).collect();
             format!("crash-majority brokers={} seed={seed}", brokers.join(","))
         }
+        Fault::ClockJump { broker, by_ms } => format!("clock-jump broker={broker} by_ms={by_ms}"),
     }
 }
 
@@ -545,6 +573,7 @@ impl<'a> Fields<'a> {
                 writes: self.number("writes")?,
             },
             "full-disk" => Fault::FullDisk { broker: self.number("broker")? },
+            "clock-jump" => Fault::ClockJump { broker: self.number("broker")?, by_ms: self.number("by_ms")? },
             other => return Err(format!("unknown fault `{other}`")),
         })
     }
