@@ -405,7 +405,7 @@ mod tests {
         let pause = Window { kind: "pause", heal: ms(13_000), ..leader_kill(10_000, 13_000, 0) };
         let mut late = Vec::new();
         send(&mut late, 0, 10_200, Some(19_500));
-        assert_eq!(check(&late, &[pause.clone()], ms(60_000)), Vec::new(), "within 7 s of the heal");
+        assert_eq!(check(&late, std::slice::from_ref(&pause), ms(60_000)), Vec::new(), "within 7 s of the heal");
         let mut later = Vec::new();
         send(&mut later, 0, 10_200, Some(20_500));
         let found = check(&later, &[pause], ms(60_000));
