@@ -612,8 +612,19 @@ mod tests {
             Fault::DiskErrors { broker, .. } | Fault::FullDisk { broker } => *broker <= 3,
             Fault::Move { replicas, .. } => replicas.iter().all(|b| *b <= 3),
             Fault::CrashMajority { brokers, .. } => brokers.len() == 2 && brokers.iter().all(|b| *b <= 3),
+            Fault::ClockJump { broker, by_ms } => *broker <= 3 && *by_ms != 0,
             _ => true,
         }));
+        // Clock jumps both ways, by seconds to hours, one broker at a time.
+        let jumps: Vec<i64> = (0..40)
+            .flat_map(|s| Plan::from_seed(s, Duration::from_secs(60)).steps)
+            .filter_map(|step| match step.fault {
+                Fault::ClockJump { by_ms, .. } => Some(by_ms),
+                _ => None,
+            })
+            .collect();
+        assert!(jumps.iter().any(|&ms| ms < -3_600_000) && jumps.iter().any(|&ms| ms > 3_600_000), "{jumps:?}");
+        assert!(jumps.iter().any(|&ms| ms.abs() < 60_000), "{jumps:?}");
         assert!(!a.stalls.is_empty());
         assert!(a.stalls.iter().all(|s| s.member < a.members && s.lasting > Duration::from_secs(6)));
         assert!(a.stalls.windows(2).all(|w| w[0].at + w[0].lasting < w[1].at), "one stall at a time");
@@ -649,7 +660,7 @@ mod tests {
                 assert_eq!(Plan::parse(&plan.to_text()), Ok(plan), "seed {seed}");
             }
         }
-        assert_eq!(kinds.len(), 14, "every fault kind went through the text: {kinds:?}");
+        assert_eq!(kinds.len(), 15, "every fault kind went through the text: {kinds:?}");
         let commented =
             format!("# found: something\n\n{}  # trailing\n", Plan::from_seed(5, Duration::from_secs(30)).to_text());
         assert_eq!(Plan::parse(&commented), Ok(Plan::from_seed(5, Duration::from_secs(30))));

@@ -445,9 +445,47 @@ pub async fn read_all(bootstrap: String, partitions: u32) -> Result<BTreeMap<u32
 /// from the last fault); one that never does leaves its replicas
 /// unchecked, and its last error is returned beside the replicas.
 pub async fn describe_replicas(addresses: Vec<String>, patience: Duration) -> (Vec<Replica>, Vec<(u64, String)>) {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let (replicas, silent) = describe_once(&addresses, deadline).await;
+        if settled(&replicas) || tokio::time::Instant::now() >= deadline {
+            return (replicas, silent);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether no membership change is under way in what `replicas` say:
+/// every replica of a partition names the same single voter set, which is
+/// the partition's assigned replicas. The replicas are read from disk
+/// against the voter sets described; a move completing in between (sweep
+/// seed 6490: the leader committed its new voters between the describe
+/// and the halt, and wrote on) made records durable on the new voters
+/// look short of a majority of the old ones.
+fn settled(replicas: &[Replica]) -> bool {
+    let sorted = |brokers: &[u64]| {
+        let mut brokers = brokers.to_vec();
+        brokers.sort_unstable();
+        brokers
+    };
+    let partitions: BTreeSet<u32> = replicas.iter().map(|r| r.partition).collect();
+    partitions.into_iter().all(|partition| {
+        let of_partition: Vec<&Replica> = replicas.iter().filter(|r| r.partition == partition).collect();
+        // The leader's view: one voter set, the assigned replicas.
+        let Some(leader) = of_partition.iter().find(|r| r.leader == r.broker) else { return false };
+        let [voters] = leader.voter_sets.as_slice() else { return false };
+        let voters = sorted(voters);
+        voters == sorted(&leader.members)
+            && of_partition
+                .iter()
+                .filter(|r| voters.contains(&r.broker))
+                .all(|r| r.voter_sets.len() == 1 && sorted(&r.voter_sets[0]) == voters)
+    })
+}
+
+async fn describe_once(addresses: &[String], deadline: tokio::time::Instant) -> (Vec<Replica>, Vec<(u64, String)>) {
     let mut out = Vec::new();
     let mut silent = Vec::new();
-    let deadline = tokio::time::Instant::now() + patience;
     for (i, address) in addresses.iter().enumerate() {
         let broker = i as u64 + 1;
         let described = loop {
