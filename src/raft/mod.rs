@@ -541,6 +541,17 @@ impl Replica {
         Ok(())
     }
 
+    /// Whether a read of this replica's applied state is linearizable: it
+    /// is readable here (see [`Self::readable`]) and, as a lease read, its
+    /// leader heard from a majority recently enough that no successor can
+    /// have been elected yet (see [`Self::heard_from_quorum`]). A leader
+    /// deposed without knowing it, cut off from its voters, answers from
+    /// state a successor may have moved past.
+    pub fn read_lease(&self) -> Result<(), ProposeError> {
+        self.readable()?;
+        self.heard_from_quorum()
+    }
+
     /// Check-quorum for the weaker acks: a leader that has not heard from
     /// a majority of its voters (its own vote counted) within
     /// [`QUORUM_SILENCE_MAX`] refuses acks=leader and acks=none writes.
