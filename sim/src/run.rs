@@ -364,8 +364,8 @@ enum Started {
 /// paused or cut-off broker finds nothing until it is back (pauses last
 /// up to 15 s), so damage is done to another broker only when no repair
 /// is under way and `DAMAGE_APART` has passed since the last. Sweep seed
-/// 3145 damaged two of a partition's
-/// three replicas 1.6 s apart, before either was found.
+/// 3145 damaged two of a partition's three replicas 1.6 s apart, before
+/// either was found.
 type LastDamage = Option<(u64, tokio::time::Instant)>;
 const DAMAGE_APART: Duration = Duration::from_secs(25);
 

@@ -307,18 +307,7 @@ impl Client {
                             true => patience.saturating_sub(ANSWER_WITHIN) + PROBE_WITHIN,
                             false => patience,
                         };
-                        match tokio::time::timeout(limit, call(conn)).await {
-                            Ok(answer) => {
-                                self.set_silent(&address, false);
-                                answer.map_err(ClientError::from)
-                            }
-                            Err(_) => {
-                                self.set_silent(&address, true);
-                                Err(ClientError::from(tonic::Status::unavailable(format!(
-                                    "no answer within {limit:?}: the broker may be stopped or cut off"
-                                ))))
-                            }
-                        }
+                        self.answer_within(&address, limit, call(conn)).await
                     }
                     None => call(conn).await.map_err(ClientError::from),
                 },
@@ -389,24 +378,10 @@ impl Client {
                 false => self.next_audible_home().await,
             };
             let error = match conn {
-                Ok((address, conn)) => {
-                    let limit = ANSWER_WITHIN;
-                    match tokio::time::timeout(limit, call(conn)).await {
-                        Ok(answer) => {
-                            self.set_silent(&address, false);
-                            match answer {
-                                Ok(response) => return Ok(response.into_inner()),
-                                Err(status) => ClientError::from(status),
-                            }
-                        }
-                        Err(_) => {
-                            self.set_silent(&address, true);
-                            ClientError::from(tonic::Status::unavailable(format!(
-                                "{address} gave no answer within {limit:?}: the broker may be stopped or cut off"
-                            )))
-                        }
-                    }
-                }
+                Ok((address, conn)) => match self.answer_within(&address, ANSWER_WITHIN, call(conn)).await {
+                    Ok(response) => return Ok(response.into_inner()),
+                    Err(error) => error,
+                },
                 Err(error) => error,
             };
             let unreachable =
@@ -417,6 +392,29 @@ impl Client {
             }
             if attempt % self.routes.bootstrap.len().max(1) as u32 == 0 {
                 tokio::time::sleep(ROUTE_BACKOFF_MAX).await;
+            }
+        }
+    }
+
+    /// Awaits `call` to the broker at `address` for at most `limit`: an
+    /// answer makes the broker heard, none within the limit silent (see
+    /// `Routes::silent`), and is an error of unknown outcome.
+    async fn answer_within<R>(
+        &self,
+        address: &str,
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<R, tonic::Status>>,
+    ) -> ClientResult<R> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(answer) => {
+                self.set_silent(address, false);
+                answer.map_err(ClientError::from)
+            }
+            Err(_) => {
+                self.set_silent(address, true);
+                Err(ClientError::from(tonic::Status::unavailable(format!(
+                    "{address} gave no answer within {limit:?}: the broker may be stopped or cut off"
+                ))))
             }
         }
     }
