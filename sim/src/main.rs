@@ -161,6 +161,10 @@ mod runner {
 
     /// Runs one seed in this process. Prints the seed first and, last, one
     /// `RESULT` line the sweep reads.
+    /// The simulation thread's stack (see `run_here`); only the pages
+    /// touched are ever committed.
+    const SIM_STACK: usize = 64 << 20;
+
     fn run_here(args: &Args) -> bool {
         let plan = match plan_of(args) {
             Ok(plan) => plan,
@@ -206,13 +210,22 @@ mod runner {
         // A thread of its own, as madsim's test runner does: std's hash
         // keys are per thread, and madsim can seed them only in a thread
         // that has not made a HashMap yet (this one has: argument parsing,
-        // the log filter).
-        let outcome = std::thread::spawn(move || {
+        // the log filter). Every simulated task is polled on this one
+        // thread, and a debug build's futures are large (an unoptimised
+        // poll frame keeps every temporary): std's 2 MiB default overflowed
+        // on seed 7 in debug, so the thread gets room to spare.
+        let spawned = std::thread::Builder::new().name("simulation".into()).stack_size(SIM_STACK).spawn(move || {
             let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
             runtime.set_time_limit(limit);
             runtime.block_on(weir_sim::run::run(plan))
-        })
-        .join();
+        });
+        let outcome = match spawned {
+            Ok(thread) => thread.join(),
+            Err(error) => {
+                eprintln!("weir-sim: cannot start the simulation thread: {error}");
+                return false;
+            }
+        };
         let wall = started.elapsed().as_secs_f64();
         match outcome {
             Ok(mut outcome) => {
@@ -477,15 +490,28 @@ mod runner {
         for seed in seeds {
             let mut hashes = Vec::new();
             for _ in 0..2 {
-                let output = match child(seed, args, None).and_then(|c| c.wait_with_output()) {
-                    Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+                let (output, errors, status) = match child(seed, args, None).and_then(|c| c.wait_with_output()) {
+                    Ok(output) => (
+                        String::from_utf8_lossy(&output.stdout).into_owned(),
+                        String::from_utf8_lossy(&output.stderr).into_owned(),
+                        output.status,
+                    ),
                     Err(error) => {
                         eprintln!("weir-sim: cannot run seed {seed}: {error}");
                         return false;
                     }
                 };
                 let line = result_line(&output).unwrap_or("").to_owned();
-                println!("{line}");
+                if line.is_empty() {
+                    // No verdict: say why, or CI shows only "DIFFERENT".
+                    let tail: Vec<&str> = errors.lines().rev().take(20).collect();
+                    println!("seed {seed} gave no RESULT line ({status}); the end of its stderr:");
+                    for l in tail.iter().rev() {
+                        println!("  {l}");
+                    }
+                } else {
+                    println!("{line}");
+                }
                 hashes.push(field(&line, "hash").map(str::to_owned));
             }
             let same = hashes[0].is_some() && hashes[0] == hashes[1];
