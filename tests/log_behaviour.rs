@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use weir::log::{Batch, BatchBuilder, FlushPolicy, LogConfig, LogError, PartitionLog, Record};
-use weir::sys::clock::{Clock, ManualClock};
+use weir::sys::clock::{Clock, ManualClock, SlewedClock};
 use weir::sys::disk::SimDisk;
 
 const DIR: &str = "/data/t-0";
@@ -139,6 +139,50 @@ fn interval_flush_policy_flushes_once_the_interval_passes() {
     clock.advance_ms(1_000);
     log.append(batch(1, NOW_MS)).unwrap();
     assert_eq!(log.flushed_offset(), 3, "an append after the interval flushes");
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+#[test]
+fn a_step_of_the_wall_clock_forwards_neither_deletes_early_nor_rolls_at_once() {
+    // Segments may live an hour, and hold data for an hour; the log reads
+    // ages from a slewed clock, as a broker's logs do.
+    let config = LogConfig { retention_ms: Some(HOUR_MS), segment_age_ms_max: Some(HOUR_MS), ..small_segments() };
+    let disk = SimDisk::new(3);
+    let clock = ManualClock::new(NOW_MS);
+    let ages: Arc<dyn Clock> = SlewedClock::new(clock.clone());
+    let mut log = PartitionLog::open(Arc::new(disk.clone()), Path::new(DIR), config, ages).unwrap();
+    for _ in 0..7 {
+        log.append(batch(2, NOW_MS)).unwrap(); // two whole segments, and the active one
+    }
+    let segments = log.segment_count();
+    // Ten minutes on, the host's clock is stepped two hours forwards.
+    clock.advance_ms(10 * 60_000);
+    clock.set_ms(clock.now_ms() + 2 * HOUR_MS);
+    log.append(batch(2, clock.now_ms())).unwrap();
+    assert_eq!(log.segment_count(), segments, "the active segment is ten minutes old, not two hours");
+    assert_eq!(log.apply_retention(u64::MAX).unwrap(), 0, "data ten minutes old is kept");
+    // Forty minutes on (50 min old; read as 54 while the step is absorbed).
+    clock.advance_ms(40 * 60_000);
+    assert_eq!(log.apply_retention(u64::MAX).unwrap(), 0, "data 50 minutes old is kept");
+    // The step is absorbed a tenth faster than time passes: the data goes
+    // once it reads over an hour old, before its hour by at most a tenth.
+    clock.advance_ms(10 * 60_000);
+    assert_eq!(log.apply_retention(u64::MAX).unwrap(), 2, "data an hour old (read as 66 min) goes");
+}
+
+#[test]
+fn a_step_of_the_wall_clock_back_holds_off_no_flush() {
+    let config = LogConfig { flush: FlushPolicy::Interval { interval_ms: 1_000 }, ..LogConfig::default() };
+    let (_, clock, mut log) = setup(config);
+    log.append(batch(1, NOW_MS)).unwrap();
+    clock.set_ms(NOW_MS - HOUR_MS);
+    clock.advance_ms(999);
+    log.flush_if_due().unwrap();
+    assert_eq!(log.flushed_offset(), 0, "not yet a second");
+    clock.advance_ms(1);
+    log.flush_if_due().unwrap();
+    assert_eq!(log.flushed_offset(), 1, "a second has passed, whatever the wall clock says");
 }
 
 #[test]

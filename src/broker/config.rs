@@ -58,6 +58,12 @@ pub struct BrokerConfig {
     /// How often retention runs: segments past `retention_ms` or
     /// `retention_bytes` are deleted at most this long after they qualify.
     pub retention_check_interval_ms: i64,
+    /// Retention first runs this long after the broker starts (Kafka's
+    /// `log.initial.task.delay.ms`): a host that boots with its clock
+    /// ahead has this long to have it set right before data looks older
+    /// than it is. (While the broker runs, a step forwards is absorbed
+    /// slowly: see [`crate::sys::clock::SlewedClock`].)
+    pub retention_initial_delay_ms: i64,
     /// Background scrubbing reads every replica's durable log and checks
     /// its CRCs at up to this many bytes a second (0: off), so damage at
     /// rest is repaired from peers before a reader or a restart needs it.
@@ -119,6 +125,7 @@ impl Default for BrokerConfig {
             fetch_bytes_max: 16 << 20,
             fetch_wait_ms_max: 30_000,
             retention_check_interval_ms: 60_000,
+            retention_initial_delay_ms: 30_000,
             scrub_bytes_per_sec: 8 << 20,
             scrub_interval_ms: 6 * 3_600_000,
             durable_mark_interval_ms: 1_000,

@@ -27,7 +27,7 @@ use crate::meta::topics::{TopicConfig, TopicError, TopicRecord, Topics, UpdateEr
 use crate::meta::MetaStore;
 use crate::proto;
 use crate::raft::{raft_config, Acks, Connections, GroupId, NodeId, ReplicaEnv, Router};
-use crate::sys::clock::Clock;
+use crate::sys::clock::{Clock, SlewedClock};
 use crate::sys::disk::Disk;
 use crate::sys::planted::{self, Bug};
 use crate::sys::rng::random_u64;
@@ -98,6 +98,10 @@ const MEMBERSHIP_LEARNED: Duration = Duration::from_secs(10);
 struct TopicState {
     record: TopicRecord,
     partitions: BTreeMap<u32, Arc<Partition>>,
+    /// When this broker first opened the topic, on its monotonic clock:
+    /// the bootstrap grace runs from here too, so a wall clock behind the
+    /// creator's cannot stretch it.
+    opened_at: Duration,
 }
 
 impl TopicState {
@@ -243,10 +247,15 @@ impl Broker {
         claim: DataDirClaim,
     ) -> BrokerResult<Arc<Self>> {
         let node_id = config.broker_id;
+        // Every log of this broker judges ages by one slewed clock, so a
+        // replica reopened while the wall clock is stepped forwards does
+        // not take the step at face value.
+        let ages: Arc<dyn Clock> =
+            if planted::on(Bug::RetentionOnWallClock) { clock.clone() } else { SlewedClock::new(clock.clone()) };
         let replicas = ReplicaEnv {
             node_id,
             disk: disk.clone(),
-            clock: clock.clone(),
+            clock: ages,
             connections: Connections::new(node_id),
             router: Router::new(),
             raft_config: raft_config(),
@@ -521,7 +530,10 @@ impl Broker {
     /// period on the other replicas (the preferred one may be down).
     async fn start_groups(&self, state: &TopicState, brokers: &BTreeMap<u64, BrokerRecord>) {
         let me = self.config.broker_id;
-        let old_enough = self.clock.now_ms().saturating_sub(state.record.created_ms) >= BOOTSTRAP_GRACE_MS;
+        let old_enough = past_bootstrap_grace(
+            self.clock.now_ms().saturating_sub(state.record.created_ms),
+            self.clock.monotonic().saturating_sub(state.opened_at),
+        );
         for (&index, partition) in &state.partitions {
             // The group's first voters start it, all with the same set, even
             // if the partition is already being moved; once its leader has
@@ -641,7 +653,8 @@ impl Broker {
             }
         }
         kept.extend(opened.into_iter().map(|p| (p.index(), p)));
-        let state = Arc::new(TopicState { record, partitions: kept });
+        let opened_at = known.as_ref().map_or_else(|| self.clock.monotonic(), |state| state.opened_at);
+        let state = Arc::new(TopicState { record, partitions: kept, opened_at });
         self.open.write().unwrap_or_else(|p| p.into_inner()).insert(state.record.name.clone(), state.clone());
         for partition in removed {
             tracing::info!(topic = %state.record.name, partition = partition.index(), "replica moved away; removing it");
@@ -1119,17 +1132,19 @@ impl Broker {
 
     // ---- background work ----
 
-    /// Applies retention now and then, until the broker is dropped.
+    /// Applies retention now and then, from `retention_initial_delay_ms`
+    /// after the broker starts, until it is dropped.
     /// Storage failures are logged; the partition reports them.
     pub async fn run_maintenance(self: Arc<Self>) {
         let interval = Duration::from_millis(self.config.retention_check_interval_ms.max(1) as u64);
+        tokio::time::sleep(Duration::from_millis(self.config.retention_initial_delay_ms.max(0) as u64)).await;
         loop {
-            tokio::time::sleep(interval).await;
             for partition in self.partitions() {
                 if let Err(error) = partition.maintain(true).await {
                     tracing::warn!(topic = partition.topic(), partition = partition.index(), %error, "maintenance failed");
                 }
             }
+            tokio::time::sleep(interval).await;
         }
     }
 
@@ -1287,7 +1302,8 @@ impl Broker {
                     tracing::warn!(topic = %state.record.name, partition = index, %error, "closing a replica to reopen it failed");
                 }
             }
-            let without = Arc::new(TopicState { record: state.record.clone(), partitions: kept });
+            let without =
+                Arc::new(TopicState { record: state.record.clone(), partitions: kept, opened_at: state.opened_at });
             if let Err(error) = self.open_topic(state.record.clone(), Some(without.clone())).await {
                 // The reconciler opens it again later.
                 tracing::warn!(topic = %state.record.name, %error, "reopening a replica failed; will retry");
@@ -1347,6 +1363,15 @@ impl Broker {
             .await;
         closed.into_iter().collect()
     }
+}
+
+/// Whether a topic is past its bootstrap grace, by its age on the wall
+/// clock (against its creator's clock) or by how long this broker has had
+/// it open (monotonic): a clock ahead of the creator's only starts a group
+/// sooner (as the preferred leader may, with the same voters), and one
+/// behind it, or stepped back, delays it by no more than the grace.
+fn past_bootstrap_grace(wall_age_ms: i64, open_for: Duration) -> bool {
+    wall_age_ms >= BOOTSTRAP_GRACE_MS || open_for >= Duration::from_millis(BOOTSTRAP_GRACE_MS as u64)
 }
 
 /// Record timestamps are milliseconds since the Unix epoch: a negative one
@@ -1416,4 +1441,19 @@ fn refuse_internal(topic: &str, action: &str) -> BrokerResult<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_behind_the_creators_delays_a_bootstrap_by_the_grace_at_most() {
+        let grace = Duration::from_millis(BOOTSTRAP_GRACE_MS as u64);
+        assert!(!past_bootstrap_grace(0, Duration::ZERO));
+        assert!(past_bootstrap_grace(BOOTSTRAP_GRACE_MS, Duration::ZERO), "old on the wall clock");
+        // This broker's clock is an hour behind the creator's.
+        assert!(!past_bootstrap_grace(-3_600_000, grace - Duration::from_millis(1)));
+        assert!(past_bootstrap_grace(-3_600_000, grace), "open for the grace: old enough");
+    }
 }

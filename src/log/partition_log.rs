@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -49,6 +50,9 @@ pub struct Appended {
 pub struct PartitionLog {
     dir: PathBuf,
     disk: Arc<dyn Disk>,
+    /// Retention and roll by age read it: a broker gives every log one
+    /// [`crate::sys::clock::SlewedClock`], so a step of the wall clock
+    /// forwards neither deletes segments early nor rolls them all at once.
     clock: Arc<dyn Clock>,
     config: LogConfig,
     /// By base offset; contiguous; the last one is active.
@@ -58,7 +62,9 @@ pub struct PartitionLog {
     recovery_point: u64,
     flushed_offset: u64,
     flushed: watch::Sender<u64>,
-    last_flush_ms: i64,
+    /// When the last flush was, on the monotonic clock: a step of the wall
+    /// clock backwards must not hold flushes off.
+    last_flush: Duration,
     failed: Option<String>,
     /// How far the log is known durable across crashes; at most
     /// `flushed_offset`, raised by [`PartitionLog::mark_durable`].
@@ -96,7 +102,7 @@ impl PartitionLog {
         trust_checkpoint: bool,
     ) -> LogResult<Self> {
         config.validate()?;
-        let now_ms = clock.now_ms();
+        let (now_ms, last_flush) = (clock.now_ms(), clock.monotonic());
         disk.create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
         let mark = DurableMark::open(disk.as_ref(), dir)?;
         let recovered = recover(disk.as_ref(), dir, &config, now_ms, trust_checkpoint, mark.end())?;
@@ -110,7 +116,7 @@ impl PartitionLog {
             recovery_point: 0,
             flushed_offset: 0,
             flushed: watch::channel(0).0,
-            last_flush_ms: now_ms,
+            last_flush,
             failed: None,
             mark,
             damage_seen: AtomicBool::new(false),
@@ -325,7 +331,7 @@ impl PartitionLog {
             }
             self.set_flushed(end);
         }
-        self.last_flush_ms = self.clock.now_ms();
+        self.last_flush = self.clock.monotonic();
         Ok(end)
     }
 
@@ -353,7 +359,8 @@ impl PartitionLog {
     /// Flushes if the interval policy says it is time.
     pub fn flush_if_due(&mut self) -> LogResult<()> {
         if let FlushPolicy::Interval { interval_ms } = self.config.flush {
-            if self.clock.now_ms().saturating_sub(self.last_flush_ms) >= interval_ms {
+            let since = self.clock.monotonic().saturating_sub(self.last_flush);
+            if since >= Duration::from_millis(interval_ms.max(0) as u64) {
                 self.flush()?;
             }
         }
@@ -524,6 +531,15 @@ impl PartitionLog {
             if segment.next_offset() > upper || !(by_size || by_age) {
                 break;
             }
+            tracing::debug!(
+                dir = %self.dir.display(),
+                base = segment.base_offset(),
+                max_timestamp_ms = segment.max_timestamp_ms(),
+                now_ms,
+                by_size,
+                by_age,
+                "retention takes a segment"
+            );
             total -= segment.size();
             point = point.max(segment.next_offset());
         }

@@ -93,10 +93,19 @@ struct Entry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Lease {
     ttl_ms: i64,
-    /// Wall-clock milliseconds at which the lease is gone; set on grant,
+    /// When the lease is gone, on the store clock's monotonic time (a step
+    /// of the wall clock must neither end every lease at once nor keep a
+    /// dead holder's keys for the length of the step); set on grant,
     /// keep-alive and load.
     #[serde(skip)]
-    deadline_ms: i64,
+    deadline: Duration,
+}
+
+impl Lease {
+    /// Its deadline if renewed at monotonic time `now`.
+    fn deadline_from(&self, now: Duration) -> Duration {
+        now.saturating_add(Duration::from_millis(self.ttl_ms.max(0) as u64))
+    }
 }
 
 impl State {
@@ -123,13 +132,13 @@ impl State {
         }
     }
 
-    fn has_expired(&self, now_ms: i64) -> bool {
-        self.leases.values().any(|lease| lease.deadline_ms <= now_ms)
+    fn has_expired(&self, now: Duration) -> bool {
+        self.leases.values().any(|lease| lease.deadline <= now)
     }
 
-    fn expire_leases(&mut self, now_ms: i64) {
+    fn expire_leases(&mut self, now: Duration) {
         let expired: BTreeSet<LeaseId> =
-            self.leases.iter().filter(|(_, lease)| lease.deadline_ms <= now_ms).map(|(&id, _)| id).collect();
+            self.leases.iter().filter(|(_, lease)| lease.deadline <= now).map(|(&id, _)| id).collect();
         self.drop_leases(&expired);
     }
 
@@ -264,9 +273,9 @@ impl EmbeddedStore {
         }
 
         let mut state = read_state(disk.as_ref(), &dir.join(META_FILE))?;
-        let now_ms = clock.now_ms();
+        let now = clock.monotonic();
         for lease in state.leases.values_mut() {
-            lease.deadline_ms = now_ms.saturating_add(lease.ttl_ms);
+            lease.deadline = lease.deadline_from(now);
         }
         tracing::info!(
             dir = %dir.display(),
@@ -289,13 +298,13 @@ impl EmbeddedStore {
     /// durable so a read never shows a key that a crash would bring back.
     fn read<T>(&self, view: impl FnOnce(&State) -> T) -> MetaResult<T> {
         let mut state = self.lock();
-        if state.has_expired(self.clock.now_ms()) {
+        if state.has_expired(self.clock.monotonic()) {
             self.commit(&mut state, |_, _| Ok(()))?;
         }
         Ok(view(&state))
     }
 
-    fn write<T>(&self, change: impl FnOnce(&mut State, i64) -> MetaResult<T>) -> MetaResult<T> {
+    fn write<T>(&self, change: impl FnOnce(&mut State, Duration) -> MetaResult<T>) -> MetaResult<T> {
         let mut state = self.lock();
         self.commit(&mut state, change)
     }
@@ -303,11 +312,15 @@ impl EmbeddedStore {
     /// Expires leases, applies `change` (which must change nothing when it
     /// fails), makes the result durable, installs it and announces the
     /// revision. The expiry is kept even when `change` is refused.
-    fn commit<T>(&self, state: &mut State, change: impl FnOnce(&mut State, i64) -> MetaResult<T>) -> MetaResult<T> {
-        let now_ms = self.clock.now_ms();
+    fn commit<T>(
+        &self,
+        state: &mut State,
+        change: impl FnOnce(&mut State, Duration) -> MetaResult<T>,
+    ) -> MetaResult<T> {
+        let now = self.clock.monotonic();
         let mut next = state.clone();
-        next.expire_leases(now_ms);
-        let result = change(&mut next, now_ms);
+        next.expire_leases(now);
+        let result = change(&mut next, now);
         if cfg!(debug_assertions) {
             if let Err(reason) = next.validate() {
                 panic!("embedded metadata state broke an invariant: {reason}");
@@ -407,18 +420,19 @@ impl MetaStore for EmbeddedStore {
 
     async fn grant_lease(&self, ttl: Duration) -> MetaResult<LeaseId> {
         let ttl_ms = ttl_ms(ttl);
-        self.write(|state, now_ms| {
+        self.write(|state, now| {
             state.lease_id_last += 1;
             let id = state.lease_id_last;
-            state.leases.insert(id, Lease { ttl_ms, deadline_ms: now_ms.saturating_add(ttl_ms) });
+            let lease = Lease { ttl_ms, deadline: Duration::ZERO };
+            state.leases.insert(id, Lease { deadline: lease.deadline_from(now), ..lease });
             Ok(id)
         })
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> MetaResult<()> {
-        self.write(|state, now_ms| {
+        self.write(|state, now| {
             let entry = state.leases.get_mut(&lease).ok_or(MetaError::LeaseExpired(lease))?;
-            entry.deadline_ms = now_ms.saturating_add(entry.ttl_ms);
+            entry.deadline = entry.deadline_from(now);
             Ok(())
         })
     }
@@ -614,6 +628,26 @@ mod tests {
 
         fx.clock.advance_ms(TTL_MS);
         assert_eq!(value(store, "brokers/1").await, None, "expires one ttl after the last keep-alive");
+    }
+
+    #[tokio::test]
+    async fn steps_of_the_wall_clock_neither_end_leases_nor_prolong_them() {
+        let fx = Fixture::new(0);
+        let store = &fx.store;
+        let lease = store.grant_lease(TTL).await.unwrap();
+        store.put("brokers/1", b"up".to_vec(), None, Some(lease)).await.unwrap();
+
+        tracing::info!("act: the host's clock jumps an hour forwards");
+        fx.clock.set_ms(START_MS + 3_600_000);
+        assert_eq!(value(store, "brokers/1").await, Some(b"up".to_vec()), "a live holder keeps its key");
+        store.keep_alive(lease).await.unwrap();
+
+        tracing::info!("act: then two hours back, and the holder falls silent");
+        fx.clock.set_ms(START_MS - 3_600_000);
+        fx.clock.advance_ms(TTL_MS - 1);
+        assert_eq!(value(store, "brokers/1").await, Some(b"up".to_vec()));
+        fx.clock.advance_ms(1);
+        assert_eq!(value(store, "brokers/1").await, None, "one ttl after the last keep-alive, not an hour more");
     }
 
     #[tokio::test]

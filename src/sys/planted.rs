@@ -70,10 +70,14 @@ pub enum Bug {
     /// after a leader was elected meanwhile: followers of a paused leader
     /// depose each other (issue 22's defect, put back).
     StalePreVote,
+    /// A broker's logs judge retention and roll ages by the wall clock as
+    /// it stands, not by a slewed one: a step forwards past the retention
+    /// time deletes data retention still promised.
+    RetentionOnWallClock,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 20] = [
         Bug::AckBeforeCommit,
         Bug::SkipFsync,
         Bug::UncommittedReads,
@@ -93,6 +97,7 @@ impl Bug {
         Bug::LoadMissesLastCommit,
         Bug::SealWithoutSync,
         Bug::StalePreVote,
+        Bug::RetentionOnWallClock,
     ];
 
     pub fn name(self) -> &'static str {
@@ -116,6 +121,7 @@ impl Bug {
             Bug::LoadMissesLastCommit => "load-misses-last-commit",
             Bug::SealWithoutSync => "seal-without-sync",
             Bug::StalePreVote => "stale-pre-vote",
+            Bug::RetentionOnWallClock => "retention-on-wall-clock",
         }
     }
 
