@@ -547,7 +547,14 @@ pub async fn run(options: Options) -> Result<Report, String> {
         replicas.clear();
     }
     let replicas_read = replicas.len();
-    let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()), replicas, unchecked };
+    let input = Input {
+        ops: history.ops(),
+        final_log,
+        complete_group: Some(GROUP.to_owned()),
+        replicas,
+        unchecked,
+        retention_ms: None,
+    };
     let mut anomalies = checker::check(&input);
     anomalies.extend(availability::check(&input.ops, &windows, writes_until));
     let availability = availability::measure(&input.ops, &windows);

@@ -51,6 +51,9 @@ pub fn catching_rules(bug: Bug) -> &'static [&'static str] {
         // Followers of a paused leader depose each other: no acks=all
         // write within the bound.
         Bug::StalePreVote => &["availability"],
+        // A step of a broker's clock forwards past the retention time
+        // deletes records the topic still keeps.
+        Bug::RetentionOnWallClock => &["early-retention"],
     }
 }
 
@@ -75,6 +78,7 @@ mod tests {
             include_str!("checker/nonmonotonic_send.rs"),
             include_str!("checker/poll_skip.rs"),
             include_str!("checker/replicas.rs"),
+            include_str!("checker/retention.rs"),
             include_str!("checker/stale_commit.rs"),
             include_str!("checker/start_position.rs"),
             include_str!("checker/unseen.rs"),

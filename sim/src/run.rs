@@ -87,6 +87,7 @@ pub async fn run(plan: Plan) -> Outcome {
                 partitions,
                 replication_factor: Some(replication),
                 segment_bytes: Some(SEGMENT_BYTES),
+                retention_ms: Some(RETENTION_MS as i64),
                 ..Default::default()
             };
             client.create_topic(TOPIC, config).await.expect("create the topic");
@@ -214,7 +215,18 @@ pub async fn run(plan: Plan) -> Outcome {
     let address = bootstrap.clone();
     let final_log = cluster.run(read_all(address, plan.partitions)).await.unwrap_or_else(|error| panic!("{error}"));
     let (replicas, unchecked) = replicas(&cluster, plan.brokers).await;
-    let input = Input { ops: history.ops(), final_log, complete_group: Some(GROUP.to_owned()), replicas, unchecked };
+    // Records are stamped with simulated time from 0 on: a run shorter than
+    // the retention time must keep them all.
+    let run_lasts = plan.safety + plan.liveness + Duration::from_secs(240);
+    let retention_ms = (run_lasts < Duration::from_millis(RETENTION_MS)).then_some(RETENTION_MS);
+    let input = Input {
+        ops: history.ops(),
+        final_log,
+        complete_group: Some(GROUP.to_owned()),
+        replicas,
+        unchecked,
+        retention_ms,
+    };
     let mut anomalies = checker::check(&input);
     anomalies.extend(availability::check(&input.ops, &windows, writes_until));
     let availability = availability::measure(&input.ops, &windows);
@@ -346,6 +358,9 @@ async fn repair_under_way(cluster: &Cluster) -> bool {
 /// The test topic's segment size: a partition's log rolls every hundred or
 /// so batches.
 const SEGMENT_BYTES: u64 = 16 << 10;
+/// The topic keeps records an hour: longer than a run, shorter than the
+/// hours a clock jump may step (`early-retention`).
+const RETENTION_MS: u64 = 3_600_000;
 
 /// What a started fault leaves for its heal.
 enum Started {

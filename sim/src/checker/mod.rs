@@ -18,6 +18,7 @@ pub mod nonmonotonic_poll;
 pub mod nonmonotonic_send;
 pub mod poll_skip;
 pub mod replicas;
+pub mod retention;
 pub mod stale_commit;
 pub mod start_position;
 pub mod unseen;
@@ -59,6 +60,9 @@ pub struct Input {
     /// Replicas that should have been read and were not, and why (a broker
     /// that never described its replicas, a replica directory missing).
     pub unchecked: Vec<String>,
+    /// How long the topic keeps records, when that outlasts the run: then
+    /// retention may delete nothing (`retention`).
+    pub retention_ms: Option<u64>,
 }
 
 impl Input {
@@ -118,6 +122,7 @@ pub fn check(input: &Input) -> Vec<Anomaly> {
     out.extend(start_position::check(input));
     out.extend(replicas::check(input));
     out.extend(durable_majority::check(input));
+    out.extend(retention::check(input));
     out
 }
 
@@ -290,6 +295,7 @@ pub(crate) mod tests {
                 complete_group: None,
                 replicas: Vec::new(),
                 unchecked: Vec::new(),
+                retention_ms: None,
             }
         }
     }
