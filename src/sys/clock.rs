@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of wall-clock time in milliseconds since the Unix epoch, and
 /// of monotonic time.
@@ -36,12 +36,12 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The host's (or, in the simulator, the simulation's) wall clock, and
-/// its monotonic clock (`tokio::time::Instant`: simulated under madsim).
+/// its monotonic clock (`std::time::Instant`, which madsim intercepts in
+/// a simulation and leaves alone outside one, so a plain test may read it).
 #[derive(Debug, Default)]
 pub struct SystemClock {
-    /// Taken at the first monotonic reading: inside a runtime, as madsim's
-    /// clock requires.
-    origin: OnceLock<tokio::time::Instant>,
+    /// Taken at the first monotonic reading.
+    origin: OnceLock<Instant>,
 }
 
 impl Clock for SystemClock {
@@ -53,7 +53,7 @@ impl Clock for SystemClock {
     }
 
     fn monotonic(&self) -> Duration {
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         now.saturating_duration_since(*self.origin.get_or_init(|| now))
     }
 }
