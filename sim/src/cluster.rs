@@ -29,12 +29,6 @@ pub fn config(id: u64, listen: std::net::SocketAddr, etcd: &str, cluster: &str) 
         // Damage the nemesis leaves on a running broker is found within
         // seconds, as on a real cluster within hours.
         scrub_interval_ms: 2_000,
-        // Retention runs every second, so a clock jump past the topic's
-        // retention time meets it (`early-retention`); first after 15 s,
-        // longer than any jump lasts, so a broker restarted during a jump
-        // has its clock set right before retention looks.
-        retention_check_interval_ms: 1_000,
-        retention_initial_delay_ms: 15_000,
         ..BrokerConfig::default()
     }
 }
