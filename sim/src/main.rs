@@ -159,12 +159,12 @@ mod runner {
         }
     }
 
-    /// Runs one seed in this process. Prints the seed first and, last, one
-    /// `RESULT` line the sweep reads.
     /// The simulation thread's stack (see `run_here`); only the pages
     /// touched are ever committed.
     const SIM_STACK: usize = 64 << 20;
 
+    /// Runs one seed in this process. Prints the seed first and, last, one
+    /// `RESULT` line the sweep reads.
     fn run_here(args: &Args) -> bool {
         let plan = match plan_of(args) {
             Ok(plan) => plan,

@@ -425,22 +425,22 @@ pub async fn read_all(bootstrap: String, partitions: u32) -> Result<BTreeMap<u32
                     }
                     offset = fetched.next_offset;
                 }
-                // Retention (or a bug) moved the log start past `offset`:
-                // read on from the start, and let the checkers judge the gap.
-                Err(error) if error.code() == Some(proto::ErrorCode::OffsetOutOfRange) && records.is_empty() => {
-                    match client.list_offset(TOPIC, partition, proto::OffsetSpec::Earliest, 0).await {
-                        Ok(start) if start > offset => offset = start,
-                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(format!("the final read of partition {partition} keeps failing: {error}"));
-                    }
-                }
                 Err(error) => {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(format!("the final read of partition {partition} keeps failing: {error}"));
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // Retention (or a bug) moved the log start past
+                    // `offset`: read on from the start, and let the
+                    // checkers judge the gap.
+                    let moved = error.code() == Some(proto::ErrorCode::OffsetOutOfRange) && records.is_empty();
+                    let start = match moved {
+                        true => client.list_offset(TOPIC, partition, proto::OffsetSpec::Earliest, 0).await.ok(),
+                        false => None,
+                    };
+                    match start {
+                        Some(start) if start > offset => offset = start,
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
                 }
             }
         }

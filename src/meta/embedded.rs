@@ -102,9 +102,9 @@ struct Lease {
 }
 
 impl Lease {
-    /// Its deadline if renewed at monotonic time `now`.
-    fn deadline_from(&self, now: Duration) -> Duration {
-        now.saturating_add(Duration::from_millis(self.ttl_ms.max(0) as u64))
+    /// Renewed at monotonic time `now`: gone one ttl later.
+    fn renew(&mut self, now: Duration) {
+        self.deadline = now.saturating_add(Duration::from_millis(self.ttl_ms.max(0) as u64));
     }
 }
 
@@ -275,7 +275,7 @@ impl EmbeddedStore {
         let mut state = read_state(disk.as_ref(), &dir.join(META_FILE))?;
         let now = clock.monotonic();
         for lease in state.leases.values_mut() {
-            lease.deadline = lease.deadline_from(now);
+            lease.renew(now);
         }
         tracing::info!(
             dir = %dir.display(),
@@ -423,8 +423,9 @@ impl MetaStore for EmbeddedStore {
         self.write(|state, now| {
             state.lease_id_last += 1;
             let id = state.lease_id_last;
-            let lease = Lease { ttl_ms, deadline: Duration::ZERO };
-            state.leases.insert(id, Lease { deadline: lease.deadline_from(now), ..lease });
+            let mut lease = Lease { ttl_ms, deadline: now };
+            lease.renew(now);
+            state.leases.insert(id, lease);
             Ok(id)
         })
     }
@@ -432,7 +433,7 @@ impl MetaStore for EmbeddedStore {
     async fn keep_alive(&self, lease: LeaseId) -> MetaResult<()> {
         self.write(|state, now| {
             let entry = state.leases.get_mut(&lease).ok_or(MetaError::LeaseExpired(lease))?;
-            entry.deadline = entry.deadline_from(now);
+            entry.renew(now);
             Ok(())
         })
     }
