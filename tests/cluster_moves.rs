@@ -434,4 +434,22 @@ async fn lagging_voter() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "broker {removed} lets its replica go once every voter holds the change");
+    // ... and leaves its vote and last entry behind, for a replica a later
+    // move may create there (sweep seed 7743).
+    let record = topic_dir(&cluster.disk(removed), removed, "lagging")
+        .and_then(|dir| weir::raft::retired::load(&cluster.disk(removed), &dir.join("0")).expect("readable"))
+        .expect("the removed replica left its record");
+    assert!(record.vote.is_some() && record.last_log_id.is_some(), "{record:?}");
+}
+
+/// Broker `id`'s directory of topic `topic`.
+#[cfg(madsim)]
+fn topic_dir(disk: &dyn Disk, id: u64, topic: &str) -> Option<std::path::PathBuf> {
+    let topics = Path::new("/data").join(format!("broker-{id}")).join("topics");
+    let name = disk
+        .list_subdirs(&topics)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|name| name.rsplit_once('-').is_some_and(|(prefix, _)| prefix == topic))?;
+    Some(topics.join(name))
 }

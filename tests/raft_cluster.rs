@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir::log::{BatchBuilder, LogConfig, Record};
+use weir::log::{BatchBuilder, LogConfig, PartitionLog, Record};
 use weir::proto::raft_server::RaftServer;
 use weir::raft::network::RAFT_MESSAGE_BYTES_MAX;
+use weir::raft::retired;
 use weir::raft::{
-    raft_config, Acks, Applied, Connections, GroupId, ProposeError, RaftService, Replica, ReplicaEnv, Router,
+    raft_config, Acks, Applied, Connections, GroupId, LogStore, ProposeError, RaftService, Replica, ReplicaEnv, Router,
 };
 use weir::sys::clock::system_clock;
 use weir::sys::disk::{Disk, SimDisk};
@@ -277,6 +278,66 @@ async fn acknowledged_writes_survive_a_leader_crash() {
         // acknowledged writes are in the order they were acknowledged.
         assert!(logs[0].iter().enumerate().all(|(i, (offset, _))| *offset == i as u64), "{:?}", logs[0]);
         assert!(acknowledged.windows(2).all(|w| w[0].0 < w[1].0), "{acknowledged:?}");
+    })
+    .await;
+}
+
+/// A broker deletes a replica moved away from it, and a later move can
+/// create one again in its place, under the same node id. The new replica
+/// must keep the old one's vote and, until a leader has brought its log
+/// past the old one's last entry, grant no votes: a voter that forgets
+/// elected a stale replica of an old configuration in sweep seed 7743,
+/// which then truncated committed entries from a follower.
+#[tokio::test]
+async fn a_replica_deleted_and_created_again_keeps_its_vote_and_abstains_until_repaired() {
+    with_deadline(async {
+        let mut cluster = Cluster::start(3).await;
+        let mut last = None;
+        for i in 0..20 {
+            last = cluster.write(&format!("m{i}"), Acks::All).await;
+        }
+        let end = last.expect("acks=all reports the offset").next_offset;
+        cluster.wait_committed_everywhere(end).await;
+        let follower = (cluster.leader().await + 1) % 3;
+        let host = &mut cluster.hosts[follower];
+        // Removed as the broker removes a replica moved away from it.
+        let replica = host.replica.take().expect("replica open");
+        replica.shutdown().await.expect("the replica closes");
+        let retirement = replica.retirement();
+        let vote = retirement.vote.expect("a vote");
+        assert!(retirement.last_log_id.is_some_and(|last| last.index >= 20), "{retirement:?}");
+        retired::save(&host.disk, &replica_dir(), &retirement).expect("the record is written");
+        host.disk.remove_dir_all(&replica_dir()).expect("the replica is deleted");
+
+        // What the new replica starts from, before any leader reaches it.
+        let disk: Arc<dyn Disk> = Arc::new(host.disk.clone());
+        let log = PartitionLog::open(disk.clone(), &replica_dir(), log_config(), system_clock()).expect("opens");
+        let store = LogStore::open(disk, &replica_dir(), log).expect("opens");
+        let taken = store.retirement();
+        assert_eq!(taken.vote.map(|v| v.leader_id), Some(vote.leader_id), "the new replica forgot the old one's vote");
+        assert_eq!(
+            taken.last_log_id, retirement.last_log_id,
+            "the new replica forgot how far the old one's log reached"
+        );
+        assert_eq!(store.repair_through(), retirement.last_log_id.map(|last| last.index));
+        assert_eq!(retired::load(&host.disk, &replica_dir()).expect("readable"), None, "the record was taken over");
+        drop(store);
+
+        host.open().await;
+        assert!(host.replica().repairing(), "a replica created where one was deleted votes as if it had no past");
+        // Still a voter of the group, it is brought back by the leader.
+        let written = cluster.write("after", Acks::All).await.expect("acks=all reports the offset");
+        cluster.wait_committed_everywhere(written.next_offset).await;
+        let again = cluster.hosts[follower].replica();
+        tokio::time::timeout(STEP, async {
+            while again.repairing() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the leader brings the new replica past the old one's last entry");
+        let logs: Vec<Vec<(u64, String)>> = cluster.hosts.iter().map(|h| committed_messages(h.replica())).collect();
+        assert!(logs.iter().all(|log| log == &logs[0]), "the replicas agree: {logs:?}");
     })
     .await;
 }

@@ -26,7 +26,7 @@ use crate::meta::election::current_controller;
 use crate::meta::topics::{TopicConfig, TopicError, TopicRecord, Topics, UpdateError, INTERNAL_TOPIC_PREFIX};
 use crate::meta::MetaStore;
 use crate::proto;
-use crate::raft::{raft_config, Acks, Connections, GroupId, NodeId, ReplicaEnv, Router};
+use crate::raft::{self, raft_config, Acks, Connections, GroupId, NodeId, ReplicaEnv, Router};
 use crate::sys::clock::{Clock, SlewedClock};
 use crate::sys::disk::Disk;
 use crate::sys::planted::{self, Bug};
@@ -597,15 +597,28 @@ impl Broker {
             }
         }
         if known.is_none() {
-            // Replicas removed while this broker was down.
+            // Replicas removed while this broker was down: each leaves its
+            // record (vote, last entry) before it goes, as below.
             let (disk, dir, hosted) = (self.disk.clone(), dir.clone(), hosted.clone());
+            let (log_config, clock) = (log_config.clone(), self.replicas.clock.clone());
             blocking(move || {
                 for name in disk.list_subdirs(&dir).unwrap_or_default() {
                     if name.parse::<u32>().is_ok_and(|index| !hosted.contains(&index)) {
-                        tracing::info!(dir = %dir.join(&name).display(), "removing a replica moved away");
-                        let _ = disk.remove_dir_all(&dir.join(&name));
+                        let replica_dir = dir.join(&name);
+                        match raft::retire_at_rest(disk.clone(), &replica_dir, log_config.clone(), clock.clone()) {
+                            Ok(()) => {
+                                tracing::info!(dir = %replica_dir.display(), "removing a replica moved away");
+                                let _ = disk.remove_dir_all(&replica_dir);
+                            }
+                            Err(error) => tracing::error!(
+                                dir = %replica_dir.display(),
+                                %error,
+                                "a replica moved away could not record its vote and last entry; keeping it"
+                            ),
+                        }
                     }
                 }
+                let _ = disk.sync_dir(&dir);
             })
             .await;
         }
@@ -659,12 +672,23 @@ impl Broker {
         for partition in removed {
             tracing::info!(topic = %state.record.name, partition = partition.index(), "replica moved away; removing it");
             partition.close().await?;
+            // Its vote and last entry outlive it (see `raft::retired`): a
+            // replica created here by a later move must not vote as if it
+            // had no past.
+            let retirement = partition.replica().retirement();
             let (disk, dir) = (self.disk.clone(), partition.dir().to_path_buf());
-            blocking(move || {
-                let _ = disk.remove_dir_all(&dir);
-                if let Some(parent) = dir.parent() {
-                    let _ = disk.sync_dir(parent);
+            blocking(move || match raft::retired::save(disk.as_ref(), &dir, &retirement) {
+                Ok(()) => {
+                    let _ = disk.remove_dir_all(&dir);
+                    if let Some(parent) = dir.parent() {
+                        let _ = disk.sync_dir(parent);
+                    }
                 }
+                Err(error) => tracing::error!(
+                    dir = %dir.display(),
+                    %error,
+                    "a replica moved away could not record its vote and last entry; keeping it"
+                ),
             })
             .await;
         }

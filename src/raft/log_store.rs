@@ -25,6 +25,7 @@ use openraft::{AnyError, CommittedLeaderId, EntryPayload, OptionalSend, RaftLogR
 use serde::{Deserialize, Serialize};
 
 use super::control_file::{ControlFile, ControlRecord};
+use super::retired::{self, Retired};
 use super::state_file;
 use super::types::{Control, Entry, LogId, Proposal, StorageError, TypeConfig, Vote};
 use crate::log::{Batch, LogError, PartitionLog};
@@ -92,6 +93,33 @@ impl EntryIndex {
             Some(slot) => Some(log_id(slot.term, self.next_index() - 1)),
             None => self.hard.purged,
         }
+    }
+
+    /// A replica of this group was here before, removed (see
+    /// [`super::retired`]): its vote binds this one, and until a leader
+    /// has brought the log past the last entry it held, this replica
+    /// abstains from elections as a damaged one does.
+    fn take_over(&mut self, disk: &dyn Disk, dir: &Path, retired: Retired) -> Result<(), String> {
+        let mut hard = self.hard.clone();
+        let term = |vote: &Option<Vote>| vote.map(|v| v.leader_id.term);
+        if term(&retired.vote) > term(&hard.vote) {
+            hard.vote = retired.vote.map(|vote| Vote { committed: false, ..vote });
+        }
+        let bar = hard.repair_term.zip(hard.repair_through).map(|(term, index)| log_id(term, index));
+        let owed = retired.last_log_id.filter(|last| Some(*last) > self.last_log_id() && Some(*last) > bar);
+        if let Some(last) = owed {
+            hard.repair_term = Some(last.leader_id.term);
+            hard.repair_through = Some(last.index);
+        }
+        tracing::warn!(
+            dir = %dir.display(),
+            vote = ?hard.vote,
+            repair_through = ?hard.repair_through,
+            "a replica of this group was here before and was removed; taking over its vote, abstaining from elections until a leader brings the log past its last entry"
+        );
+        state_file::save(disk, dir, HARD_STATE_FILE, &hard)?;
+        self.hard = hard;
+        retired::discard(disk, dir)
     }
 
     fn get(&self, index: u64) -> Option<&Slot> {
@@ -269,6 +297,9 @@ impl LogStore {
             log.truncate(base).map_err(|e| e.to_string())?;
         }
         let mut index = EntryIndex { first, slots, hard, control_file };
+        if let Some(retired) = retired::load(disk.as_ref(), dir)? {
+            index.take_over(disk.as_ref(), dir, retired)?;
+        }
         let kept = index.control_records();
         if kept.len() != records_in_file {
             index.control_file.rewrite(&kept)?;
@@ -333,6 +364,15 @@ impl LogStore {
     /// The index of the last entry in the log.
     pub fn last_index(&self) -> Option<u64> {
         self.index().last_log_id().map(|id| id.index)
+    }
+
+    /// What this replica leaves behind if it is removed (see
+    /// [`super::retired`]): its vote, and the last entry it held or may
+    /// have held.
+    pub fn retirement(&self) -> Retired {
+        let index = self.index();
+        let bar = index.hard.repair_term.zip(index.hard.repair_through).map(|(term, i)| log_id(term, i));
+        Retired { vote: index.hard.vote, last_log_id: index.last_log_id().max(bar) }
     }
 
     /// Set while damage has cut entries this replica may have acknowledged,

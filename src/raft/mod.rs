@@ -5,6 +5,8 @@
 //!   the Raft log (each byte written once).
 //! - [`state_machine`]: the high watermark (offset after the last applied
 //!   entry) and membership; snapshots of that small state.
+//! - [`retired`]: what a replica removed from its group leaves behind, so
+//!   a replica created there later does not vote as if it had no past.
 //! - [`network`]: Raft messages over gRPC, one connection per broker pair
 //!   for all groups, and the router that delivers them to local groups.
 //!
@@ -16,6 +18,7 @@ pub mod log_store;
 pub mod network;
 pub mod producers;
 pub mod reachability;
+pub mod retired;
 pub mod state_file;
 pub mod state_machine;
 pub mod types;
@@ -856,6 +859,13 @@ impl Replica {
         stopped.and(closed)
     }
 
+    /// What this replica leaves behind when it is removed from its group
+    /// (see [`retired`]); read it after [`Replica::shutdown`], so no vote
+    /// or entry follows it.
+    pub fn retirement(&self) -> retired::Retired {
+        self.log_store.retirement()
+    }
+
     /// Stops the Raft node and drops the log without closing it, as a crash
     /// would (what the disk keeps is the disk's business).
     pub async fn abort(&self) {
@@ -863,6 +873,24 @@ impl Replica {
         let _ = self.raft.shutdown().await;
         log_store::lock_log(&self.log).take();
     }
+}
+
+/// The record a replica that is not open (the broker was down when it
+/// was moved away) leaves behind before its directory `dir` is deleted:
+/// its log is recovered to learn its last entry. Blocks on disk I/O.
+pub fn retire_at_rest(
+    disk: Arc<dyn Disk>,
+    dir: &Path,
+    log_config: LogConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<(), String> {
+    let log = PartitionLog::open(disk.clone(), dir, log_config, clock).map_err(|e| e.to_string())?;
+    let log_store = LogStore::open(disk.clone(), dir, log)?;
+    let retirement = log_store.retirement();
+    if let Some(log) = log_store::lock_log(&log_store.log()).take() {
+        log.close().map_err(|e| e.to_string())?;
+    }
+    retired::save(disk.as_ref(), dir, &retirement)
 }
 
 #[cfg(test)]
