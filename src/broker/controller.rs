@@ -7,6 +7,10 @@
 //! - **Replication.** A partition placed on fewer brokers than its
 //!   replication factor asks (the topic's, or the default; a topic created
 //!   while few brokers were up) gains replicas as brokers join.
+//! - **Scale in.** A broker an operator decommissioned (see
+//!   [`crate::meta::cluster::decommission`]) is replaced at once, as a gone
+//!   one is, and takes no replicas; once no partition names it, it is
+//!   drained and may be stopped for good.
 //! - **Balance.** While some live broker holds two or more replicas more
 //!   than another (a newly added broker holds none), replicas move from the
 //!   most to the least loaded, a few partitions at a time.
@@ -27,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::core::Broker;
-use crate::meta::cluster::live_brokers;
+use crate::meta::cluster::{decommissioned, live_brokers};
 use crate::meta::election::Leadership;
 use crate::meta::topics::TopicRecord;
 
@@ -226,7 +230,15 @@ impl Broker {
         missing_since: &mut BTreeMap<u64, tokio::time::Instant>,
     ) -> Result<bool, String> {
         let store = self.topics().store().clone();
-        let live: BTreeSet<u64> = live_brokers(store.as_ref()).await.map_err(|e| e.to_string())?.into_keys().collect();
+        // A decommissioned broker takes no replicas and gives up its own at
+        // once, live or not (scale in).
+        let leaving = decommissioned(store.as_ref()).await.map_err(|e| e.to_string())?;
+        let live: BTreeSet<u64> = live_brokers(store.as_ref())
+            .await
+            .map_err(|e| e.to_string())?
+            .into_keys()
+            .filter(|b| !leaving.contains(b))
+            .collect();
         let records = self.topics().list().await.map_err(|e| e.to_string())?;
         if records.iter().any(|r| r.controller_epoch > epoch) {
             return Ok(true);
@@ -243,7 +255,7 @@ impl Broker {
         }
         let gone: BTreeSet<u64> = missing_since
             .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= replace_after)
+            .filter(|(b, since)| leaving.contains(b) || now.duration_since(**since) >= replace_after)
             .map(|(b, _)| *b)
             .collect();
         let policy = Policy {

@@ -21,7 +21,9 @@ use super::error::{BrokerError, BrokerResult, ErrorCode};
 use super::partition::Partition;
 use crate::log::batch::BATCH_BYTES_MAX;
 use crate::log::{Batch, BatchBuilder, FlushPolicy, LogConfig, Record, RecordHeader};
-use crate::meta::cluster::{live_brokers, place, BrokerRecord, Registration};
+use crate::meta::cluster::{
+    decommission, decommissioned, live_brokers, place, recommission, BrokerRecord, Registration,
+};
 use crate::meta::election::current_controller;
 use crate::meta::topics::{TopicConfig, TopicError, TopicRecord, Topics, UpdateError, INTERNAL_TOPIC_PREFIX};
 use crate::meta::MetaStore;
@@ -781,8 +783,10 @@ impl Broker {
     }
 
     /// Places a new topic's partitions on the live brokers.
-    fn placement(&self, config: &TopicConfig) -> Result<Vec<Vec<u64>>, String> {
-        let live: Vec<u64> = self.live_brokers().keys().copied().collect();
+    /// Where a new topic's partitions go: on the live brokers that are
+    /// not `leaving` (decommissioned).
+    fn placement(&self, config: &TopicConfig, leaving: &BTreeSet<u64>) -> Result<Vec<Vec<u64>>, String> {
+        let live: Vec<u64> = self.live_brokers().keys().copied().filter(|b| !leaving.contains(b)).collect();
         let live = if live.is_empty() { vec![self.config.broker_id] } else { live };
         let factor = match config.replication_factor {
             Some(factor) if factor as usize > live.len() => {
@@ -809,7 +813,8 @@ impl Broker {
         };
         // Place it on the brokers live now, not as last seen.
         self.reconcile().await?;
-        match self.topics.create(name, config, self.clock.now_ms(), true, |c| self.placement(c)).await {
+        let leaving = decommissioned(self.topics.store().as_ref()).await?;
+        match self.topics.create(name, config, self.clock.now_ms(), true, |c| self.placement(c, &leaving)).await {
             Ok(_) | Err(TopicError::AlreadyExists(_)) => {}
             Err(other) => return Err(other.into()),
         }
@@ -828,7 +833,9 @@ impl Broker {
 
     pub async fn create_topic(&self, name: &str, config: TopicConfig) -> BrokerResult<proto::TopicDescription> {
         self.reconcile().await?;
-        let record = self.topics.create(name, config, self.clock.now_ms(), false, |c| self.placement(c)).await?;
+        let leaving = decommissioned(self.topics.store().as_ref()).await?;
+        let record =
+            self.topics.create(name, config, self.clock.now_ms(), false, |c| self.placement(c, &leaving)).await?;
         self.reconcile().await?;
         let state = self.topic(&record.name)?;
         tracing::info!(topic = name, partitions = record.config.partitions, replicas = ?record.replicas, "topic created");
@@ -917,11 +924,16 @@ impl Broker {
         let store = self.topics.store().as_ref();
         let brokers = live_brokers(store).await?;
         let controller = current_controller(store).await?;
+        let mut leaving = Vec::new();
+        for id in decommissioned(store).await? {
+            leaving.push(self.broker_status(id).await?);
+        }
         Ok(proto::DescribeClusterResponse {
             brokers: brokers.into_values().map(|b| proto::ClusterBroker { id: b.id, address: b.address }).collect(),
             answered_by: self.config.broker_id,
             controller: controller.as_ref().map_or(0, |(c, _)| c.broker),
             controller_epoch: controller.map_or(0, |(_, epoch)| epoch),
+            decommissioned: leaving,
         })
     }
 
@@ -944,6 +956,12 @@ impl Broker {
         if let Some(missing) = replicas.iter().find(|id| !live.contains_key(id)) {
             let known: Vec<u64> = live.keys().copied().collect();
             return Err(BrokerError::invalid(format!("broker {missing} is not live; live brokers: {known:?}")));
+        }
+        let leaving = decommissioned(self.topics.store().as_ref()).await?;
+        if let Some(leaving) = replicas.iter().find(|id| leaving.contains(id)) {
+            return Err(BrokerError::invalid(format!(
+                "broker {leaving} is decommissioned; recommission it before placing replicas on it"
+            )));
         }
         let Some(record) = self.topics.get(topic).await? else { return Err(BrokerError::unknown_topic(topic)) };
         if partition >= record.config.partitions {
@@ -977,6 +995,57 @@ impl Broker {
             replicas: record.target(partition).to_vec(),
             members: record.members(partition).to_vec(),
             ..Default::default()
+        })
+    }
+
+    /// Takes broker `id` out of the cluster (scale in): marks it
+    /// decommissioned, and the controller moves its replicas off. Refused
+    /// if the brokers left could not hold some partition's replicas (it
+    /// would never drain).
+    pub async fn decommission_broker(&self, id: u64) -> BrokerResult<proto::DecommissionedBroker> {
+        let store = self.topics.store().as_ref();
+        let live = live_brokers(store).await?;
+        let leaving = decommissioned(store).await?;
+        let records = self.topics.list().await?;
+        let named = |id: u64| records.iter().any(|r| (0..r.config.partitions).any(|p| r.hosts(p, id)));
+        if id == 0 || !(live.contains_key(&id) || leaving.contains(&id) || named(id)) {
+            return Err(BrokerError::invalid(format!("broker {id} is neither live nor holds a replica")));
+        }
+        let staying = live.keys().filter(|b| **b != id && !leaving.contains(b)).count();
+        let widest = records
+            .iter()
+            .flat_map(|r| (0..r.config.partitions).map(move |p| (r, p, r.target(p).len())))
+            .max_by_key(|(_, _, n)| *n);
+        if let Some((record, p, replicas)) = widest.filter(|(_, _, n)| *n > staying) {
+            return Err(BrokerError::invalid(format!(
+                "decommissioning broker {id} would leave {staying} live broker(s) for {}/{p}'s {replicas} replicas; add a broker first",
+                record.name
+            )));
+        }
+        if decommission(store, id).await? {
+            tracing::warn!(broker = id, "broker decommissioned: its replicas move off it");
+        }
+        self.broker_status(id).await
+    }
+
+    /// Lifts broker `id`'s decommissioned mark.
+    pub async fn recommission_broker(&self, id: u64) -> BrokerResult<proto::DecommissionedBroker> {
+        if recommission(self.topics.store().as_ref(), id).await? {
+            tracing::warn!(broker = id, "broker recommissioned: it may receive replicas again");
+        }
+        self.broker_status(id).await
+    }
+
+    async fn broker_status(&self, id: u64) -> BrokerResult<proto::DecommissionedBroker> {
+        let store = self.topics.store().as_ref();
+        let records = self.topics.list().await?;
+        let replicas =
+            records.iter().map(|r| (0..r.config.partitions).filter(|&p| r.hosts(p, id)).count() as u32).sum();
+        Ok(proto::DecommissionedBroker {
+            id,
+            decommissioned: decommissioned(store).await?.contains(&id),
+            live: live_brokers(store).await?.contains_key(&id),
+            replicas,
         })
     }
 

@@ -212,6 +212,20 @@ impl admin_server::Admin for BrokerService {
         let request = request.into_inner();
         reply(self.broker.move_partition(&request.topic, request.partition, request.replicas).await)
     }
+
+    async fn decommission_broker(
+        &self,
+        request: Request<proto::DecommissionBrokerRequest>,
+    ) -> Result<Response<proto::DecommissionedBroker>, Status> {
+        reply(self.broker.decommission_broker(request.into_inner().broker_id).await)
+    }
+
+    async fn recommission_broker(
+        &self,
+        request: Request<proto::RecommissionBrokerRequest>,
+    ) -> Result<Response<proto::DecommissionedBroker>, Status> {
+        reply(self.broker.recommission_broker(request.into_inner().broker_id).await)
+    }
 }
 
 #[tonic::async_trait]

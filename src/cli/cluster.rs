@@ -2,6 +2,7 @@
 //! leader, replicas, high watermark and how far each replica lags.
 //! `weir cluster health`: whether the cluster can lose any one broker now
 //! (what a rolling restart waits for between brokers).
+//! `weir cluster decommission|recommission`: scale in.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,21 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 0)]
         max_lag: u64,
     },
+    /// Takes a broker out of the cluster (scale in): its replicas move to
+    /// the other brokers, and none are placed on it. Waits until it holds
+    /// none, when it may be stopped for good. Do not bring its id back
+    /// with an empty disk: add a broker with a new id instead.
+    Decommission {
+        broker_id: u64,
+        /// Return once the broker is marked, without waiting for it to drain.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for it to drain, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Lifts a broker's decommissioned mark: it may receive replicas again.
+    Recommission { broker_id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +110,38 @@ pub async fn run(command: ClusterCommand, broker: &str) -> CliResult {
     match command {
         ClusterCommand::Status => status(&client).await,
         ClusterCommand::Health { brokers, max_lag } => health(&client, brokers, max_lag).await,
+        ClusterCommand::Decommission { broker_id, no_wait, timeout } => {
+            let status = client.decommission_broker(broker_id).await?;
+            say!("broker {broker_id}: decommissioned; {} partition(s) still name it", status.replicas);
+            if no_wait {
+                return Ok(());
+            }
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                let cluster = client.describe_cluster().await?;
+                let status = cluster.decommissioned.iter().find(|b| b.id == broker_id);
+                match status {
+                    Some(status) if status.replicas == 0 => {
+                        say!("broker {broker_id}: drained; it may be stopped for good");
+                        return Ok(());
+                    }
+                    Some(status) if tokio::time::Instant::now() >= deadline => {
+                        return Err(format!(
+                            "broker {broker_id} did not drain within {timeout} s; {} partition(s) still name it",
+                            status.replicas
+                        )
+                        .into())
+                    }
+                    Some(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+                    None => return Err(format!("broker {broker_id} was recommissioned meanwhile").into()),
+                }
+            }
+        }
+        ClusterCommand::Recommission { broker_id } => {
+            let status = client.recommission_broker(broker_id).await?;
+            say!("broker {broker_id}: recommissioned (live: {})", status.live);
+            Ok(())
+        }
     }
 }
 
@@ -233,6 +281,15 @@ async fn status(client: &Client) -> CliResult {
             Ok(view) => views.push((broker.id, view)),
             Err(error) => say!("    (unreachable: {error})"),
         }
+    }
+    for broker in &cluster.decommissioned {
+        let state = if broker.replicas == 0 {
+            "drained".to_owned()
+        } else {
+            format!("{} partition(s) to move", broker.replicas)
+        };
+        let live = if broker.live { "live" } else { "down" };
+        say!("  broker {:>3}  decommissioned, {live}, {state}", broker.id);
     }
     let mut leading: BTreeMap<u64, usize> = cluster.brokers.iter().map(|b| (b.id, 0)).collect();
     for TopicView { name, config, partitions } in survey(client, &views).await? {

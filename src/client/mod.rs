@@ -478,6 +478,20 @@ impl Client {
         Ok(self.conn.admin.clone().move_partition(request).await?.into_inner())
     }
 
+    /// Takes broker `id` out of the cluster (scale in): the controller
+    /// moves its replicas off. Returns at once; the broker is drained once
+    /// `describe_cluster` lists it with no replicas.
+    pub async fn decommission_broker(&self, id: u64) -> ClientResult<proto::DecommissionedBroker> {
+        let request = proto::DecommissionBrokerRequest { broker_id: id };
+        Ok(self.conn.admin.clone().decommission_broker(request).await?.into_inner())
+    }
+
+    /// Lifts broker `id`'s decommissioned mark.
+    pub async fn recommission_broker(&self, id: u64) -> ClientResult<proto::DecommissionedBroker> {
+        let request = proto::RecommissionBrokerRequest { broker_id: id };
+        Ok(self.conn.admin.clone().recommission_broker(request).await?.into_inner())
+    }
+
     /// A client whose home is the broker at `address` (sharing this one's
     /// connections and what it learned about leaders).
     pub async fn via(&self, address: &str) -> ClientResult<Client> {

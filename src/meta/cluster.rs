@@ -4,7 +4,7 @@
 //! A live broker holds `brokers/<id>` under a lease that it keeps alive: a
 //! broker that stops (or is cut off) for longer than the lease disappears.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,45 @@ pub async fn live_brokers(store: &dyn MetaStore) -> MetaResult<BTreeMap<u64, Bro
         brokers.insert(record.id, record);
     }
     Ok(brokers)
+}
+
+pub const DECOMMISSIONED_PREFIX: &str = "decommissioned/";
+
+fn decommissioned_key(id: u64) -> String {
+    format!("{DECOMMISSIONED_PREFIX}{id:020}")
+}
+
+/// Brokers an operator is taking out of the cluster (scale in): the
+/// controller moves every replica off them and places nothing on them,
+/// whether they are live or not. The mark outlives the broker's
+/// registration; [`recommission`] lifts it.
+pub async fn decommissioned(store: &dyn MetaStore) -> MetaResult<BTreeSet<u64>> {
+    let mut brokers = BTreeSet::new();
+    for (key, _) in store.list(DECOMMISSIONED_PREFIX).await? {
+        let id = key[DECOMMISSIONED_PREFIX.len()..].parse().map_err(|e| MetaError::Corrupt(format!("{key}: {e}")))?;
+        brokers.insert(id);
+    }
+    Ok(brokers)
+}
+
+/// Marks `id` decommissioned; true if it was not already.
+pub async fn decommission(store: &dyn MetaStore, id: u64) -> MetaResult<bool> {
+    match store.put(&decommissioned_key(id), Vec::new(), None, None).await {
+        Ok(_) => Ok(true),
+        Err(MetaError::Conflict { .. }) => Ok(false),
+        Err(other) => Err(other),
+    }
+}
+
+/// Lifts `id`'s decommissioned mark; true if it had one.
+pub async fn recommission(store: &dyn MetaStore, id: u64) -> MetaResult<bool> {
+    let key = decommissioned_key(id);
+    let Some(versioned) = store.get(&key).await? else { return Ok(false) };
+    match store.delete(&key, versioned.version).await {
+        Ok(()) => Ok(true),
+        Err(MetaError::Conflict { .. }) => Ok(false),
+        Err(other) => Err(other),
+    }
 }
 
 /// This broker's registration: a key under a lease.
