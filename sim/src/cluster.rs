@@ -250,6 +250,12 @@ mod harness {
             id
         }
 
+        /// Starts a new broker (the next id, an empty disk) without
+        /// waiting for it to serve; its id.
+        pub fn join(&mut self) -> u64 {
+            self.add_node()
+        }
+
         pub fn addresses(&self) -> Vec<String> {
             self.nodes.iter().map(|node| node.listen.to_string()).collect()
         }

@@ -60,6 +60,15 @@ pub enum Fault {
     /// wall clock (record timestamps, retention, roll and flush ages) must
     /// stay correct or fail safe.
     ClockJump { broker: u64, by_ms: i64 },
+    /// A new broker, with a new id and an empty disk, joins the cluster
+    /// (scale out); the controller balances replicas onto it. It stays.
+    Join { broker: u64 },
+    /// An operator decommissions a broker (scale in): the controller moves
+    /// its replicas off. At the heal, a drained broker is stopped for good
+    /// (its disk kept, never started again; later faults on it are
+    /// skipped); one not drained yet is recommissioned, as an operator who
+    /// gives up would.
+    Decommission { broker: u64 },
 }
 
 /// The brokers `fault` holds while it lasts (all of them for a power
@@ -67,7 +76,7 @@ pub enum Fault {
 fn held(fault: &Fault, brokers: u64) -> Vec<u64> {
     match fault {
         Fault::PowerLoss { .. } | Fault::CrashMajority { .. } => (1..=brokers).collect(),
-        Fault::Move { .. } | Fault::ClockJump { .. } => Vec::new(),
+        Fault::Move { .. } | Fault::ClockJump { .. } | Fault::Join { .. } | Fault::Decommission { .. } => Vec::new(),
         other => other.brokers(),
     }
 }
@@ -83,7 +92,9 @@ impl Fault {
             | Fault::Pause { broker }
             | Fault::DiskErrors { broker, .. }
             | Fault::FullDisk { broker }
-            | Fault::ClockJump { broker, .. } => vec![*broker],
+            | Fault::ClockJump { broker, .. }
+            | Fault::Join { broker }
+            | Fault::Decommission { broker } => vec![*broker],
             Fault::CutLink { a, b } | Fault::OneWay { from: a, to: b } => vec![*a, *b],
             Fault::Move { replicas: brokers, .. } | Fault::CrashMajority { brokers, .. } => brokers.clone(),
             Fault::EtcdOutage | Fault::LatencySpike | Fault::PacketLoss { .. } | Fault::PowerLoss { .. } => Vec::new(),
@@ -108,6 +119,8 @@ impl Fault {
             Fault::PowerLoss { .. } => "power-loss",
             Fault::CrashMajority { .. } => "crash-majority",
             Fault::ClockJump { .. } => "clock-jump",
+            Fault::Join { .. } => "join",
+            Fault::Decommission { .. } => "decommission",
         }
     }
 }
@@ -296,6 +309,23 @@ impl Plan {
             steps.push(Step { at, fault: Fault::ClockJump { broker, by_ms }, lasting });
             at += lasting + Duration::from_millis(2_000 + clock_rng.below(10_000));
         }
+        // Scale out and in: half the runs add a broker, and most of those
+        // with four or more then decommission one (of any, the new one
+        // too). Drawn apart, so the faults above stay what they were.
+        let mut scale_rng = SeededRng::new(seed ^ 0x5CA1_AB1E);
+        let mut at = Duration::from_millis(3_000 + scale_rng.below(15_000));
+        let mut serving = brokers;
+        if scale_rng.chance(1, 2) && at + Duration::from_secs(2) < safety {
+            serving += 1;
+            steps.push(Step { at, fault: Fault::Join { broker: serving }, lasting: Duration::from_secs(1) });
+            at += Duration::from_millis(2_000 + scale_rng.below(10_000));
+        }
+        let lasting = Duration::from_millis(12_000 + scale_rng.below(13_000));
+        let broker = 1 + scale_rng.below(serving);
+        if serving > u64::from(replication) && scale_rng.chance(2, 3) && at + lasting + Duration::from_secs(2) < safety
+        {
+            steps.push(Step { at, fault: Fault::Decommission { broker }, lasting });
+        }
         steps.sort_by_key(|step| step.at);
         // Drawn apart, so the faults above stay what they were for a seed.
         let mut stall_rng = SeededRng::new(seed ^ 0x57A1_1ED0);
@@ -437,7 +467,10 @@ impl Plan {
                 plan.brokers, plan.partitions, plan.replication
             ));
         }
-        let brokers = 1..=plan.brokers;
+        // Brokers that join take the next ids, in the order they join.
+        let joining = steps.iter().filter(|(_, step)| matches!(step.fault, Fault::Join { .. })).count() as u64;
+        let brokers = 1..=plan.brokers + joining;
+        let mut joined = plan.brokers;
         let mut plan = plan;
         for (line, step) in steps {
             match &step.fault {
@@ -456,6 +489,12 @@ impl Plan {
                         ));
                     }
                 }
+                Fault::Join { broker } => {
+                    joined += 1;
+                    if *broker != joined {
+                        return Err(format!("line {line}: the broker joining next is {joined}, not {broker}"));
+                    }
+                }
                 Fault::CrashMajority { brokers, .. } if brokers.len() as u64 <= plan.brokers / 2 => {
                     return Err(format!("line {line}: {} brokers are no majority of {}", brokers.len(), plan.brokers));
                 }
@@ -463,7 +502,7 @@ impl Plan {
             }
             let named = step.fault.brokers();
             if let Some(b) = named.iter().find(|&&b| !brokers.contains(&b)) {
-                return Err(format!("line {line}: broker {b}, of brokers 1..={}", plan.brokers));
+                return Err(format!("line {line}: broker {b}, of brokers 1..={}", brokers.end()));
             }
             plan.steps.push(step);
         }
@@ -502,6 +541,8 @@ fn fault_text(fault: &Fault) -> String {
             format!("crash-majority brokers={} seed={seed}", brokers.join(","))
         }
         Fault::ClockJump { broker, by_ms } => format!("clock-jump broker={broker} by_ms={by_ms}"),
+        Fault::Join { broker } => format!("join broker={broker}"),
+        Fault::Decommission { broker } => format!("decommission broker={broker}"),
     }
 }
 
@@ -574,6 +615,8 @@ impl<'a> Fields<'a> {
             },
             "full-disk" => Fault::FullDisk { broker: self.number("broker")? },
             "clock-jump" => Fault::ClockJump { broker: self.number("broker")?, by_ms: self.number("by_ms")? },
+            "join" => Fault::Join { broker: self.number("broker")? },
+            "decommission" => Fault::Decommission { broker: self.number("broker")? },
             other => return Err(format!("unknown fault `{other}`")),
         })
     }
@@ -631,6 +674,21 @@ mod tests {
         let overlapping = |p: &Plan| p.steps.windows(2).filter(|w| w[1].at < w[0].at + w[0].lasting).count();
         let plans_overlap: usize = (0..40).map(|s| overlapping(&Plan::from_seed(s, Duration::from_secs(60)))).sum();
         assert!(plans_overlap >= 20, "faults overlap now and then: {plans_overlap} in 40 plans");
+        // Scale out and in: a join takes the next id; a decommission
+        // leaves at least the replication factor in service.
+        let scaled: Vec<Plan> = (0..40).map(|s| Plan::from_seed(s, Duration::from_secs(60))).collect();
+        let joins = scaled.iter().filter(|p| p.steps.iter().any(|s| matches!(s.fault, Fault::Join { .. }))).count();
+        let leaves = scaled.iter().filter(|p| p.steps.iter().any(|s| matches!(s.fault, Fault::Decommission { .. })));
+        assert!((10..=30).contains(&joins) && leaves.clone().count() >= 10, "{joins} joins");
+        for plan in leaves {
+            let joined = plan.steps.iter().filter(|s| matches!(s.fault, Fault::Join { .. })).count() as u64;
+            assert!(plan.brokers + joined > 3, "decommissioning one of three: {plan:?}");
+            for step in &plan.steps {
+                if let Fault::Join { broker } = step.fault {
+                    assert_eq!(broker, plan.brokers + 1);
+                }
+            }
+        }
         let plans: Vec<Plan> = (0..20).map(|s| Plan::from_seed(s, Duration::from_secs(60))).collect();
         assert!(plans.iter().any(|p| p.brokers != plans[0].brokers || p.partitions != plans[0].partitions));
         for plan in &plans {
@@ -660,7 +718,7 @@ mod tests {
                 assert_eq!(Plan::parse(&plan.to_text()), Ok(plan), "seed {seed}");
             }
         }
-        assert_eq!(kinds.len(), 15, "every fault kind went through the text: {kinds:?}");
+        assert_eq!(kinds.len(), 17, "every fault kind went through the text: {kinds:?}");
         let commented =
             format!("# found: something\n\n{}  # trailing\n", Plan::from_seed(5, Duration::from_secs(30)).to_text());
         assert_eq!(Plan::parse(&commented), Ok(Plan::from_seed(5, Duration::from_secs(30))));
@@ -686,6 +744,11 @@ mod tests {
         );
         assert_eq!(refused("fault at=1 for=2 crash-majority brokers=1,4 seed=3"), "line 9: broker 4, of brokers 1..=3");
         assert_eq!(refused("seed 2"), "line 9: seed given twice");
+        // A joining broker takes the next id; then faults may name it.
+        assert!(Plan::parse(&format!("{good}fault at=1 for=2 join broker=4\nfault at=5 for=9 decommission broker=4"))
+            .is_ok());
+        assert_eq!(refused("fault at=1 for=2 join broker=5"), "line 9: the broker joining next is 4, not 5");
+        assert_eq!(refused("fault at=1 for=2 decommission broker=4"), "line 9: broker 4, of brokers 1..=3");
         assert_eq!(refused("colour 2"), "unknown setting `colour`");
         assert_eq!(
             Plan::parse(&good.replace("brokers 3", "brokers 2")).map(|_| ()).unwrap_err().split(':').next(),

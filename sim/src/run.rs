@@ -4,6 +4,7 @@
 //! first group must catch up (liveness phase), a final read of every
 //! partition, and the checkers' verdict.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,17 +157,23 @@ pub async fn run(plan: Plan) -> Outcome {
     let mut underway: Vec<Option<(Started, Duration, Vec<View>)>> = plan.steps.iter().map(|_| None).collect();
     let mut windows = Vec::new();
     let mut last_damage: LastDamage = None;
+    // Brokers decommissioned and stopped for good.
+    let mut retired: BTreeSet<u64> = BTreeSet::new();
     for (t, is_start, i) in events {
         let step = &plan.steps[i];
         if is_start {
             // Who leads what, asked just before (within the last 250 ms):
             // which partitions the fault touches, and how (availability).
             tokio::time::sleep_until((start + t).checked_sub(Duration::from_millis(250)).unwrap_or(start)).await;
-            let (addresses, until) = (cluster.addresses(), start + t);
+            let (addresses, until) = (in_service(&cluster, &retired), start + t);
             let views = cluster.run(async move { views(&addresses, until).await }).await;
             tokio::time::sleep_until(start + t).await;
+            if let Some(gone) = step.fault.brokers().into_iter().find(|b| retired.contains(b)) {
+                tracing::info!(fault = ?step.fault, broker = gone, "nemesis: skipped, the broker was decommissioned");
+                continue;
+            }
             tracing::info!(fault = ?step.fault, lasting = ?step.lasting, "nemesis");
-            let started = start_fault(&mut cluster, &bootstrap, &step.fault, &mut last_damage).await;
+            let started = start_fault(&mut cluster, &bootstrap, &step.fault, &mut last_damage, &retired).await;
             // In effect from now (a rot first asks whether a repair is
             // under way, which takes simulated time).
             let at = history.now();
@@ -174,7 +181,7 @@ pub async fn run(plan: Plan) -> Outcome {
         } else {
             tokio::time::sleep_until(start + t).await;
             let Some((started, at, views)) = underway[i].take() else { continue };
-            heal_fault(&mut cluster, &step.fault, started).await;
+            heal_fault(&mut cluster, &bootstrap, &step.fault, started, &mut retired).await;
             let (touched, healthy) = availability::touched(&availability::hit(&step.fault), plan.partitions, &views);
             tracing::debug!(?views, ?touched, ?healthy, "what the fault touched");
             windows.push(Window {
@@ -214,7 +221,7 @@ pub async fn run(plan: Plan) -> Outcome {
 
     let address = bootstrap.clone();
     let final_log = cluster.run(read_all(address, plan.partitions)).await.unwrap_or_else(|error| panic!("{error}"));
-    let (replicas, unchecked) = replicas(&cluster, plan.brokers).await;
+    let (replicas, unchecked) = replicas(&cluster, &retired).await;
     // Records are stamped with simulated time from 0 on: a run shorter than
     // the retention time must keep them all.
     let run_lasts = plan.safety + plan.liveness + Duration::from_secs(240);
@@ -248,12 +255,12 @@ pub async fn run(plan: Plan) -> Outcome {
 /// then, with every broker halted and every disk keeping only what was
 /// fsynced (as after a power loss of the whole cluster), its log as its
 /// disk holds it. Beside them, what could not be read, and why.
-async fn replicas(cluster: &Cluster, brokers: u64) -> (Vec<Replica>, Vec<String>) {
-    let addresses = cluster.addresses();
+async fn replicas(cluster: &Cluster, retired: &BTreeSet<u64>) -> (Vec<Replica>, Vec<String>) {
+    let addresses = in_service(cluster, retired);
     let (described, silent) = cluster.run(describe_replicas(addresses, Duration::from_secs(30))).await;
     let mut unchecked: Vec<String> =
         silent.into_iter().map(|(broker, e)| format!("broker {broker} did not describe its replicas: {e}")).collect();
-    for broker in 1..=brokers {
+    for broker in 1..=cluster.addresses().len() as u64 {
         cluster.halt(broker);
         cluster.disk(broker).crash_to_durable();
     }
@@ -336,8 +343,15 @@ fn rot_a_segment(disk: &SimDisk, broker: u64, seed: u64, may_cut: bool) {
 /// put into one replica at a time, as the fault model has it. Two damaged
 /// replicas of three may leave nobody with the whole log, and then the
 /// partition waits for an operator, by design (sim/README.md).
-async fn repair_under_way(cluster: &Cluster) -> bool {
-    let addresses = cluster.addresses();
+/// Every broker's address, by id from 1, but empty for brokers out of
+/// service (decommissioned and stopped): those are not asked.
+fn in_service(cluster: &Cluster, retired: &BTreeSet<u64>) -> Vec<String> {
+    let addresses = cluster.addresses().into_iter().enumerate();
+    addresses.map(|(i, address)| if retired.contains(&(i as u64 + 1)) { String::new() } else { address }).collect()
+}
+
+async fn repair_under_way(cluster: &Cluster, retired: &BTreeSet<u64>) -> bool {
+    let addresses: Vec<String> = in_service(cluster, retired).into_iter().filter(|a| !a.is_empty()).collect();
     // A broker that does not answer within a second (paused or cut off
     // by another fault) cannot say: counted as repairing.
     let asked = async move {
@@ -379,6 +393,9 @@ enum Started {
     Latency(Option<std::ops::Range<Duration>>),
     /// The network's usual packet loss rate, to restore.
     Loss(f64),
+    /// The brokers a power loss took down, to start again (not those that
+    /// joined while it lasted).
+    Crashed(Vec<u64>),
 }
 
 /// The last damage the nemesis did: to which broker, and when.
@@ -394,17 +411,46 @@ enum Started {
 type LastDamage = Option<(u64, tokio::time::Instant)>;
 const DAMAGE_APART: Duration = Duration::from_secs(25);
 
-async fn may_damage(cluster: &Cluster, broker: u64, last: &LastDamage) -> bool {
+async fn may_damage(cluster: &Cluster, broker: u64, last: &LastDamage, retired: &BTreeSet<u64>) -> bool {
     let recent = last.is_some_and(|(b, at)| b != broker && at.elapsed() < DAMAGE_APART);
-    !recent && !repair_under_way(cluster).await
+    !recent && !repair_under_way(cluster, retired).await
 }
 
-/// Starts one fault; `heal_fault` ends it.
-async fn start_fault(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, damage: &mut LastDamage) -> Started {
+/// Asks a broker at `bootstrap` for something, for 5 s at most (the
+/// broker asked may be paused); `what` names it in the log.
+async fn ask<F, Fut>(cluster: &Cluster, bootstrap: &str, what: &'static str, f: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let address = bootstrap.to_owned();
+    let asked = async move {
+        if let Ok(client) = Client::connect(&address).await {
+            f(client).await;
+        }
+    };
+    cluster
+        .run(async move {
+            if tokio::time::timeout(Duration::from_secs(5), asked).await.is_err() {
+                tracing::info!(what, "the nemesis's request went unanswered");
+            }
+        })
+        .await;
+}
+
+/// Starts one fault; `heal_fault` ends it. Brokers in `retired` are out of
+/// service: no fault starts them again.
+async fn start_fault(
+    cluster: &mut Cluster,
+    bootstrap: &str,
+    fault: &Fault,
+    damage: &mut LastDamage,
+    retired: &BTreeSet<u64>,
+) -> Started {
     let net = NetSim::current();
     match fault {
         Fault::KillRestart { broker, seed, rot } => {
-            let rot = *rot && may_damage(cluster, *broker, damage).await;
+            let rot = *rot && may_damage(cluster, *broker, damage, retired).await;
             cluster.kill(*broker, *seed).await;
             if rot {
                 rot_a_segment(&cluster.disk(*broker), *broker, *seed, true);
@@ -412,7 +458,7 @@ async fn start_fault(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, dama
             }
         }
         Fault::Rot { broker, seed } => {
-            if may_damage(cluster, *broker, damage).await {
+            if may_damage(cluster, *broker, damage, retired).await {
                 rot_a_segment(&cluster.disk(*broker), *broker, *seed, false);
                 *damage = Some((*broker, tokio::time::Instant::now()));
             }
@@ -434,23 +480,30 @@ async fn start_fault(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, dama
             return Started::Latency(usual);
         }
         Fault::Move { partition, replicas } => {
-            let (address, partition, replicas) = (bootstrap.to_owned(), *partition, replicas.clone());
             // Recorded, not waited for: the move goes on under later faults.
-            // Asked for 5 s at most: the broker asked may be paused.
-            let asked = async move {
-                if let Ok(client) = Client::connect(&address).await {
-                    if let Err(error) = client.move_partition(TOPIC, partition, replicas).await {
-                        tracing::info!(%error, "the nemesis's move was refused");
-                    }
+            let (partition, replicas) = (*partition, replicas.clone());
+            ask(cluster, bootstrap, "move", move |client| async move {
+                if let Err(error) = client.move_partition(TOPIC, partition, replicas).await {
+                    tracing::info!(%error, "the nemesis's move was refused");
                 }
-            };
-            cluster
-                .run(async move {
-                    if tokio::time::timeout(Duration::from_secs(5), asked).await.is_err() {
-                        tracing::info!("the nemesis's move went unanswered");
-                    }
-                })
-                .await;
+            })
+            .await;
+        }
+        Fault::Join { broker } => {
+            let id = cluster.join();
+            if id != *broker {
+                tracing::warn!(id, planned = broker, "the joining broker took another id than planned");
+            }
+        }
+        Fault::Decommission { broker } => {
+            let id = *broker;
+            ask(cluster, bootstrap, "decommission", move |client| async move {
+                match client.decommission_broker(id).await {
+                    Ok(status) => tracing::info!(broker = id, replicas = status.replicas, "decommissioned"),
+                    Err(error) => tracing::info!(%error, "the nemesis's decommission was refused"),
+                }
+            })
+            .await;
         }
         Fault::OneWay { from, to } => net.clog_link(cluster.node_id(*from), cluster.node_id(*to)),
         Fault::PacketLoss { per_mille } => {
@@ -471,8 +524,9 @@ async fn start_fault(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, dama
             disk.set_capacity(Some(disk.used_bytes()));
         }
         Fault::PowerLoss { seed } => {
-            let brokers: Vec<u64> = (1..=cluster.addresses().len() as u64).collect();
+            let brokers: Vec<u64> = (1..=cluster.addresses().len() as u64).filter(|b| !retired.contains(b)).collect();
             crash(cluster, &brokers, *seed).await;
+            return Started::Crashed(brokers);
         }
         Fault::CrashMajority { brokers, seed } => crash(cluster, brokers, *seed).await,
         Fault::ClockJump { broker, by_ms } => cluster.step_clock(*broker, *by_ms),
@@ -480,13 +534,52 @@ async fn start_fault(cluster: &mut Cluster, bootstrap: &str, fault: &Fault, dama
     Started::Nothing
 }
 
-/// Ends a fault `start_fault` started.
-async fn heal_fault(cluster: &mut Cluster, fault: &Fault, started: Started) {
+/// Ends a fault `start_fault` started. A broker decommissioned meanwhile
+/// and stopped for good (in `retired`) is not started again.
+async fn heal_fault(
+    cluster: &mut Cluster,
+    bootstrap: &str,
+    fault: &Fault,
+    started: Started,
+    retired: &mut BTreeSet<u64>,
+) {
     let net = NetSim::current();
+    if let Fault::Decommission { broker } = fault {
+        let id = *broker;
+        let drained = Arc::new(AtomicBool::new(false));
+        let said = drained.clone();
+        ask(cluster, bootstrap, "describe the cluster", move |client| async move {
+            if let Ok(cluster) = client.describe_cluster().await {
+                let status = cluster.decommissioned.iter().find(|b| b.id == id);
+                said.store(status.is_some_and(|b| b.replicas == 0), Ordering::Relaxed);
+            }
+        })
+        .await;
+        if drained.load(Ordering::Relaxed) {
+            tracing::info!(broker = id, "drained: stopped for good");
+            cluster.halt(id);
+            retired.insert(id);
+        } else {
+            tracing::info!(broker = id, "not drained in time: recommissioned");
+            ask(cluster, bootstrap, "recommission", move |client| async move {
+                if let Err(error) = client.recommission_broker(id).await {
+                    tracing::info!(%error, "the nemesis's recommission was refused");
+                }
+            })
+            .await;
+        }
+        return;
+    }
+    let retired = &*retired;
+    let start_again = |cluster: &mut Cluster, broker: u64| {
+        if !retired.contains(&broker) {
+            cluster.start_again(broker);
+        }
+    };
     match fault {
         // Started again, not waited for: another fault may hold etcd.
-        Fault::KillRestart { broker, .. } => cluster.start_again(*broker),
-        Fault::Rot { .. } | Fault::Move { .. } => {}
+        Fault::KillRestart { broker, .. } => start_again(cluster, *broker),
+        Fault::Rot { .. } | Fault::Move { .. } | Fault::Join { .. } | Fault::Decommission { .. } => {}
         Fault::Isolate { broker } => net.unclog_node(cluster.node_id(*broker)),
         Fault::CutLink { a, b } => {
             let (a, b) = (cluster.node_id(*a), cluster.node_id(*b));
@@ -513,21 +606,23 @@ async fn heal_fault(cluster: &mut Cluster, fault: &Fault, started: Started) {
             // A failed fsync may have lost what it was to make durable: the
             // broker goes down as a crash would and comes back.
             cluster.kill(*broker, u64::from(*syncs) << 32 | u64::from(*writes)).await;
-            cluster.start_again(*broker);
+            start_again(cluster, *broker);
         }
         Fault::FullDisk { broker } => {
             cluster.disk(*broker).set_capacity(None);
             cluster.kill(*broker, *broker).await;
-            cluster.start_again(*broker);
+            start_again(cluster, *broker);
         }
         Fault::PowerLoss { .. } => {
-            for broker in 1..=cluster.addresses().len() as u64 {
-                cluster.start_again(broker);
+            if let Started::Crashed(brokers) = started {
+                for broker in brokers {
+                    start_again(cluster, broker);
+                }
             }
         }
         Fault::CrashMajority { brokers, .. } => {
             for &broker in brokers {
-                cluster.start_again(broker);
+                start_again(cluster, broker);
             }
         }
         Fault::ClockJump { broker, by_ms } => cluster.step_clock(*broker, -by_ms),

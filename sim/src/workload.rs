@@ -451,7 +451,8 @@ pub async fn read_all(bootstrap: String, partitions: u32) -> Result<BTreeMap<u32
 
 /// Every replica of the topic as its broker describes it (bounds only; the
 /// records are read from the disks once the brokers have stopped). Brokers
-/// are numbered by their place in `addresses`, from 1. A broker that does
+/// are numbered by their place in `addresses`, from 1; an empty address
+/// is a broker out of service (decommissioned), not asked. A broker that does
 /// not answer is asked again for up to `patience` (it may be restarting
 /// from the last fault); one that never does leaves its replicas
 /// unchecked, and its last error is returned beside the replicas.
@@ -499,6 +500,9 @@ async fn describe_once(addresses: &[String], deadline: tokio::time::Instant) -> 
     let mut silent = Vec::new();
     for (i, address) in addresses.iter().enumerate() {
         let broker = i as u64 + 1;
+        if address.is_empty() {
+            continue; // out of service: not asked
+        }
         let described = loop {
             let attempt = match Client::connect(address).await {
                 Ok(client) => client.describe_topic(TOPIC).await,
@@ -567,11 +571,12 @@ pub fn read_replica(disk: Arc<dyn Disk>, topics: &Path, broker: u64, partition: 
 
 /// What every broker at `addresses` says of the partitions of the test
 /// topic it hosts, asked before `until` (brokers that do not answer by
-/// then are left out): availability's view of who leads what.
+/// then are left out, as are empty addresses: brokers out of service):
+/// availability's view of who leads what.
 pub async fn views(addresses: &[String], until: tokio::time::Instant) -> Vec<crate::availability::View> {
     let until = until.max(tokio::time::Instant::now() + Duration::from_millis(50));
     let mut out = Vec::new();
-    for (i, address) in addresses.iter().enumerate() {
+    for (i, address) in addresses.iter().enumerate().filter(|(_, a)| !a.is_empty()) {
         let asked = async {
             let client = Client::connect(address).await.ok()?;
             client.describe_topic(TOPIC).await.ok()
