@@ -200,3 +200,65 @@ async fn scenario() {
     first_done.await;
     second_done.await;
 }
+
+/// A group call whose coordinator is paused (SIGSTOP, or a machine that
+/// froze) gives up on it after a bounded wait and follows the offsets
+/// partition's leadership to the next coordinator. Group calls used to
+/// wait without limit: a member whose coordinator was paused waited for it
+/// to come back, however long another broker had coordinated meanwhile.
+/// Needs a paused node: simulator only.
+#[cfg(madsim)]
+#[tokio::test]
+async fn a_group_call_does_not_wait_for_a_paused_coordinator() {
+    init_tracing();
+    tokio::time::timeout(TEST_DEADLINE, paused_coordinator()).await.expect("the test finishes within its deadline");
+}
+
+#[cfg(madsim)]
+async fn paused_coordinator() {
+    use tokio::time::Instant;
+    let cluster = Cluster::start("paused-coordinator", 3, |_| {}).await;
+    let bootstrap = cluster.addresses().join(",");
+    let address = bootstrap.clone();
+    let (client, coordinator) = cluster
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let config =
+                proto::TopicConfig { partitions: PARTITIONS, replication_factor: Some(3), ..Default::default() };
+            client.create_topic("events", config).await.expect("create");
+            leaders(&client, "events").await;
+            // The client learns where the coordinator is.
+            client.fetch_offsets("g", Vec::new()).await.expect("offsets");
+            let offsets = describe_everywhere(&client, "__consumer_offsets").await.expect("offsets partition");
+            (client, offsets.partitions[0].leader)
+        })
+        .await;
+    assert_ne!(coordinator, 0);
+    tracing::info!(coordinator, "pausing the coordinator's broker");
+    cluster.pause(coordinator);
+    let paused = Instant::now();
+    let (answered, elapsed) = cluster
+        .run(async move {
+            let mut first = None;
+            while paused.elapsed() < Duration::from_secs(40) {
+                let asked = Instant::now();
+                let answer = tokio::time::timeout(Duration::from_secs(30), client.fetch_offsets("g", Vec::new())).await;
+                let took = asked.elapsed();
+                first.get_or_insert(took);
+                if matches!(answer, Ok(Ok(_))) {
+                    return (true, (first.unwrap_or(took), paused.elapsed()));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (false, (first.unwrap_or_default(), paused.elapsed()))
+        })
+        .await;
+    let (first, served) = elapsed;
+    tracing::info!(?first, ?served, "group calls while the coordinator is paused");
+    assert!(first < Duration::from_secs(15), "the first call waited {first:?} for the paused coordinator");
+    assert!(answered, "no coordinator answered while the old one was paused ({served:?})");
+    // An election (up to the lease and an election timeout), the new
+    // coordinator loading the offsets, and the client's bounded tries.
+    assert!(served < Duration::from_secs(20), "served after {served:?}");
+    cluster.resume(coordinator);
+}

@@ -153,6 +153,10 @@ const ROUTE_ATTEMPTS: u32 = 60;
 /// have elected another (within the election timeout plus the lease,
 /// 4 s). The attempt's outcome is then unknown, as after any lost answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+/// The session timeout a coordinator gives a member that names none (the
+/// broker's `SESSION_TIMEOUT_MS_DEFAULT`; both ends will share it once a
+/// module both import holds the wire's constants).
+const SESSION_TIMEOUT_MS_DEFAULT: u32 = 10_000;
 /// A broker that left an attempt unanswered is silent for this long (the
 /// lease and an election timeout after the attempt gave up, as long as its
 /// followers may still name it as their leader), unless it answers sooner.
@@ -594,21 +598,34 @@ impl Client {
     }
 
     /// A call to the group coordinator: the broker leading the offsets
-    /// partition, found and followed like a partition leader.
-    async fn coordinated<T, F, Fut>(&self, call: F) -> ClientResult<T>
+    /// partition, found and followed like a partition leader. An attempt
+    /// unanswered within `patience` counts as a coordinator down (paused,
+    /// cut off) and is retried on whoever leads the offsets partition then:
+    /// a member must not wait for a stopped coordinator to come back while
+    /// another has taken over.
+    async fn coordinated<T, F, Fut>(&self, patience: Duration, call: F) -> ClientResult<T>
     where
         F: Fn(GroupsClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let call = &call;
-        self.routed(OFFSETS_TOPIC, 0, None, |conn| async move {
+        self.routed(OFFSETS_TOPIC, 0, Some(patience), |conn| async move {
             call(conn.groups.clone()).await.map(tonic::Response::into_inner)
         })
         .await
     }
 
+    /// Joins (or rejoins) a group. The coordinator holds the answer until
+    /// the rebalance settles, at most the members' session timeout, so an
+    /// attempt waits that long (this member's timeout, or the default)
+    /// before it counts as unanswered.
     pub async fn join_group(&self, request: proto::JoinGroupRequest) -> ClientResult<proto::JoinGroupResponse> {
-        self.coordinated(|mut groups| {
+        let session_ms = match request.session_timeout_ms {
+            0 => SESSION_TIMEOUT_MS_DEFAULT,
+            ms => ms,
+        };
+        let patience = Duration::from_millis(u64::from(session_ms)) + ANSWER_WITHIN;
+        self.coordinated(patience, |mut groups| {
             let request = request.clone();
             async move { groups.join_group(request).await }
         })
@@ -617,7 +634,7 @@ impl Client {
 
     pub async fn sync_group(&self, request: proto::SyncGroupRequest) -> ClientResult<Vec<proto::TopicPartition>> {
         let response = self
-            .coordinated(|mut groups| {
+            .coordinated(ANSWER_WITHIN, |mut groups| {
                 let request = request.clone();
                 async move { groups.sync_group(request).await }
             })
@@ -626,7 +643,7 @@ impl Client {
     }
 
     pub async fn heartbeat(&self, request: proto::HeartbeatRequest) -> ClientResult<()> {
-        self.coordinated(|mut groups| {
+        self.coordinated(ANSWER_WITHIN, |mut groups| {
             let request = request.clone();
             async move { groups.heartbeat(request).await }
         })
@@ -636,7 +653,7 @@ impl Client {
 
     pub async fn leave_group(&self, group: &str, member_id: &str) -> ClientResult<()> {
         let request = proto::LeaveGroupRequest { group: group.to_owned(), member_id: member_id.to_owned() };
-        self.coordinated(|mut groups| {
+        self.coordinated(ANSWER_WITHIN, |mut groups| {
             let request = request.clone();
             async move { groups.leave_group(request).await }
         })
@@ -645,7 +662,7 @@ impl Client {
     }
 
     pub async fn commit_offsets(&self, request: proto::CommitOffsetsRequest) -> ClientResult<()> {
-        self.coordinated(|mut groups| {
+        self.coordinated(ANSWER_WITHIN, |mut groups| {
             let request = request.clone();
             async move { groups.commit_offsets(request).await }
         })
@@ -661,7 +678,7 @@ impl Client {
     ) -> ClientResult<Vec<proto::PartitionOffset>> {
         let request = proto::FetchOffsetsRequest { group: group.to_owned(), partitions };
         let response = self
-            .coordinated(|mut groups| {
+            .coordinated(ANSWER_WITHIN, |mut groups| {
                 let request = request.clone();
                 async move { groups.fetch_offsets(request).await }
             })
@@ -671,7 +688,7 @@ impl Client {
 
     pub async fn describe_group(&self, group: &str) -> ClientResult<proto::GroupDescription> {
         let request = proto::DescribeGroupRequest { group: group.to_owned() };
-        self.coordinated(|mut groups| {
+        self.coordinated(ANSWER_WITHIN, |mut groups| {
             let request = request.clone();
             async move { groups.describe_group(request).await }
         })
@@ -680,7 +697,10 @@ impl Client {
 
     pub async fn list_groups(&self) -> ClientResult<Vec<proto::GroupDescription>> {
         let response =
-            self.coordinated(|mut groups| async move { groups.list_groups(proto::ListGroupsRequest {}).await }).await?;
+            self.coordinated(ANSWER_WITHIN, |mut groups| async move {
+                groups.list_groups(proto::ListGroupsRequest {}).await
+            })
+            .await?;
         Ok(response.groups)
     }
 
