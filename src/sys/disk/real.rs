@@ -92,9 +92,19 @@ impl DiskLock for RealLock {}
 
 impl Disk for RealDisk {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        // Every directory created here is durable only once the entry
+        // naming it is, in its parent: sync the parent of each, not only
+        // the leaf's (a topic's directory and its first partition's are
+        // created together; syncing only the topic directory left the
+        // topic's own entry in `topics/` to the next journal commit).
+        let created: Vec<&Path> =
+            path.ancestors().filter(|dir| !dir.as_os_str().is_empty()).take_while(|dir| !dir.exists()).collect();
         fs::create_dir_all(path)?;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            self.sync_dir(parent)?;
+        let leaf = if created.first() == Some(&path) { None } else { Some(path) };
+        for dir in created.iter().rev().chain(&leaf) {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                self.sync_dir(parent)?;
+            }
         }
         Ok(())
     }
