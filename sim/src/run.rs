@@ -417,25 +417,25 @@ async fn may_damage(cluster: &Cluster, broker: u64, last: &LastDamage, retired: 
 }
 
 /// Asks a broker at `bootstrap` for something, for 5 s at most (the
-/// broker asked may be paused); `what` names it in the log.
-async fn ask<F, Fut>(cluster: &Cluster, bootstrap: &str, what: &'static str, f: F)
+/// broker asked may be paused); `what` names it in the log. `None` if no
+/// broker could be reached or none answered in time.
+async fn ask<T, F, Fut>(cluster: &Cluster, bootstrap: &str, what: &'static str, f: F) -> Option<T>
 where
+    T: Send + 'static,
     F: FnOnce(Client) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = T> + Send,
 {
     let address = bootstrap.to_owned();
-    let asked = async move {
-        if let Ok(client) = Client::connect(&address).await {
-            f(client).await;
-        }
-    };
+    let asked = async move { Some(f(Client::connect(&address).await.ok()?).await) };
     cluster
         .run(async move {
-            if tokio::time::timeout(Duration::from_secs(5), asked).await.is_err() {
+            let answer = tokio::time::timeout(Duration::from_secs(5), asked).await;
+            if answer.is_err() {
                 tracing::info!(what, "the nemesis's request went unanswered");
             }
+            answer.ok().flatten()
         })
-        .await;
+        .await
 }
 
 /// Starts one fault; `heal_fault` ends it. Brokers in `retired` are out of
@@ -546,16 +546,13 @@ async fn heal_fault(
     let net = NetSim::current();
     if let Fault::Decommission { broker } = fault {
         let id = *broker;
-        let drained = Arc::new(AtomicBool::new(false));
-        let said = drained.clone();
-        ask(cluster, bootstrap, "describe the cluster", move |client| async move {
-            if let Ok(cluster) = client.describe_cluster().await {
-                let status = cluster.decommissioned.iter().find(|b| b.id == id);
-                said.store(status.is_some_and(|b| b.replicas == 0), Ordering::Relaxed);
-            }
+        let drained = ask(cluster, bootstrap, "describe the cluster", move |client| async move {
+            let cluster = client.describe_cluster().await.ok()?;
+            Some(cluster.decommissioned.iter().find(|b| b.id == id)?.replicas == 0)
         })
-        .await;
-        if drained.load(Ordering::Relaxed) {
+        .await
+        .flatten();
+        if drained == Some(true) {
             tracing::info!(broker = id, "drained: stopped for good");
             cluster.halt(id);
             retired.insert(id);

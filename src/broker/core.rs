@@ -9,7 +9,7 @@
 //! deleted topics. A single broker is the same with a cluster of one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -607,20 +607,11 @@ impl Broker {
                 for name in disk.list_subdirs(&dir).unwrap_or_default() {
                     if name.parse::<u32>().is_ok_and(|index| !hosted.contains(&index)) {
                         let replica_dir = dir.join(&name);
-                        match raft::retire_at_rest(disk.clone(), &replica_dir, log_config.clone(), clock.clone()) {
-                            Ok(()) => {
-                                tracing::info!(dir = %replica_dir.display(), "removing a replica moved away");
-                                let _ = disk.remove_dir_all(&replica_dir);
-                            }
-                            Err(error) => tracing::error!(
-                                dir = %replica_dir.display(),
-                                %error,
-                                "a replica moved away could not record its vote and last entry; keeping it"
-                            ),
-                        }
+                        tracing::info!(dir = %replica_dir.display(), "a replica moved away while this broker was down; removing it");
+                        let recorded = raft::retire_at_rest(disk.clone(), &replica_dir, log_config.clone(), clock.clone());
+                        remove_retired_replica(disk.as_ref(), &replica_dir, recorded);
                     }
                 }
-                let _ = disk.sync_dir(&dir);
             })
             .await;
         }
@@ -679,18 +670,9 @@ impl Broker {
             // had no past.
             let retirement = partition.replica().retirement();
             let (disk, dir) = (self.disk.clone(), partition.dir().to_path_buf());
-            blocking(move || match raft::retired::save(disk.as_ref(), &dir, &retirement) {
-                Ok(()) => {
-                    let _ = disk.remove_dir_all(&dir);
-                    if let Some(parent) = dir.parent() {
-                        let _ = disk.sync_dir(parent);
-                    }
-                }
-                Err(error) => tracing::error!(
-                    dir = %dir.display(),
-                    %error,
-                    "a replica moved away could not record its vote and last entry; keeping it"
-                ),
+            blocking(move || {
+                let recorded = raft::retired::save(disk.as_ref(), &dir, &retirement);
+                remove_retired_replica(disk.as_ref(), &dir, recorded);
             })
             .await;
         }
@@ -924,10 +906,9 @@ impl Broker {
         let store = self.topics.store().as_ref();
         let brokers = live_brokers(store).await?;
         let controller = current_controller(store).await?;
-        let mut leaving = Vec::new();
-        for id in decommissioned(store).await? {
-            leaving.push(self.broker_status(id).await?);
-        }
+        let records = self.topics.list().await?;
+        let leaving = decommissioned(store).await?;
+        let leaving = leaving.iter().map(|&id| broker_status(id, &records, &leaving, &brokers)).collect();
         Ok(proto::DescribeClusterResponse {
             brokers: brokers.into_values().map(|b| proto::ClusterBroker { id: b.id, address: b.address }).collect(),
             answered_by: self.config.broker_id,
@@ -1007,8 +988,7 @@ impl Broker {
         let live = live_brokers(store).await?;
         let leaving = decommissioned(store).await?;
         let records = self.topics.list().await?;
-        let named = |id: u64| records.iter().any(|r| (0..r.config.partitions).any(|p| r.hosts(p, id)));
-        if id == 0 || !(live.contains_key(&id) || leaving.contains(&id) || named(id)) {
+        if id == 0 || !(live.contains_key(&id) || leaving.contains(&id) || partitions_naming(&records, id) > 0) {
             return Err(BrokerError::invalid(format!("broker {id} is neither live nor holds a replica")));
         }
         let staying = live.keys().filter(|b| **b != id && !leaving.contains(b)).count();
@@ -1039,14 +1019,7 @@ impl Broker {
     async fn broker_status(&self, id: u64) -> BrokerResult<proto::DecommissionedBroker> {
         let store = self.topics.store().as_ref();
         let records = self.topics.list().await?;
-        let replicas =
-            records.iter().map(|r| (0..r.config.partitions).filter(|&p| r.hosts(p, id)).count() as u32).sum();
-        Ok(proto::DecommissionedBroker {
-            id,
-            decommissioned: decommissioned(store).await?.contains(&id),
-            live: live_brokers(store).await?.contains_key(&id),
-            replicas,
-        })
+        Ok(broker_status(id, &records, &decommissioned(store).await?, &live_brokers(store).await?))
     }
 
     pub fn describe_broker(&self) -> proto::BrokerDescription {
@@ -1526,6 +1499,45 @@ fn fetch_response(
 /// written and deleted by weir alone: a client's record there could keep the
 /// group coordinator from loading, and deleting one loses every group's
 /// offsets. Reading them stays open.
+/// Partitions whose target replicas, voters or superseded targets name
+/// broker `id`.
+fn partitions_naming(records: &[TopicRecord], id: u64) -> u32 {
+    records.iter().map(|r| (0..r.config.partitions).filter(|&p| r.hosts(p, id)).count() as u32).sum()
+}
+
+fn broker_status(
+    id: u64,
+    records: &[TopicRecord],
+    leaving: &BTreeSet<u64>,
+    live: &BTreeMap<u64, BrokerRecord>,
+) -> proto::DecommissionedBroker {
+    proto::DecommissionedBroker {
+        id,
+        decommissioned: leaving.contains(&id),
+        live: live.contains_key(&id),
+        replicas: partitions_naming(records, id),
+    }
+}
+
+/// Deletes the directory of a replica moved away once its record
+/// (`raft::retired`) is written; keeps it if the record could not be.
+/// Blocks on disk I/O.
+fn remove_retired_replica(disk: &dyn Disk, dir: &Path, recorded: Result<(), String>) {
+    match recorded {
+        Ok(()) => {
+            let _ = disk.remove_dir_all(dir);
+            if let Some(parent) = dir.parent() {
+                let _ = disk.sync_dir(parent);
+            }
+        }
+        Err(error) => tracing::error!(
+            dir = %dir.display(),
+            %error,
+            "a replica moved away could not record its vote and last entry; keeping it"
+        ),
+    }
+}
+
 fn refuse_internal(topic: &str, action: &str) -> BrokerResult<()> {
     if topic.starts_with(INTERNAL_TOPIC_PREFIX) {
         return Err(BrokerError::new(

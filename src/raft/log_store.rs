@@ -105,8 +105,8 @@ impl EntryIndex {
         if term(&retired.vote) > term(&hard.vote) {
             hard.vote = retired.vote.map(|vote| Vote { committed: false, ..vote });
         }
-        let bar = hard.repair_term.zip(hard.repair_through).map(|(term, index)| log_id(term, index));
-        let owed = retired.last_log_id.filter(|last| Some(*last) > self.last_log_id() && Some(*last) > bar);
+        let owed =
+            retired.last_log_id.filter(|last| Some(*last) > self.last_log_id() && Some(*last) > self.repair_bar());
         if let Some(last) = owed {
             hard.repair_term = Some(last.leader_id.term);
             hard.repair_through = Some(last.index);
@@ -120,6 +120,11 @@ impl EntryIndex {
         state_file::save(disk, dir, HARD_STATE_FILE, &hard)?;
         self.hard = hard;
         retired::discard(disk, dir)
+    }
+
+    /// See [`LogStore::repair_bar`].
+    fn repair_bar(&self) -> Option<LogId> {
+        Some(log_id(self.hard.repair_term?, self.hard.repair_through?))
     }
 
     fn get(&self, index: u64) -> Option<&Slot> {
@@ -371,8 +376,7 @@ impl LogStore {
     /// have held.
     pub fn retirement(&self) -> Retired {
         let index = self.index();
-        let bar = index.hard.repair_term.zip(index.hard.repair_through).map(|(term, i)| log_id(term, i));
-        Retired { vote: index.hard.vote, last_log_id: index.last_log_id().max(bar) }
+        Retired { vote: index.hard.vote, last_log_id: index.last_log_id().max(index.repair_bar()) }
     }
 
     /// Set while damage has cut entries this replica may have acknowledged,
@@ -386,8 +390,7 @@ impl LogStore {
     /// whose last log id is at least this has every entry the replica's
     /// log held before the damage, as Raft's vote rule demands.
     pub fn repair_bar(&self) -> Option<LogId> {
-        let hard = &self.index().hard;
-        Some(log_id(hard.repair_term?, hard.repair_through?))
+        self.index().repair_bar()
     }
 
     /// Records that the log holds, from a leader, everything up to the
