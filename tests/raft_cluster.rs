@@ -462,6 +462,33 @@ fn segment_files(disk: &SimDisk) -> Vec<PathBuf> {
 /// abstains instead: nobody leads until A is back, and then A repairs B.
 #[tokio::test]
 async fn a_replica_cut_by_damage_abstains_until_a_leader_repairs_it() {
+    abstains_until_repaired(|disk| {
+        let segments = segment_files(disk);
+        assert!(segments.len() >= 4, "the entries span segments: {segments:?}");
+        // Damage in a sealed segment holding entries C never got.
+        let victim = &segments[2];
+        let middle = disk.file_len(victim).unwrap() / 2;
+        disk.corrupt_byte(victim, middle, 0x10).unwrap();
+    })
+    .await;
+}
+
+/// As above, with the damage in the Raft control file instead: its first
+/// record (the group's first membership), before intact ones. The Raft log
+/// must stay whole, so B's log is cut at that entry, which loses every
+/// entry after it; B must abstain as for a damaged segment, not take the
+/// cut for a torn tail.
+#[tokio::test]
+async fn a_replica_whose_control_file_is_damaged_abstains_until_a_leader_repairs_it() {
+    abstains_until_repaired(|disk| {
+        let control = replica_dir().join("raft-control");
+        assert!(disk.file_len(&control).unwrap() > 60, "the control file holds several records");
+        disk.corrupt_byte(&control, 12, 0x10).unwrap();
+    })
+    .await;
+}
+
+async fn abstains_until_repaired(damage: impl FnOnce(&SimDisk)) {
     with_deadline(async {
         let mut cluster = Cluster::start(3).await;
         let mut acknowledged: Vec<(u64, String)> = Vec::new();
@@ -483,12 +510,7 @@ async fn a_replica_cut_by_damage_abstains_until_a_leader_repairs_it() {
         assert_eq!(cluster.leader().await, a, "A kept leading");
         cluster.hosts[b].crash(2).await;
         cluster.hosts[a].crash(3).await;
-        let segments = segment_files(&cluster.hosts[b].disk);
-        assert!(segments.len() >= 4, "the entries span segments: {segments:?}");
-        // Damage in a sealed segment holding entries C never got.
-        let victim = &segments[2];
-        let middle = cluster.hosts[b].disk.file_len(victim).unwrap() / 2;
-        cluster.hosts[b].disk.corrupt_byte(victim, middle, 0x10).unwrap();
+        damage(&cluster.hosts[b].disk);
 
         cluster.hosts[b].open().await;
         cluster.hosts[c].open().await;

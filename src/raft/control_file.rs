@@ -5,6 +5,12 @@
 //! Appends are fsynced with the log before an entry counts as written; a
 //! crash can tear only the unsynced tail, which reading stops at. Truncation
 //! and purging (both rare) rewrite the file atomically.
+//!
+//! A bad record with an intact record somewhere after it is no torn tail:
+//! it was durable and was damaged at rest. Reading still stops there (the
+//! Raft log must stay whole, so every entry after the lost one goes too),
+//! and [`ControlDamage`] tells the log store, whose replica then abstains
+//! until a leader has restored what was lost, as for a damaged segment.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +28,39 @@ pub struct ControlRecord {
     pub index: u64,
     pub term: u64,
     pub control: Control,
+}
+
+/// Damage found in the control file: a bad record before intact ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlDamage {
+    /// Where the bad record starts.
+    pub position: u64,
+    /// The highest Raft index among the intact records after it: how far
+    /// the file reached before.
+    pub reached_index: u64,
+}
+
+/// The record that starts at `at`, if a whole and intact one does.
+fn record_at(bytes: &[u8], at: usize) -> Option<(ControlRecord, usize)> {
+    let header = bytes.get(at..at + 8)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len > RECORD_BYTES_MAX || bytes.len() - at - 8 < len {
+        return None;
+    }
+    let json = &bytes[at + 8..at + 8 + len];
+    if crc32c::crc32c(json) != crc {
+        return None;
+    }
+    serde_json::from_slice(json).ok().map(|record| (record, 8 + len))
+}
+
+/// Intact records anywhere after a bad one at `bad` (found by trying every
+/// position, as the bad record's length cannot be trusted): damage, not a
+/// torn tail.
+fn damage_after(bytes: &[u8], bad: usize) -> Option<ControlDamage> {
+    let reached = (bad + 1..bytes.len()).filter_map(|at| record_at(bytes, at)).map(|(r, _)| r.index).max()?;
+    Some(ControlDamage { position: bad as u64, reached_index: reached })
 }
 
 #[derive(Debug)]
@@ -44,8 +83,9 @@ fn encode(records: &[ControlRecord]) -> Result<Vec<u8>, String> {
 }
 
 impl ControlFile {
-    /// Reads every whole record; a torn or damaged tail is cut off.
-    pub fn open(disk: Arc<dyn Disk>, dir: &Path) -> Result<(Self, Vec<ControlRecord>), String> {
+    /// Reads every whole record up to the first bad one, which is cut off
+    /// with all after it: a torn tail, or damage if intact records follow.
+    pub fn open(disk: Arc<dyn Disk>, dir: &Path) -> Result<(Self, Vec<ControlRecord>, Option<ControlDamage>), String> {
         let path = dir.join(FILE);
         let io = |e: std::io::Error| format!("reading {}: {e}", path.display());
         let bytes = match disk.open(&path, false) {
@@ -60,28 +100,27 @@ impl ControlFile {
         };
         let mut records = Vec::new();
         let mut at = 0;
-        while bytes.len() - at >= 8 {
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-            if len > RECORD_BYTES_MAX || bytes.len() - at - 8 < len {
-                break;
-            }
-            let json = &bytes[at + 8..at + 8 + len];
-            if crc32c::crc32c(json) != crc {
-                break;
-            }
-            match serde_json::from_slice(json) {
-                Ok(record) => records.push(record),
-                Err(_) => break,
-            }
-            at += 8 + len;
+        while let Some((record, len)) = record_at(&bytes, at) {
+            records.push(record);
+            at += len;
         }
+        let damage = damage_after(&bytes, at);
         let mut file = Self { disk, dir: dir.to_path_buf(), len: at as u64 };
         if at != bytes.len() {
-            tracing::info!(path = %path.display(), cut = bytes.len() - at, "cutting a torn tail off the Raft control file");
+            match &damage {
+                Some(damage) => tracing::error!(
+                    path = %path.display(),
+                    position = damage.position,
+                    reached_index = damage.reached_index,
+                    "a damaged record in the Raft control file; cutting it and all after it"
+                ),
+                None => {
+                    tracing::info!(path = %path.display(), cut = bytes.len() - at, "cutting a torn tail off the Raft control file")
+                }
+            }
             file.rewrite(&records)?;
         }
-        Ok((file, records))
+        Ok((file, records, damage))
     }
 
     /// Appends records durably.
@@ -128,12 +167,12 @@ mod tests {
         let shared: Arc<dyn Disk> = Arc::new(disk.clone());
         let dir = PathBuf::from("/p");
         shared.create_dir_all(&dir).unwrap();
-        let (mut file, records) = ControlFile::open(shared.clone(), &dir).unwrap();
+        let (mut file, records, _) = ControlFile::open(shared.clone(), &dir).unwrap();
         assert!(records.is_empty());
         file.append(&[record(0), record(4)]).unwrap();
         file.append(&[record(9)]).unwrap();
         disk.crash(1);
-        let (_, records) = ControlFile::open(shared.clone(), &dir).unwrap();
+        let (_, records, _) = ControlFile::open(shared.clone(), &dir).unwrap();
         assert_eq!(records, vec![record(0), record(4), record(9)]);
 
         // Garbage after the last whole record (a torn append) is cut off.
@@ -142,11 +181,45 @@ mod tests {
         let f = shared.open(&path, false).unwrap();
         f.write_at(len, &[7, 0, 0, 0, 1, 2, 3]).unwrap();
         f.sync().unwrap();
-        let (mut file, records) = ControlFile::open(shared.clone(), &dir).unwrap();
+        let (mut file, records, damage) = ControlFile::open(shared.clone(), &dir).unwrap();
         assert_eq!(records.len(), 3);
+        assert_eq!(damage, None, "a torn tail is no damage");
         assert_eq!(disk.file_len(&path), Some(len));
         file.rewrite(&[record(4)]).unwrap();
-        let (_, records) = ControlFile::open(shared, &dir).unwrap();
+        let (_, records, _) = ControlFile::open(shared, &dir).unwrap();
         assert_eq!(records, vec![record(4)]);
+    }
+
+    #[test]
+    fn a_bit_flipped_before_intact_records_is_damage_and_cuts_everything_after_it() {
+        let disk = SimDisk::new(3);
+        let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+        let dir = PathBuf::from("/p");
+        shared.create_dir_all(&dir).unwrap();
+        let (mut file, _, _) = ControlFile::open(shared.clone(), &dir).unwrap();
+        file.append(&[record(0), record(4)]).unwrap();
+        file.append(&[record(9)]).unwrap();
+        let path = dir.join(FILE);
+        let first = encode(&[record(0)]).unwrap().len() as u64;
+        // Every byte of the second record, its length and CRC included.
+        for position in first..first + encode(&[record(4)]).unwrap().len() as u64 {
+            let copy = SimDisk::new(3);
+            let copied: Arc<dyn Disk> = Arc::new(copy.clone());
+            copied.create_dir_all(&dir).unwrap();
+            let bytes = {
+                let f = shared.open(&path, false).unwrap();
+                let mut bytes = vec![0; f.len().unwrap() as usize];
+                f.read_exact_at(0, &mut bytes).unwrap();
+                bytes
+            };
+            replace_file(copied.as_ref(), &dir, FILE, &bytes).unwrap();
+            copy.corrupt_byte(&path, position, 0x10).unwrap();
+            let (_, records, damage) = ControlFile::open(copied.clone(), &dir).unwrap();
+            assert_eq!(records, vec![record(0)], "flip at {position}");
+            assert_eq!(damage, Some(ControlDamage { position: first, reached_index: 9 }), "flip at {position}");
+            // The cut is written back: opening again finds a whole file.
+            let (_, records, damage) = ControlFile::open(copied, &dir).unwrap();
+            assert_eq!((records, damage), (vec![record(0)], None));
+        }
     }
 }

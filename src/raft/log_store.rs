@@ -207,7 +207,7 @@ impl LogStore {
         if let Some(vote) = hard.vote.as_mut() {
             vote.committed = false;
         }
-        let (control_file, records) = ControlFile::open(disk.clone(), dir)?;
+        let (control_file, records, control_damage) = ControlFile::open(disk.clone(), dir)?;
         let records_in_file = records.len();
         // Reading every batch checks every CRC, also in the segments that
         // recovery trusted; damage found there means recovering again,
@@ -221,7 +221,15 @@ impl LogStore {
             scanned => scanned,
         };
         let scanned = scanned.map_err(|e| e.to_string())?;
-        if let Some(damage) = log.recovery_report().damage.clone() {
+        let log_damage = log.recovery_report().damage.clone();
+        let seen = match (&log_damage, &control_damage) {
+            (Some(damage), _) => Some((Some(damage.offset), damage.reason.clone())),
+            (None, Some(damage)) => {
+                Some((None, format!("a damaged record at byte {} of the control file", damage.position)))
+            }
+            (None, None) => None,
+        };
+        if let Some((offset, reason)) = seen {
             // Entries this replica acknowledged may be gone: it must not
             // vote on the strength of its log until a leader restores them.
             let in_log = scanned.last().map(|&(index, _, _)| index);
@@ -232,18 +240,31 @@ impl LogStore {
             // the damaged batch itself matters: when it was the last, the
             // log otherwise looked whole, and the replica stopped abstaining
             // at once without an entry it had acknowledged; seed 247.)
-            let lost_offsets = damage.reached_offset.map_or(1, |reached| reached.saturating_sub(damage.offset).max(1));
-            let controls_after = records.iter().filter(|r| in_log.is_none_or(|last| r.index > last)).count() as u64;
-            let by_offsets = Some(in_log.unwrap_or(0) + lost_offsets + controls_after);
-            let through = [damage.raft_index_lost, in_log, in_control_file, by_offsets, hard.repair_through]
-                .into_iter()
-                .flatten()
-                .max()
-                .unwrap_or(0);
+            // A damaged control record loses its entry and, as the log must
+            // stay whole, every entry after it (cut below as after a gap);
+            // the intact records after it say how far the file reached.
+            let by_offsets = log_damage.as_ref().map(|damage| {
+                let lost_offsets =
+                    damage.reached_offset.map_or(1, |reached| reached.saturating_sub(damage.offset).max(1));
+                let controls_after = records.iter().filter(|r| in_log.is_none_or(|last| r.index > last)).count() as u64;
+                in_log.unwrap_or(0) + lost_offsets + controls_after
+            });
+            let through = [
+                log_damage.as_ref().and_then(|damage| damage.raft_index_lost),
+                in_log,
+                in_control_file,
+                by_offsets,
+                control_damage.as_ref().map(|damage| damage.reached_index),
+                hard.repair_through,
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0);
             tracing::error!(
                 dir = %dir.display(),
-                offset = damage.offset,
-                reason = damage.reason,
+                offset,
+                reason,
                 repair_through = through,
                 "damage cut the Raft log; this replica abstains from elections until a leader repairs it"
             );

@@ -62,10 +62,5 @@ pub fn load(disk: &dyn Disk, dir: &Path) -> Result<Option<Retired>, String> {
 /// Blocks on disk I/O.
 pub fn discard(disk: &dyn Disk, dir: &Path) -> Result<(), String> {
     let (parent, name) = place(dir)?;
-    match disk.remove_file(&parent.join(&name)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("removing {}: {e}", parent.join(&name).display())),
-    }
-    disk.sync_dir(&parent).map_err(|e| format!("syncing {}: {e}", parent.display()))
+    state_file::remove(disk, &parent, &name)
 }
