@@ -488,6 +488,19 @@ async fn a_replica_whose_control_file_is_damaged_abstains_until_a_leader_repairs
     .await;
 }
 
+/// As above, with the control file's last record damaged: it looks like a
+/// torn tail, but the batches after it in the log prove it was durable
+/// (control records are fsynced before any batch after them is written).
+#[tokio::test]
+async fn a_replica_whose_last_control_record_is_damaged_abstains_until_a_leader_repairs_it() {
+    abstains_until_repaired(|disk| {
+        let control = replica_dir().join("raft-control");
+        let len = disk.file_len(&control).unwrap();
+        disk.corrupt_byte(&control, len - 3, 0x10).unwrap();
+    })
+    .await;
+}
+
 async fn abstains_until_repaired(damage: impl FnOnce(&SimDisk)) {
     with_deadline(async {
         let mut cluster = Cluster::start(3).await;

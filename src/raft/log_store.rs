@@ -13,7 +13,7 @@
 //! file when the group opens. The vote and the purge point live in a small
 //! state file.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
@@ -188,10 +188,25 @@ fn scan_batches(log: &PartitionLog) -> Result<Vec<(u64, u64, u64)>, LogError> {
     Ok(out)
 }
 
+/// The first entry from `first` on that neither a batch nor a control
+/// record holds, if a batch lies after it: `(missing, that batch's index)`.
+fn gap_before_a_batch(first: u64, scanned: &[(u64, u64, u64)], records: &[ControlRecord]) -> Option<(u64, u64)> {
+    let batches: BTreeSet<u64> = scanned.iter().map(|&(index, _, _)| index).filter(|&index| index >= first).collect();
+    let controls: BTreeSet<u64> = records.iter().map(|r| r.index).collect();
+    let mut next = first;
+    while batches.contains(&next) || controls.contains(&next) {
+        next += 1;
+    }
+    batches.range(next..).next().map(|&after| (next, after))
+}
+
 impl LogStore {
     /// Indexes the entries of `log` (opened in `dir`) and its control file.
-    /// What a crash left after a gap in the entries is cut off: it was never
-    /// acknowledged, as both files are fsynced before an entry counts.
+    /// Entries after a gap are cut off: the Raft log must be whole. Control
+    /// records a crash left beyond the last batch were never acknowledged;
+    /// a gap before a batch, or damage in either file, means entries this
+    /// replica may have acknowledged are gone, and it abstains until a
+    /// leader has restored them.
     /// Blocks on disk I/O.
     pub fn open(disk: Arc<dyn Disk>, dir: &Path, mut log: PartitionLog) -> Result<Self, String> {
         let mut hard: HardState = state_file::load(disk.as_ref(), dir, HARD_STATE_FILE)?.unwrap_or_default();
@@ -222,12 +237,21 @@ impl LogStore {
         };
         let scanned = scanned.map_err(|e| e.to_string())?;
         let log_damage = log.recovery_report().damage.clone();
-        let seen = match (&log_damage, &control_damage) {
-            (Some(damage), _) => Some((Some(damage.offset), damage.reason.clone())),
-            (None, Some(damage)) => {
+        let first = hard.purged.map_or(0, |p| p.index + 1);
+        // Control records are fsynced before any batch after them is
+        // written (`append_blocking`), so an entry missing before a batch
+        // that survived was lost at rest, as a damaged record is.
+        let gap = gap_before_a_batch(first, &scanned, &records);
+        let seen = match (&log_damage, &control_damage, gap) {
+            (Some(damage), _, _) => Some((Some(damage.offset), damage.reason.clone())),
+            (None, Some(damage), _) => {
                 Some((None, format!("a damaged record at byte {} of the control file", damage.position)))
             }
-            (None, None) => None,
+            (None, None, Some((missing, after))) => Some((
+                None,
+                format!("Raft entry {missing} is missing from the control file, but entry {after} is in the log"),
+            )),
+            (None, None, None) => None,
         };
         if let Some((offset, reason)) = seen {
             // Entries this replica acknowledged may be gone: it must not
@@ -288,7 +312,6 @@ impl LogStore {
             hard.repair_term = term.max(hard.repair_term);
             state_file::save(disk.as_ref(), dir, HARD_STATE_FILE, &hard)?;
         }
-        let first = hard.purged.map_or(0, |p| p.index + 1);
         let mut controls: BTreeMap<u64, ControlRecord> =
             records.into_iter().filter(|r| r.index >= first).map(|r| (r.index, r)).collect();
         let mut offset = log.log_start_offset();
@@ -462,22 +485,35 @@ impl LogStore {
         Ok(())
     }
 
+    /// Appends `entries`, durably. The control records go first, fsynced
+    /// before any batch after them is written: so a batch that survives a
+    /// crash proves every control entry before it durable, and a control
+    /// entry missing before a batch is damage, not a crash (see `open`).
     fn append_blocking(&self, entries: Vec<Entry>) -> Result<(), String> {
         let mut index = self.index();
-        let mut guard = lock_log(&self.shared.log);
-        let log = guard.as_mut().ok_or("partition log is closed")?;
-        let mut durable: Vec<(Proposal, u64)> = Vec::new();
+        let next = index.next_index();
         let mut controls = Vec::new();
-        for entry in entries {
-            let expected = index.next_index();
+        for (at, entry) in entries.iter().enumerate() {
+            let expected = next + at as u64;
             if entry.log_id.index != expected {
                 return Err(format!("appending Raft entry {} but the log ends before {expected}", entry.log_id.index));
             }
+            if !matches!(entry.payload, EntryPayload::Normal(_)) {
+                let control = Control::of(&entry.payload).expect("not a proposal");
+                controls.push(ControlRecord { index: expected, term: entry.log_id.leader_id.term, control });
+            }
+        }
+        index.control_file.append(&controls)?;
+        let mut guard = lock_log(&self.shared.log);
+        let log = guard.as_mut().ok_or("partition log is closed")?;
+        let mut durable: Vec<(Proposal, u64)> = Vec::new();
+        let mut controls = controls.into_iter();
+        for entry in entries {
             let term = entry.log_id.leader_id.term;
             match entry.payload {
                 EntryPayload::Normal(proposal) => {
                     let batch = proposal.batch.clone();
-                    let appended = log.append_entry(batch, term, expected).map_err(|e| {
+                    let appended = log.append_entry(batch, term, entry.log_id.index).map_err(|e| {
                         if matches!(e, LogError::NoSpace { .. }) {
                             self.shared.out_of_space.store(true, Ordering::Release);
                         }
@@ -486,16 +522,14 @@ impl LogStore {
                     index.slots.push_back(Slot { offset: appended.base_offset, term, control: None });
                     durable.push((proposal, appended.base_offset));
                 }
-                payload => {
-                    let control = Control::of(&payload).expect("not a proposal");
-                    controls.push(ControlRecord { index: expected, term, control: control.clone() });
+                _ => {
+                    let record = controls.next().expect("one record per control entry");
                     let offset = log.log_end_offset();
-                    index.slots.push_back(Slot { offset, term, control: Some(Box::new(control)) });
+                    index.slots.push_back(Slot { offset, term, control: Some(Box::new(record.control)) });
                 }
             }
         }
         log.flush().map_err(|e| e.to_string())?;
-        index.control_file.append(&controls)?;
         for (proposal, base_offset) in durable {
             proposal.signal_durable(base_offset);
         }
