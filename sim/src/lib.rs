@@ -5,6 +5,8 @@
 pub mod availability;
 pub mod checker;
 pub mod cluster;
+#[cfg(madsim)]
+pub mod damage;
 pub mod etcd;
 pub mod history;
 #[cfg(not(madsim))]

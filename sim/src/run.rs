@@ -13,13 +13,13 @@ use madsim::net::NetSim;
 use weir::client::Client;
 use weir::proto;
 use weir::proto::Acks;
-use weir::sys::disk::{Disk, SimDisk};
-use weir::sys::rng::SeededRng;
+use weir::sys::disk::Disk;
 
 use crate::availability::{self, Sample, View, Window};
 use crate::checker::replicas::Replica;
 use crate::checker::{self, Anomaly, Input};
 use crate::cluster::Cluster;
+use crate::damage::{self, Damaged};
 use crate::history::{History, Op};
 use crate::plan::{Fault, Plan};
 use crate::workload::{
@@ -156,7 +156,7 @@ pub async fn run(plan: Plan) -> Outcome {
     events.sort();
     let mut underway: Vec<Option<(Started, Duration, Vec<View>)>> = plan.steps.iter().map(|_| None).collect();
     let mut windows = Vec::new();
-    let mut last_damage: LastDamage = None;
+    let mut damaged = Damaged::default();
     // Brokers decommissioned and stopped for good.
     let mut retired: BTreeSet<u64> = BTreeSet::new();
     for (t, is_start, i) in events {
@@ -173,7 +173,7 @@ pub async fn run(plan: Plan) -> Outcome {
                 continue;
             }
             tracing::info!(fault = ?step.fault, lasting = ?step.lasting, "nemesis");
-            let started = start_fault(&mut cluster, &bootstrap, &step.fault, &mut last_damage, &retired).await;
+            let started = start_fault(&mut cluster, &bootstrap, &step.fault, &mut damaged, &retired).await;
             // In effect from now (a rot first asks whether a repair is
             // under way, which takes simulated time).
             let at = history.now();
@@ -288,85 +288,11 @@ async fn replicas(cluster: &Cluster, retired: &BTreeSet<u64>) -> (Vec<Replica>, 
     (read, unchecked)
 }
 
-/// Every segment file on a broker's disk, by partition directory, oldest
-/// first.
-fn segment_files(disk: &dyn Disk, broker: u64) -> Vec<Vec<std::path::PathBuf>> {
-    let topics = std::path::PathBuf::from(format!("/data/broker-{broker}/topics"));
-    let mut out = Vec::new();
-    for topic in disk.list_subdirs(&topics).unwrap_or_default() {
-        let topic = topics.join(topic);
-        for partition in disk.list_subdirs(&topic).unwrap_or_default() {
-            let dir = topic.join(partition);
-            let mut names: Vec<String> =
-                disk.list_dir(&dir).unwrap_or_default().into_iter().filter(|n| n.ends_with(".log")).collect();
-            names.sort();
-            out.push(names.into_iter().map(|n| dir.join(n)).collect());
-        }
-    }
-    out
-}
-
-/// Bit rot chosen by `seed`: one bit flipped anywhere in one segment file,
-/// or (one time in three, with `may_cut`, for a stopped broker) a sealed
-/// segment cut short. The active segment is not cut: after a crash a
-/// shortened active segment is a torn tail, which recovery cannot tell from
-/// lost acknowledged data. A running broker's file is only flipped, and
-/// only where its bytes are durable.
-fn rot_a_segment(disk: &SimDisk, broker: u64, seed: u64, may_cut: bool) {
-    let mut rng = SeededRng::new(seed ^ 0xB17_F11B);
-    let partitions = segment_files(disk, broker);
-    let sealed: Vec<&std::path::PathBuf> =
-        partitions.iter().flat_map(|files| files.iter().take(files.len().saturating_sub(1))).collect();
-    let all: Vec<&std::path::PathBuf> = partitions.iter().flatten().collect();
-    let cut = !sealed.is_empty() && rng.chance(1, 3) && may_cut;
-    let candidates: Vec<&std::path::PathBuf> = if cut { sealed } else { all };
-    // Bytes both reads and a crash would see.
-    let len = |p: &std::path::Path| disk.file_len(p).unwrap_or(0).min(disk.durable_len(p).unwrap_or(0));
-    let candidates: Vec<_> = candidates.into_iter().filter(|p| len(p) > 0).collect();
-    if candidates.is_empty() {
-        return;
-    }
-    let victim = candidates[rng.below(candidates.len() as u64) as usize];
-    let len = len(victim);
-    let position = rng.below(len);
-    if cut {
-        let file = disk.open(victim, false).and_then(|file| file.set_len(position).and_then(|()| file.sync()));
-        tracing::info!(broker, file = %victim.display(), position, ok = file.is_ok(), "nemesis: sealed segment cut short");
-    } else {
-        let mask = 1u8 << rng.below(8);
-        let flipped = disk.corrupt_byte(victim, position, mask);
-        tracing::info!(broker, file = %victim.display(), position, mask, ok = flipped.is_ok(), "nemesis: bit flipped");
-    }
-}
-
-/// Whether any broker is repairing a replica (or cannot say): damage is
-/// put into one replica at a time, as the fault model has it. Two damaged
-/// replicas of three may leave nobody with the whole log, and then the
-/// partition waits for an operator, by design (sim/README.md).
 /// Every broker's address, by id from 1, but empty for brokers out of
 /// service (decommissioned and stopped): those are not asked.
 fn in_service(cluster: &Cluster, retired: &BTreeSet<u64>) -> Vec<String> {
     let addresses = cluster.addresses().into_iter().enumerate();
     addresses.map(|(i, address)| if retired.contains(&(i as u64 + 1)) { String::new() } else { address }).collect()
-}
-
-async fn repair_under_way(cluster: &Cluster, retired: &BTreeSet<u64>) -> bool {
-    let addresses: Vec<String> = in_service(cluster, retired).into_iter().filter(|a| !a.is_empty()).collect();
-    // A broker that does not answer within a second (paused or cut off
-    // by another fault) cannot say: counted as repairing.
-    let asked = async move {
-        for address in addresses {
-            let Ok(client) = Client::connect(&address).await else { return true };
-            for topic in [TOPIC, weir::broker::server::OFFSETS_TOPIC] {
-                match client.describe_topic(topic).await {
-                    Ok(described) if described.partitions.iter().all(|p| !p.repairing) => {}
-                    _ => return true,
-                }
-            }
-        }
-        false
-    };
-    cluster.run(async move { tokio::time::timeout(Duration::from_secs(1), asked).await.unwrap_or(true) }).await
 }
 
 /// The test topic's segment size: a partition's log rolls every hundred or
@@ -398,24 +324,6 @@ enum Started {
     Crashed(Vec<u64>),
 }
 
-/// The last damage the nemesis did: to which broker, and when.
-///
-/// One replica of a partition may be damaged at a time (a majority stays
-/// intact: the fault model). A damaged replica says it is repairing only
-/// once its scrubber (every 2 s here) or a read finds the damage, and a
-/// paused or cut-off broker finds nothing until it is back (pauses last
-/// up to 15 s), so damage is done to another broker only when no repair
-/// is under way and `DAMAGE_APART` has passed since the last. Sweep seed
-/// 3145 damaged two of a partition's three replicas 1.6 s apart, before
-/// either was found.
-type LastDamage = Option<(u64, tokio::time::Instant)>;
-const DAMAGE_APART: Duration = Duration::from_secs(25);
-
-async fn may_damage(cluster: &Cluster, broker: u64, last: &LastDamage, retired: &BTreeSet<u64>) -> bool {
-    let recent = last.is_some_and(|(b, at)| b != broker && at.elapsed() < DAMAGE_APART);
-    !recent && !repair_under_way(cluster, retired).await
-}
-
 /// Asks a broker at `bootstrap` for something, for 5 s at most (the
 /// broker asked may be paused); `what` names it in the log. `None` if no
 /// broker could be reached or none answered in time.
@@ -444,23 +352,27 @@ async fn start_fault(
     cluster: &mut Cluster,
     bootstrap: &str,
     fault: &Fault,
-    damage: &mut LastDamage,
+    damaged: &mut Damaged,
     retired: &BTreeSet<u64>,
 ) -> Started {
     let net = NetSim::current();
     match fault {
         Fault::KillRestart { broker, seed, rot } => {
-            let rot = *rot && may_damage(cluster, *broker, damage, retired).await;
+            let damageable = match rot {
+                true => damage::damageable(cluster, *broker, in_service(cluster, retired), damaged).await,
+                false => BTreeSet::new(),
+            };
             cluster.kill(*broker, *seed).await;
-            if rot {
-                rot_a_segment(&cluster.disk(*broker), *broker, *seed, true);
-                *damage = Some((*broker, tokio::time::Instant::now()));
+            if *rot {
+                if let Some(key) = damage::rot(&cluster.disk(*broker), *broker, *seed, true, &damageable) {
+                    damaged.record(*broker, key);
+                }
             }
         }
         Fault::Rot { broker, seed } => {
-            if may_damage(cluster, *broker, damage, retired).await {
-                rot_a_segment(&cluster.disk(*broker), *broker, *seed, false);
-                *damage = Some((*broker, tokio::time::Instant::now()));
+            let damageable = damage::damageable(cluster, *broker, in_service(cluster, retired), damaged).await;
+            if let Some(key) = damage::rot(&cluster.disk(*broker), *broker, *seed, false, &damageable) {
+                damaged.record(*broker, key);
             }
         }
         Fault::Isolate { broker } => net.clog_node(cluster.node_id(*broker)),

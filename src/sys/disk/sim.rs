@@ -67,15 +67,33 @@ enum FileOp {
 
 #[derive(Debug, Clone)]
 enum NamespaceOp {
-    Create { path: PathBuf, inode: u64 },
-    Remove { path: PathBuf },
-    Rename { from: PathBuf, to: PathBuf },
+    Create {
+        path: PathBuf,
+        inode: u64,
+    },
+    Remove {
+        path: PathBuf,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    /// A directory removed with everything in it (these names, of these
+    /// inodes): one entry in its parent, durable once the parent is synced
+    /// (the files' own entries went with the directory), or undone whole by
+    /// a crash before that. Names made since are not touched.
+    RemoveTree {
+        path: PathBuf,
+        names: Vec<(PathBuf, u64)>,
+    },
 }
 
 impl NamespaceOp {
     fn dir(&self) -> &Path {
         let path = match self {
-            NamespaceOp::Create { path, .. } | NamespaceOp::Remove { path } => path,
+            NamespaceOp::Create { path, .. } | NamespaceOp::Remove { path } | NamespaceOp::RemoveTree { path, .. } => {
+                path
+            }
             NamespaceOp::Rename { to, .. } => to,
         };
         path.parent().unwrap_or(Path::new(""))
@@ -88,6 +106,13 @@ impl NamespaceOp {
             }
             NamespaceOp::Remove { path } => {
                 names.remove(path);
+            }
+            NamespaceOp::RemoveTree { names: doomed, .. } => {
+                for (name, inode) in doomed {
+                    if names.get(name) == Some(inode) {
+                        names.remove(name);
+                    }
+                }
             }
             NamespaceOp::Rename { from, to } => {
                 if let Some(inode) = names.remove(from) {
@@ -599,10 +624,14 @@ impl Disk for SimDisk {
 
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut state = self.lock();
-        let doomed: Vec<PathBuf> = state.names.keys().filter(|name| name.starts_with(path)).cloned().collect();
-        for name in doomed {
-            let inode = state.names.remove(&name).expect("listed above");
-            state.names_pending.push(NamespaceOp::Remove { path: name });
+        let doomed: Vec<(PathBuf, u64)> =
+            state.names.iter().filter(|(name, _)| name.starts_with(path)).map(|(n, i)| (n.clone(), *i)).collect();
+        for (name, _) in &doomed {
+            state.names.remove(name);
+        }
+        let inodes: Vec<u64> = doomed.iter().map(|&(_, inode)| inode).collect();
+        state.names_pending.push(NamespaceOp::RemoveTree { path: path.to_path_buf(), names: doomed });
+        for inode in inodes {
             state.collect(inode);
         }
         state.dirs.retain(|dir| !dir.starts_with(path));
@@ -766,6 +795,41 @@ mod tests {
             }
         }
         panic!("an unsynced remove always survived");
+    }
+
+    /// A directory removed whole is one entry in its parent: synced there,
+    /// none of its files comes back, even into a directory made again under
+    /// its name; not synced, a crash keeps the whole tree or none of it.
+    #[test]
+    fn a_removed_tree_is_durable_with_its_parent_and_never_comes_back_in_part() {
+        let make = |disk: &SimDisk, name: &str| {
+            let file = disk.open(&path(name), true).unwrap();
+            file.write_at(0, name.as_bytes()).unwrap();
+            file.sync().unwrap();
+        };
+        let mut came_back = false;
+        for seed in 0..50 {
+            let disk = SimDisk::new(0);
+            disk.create_dir_all(Path::new(DIR)).unwrap();
+            make(&disk, "a");
+            make(&disk, "b");
+            disk.sync_dir(Path::new(DIR)).unwrap();
+            disk.remove_dir_all(Path::new(DIR)).unwrap();
+            disk.crash(seed);
+            let (a, b) = (contents(&disk, "a").is_some(), contents(&disk, "b").is_some());
+            assert_eq!(a, b, "seed {seed}: part of a removed tree came back");
+            came_back |= a;
+
+            disk.remove_dir_all(Path::new(DIR)).unwrap();
+            disk.sync_dir(Path::new("/")).unwrap();
+            disk.create_dir_all(Path::new(DIR)).unwrap();
+            make(&disk, "c");
+            disk.sync_dir(Path::new(DIR)).unwrap();
+            disk.crash(seed);
+            assert_eq!(contents(&disk, "a"), None, "seed {seed}");
+            assert_eq!(contents(&disk, "c").as_deref(), Some(&b"c"[..]), "seed {seed}");
+        }
+        assert!(came_back, "an unsynced removal can be undone");
     }
 
     #[test]
