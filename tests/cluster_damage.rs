@@ -345,3 +345,45 @@ async fn full_follower() {
     assert!(caught_up(&last), "broker {follower} did not catch up after its disk had room: {last:?}");
     every_disk_holds(cluster, &acknowledged).await;
 }
+
+#[tokio::test]
+async fn a_leader_whose_disk_fails_reads_gives_up_leading_and_is_reopened_in_place() {
+    init_tracing();
+    tokio::time::timeout(TEST_DEADLINE, read_failing_leader()).await.expect("the test finishes within its deadline");
+}
+
+/// A failed read stops the leader's Raft core (openraft stops a group on
+/// any storage error). Its last metrics still said "leader": the broker
+/// went on serving reads as the partition's leader from a log no longer
+/// replicated to, and never reopened it (the read-error sweep's seed 191
+/// lost 339 acknowledged writes from its final read that way). Now the
+/// stopped replica leads nothing, the others elect a leader and go on, and
+/// the broker reopens the replica in place: a read changes nothing, so the
+/// log is sound, and it catches up without a restart.
+async fn read_failing_leader() {
+    let cluster = Cluster::start("read-failing-leader", 3, |c| {
+        c.scrub_bytes_per_sec = 0;
+        c.prefer_leaders = false;
+    })
+    .await;
+    let (leader, mut acknowledged) = create_and_fill(&cluster, 50).await;
+    // Enough failed reads to stop the core on the next replication read
+    // and keep the first reopenings from reading their log back.
+    cluster.disk(leader).fail_next_reads(40);
+    tracing::info!(broker = leader, "the leader's disk fails its next reads");
+    // Acknowledged through another leader: the stopped one leads nothing.
+    acknowledged.extend(fill_more(&cluster, 50, 100).await);
+    let caught_up = |lags: &Option<Vec<(u64, u64)>>| {
+        lags.as_ref().is_some_and(|l| l.len() == 3 && l.iter().all(|(_, lag)| *lag == 0))
+    };
+    let mut last = None;
+    for _ in 0..1_200 {
+        last = lags(&cluster).await;
+        if caught_up(&last) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(caught_up(&last), "broker {leader} did not catch up after its reads failed: {last:?}");
+    every_disk_holds(cluster, &acknowledged).await;
+}

@@ -220,14 +220,21 @@ mod harness {
                     let node_disk = node_disk.clone();
                     let clock: Arc<dyn weir::sys::clock::Clock> = node_clock.clone();
                     async move {
-                        // A broker that cannot reach etcd as it opens exits
-                        // with an error, and its supervisor starts it again
-                        // (systemd's Restart=always): a failure to open, not
-                        // a panic. Other errors are bugs.
+                        // A broker that cannot reach etcd, or whose disk
+                        // fails a read, as it opens exits with an error, and
+                        // its supervisor starts it again (systemd's
+                        // Restart=always): a failure to open, not a panic.
+                        // Other errors are bugs.
                         let broker = loop {
+                            use weir::proto::ErrorCode;
                             match open_broker(config.clone(), disk.clone(), clock.clone()).await {
                                 Ok(broker) => break broker,
-                                Err(error) if error.code == weir::proto::ErrorCode::MetadataUnavailable => {
+                                Err(error)
+                                    if matches!(
+                                        error.code,
+                                        ErrorCode::MetadataUnavailable | ErrorCode::StorageFailed
+                                    ) =>
+                                {
                                     tracing::info!(%error, "the broker did not open; its supervisor starts it again");
                                     node_disk.release_locks();
                                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -45,6 +45,11 @@ pub enum Fault {
     /// A broker's disk is full; healed by freeing space and restarting the
     /// broker.
     FullDisk { broker: u64 },
+    /// A broker's next `reads` reads from its disk fail with an I/O error (a
+    /// sector that cannot be read for a while); healed by the disk reading
+    /// again, without a restart. A failed read must fail its request, never
+    /// stop a partition for good or pass for damage.
+    ReadErrors { broker: u64, reads: u32 },
     /// Every broker loses power at once: each disk keeps only what it had
     /// fsynced, its last write maybe torn (chosen by `seed`); all restart
     /// when healed. Nothing acknowledged under acks=all may be lost.
@@ -92,6 +97,7 @@ impl Fault {
             | Fault::Pause { broker }
             | Fault::DiskErrors { broker, .. }
             | Fault::FullDisk { broker }
+            | Fault::ReadErrors { broker, .. }
             | Fault::ClockJump { broker, .. }
             | Fault::Join { broker }
             | Fault::Decommission { broker } => vec![*broker],
@@ -116,6 +122,7 @@ impl Fault {
             Fault::PacketLoss { .. } => "packet-loss",
             Fault::DiskErrors { .. } => "disk-errors",
             Fault::FullDisk { .. } => "full-disk",
+            Fault::ReadErrors { .. } => "read-errors",
             Fault::PowerLoss { .. } => "power-loss",
             Fault::CrashMajority { .. } => "crash-majority",
             Fault::ClockJump { .. } => "clock-jump",
@@ -329,6 +336,23 @@ impl Plan {
         {
             steps.push(Step { at, fault: Fault::Decommission { broker }, lasting });
         }
+        // Read errors: half the runs have a broker fail some reads, once
+        // or twice, beside whatever else happens. Drawn apart, so the
+        // faults above stay what they were for a seed.
+        let mut read_rng = SeededRng::new(seed ^ 0x0EAD_E770);
+        if read_rng.chance(1, 2) {
+            let mut at = Duration::from_millis(3_000 + read_rng.below(20_000));
+            for _ in 0..2 {
+                let lasting = Duration::from_millis(1_000 + read_rng.below(4_000));
+                if at + lasting + Duration::from_secs(2) >= safety {
+                    break;
+                }
+                let fault =
+                    Fault::ReadErrors { broker: 1 + read_rng.below(brokers), reads: 1 + read_rng.below(50) as u32 };
+                steps.push(Step { at, fault, lasting });
+                at += lasting + Duration::from_millis(5_000 + read_rng.below(20_000));
+            }
+        }
         steps.sort_by_key(|step| step.at);
         // Drawn apart, so the faults above stay what they were for a seed.
         let mut stall_rng = SeededRng::new(seed ^ 0x57A1_1ED0);
@@ -538,6 +562,7 @@ fn fault_text(fault: &Fault) -> String {
             format!("disk-errors broker={broker} syncs={syncs} writes={writes}")
         }
         Fault::FullDisk { broker } => format!("full-disk broker={broker}"),
+        Fault::ReadErrors { broker, reads } => format!("read-errors broker={broker} reads={reads}"),
         Fault::PowerLoss { seed } => format!("power-loss seed={seed}"),
         Fault::CrashMajority { brokers, seed } => {
             let brokers: Vec<String> = brokers.iter().map(u64::to_string).collect();
@@ -617,6 +642,7 @@ impl<'a> Fields<'a> {
                 writes: self.number("writes")?,
             },
             "full-disk" => Fault::FullDisk { broker: self.number("broker")? },
+            "read-errors" => Fault::ReadErrors { broker: self.number("broker")?, reads: self.number("reads")? },
             "clock-jump" => Fault::ClockJump { broker: self.number("broker")?, by_ms: self.number("by_ms")? },
             "join" => Fault::Join { broker: self.number("broker")? },
             "decommission" => Fault::Decommission { broker: self.number("broker")? },
@@ -655,7 +681,9 @@ mod tests {
             | Fault::Pause { broker } => *broker <= 3,
             Fault::CutLink { a, b } => *a <= 3 && *b <= 3,
             Fault::OneWay { from, to } => *from <= 3 && *to <= 3,
-            Fault::DiskErrors { broker, .. } | Fault::FullDisk { broker } => *broker <= 3,
+            Fault::DiskErrors { broker, .. } | Fault::FullDisk { broker } | Fault::ReadErrors { broker, .. } => {
+                *broker <= 3
+            }
             Fault::Move { replicas, .. } => replicas.iter().all(|b| *b <= 3),
             Fault::CrashMajority { brokers, .. } => brokers.len() == 2 && brokers.iter().all(|b| *b <= 3),
             Fault::ClockJump { broker, by_ms } => *broker <= 3 && *by_ms != 0,
@@ -692,6 +720,12 @@ mod tests {
                 }
             }
         }
+        // Five replicas only on five brokers, in some runs; read errors in
+        // some runs.
+        assert!(scaled.iter().all(|p| p.replication == 3 || (p.replication == 5 && p.brokers == 5)));
+        assert!(scaled.iter().any(|p| p.replication == 5));
+        let reads = |p: &&Plan| p.steps.iter().any(|s| matches!(s.fault, Fault::ReadErrors { reads, .. } if reads > 0));
+        assert!((10..=30).contains(&scaled.iter().filter(reads).count()));
         let plans: Vec<Plan> = (0..20).map(|s| Plan::from_seed(s, Duration::from_secs(60))).collect();
         assert!(plans.iter().any(|p| p.brokers != plans[0].brokers || p.partitions != plans[0].partitions));
         for plan in &plans {
@@ -701,7 +735,7 @@ mod tests {
                         assert!(a != b && *b >= 1 && *b <= plan.brokers, "{step:?}")
                     }
                     Fault::Move { replicas, partition } => {
-                        assert_eq!(replicas.len(), 3);
+                        assert_eq!(replicas.len(), plan.replication as usize);
                         assert!(*partition < plan.partitions);
                     }
                     _ => {}
@@ -721,7 +755,7 @@ mod tests {
                 assert_eq!(Plan::parse(&plan.to_text()), Ok(plan), "seed {seed}");
             }
         }
-        assert_eq!(kinds.len(), 17, "every fault kind went through the text: {kinds:?}");
+        assert_eq!(kinds.len(), 18, "every fault kind went through the text: {kinds:?}");
         let commented =
             format!("# found: something\n\n{}  # trailing\n", Plan::from_seed(5, Duration::from_secs(30)).to_text());
         assert_eq!(Plan::parse(&commented), Ok(Plan::from_seed(5, Duration::from_secs(30))));

@@ -435,6 +435,7 @@ async fn start_fault(
             let disk = cluster.disk(*broker);
             disk.set_capacity(Some(disk.used_bytes()));
         }
+        Fault::ReadErrors { broker, reads } => cluster.disk(*broker).fail_next_reads(*reads),
         Fault::PowerLoss { seed } => {
             let brokers: Vec<u64> = (1..=cluster.addresses().len() as u64).filter(|b| !retired.contains(b)).collect();
             crash(cluster, &brokers, *seed).await;
@@ -517,6 +518,7 @@ async fn heal_fault(
             cluster.kill(*broker, u64::from(*syncs) << 32 | u64::from(*writes)).await;
             start_again(cluster, *broker);
         }
+        Fault::ReadErrors { broker, .. } => cluster.disk(*broker).fail_next_reads(0),
         Fault::FullDisk { broker } => {
             cluster.disk(*broker).set_capacity(None);
             cluster.kill(*broker, *broker).await;

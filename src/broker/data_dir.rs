@@ -81,14 +81,16 @@ impl DataDirClaim {
 fn read_identity(disk: &dyn Disk, dir: &Path) -> BrokerResult<Option<Identity>> {
     let path = dir.join(IDENTITY_FILE);
     let unreadable = |why: String| BrokerError::new(ErrorCode::CorruptData, format!("{}: {why}", path.display()));
+    // The disk failing to read is not damage: the next start may read it.
+    let failed = |e: io::Error| BrokerError::new(ErrorCode::StorageFailed, format!("{}: {e}", path.display()));
     let file = match disk.open(&path, false) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(unreadable(e.to_string())),
+        Err(e) => return Err(failed(e)),
     };
-    let len = file.len().map_err(|e| unreadable(e.to_string()))?;
+    let len = file.len().map_err(failed)?;
     let mut bytes = vec![0; usize::try_from(len).unwrap_or(0).min(64 << 10)];
-    file.read_exact_at(0, &mut bytes).map_err(|e| unreadable(e.to_string()))?;
+    file.read_exact_at(0, &mut bytes).map_err(failed)?;
     let text = String::from_utf8(bytes).map_err(|e| unreadable(e.to_string()))?;
     toml::from_str(&text).map(Some).map_err(|e| unreadable(e.to_string()))
 }

@@ -88,10 +88,10 @@ impl Partition {
         lock_log(self.replica.log()).as_ref().is_some_and(|log| log.damage_seen())
     }
 
-    /// Why this replica stopped, if a full disk stopped it (see
-    /// [`crate::raft::Replica::stopped_by_full_disk`]).
+    /// Why this replica stopped, if a full disk or a failed read stopped it (see
+    /// [`crate::raft::Replica::stopped_in_place`]).
     pub fn stalled(&self) -> Option<String> {
-        self.replica.stopped_by_full_disk()
+        self.replica.stopped_in_place()
     }
 
     /// Raises the log's durable-end mark to what it has fsynced (see

@@ -152,6 +152,9 @@ struct Shared {
     /// append whole and stays usable (unlike after a failed write or
     /// fsync), so the replica may be reopened in place.
     out_of_space: AtomicBool,
+    /// A read for Raft failed (the disk could not read, for a while). A
+    /// read changes nothing, so the replica may be reopened in place.
+    read_failed: AtomicBool,
 }
 
 /// A partition group's log storage; clones share it.
@@ -359,6 +362,7 @@ impl LogStore {
             log: Arc::new(Mutex::new(Some(log))),
             index: Mutex::new(index),
             out_of_space: AtomicBool::new(false),
+            read_failed: AtomicBool::new(false),
         };
         Ok(Self { shared: Arc::new(shared) })
     }
@@ -366,6 +370,11 @@ impl LogStore {
     /// Whether an append found the disk full (see `Shared::out_of_space`).
     pub fn out_of_space(&self) -> bool {
         self.shared.out_of_space.load(Ordering::Acquire)
+    }
+
+    /// Whether a read for Raft failed (see `Shared::read_failed`).
+    pub fn read_failed(&self) -> bool {
+        self.shared.read_failed.load(Ordering::Acquire)
     }
 
     pub fn log(&self) -> SharedLog {
@@ -650,7 +659,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = index_range(&range);
         let store = self.clone();
-        blocking(move || store.read_blocking(start, end)).await.map_err(read_err)
+        let read = blocking(move || store.read_blocking(start, end)).await;
+        if read.is_err() {
+            self.shared.read_failed.store(true, Ordering::Release);
+        }
+        read.map_err(read_err)
     }
 }
 

@@ -313,8 +313,19 @@ impl Replica {
         }
     }
 
-    /// The leader as this replica knows it: id and address.
+    /// Whether this replica's Raft core has stopped (on a storage error):
+    /// it takes no part in its group until it is reopened, and what its
+    /// metrics last said (leading, say) is no longer true.
+    pub fn stopped(&self) -> bool {
+        self.raft.metrics().borrow().running_state.is_err()
+    }
+
+    /// The leader as this replica knows it: id and address. Unknown while
+    /// the core is stopped.
     pub fn leader(&self) -> Option<(NodeId, String)> {
+        if self.stopped() {
+            return None;
+        }
         let metrics = self.raft.server_metrics().borrow().clone();
         let leader = metrics.current_leader?;
         let address = metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone());
@@ -502,23 +513,27 @@ impl Replica {
         self.raft.server_metrics().borrow().vote.leader_id.term
     }
 
+    /// Whether this replica leads its group (a stopped core leads nothing,
+    /// whatever its last metrics said: seed 191 of the read-error sweep read
+    /// a partition from a leader whose core a failed read had stopped).
     pub fn is_leader(&self) -> bool {
         let metrics = self.raft.server_metrics();
         let metrics = metrics.borrow();
-        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id)
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id) && !self.stopped()
     }
 
-    /// Why this replica's Raft core stopped, if the disk filling up stopped
-    /// it. openraft stops a group's core on any storage error; the replica
-    /// then takes no part in its group until it is reopened. Only a full
-    /// disk may be reopened in place: the partition log refuses the append
-    /// whole and stays sound. After a failed write or fsync the kernel may
+    /// Why this replica's Raft core stopped, if the disk filling up or
+    /// failing a read stopped it. openraft stops a group's core on any
+    /// storage error; the replica then takes no part in its group until it
+    /// is reopened. Only these may be reopened in place: the partition log
+    /// refuses a full disk's append whole, and a read changes nothing, so
+    /// the log stays sound. After a failed write or fsync the kernel may
     /// have dropped data that reads still return, so a reopened replica
     /// could count as durable what a crash then loses (simulation seed 92
     /// lost an acknowledged write that way); such a replica stays stopped
     /// until its broker restarts.
-    pub fn stopped_by_full_disk(&self) -> Option<String> {
-        if !self.log_store.out_of_space() {
+    pub fn stopped_in_place(&self) -> Option<String> {
+        if !self.log_store.out_of_space() && !self.log_store.read_failed() {
             return None;
         }
         let error = match &self.raft.metrics().borrow().running_state {

@@ -17,7 +17,7 @@
 //! A map's bytes are durable after `flush`; unflushed changes reach the file
 //! (as an unsynced write) when the map is dropped, as dirty pages would.
 //!
-//! Faults: the next N writes or syncs can be made to fail with an I/O error,
+//! Faults: the next N reads, writes or syncs can be made to fail with an I/O error,
 //! or each with a probability; a capacity makes writes that grow the disk past
 //! it fail with `StorageFull`. A failed sync also drops that file's unsynced
 //! writes from what can become durable, as Linux drops dirty pages after a
@@ -39,6 +39,9 @@ pub struct SimDiskFaults {
     pub fail_writes: u32,
     /// The next this-many `sync` calls fail with an I/O error.
     pub fail_syncs: u32,
+    /// The next this-many `read_at` calls fail with an I/O error (a disk
+    /// that cannot read a sector for a while; maps are not affected).
+    pub fail_reads: u32,
     /// Total bytes the disk holds; growth past it fails with `StorageFull`.
     pub capacity_bytes: Option<u64>,
     /// Each write fails with this probability, in parts per million.
@@ -297,6 +300,10 @@ impl SimDisk {
         self.lock().faults.fail_syncs = count;
     }
 
+    pub fn fail_next_reads(&self, count: u32) {
+        self.lock().faults.fail_reads = count;
+    }
+
     pub fn set_capacity(&self, capacity_bytes: Option<u64>) {
         self.lock().faults.capacity_bytes = capacity_bytes;
     }
@@ -376,6 +383,7 @@ impl SimDisk {
         state.epoch += 1;
         state.faults.fail_writes = 0;
         state.faults.fail_syncs = 0;
+        state.faults.fail_reads = 0;
     }
 
     /// XORs one stored byte with `mask`, in what reads see and in what
@@ -457,6 +465,10 @@ impl Drop for SimFile {
 impl DiskFile for SimFile {
     fn read_at(&self, position: u64, buf: &mut [u8]) -> io::Result<usize> {
         let mut state = self.lock()?;
+        if state.faults.fail_reads > 0 {
+            state.faults.fail_reads -= 1;
+            return Err(injected("read"));
+        }
         let data = &state.inode(self.inode).data;
         let start = to_usize(position).min(data.len());
         let n = buf.len().min(data.len() - start);
