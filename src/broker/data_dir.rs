@@ -175,4 +175,22 @@ mod tests {
         let error = DataDirClaim::claim(&disk, dir, 1, "weir").unwrap_err();
         assert!(error.message.contains("newer weir"), "{error}");
     }
+
+    /// A damaged identity is refused as corrupt, naming the file; a disk
+    /// that fails to read it is a storage failure (the next start may read
+    /// it), and neither is taken for a fresh directory.
+    #[test]
+    fn a_damaged_identity_is_corrupt_and_an_unreadable_one_a_storage_failure() {
+        let (sim, disk) = disk();
+        let dir = Path::new("/data");
+        drop(DataDirClaim::claim(&disk, dir, 1, "weir").unwrap());
+        sim.fail_next_reads(1);
+        let error = DataDirClaim::claim(&disk, dir, 1, "weir").unwrap_err();
+        assert_eq!(error.code, ErrorCode::StorageFailed, "{error}");
+        assert!(error.message.contains(IDENTITY_FILE), "{error}");
+        sim.corrupt_byte(&dir.join(IDENTITY_FILE), 0, 0x80).unwrap();
+        let error = DataDirClaim::claim(&disk, dir, 1, "weir").unwrap_err();
+        assert_eq!(error.code, ErrorCode::CorruptData, "{error}");
+        assert!(error.message.contains(IDENTITY_FILE), "{error}");
+    }
 }
