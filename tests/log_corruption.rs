@@ -433,34 +433,3 @@ fn garbage_files_do_not_stop_recovery() {
     assert_eq!(read_until_error(&log).0, all);
     assert!(disk.file_len(&orphan).is_none(), "an index without a segment is removed");
 }
-
-/// Writes between two fsyncs may reach the disk in any order: after a
-/// crash, a later unflushed batch may be there while an earlier one is not.
-/// Nothing of it was ever acknowledged (it was never flushed), so recovery
-/// cuts the log at the hole and reports no loss, even with intact batches
-/// after the hole: a false loss makes the replica abstain, and after a power
-/// loss of every replica, a partition whose replicas all abstain never has
-/// a leader again.
-#[test]
-fn unflushed_batches_that_arrived_out_of_order_are_cut_not_called_a_loss() {
-    let mut holes = 0;
-    for seed in 0..100 {
-        let (disk, all) = filled_disk();
-        let clock: Arc<dyn Clock> = ManualClock::new(1_000_000);
-        let explicit = LogConfig { flush: FlushPolicy::Explicit, ..config() };
-        let mut log = PartitionLog::open(Arc::new(disk.clone()), Path::new(DIR), explicit, clock).unwrap();
-        for b in 0..4 {
-            let mut builder = BatchBuilder::new();
-            builder.push(&record(2_000 + b));
-            log.append_entry(builder.build().unwrap(), 2, BATCHES + 1 + b).unwrap();
-        }
-        drop(log);
-        disk.crash(seed);
-        let log = open(&disk).unwrap();
-        let report = log.recovery_report().clone();
-        assert_eq!(report.damage, None, "seed {seed}: unflushed data called a loss: {report:?}");
-        assert!(log.log_end_offset() >= all.len() as u64, "seed {seed}: flushed data lost");
-        holes += usize::from(report.cut.is_some() && log.log_end_offset() < all.len() as u64 + 4);
-    }
-    assert!(holes > 0, "no crash cut the unflushed batches");
-}

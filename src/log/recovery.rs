@@ -27,18 +27,15 @@ pub struct RecoveryReport {
     pub batches_scanned: u64,
     /// Where the log was cut, and why.
     pub cut: Option<(PathBuf, u64, String)>,
-    /// The largest Raft index among intact batches found past the cut.
-    pub raft_index_past_cut: Option<u64>,
     pub bytes_cut: u64,
     /// Segments deleted because they lay beyond a cut or below the log start.
     pub segments_dropped: usize,
     /// The cut removed data that had been durable: damage at rest, not a
     /// torn tail. Set when the bad batch lay in a sealed segment (fsynced
-    /// before the next one began) or in a log closed cleanly, or when the
-    /// log now ends below its durable-end mark ([`super::durable_mark`]).
-    /// A bad batch after a crash past the mark, even with intact batches
-    /// after it, cannot be told from unflushed writes that arrived out of
-    /// order or torn, and is not reported here.
+    /// before the next one began), had intact batches after it, or was in a
+    /// log closed cleanly, or when the log now ends below its durable-end
+    /// mark ([`super::durable_mark`]). A bad last batch after a crash, past
+    /// the mark, cannot be told from a torn write and is not reported here.
     pub damage: Option<Damage>,
     /// The durable-end mark recovery found (0: none).
     pub durable_mark: u64,
@@ -125,9 +122,8 @@ pub(super) fn recover(
                     }
                     None => lost,
                 };
-                let raft_index_lost = recovered.report.raft_index_past_cut;
                 recovered.report.damage =
-                    Some(Damage { offset: end, reason, raft_index_lost, reached_offset: Some(durable_mark) });
+                    Some(Damage { offset: end, reason, raft_index_lost: None, reached_offset: Some(durable_mark) });
             }
         }
     }
@@ -195,13 +191,8 @@ fn recover_segments(
         report.bytes_cut += outcome.bytes_cut;
         if let Some((position, reason)) = outcome.cut.clone() {
             // Sealed segments and a cleanly closed log were durable whole.
-            // Intact batches after a bad one in the active segment prove
-            // nothing: writes between two fsyncs reach the disk in any
-            // order, so a crash can keep a later unflushed batch and lose
-            // an earlier one. What was durable there the durable-end mark
-            // vouches for (`recover`).
             let durable = next_base.is_some() || checkpoint.clean;
-            if durable {
+            if durable || outcome.intact_after_cut {
                 report.damage = Some(Damage {
                     offset: segment.next_offset(),
                     reason: format!("{}: {reason}", segment.path().display()),
@@ -212,7 +203,6 @@ fn recover_segments(
                 });
             }
             report.cut = Some((segment.path().to_path_buf(), position, reason));
-            report.raft_index_past_cut = outcome.raft_index_after_cut;
         }
         let broken = match next_base {
             Some(next_base) if segment.next_offset() != next_base => {

@@ -7,12 +7,10 @@
 //!
 //! [`SimDisk::crash`] keeps exactly the durable state, then, chosen by a seed:
 //! a prefix of the unsynced namespace operations, and for each file a prefix
-//! of its unsynced writes, the write after it maybe torn (only part of its
-//! bytes arrived, the rest of the range zeroes or garbage). For half the
-//! files the writes in that prefix arrived out of order: some of them did
-//! not arrive at all, while later ones did (dirty pages are written back in
-//! any order between syncs). A removed directory's files leave with it,
-//! through one entry in its parent.
+//! of its unsynced writes in order, the last of which may be torn (only part
+//! of its bytes arrived, the rest of the range zeroes or garbage). Writes
+//! within one file are assumed to reach the platter in order; reordering
+//! between syncs is not modelled.
 //!
 //! A map's bytes are durable after `flush`; unflushed changes reach the file
 //! (as an unsynced write) when the map is dropped, as dirty pages would.
@@ -345,17 +343,8 @@ impl SimDisk {
         for inode in state.inodes.values_mut() {
             let mut data = std::mem::take(&mut inode.durable);
             let kept = below(&mut rng, inode.pending.len() as u64 + 1) as usize;
-            // Half the time the writes in that prefix reached the platter
-            // out of order, and some did not arrive at all (pages written
-            // back in any order between syncs); length changes keep their
-            // order.
-            let reordered = rng.as_mut().is_some_and(|rng| rng.chance(1, 2));
             for op in &inode.pending[..kept] {
-                let lost =
-                    reordered && matches!(op, FileOp::Write { .. }) && rng.as_mut().is_some_and(|rng| rng.chance(1, 3));
-                if !lost {
-                    apply_op(&mut data, op);
-                }
+                apply_op(&mut data, op);
             }
             if let (Some(FileOp::Write { position, bytes }), Some(rng)) = (inode.pending.get(kept), rng.as_mut()) {
                 if !bytes.is_empty() && rng.chance(1, 2) {
@@ -782,29 +771,6 @@ mod tests {
         assert!(outcomes.contains(&(pending.len(), true)), "some crash keeps all of it");
         assert!(outcomes.iter().any(|&(len, _)| len > 0 && len < pending.len()), "some crash tears it");
         assert!(outcomes.contains(&(pending.len(), false)), "some tear leaves junk in the range");
-    }
-
-    /// Unsynced writes may arrive out of order: a later one kept, an
-    /// earlier one lost (its range left as it was: zeroes past the old end).
-    #[test]
-    fn a_crash_may_keep_a_later_unsynced_write_and_lose_an_earlier_one() {
-        let mut outcomes = BTreeSet::new();
-        for seed in 0..200 {
-            let disk = setup(b"durable|", b"");
-            let file = disk.open(&path("f"), false).unwrap();
-            for (i, write) in [b"one|", b"two|", b"six|"].iter().enumerate() {
-                file.write_at(8 + 4 * i as u64, &write[..]).unwrap();
-            }
-            disk.crash(seed);
-            let got = contents(&disk, "f").unwrap();
-            assert_eq!(&got[..8], b"durable|", "seed {seed}");
-            let arrived: Vec<bool> = (0..3)
-                .map(|i| got.get(8 + 4 * i..12 + 4 * i).is_some_and(|w| w == [b"one|", b"two|", b"six|"][i]))
-                .collect();
-            outcomes.insert(arrived);
-        }
-        assert!(outcomes.iter().any(|a| !a[0] && a[1]), "an earlier write lost, a later one kept: {outcomes:?}");
-        assert!(outcomes.contains(&vec![true, true, true]) && outcomes.contains(&vec![false, false, false]));
     }
 
     #[test]
