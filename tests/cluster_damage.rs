@@ -108,6 +108,25 @@ async fn lags(cluster: &Cluster) -> Option<Vec<(u64, u64)>> {
         .await
 }
 
+/// Whether every one of the three replicas has no lag.
+fn caught_up(lags: &Option<Vec<(u64, u64)>>) -> bool {
+    lags.as_ref().is_some_and(|l| l.len() == 3 && l.iter().all(|(_, lag)| *lag == 0))
+}
+
+/// Waits (bounded, 60 s) until every replica of partition 0 has caught up;
+/// returns the lags last seen.
+async fn wait_caught_up(cluster: &Cluster) -> Option<Vec<(u64, u64)>> {
+    let mut last = None;
+    for _ in 0..1_200 {
+        last = lags(cluster).await;
+        if caught_up(&last) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
 /// Broker `id`'s directory of the topic's partition 0.
 fn partition_dir(disk: &dyn Disk, id: u64) -> PathBuf {
     let topics = Path::new("/data").join(format!("broker-{id}")).join("topics");
@@ -331,17 +350,7 @@ async fn full_follower() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     disk.set_capacity(None);
     tracing::info!(broker = follower, "disk has room again");
-    let caught_up = |lags: &Option<Vec<(u64, u64)>>| {
-        lags.as_ref().is_some_and(|l| l.len() == 3 && l.iter().all(|(_, lag)| *lag == 0))
-    };
-    let mut last = None;
-    for _ in 0..1_200 {
-        last = lags(&cluster).await;
-        if caught_up(&last) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let last = wait_caught_up(&cluster).await;
     assert!(caught_up(&last), "broker {follower} did not catch up after its disk had room: {last:?}");
     every_disk_holds(cluster, &acknowledged).await;
 }
@@ -373,17 +382,7 @@ async fn read_failing_leader() {
     tracing::info!(broker = leader, "the leader's disk fails its next reads");
     // Acknowledged through another leader: the stopped one leads nothing.
     acknowledged.extend(fill_more(&cluster, 50, 100).await);
-    let caught_up = |lags: &Option<Vec<(u64, u64)>>| {
-        lags.as_ref().is_some_and(|l| l.len() == 3 && l.iter().all(|(_, lag)| *lag == 0))
-    };
-    let mut last = None;
-    for _ in 0..1_200 {
-        last = lags(&cluster).await;
-        if caught_up(&last) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let last = wait_caught_up(&cluster).await;
     assert!(caught_up(&last), "broker {leader} did not catch up after its reads failed: {last:?}");
     every_disk_holds(cluster, &acknowledged).await;
 }

@@ -53,6 +53,11 @@ pub struct Damaged {
 }
 
 impl Damaged {
+    /// Records damage a peer must repair.
+    pub fn record(&mut self, broker: u64, key: PartitionKey) {
+        self.done.push((broker, key, tokio::time::Instant::now()));
+    }
+
     fn recent(&self) -> impl Iterator<Item = &(u64, PartitionKey, tokio::time::Instant)> {
         self.done.iter().filter(|(_, _, at)| at.elapsed() < DAMAGE_APART)
     }
@@ -190,14 +195,8 @@ pub fn rot(
         }
         let (victim, key) = candidates.swap_remove(rng.below(candidates.len() as u64) as usize);
         let position = rng.below(len(&victim));
-        if key.is_none() && rng.chance(1, 3) {
-            let file = disk.open(&victim, false).and_then(|file| file.set_len(position).and_then(|()| file.sync()));
-            tracing::info!(broker, file = %victim.display(), position, ok = file.is_ok(), "nemesis: file cut short");
-        } else {
-            let mask = 1u8 << rng.below(8);
-            let flipped = disk.corrupt_byte(&victim, position, mask);
-            tracing::info!(broker, file = %victim.display(), position, mask, ok = flipped.is_ok(), "nemesis: bit flipped");
-        }
+        let cut = key.is_none() && rng.chance(1, 3);
+        damage_file(disk, broker, &victim, position, cut, &mut rng);
         return key;
     }
     let segments: Vec<(Vec<PathBuf>, &PartitionKey)> = replicas
@@ -221,20 +220,18 @@ pub fn rot(
     }
     let (victim, key) = candidates[rng.below(candidates.len() as u64) as usize];
     let position = rng.below(len(victim));
+    damage_file(disk, broker, victim, position, cut, &mut rng);
+    Some(key.clone())
+}
+
+/// Cuts `victim` short at `position` (durably), or flips one bit there.
+fn damage_file(disk: &SimDisk, broker: u64, victim: &Path, position: u64, cut: bool, rng: &mut SeededRng) {
     if cut {
         let file = disk.open(victim, false).and_then(|file| file.set_len(position).and_then(|()| file.sync()));
-        tracing::info!(broker, file = %victim.display(), position, ok = file.is_ok(), "nemesis: sealed segment cut short");
+        tracing::info!(broker, file = %victim.display(), position, ok = file.is_ok(), "nemesis: file cut short");
     } else {
         let mask = 1u8 << rng.below(8);
         let flipped = disk.corrupt_byte(victim, position, mask);
         tracing::info!(broker, file = %victim.display(), position, mask, ok = flipped.is_ok(), "nemesis: bit flipped");
-    }
-    Some(key.clone())
-}
-
-impl Damaged {
-    /// Records damage a peer must repair.
-    pub fn record(&mut self, broker: u64, key: PartitionKey) {
-        self.done.push((broker, key, tokio::time::Instant::now()));
     }
 }
