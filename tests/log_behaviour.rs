@@ -265,6 +265,51 @@ fn a_failed_fsync_poisons_the_log_until_reopen() {
 }
 
 #[test]
+fn a_truncation_whose_read_fails_leaves_the_log_whole_and_usable() {
+    // The cut falls inside the first segment and drops the later ones; each
+    // read the truncation makes fails in turn.
+    for skip in 0..20 {
+        let (disk, clock, mut log) = setup(small_segments());
+        for _ in 0..6 {
+            log.append(batch(3, NOW_MS)).unwrap();
+        }
+        log.flush().unwrap();
+        let segments = log.segment_count();
+        assert!(segments >= 3, "the cut must drop whole segments too");
+        let first_segment = log.read(0, 1 << 20, u64::MAX).unwrap();
+        assert!(first_segment.len() >= 2, "the cut falls inside the first segment");
+        disk.fail_reads_after(skip, 1);
+        let Err(error) = log.truncate(3) else {
+            assert_eq!(log.log_end_offset(), 3);
+            assert!(skip >= 2, "a truncation reads more than once");
+            return;
+        };
+        assert!(matches!(error, LogError::Read { .. }), "read {skip}: {error}");
+        assert!(!log.is_failed(), "read {skip}: a failed read changes nothing, so it poisons nothing");
+        assert_eq!((log.log_end_offset(), log.segment_count()), (18, segments), "read {skip}");
+        assert_eq!(log.read(0, 1 << 20, u64::MAX).unwrap(), first_segment, "read {skip}");
+        disk.crash(skip.into());
+        drop(log);
+        let mut log = open(&disk, &clock, small_segments());
+        assert_eq!(log.log_end_offset(), 18, "read {skip}: nothing was cut on disk either");
+        log.truncate(3).unwrap();
+        assert_eq!(log.append(batch(1, NOW_MS)).unwrap().base_offset, 3);
+    }
+    panic!("the truncation never succeeded");
+}
+
+#[test]
+fn appends_read_nothing_so_a_disk_failing_reads_does_not_stop_them() {
+    let (disk, _, mut log) = setup(small_segments());
+    disk.fail_next_reads(100);
+    for _ in 0..10 {
+        log.append(batch(2, NOW_MS)).unwrap();
+    }
+    assert_eq!(log.segment_count(), 4, "rolled three times, mapping new indexes");
+    assert!(log.read(0, 100, u64::MAX).is_err(), "reads still fail");
+}
+
+#[test]
 fn invalid_configuration_is_a_typed_error() {
     let disk = SimDisk::new(0);
     let clock: Arc<dyn Clock> = ManualClock::new(0);

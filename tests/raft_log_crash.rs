@@ -23,6 +23,9 @@
 //! `LogFlushed` callback has no public constructor in 0.9, and this is
 //! openraft's own public wrapper that makes one and waits on it.
 //!
+//! Another fails each read a truncation makes in turn: the log must stand
+//! as it was, and the store must say the replica may be reopened in place.
+//!
 //! A third interrupts a snapshot install (which starts the log over when
 //! the log does not hold the snapshot's last entry) with a disk fault: after
 //! the crash, the state machine and the log must agree again.
@@ -519,6 +522,60 @@ fn append_faults_surface_and_the_log_reopens_consistent() {
     }
     // Most runs must actually hit a fault, or this tests nothing.
     assert!(failed > FAULT_RUNS / 2, "only {failed} of {FAULT_RUNS} appends failed");
+}
+
+/// A truncation whose read fails must change nothing and say so, so that
+/// the replica may be reopened in place rather than stay stopped: the store
+/// flags the read, the partition log is not poisoned, the entries read back
+/// whole, a clean close and reopen keep them, and the truncation then
+/// succeeds. Returns whether the read failed (`skip` reads succeed first).
+async fn truncate_with_a_failing_read(cut: usize, skip: u32) -> bool {
+    let config = fault_test_config();
+    let disk = SimDisk::new(skip.into());
+    let mut store = open(&disk, &config);
+    let mut model = Model { term: 1, ..Model::default() };
+    for round in 0..4 {
+        let (entries, expected) = model.make_entries(&mixed_specs(round * 2 + 2));
+        store.blocking_append(entries).await.expect("append");
+        model.push(expected);
+    }
+    let cut = cut % model.entries.len();
+    disk.fail_reads_after(skip, 1);
+    let result = store.truncate(model.entries[cut].log_id).await;
+    disk.set_faults(SimDiskFaults::default());
+    let durable = model.entries.len();
+    if result.is_ok() {
+        model.cut(cut);
+        check(&mut store, &mut model, cut).await;
+        return false;
+    }
+    assert!(store.read_failed(), "cut {cut}, read {skip}: the store did not note the failed read");
+    assert!(!lock_log(&store.log()).as_ref().expect("open").is_failed(), "cut {cut}, read {skip}: log poisoned");
+    check(&mut store, &mut model, durable).await;
+    let log = lock_log(&store.log()).take().expect("log open");
+    log.close().expect("clean close");
+    drop(store);
+    let mut store = open(&disk, &config);
+    check(&mut store, &mut model, durable).await;
+    store.truncate(model.entries[cut].log_id).await.expect("truncate after reopening");
+    model.cut(cut);
+    check(&mut store, &mut model, cut).await;
+    true
+}
+
+/// Each read of each truncation in turn fails.
+#[test]
+fn a_truncation_whose_read_fails_changes_nothing_and_is_reopened_in_place() {
+    let mut failures = 0;
+    for cut in 1..12 {
+        for skip in 0..40 {
+            if !block_on(truncate_with_a_failing_read(cut, skip)) {
+                break;
+            }
+            failures += 1;
+        }
+    }
+    assert!(failures >= 10, "only {failures} truncations met a failed read");
 }
 
 /// Installs, under a disk fault, a snapshot whose last entry the log does

@@ -154,7 +154,7 @@ impl From<LogError> for BrokerError {
         let code = match &error {
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::Corrupt { .. } => ErrorCode::CorruptData,
-            LogError::Io { .. } | LogError::Failed(_) => ErrorCode::StorageFailed,
+            LogError::Io { .. } | LogError::Read { .. } | LogError::Failed(_) => ErrorCode::StorageFailed,
             LogError::NoSpace { .. } => ErrorCode::StorageFull,
             LogError::InvalidBatch(_) => ErrorCode::InvalidBatch,
             LogError::NotBatchBoundary { .. } | LogError::Config(_) => ErrorCode::Internal,

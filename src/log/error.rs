@@ -15,6 +15,11 @@ pub enum LogError {
     Corrupt { file: PathBuf, position: u64, reason: String },
     #[error("I/O error on {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    /// A read failed before the operation changed anything: the log stands
+    /// as it was and stays usable (a disk that cannot read a sector for a
+    /// while).
+    #[error("I/O error reading {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
     #[error("no space left on the device holding {}", path.display())]
     NoSpace { path: PathBuf },
     #[error("invalid batch: {0}")]
@@ -36,6 +41,10 @@ impl LogError {
         } else {
             LogError::Io { path: path.to_path_buf(), source }
         }
+    }
+
+    pub fn read(path: &Path, source: io::Error) -> Self {
+        LogError::Read { path: path.to_path_buf(), source }
     }
 
     pub fn corrupt(file: &Path, position: u64, reason: impl Into<String>) -> Self {

@@ -14,7 +14,9 @@
 //!   [`LogError::Failed`] until it is reopened, because after a failed fsync
 //!   the kernel may have dropped data that reads would still return.
 //!   Running out of space is not fatal: the append fails with
-//!   [`LogError::NoSpace`] and the log stays usable.
+//!   [`LogError::NoSpace`] and the log stays usable. Nor is a failed read
+//!   ([`LogError::Read`]): an operation that must read (a truncation finds
+//!   where to cut) reads before it changes anything.
 //! - A read that meets a damaged batch fails with [`LogError::Corrupt`] and
 //!   marks the log ([`PartitionLog::damage_seen`]): its owner must reopen it,
 //!   which cuts the damage and says what was lost, so that the replica can
@@ -239,7 +241,8 @@ impl PartitionLog {
         }
     }
 
-    /// Poisons the log on any I/O failure but running out of space.
+    /// Poisons the log on any I/O failure but running out of space and a
+    /// read that failed before anything changed.
     fn fail(&mut self, error: LogError) -> LogError {
         if matches!(error, LogError::Corrupt { .. }) {
             self.damage_seen.store(true, Ordering::Release);
@@ -435,9 +438,8 @@ impl PartitionLog {
         let first = *self.segments.keys().next().expect("a log always has a segment");
         let keep_base = *self.segments.range(..end).next_back().map_or(&first, |(base, _)| base);
         let doomed: Vec<u64> = self.segments.range(keep_base + 1..).map(|(base, _)| *base).collect();
-        if keep_base > first || end > first {
-            self.check_boundary(keep_base, end)?;
-        }
+        // Every read first: a failed one leaves the log as it was, usable.
+        let cut = self.seen(self.segments[&keep_base].plan_cut(end))?;
         // Lower the recovery point first: the segment that now ends at `end`
         // is about to change and must be scanned by a recovery.
         let recovery_point = self.recovery_point.min(keep_base);
@@ -451,7 +453,7 @@ impl PartitionLog {
             segment.delete(self.disk.as_ref()).map_err(|e| self.fail(e))?;
         }
         let kept = self.segments.get_mut(&keep_base).expect("kept segment");
-        let truncated = kept.truncate_to(end);
+        let truncated = kept.cut(cut);
         kept.unseal();
         truncated.map_err(|e| self.fail(e))?;
         self.disk.sync_dir(&self.dir).map_err(|e| self.fail(LogError::io(&self.dir, e)))?;
@@ -488,19 +490,6 @@ impl PartitionLog {
         self.mark.raise(self.disk.as_ref(), offset).map_err(|e| self.fail(e))?;
         self.validate();
         Ok(())
-    }
-
-    /// Fails with `NotBatchBoundary` unless a batch of segment `base` starts
-    /// at `end`, or `end` is that segment's end.
-    fn check_boundary(&self, base: u64, end: u64) -> LogResult<()> {
-        let segment = &self.segments[&base];
-        if end == segment.next_offset() || end == base {
-            return Ok(());
-        }
-        match segment.read(end, 0, u64::MAX)?.first() {
-            Some(batch) if batch.base_offset() == end => Ok(()),
-            _ => Err(LogError::NotBatchBoundary { offset: end }),
-        }
     }
 
     /// Deletes the oldest segments that retention (size, age) no longer

@@ -69,6 +69,15 @@ impl std::fmt::Debug for Segment {
     }
 }
 
+/// A planned cut of a segment (see [`Segment::plan_cut`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Cut {
+    offset: u64,
+    position: u64,
+    max_timestamp_ms: i64,
+    offset_of_max_timestamp: u64,
+}
+
 impl Segment {
     pub fn paths(dir: &Path, base_offset: u64) -> [PathBuf; 3] {
         let stem = file_stem(base_offset);
@@ -136,6 +145,10 @@ impl Segment {
 
     fn io(&self, error: std::io::Error) -> LogError {
         LogError::io(&self.path, error)
+    }
+
+    fn read_error(&self, error: std::io::Error) -> LogError {
+        LogError::read(&self.path, error)
     }
 
     /// Whether appending `batch` here would break a limit, so the log must
@@ -270,7 +283,7 @@ impl Segment {
             return Ok(None);
         }
         let mut buf = [0u8; BATCH_HEADER_BYTES];
-        self.file.read_exact_at(position, &mut buf).map_err(|e| self.io(e))?;
+        self.file.read_exact_at(position, &mut buf).map_err(|e| self.read_error(e))?;
         Ok(BatchHeader::parse(&buf).ok().filter(|h| position + u64::from(h.batch_len) <= end))
     }
 
@@ -282,7 +295,7 @@ impl Segment {
         while end.saturating_sub(chunk_start) >= BATCH_HEADER_BYTES as u64 {
             let chunk_end = end.min(chunk_start + (SEARCH_CHUNK_BYTES + BATCH_HEADER_BYTES) as u64);
             let mut buf = vec![0u8; (chunk_end - chunk_start) as usize];
-            self.file.read_exact_at(chunk_start, &mut buf).map_err(|e| self.io(e))?;
+            self.file.read_exact_at(chunk_start, &mut buf).map_err(|e| self.read_error(e))?;
             for at in 0..=buf.len() - BATCH_HEADER_BYTES {
                 // Cheap filter first: the version byte and the reserved one.
                 if buf[at + 32] != super::batch::BATCH_VERSION || buf[at + 33] != 0 {
@@ -353,7 +366,7 @@ impl Segment {
         if self.size - position < BATCH_HEADER_BYTES as u64 {
             return Err(LogError::corrupt(&self.path, position, "batch header runs past the segment end"));
         }
-        self.file.read_exact_at(position, &mut buf).map_err(|e| self.io(e))?;
+        self.file.read_exact_at(position, &mut buf).map_err(|e| self.read_error(e))?;
         let header = BatchHeader::parse(&buf).map_err(|e| LogError::corrupt(&self.path, position, e.to_string()))?;
         Ok(Some(header))
     }
@@ -366,7 +379,7 @@ impl Segment {
             return Err(corrupt(format!("{} stray bytes, less than a batch header", end - position)));
         }
         let mut head = [0u8; BATCH_HEADER_BYTES];
-        self.file.read_exact_at(position, &mut head).map_err(|e| self.io(e))?;
+        self.file.read_exact_at(position, &mut head).map_err(|e| self.read_error(e))?;
         let header = BatchHeader::parse(&head).map_err(|e| corrupt(e.to_string()))?;
         if header.base_offset != expected_offset {
             return Err(corrupt(format!("batch at offset {} where {expected_offset} belongs", header.base_offset)));
@@ -376,7 +389,7 @@ impl Segment {
             return Err(corrupt(format!("batch of {len} bytes runs past the end ({} left)", end - position)));
         }
         let mut buf = vec![0u8; len as usize];
-        self.file.read_exact_at(position, &mut buf).map_err(|e| self.io(e))?;
+        self.file.read_exact_at(position, &mut buf).map_err(|e| self.read_error(e))?;
         Batch::decode(Bytes::from(buf)).map_err(|e| corrupt(e.to_string()))
     }
 
@@ -416,7 +429,7 @@ impl Segment {
         }
         let want = (max_bytes as u64).max(first_len).min(self.size - start);
         let mut buf = vec![0u8; want as usize];
-        self.file.read_exact_at(start, &mut buf).map_err(|e| self.io(e))?;
+        self.file.read_exact_at(start, &mut buf).map_err(|e| self.read_error(e))?;
         let buf = Bytes::from(buf);
         let mut batches = Vec::new();
         let mut at = 0usize;
@@ -464,39 +477,56 @@ impl Segment {
         Ok(None)
     }
 
-    /// Cuts the segment so that `offset` is its next offset. `offset` must
-    /// start a batch in this segment or be its end. Durable on return.
-    pub fn truncate_to(&mut self, offset: u64) -> LogResult<()> {
+    /// Plans cutting the segment at `offset`, which must start a batch or be
+    /// the segment's end: every read the cut needs happens here, before
+    /// anything changes, so a failed read leaves the segment as it was.
+    pub fn plan_cut(&self, offset: u64) -> LogResult<Cut> {
         if offset == self.next_offset {
-            return Ok(());
+            return Ok(Cut {
+                offset,
+                position: self.size,
+                max_timestamp_ms: self.max_timestamp_ms,
+                offset_of_max_timestamp: self.offset_of_max_timestamp,
+            });
         }
         let position = match self.locate(offset)? {
             Some((position, header)) if header.base_offset == offset => position,
             _ => return Err(LogError::NotBatchBoundary { offset }),
         };
-        self.file.set_len(position).map_err(|e| self.io(e))?;
+        // Recompute what the cut removes: the newest timestamp. Truncation
+        // is rare; a header scan is fine.
+        let mut cut = Cut { offset, position, max_timestamp_ms: i64::MIN, offset_of_max_timestamp: self.base_offset };
+        let mut at = 0;
+        while at < position {
+            let Some(header) = self.read_header(at)? else { break };
+            if header.max_timestamp_ms > cut.max_timestamp_ms {
+                cut.max_timestamp_ms = header.max_timestamp_ms;
+                cut.offset_of_max_timestamp = header.base_offset;
+            }
+            at += u64::from(header.batch_len);
+        }
+        Ok(cut)
+    }
+
+    /// Cuts the segment as planned by [`Segment::plan_cut`]: writes only.
+    /// Durable on return.
+    pub fn cut(&mut self, cut: Cut) -> LogResult<()> {
+        if cut.offset == self.next_offset {
+            return Ok(());
+        }
+        self.file.set_len(cut.position).map_err(|e| self.io(e))?;
         self.file.sync().map_err(|e| self.io(e))?;
-        let relative = self.relative(offset);
+        let relative = self.relative(cut.offset);
         self.offset_index.truncate_from(relative);
         self.time_index.truncate_from(relative);
         self.offset_index.file().unseal();
         self.time_index.file().unseal();
-        // Recompute what the cut removed: the newest timestamp and where the
-        // next index entry is due. Truncation is rare; a header scan is fine.
-        self.size = position;
-        self.next_offset = offset;
-        self.max_timestamp_ms = i64::MIN;
-        self.offset_of_max_timestamp = self.base_offset;
-        let mut at = 0;
-        while let Some(header) = self.read_header(at)? {
-            if header.max_timestamp_ms > self.max_timestamp_ms {
-                self.max_timestamp_ms = header.max_timestamp_ms;
-                self.offset_of_max_timestamp = header.base_offset;
-            }
-            at += u64::from(header.batch_len);
-        }
+        self.size = cut.position;
+        self.next_offset = cut.offset;
+        self.max_timestamp_ms = cut.max_timestamp_ms;
+        self.offset_of_max_timestamp = cut.offset_of_max_timestamp;
         let (_, last_indexed) = self.offset_index.lookup(relative);
-        self.bytes_since_index = position - u64::from(last_indexed);
+        self.bytes_since_index = cut.position - u64::from(last_indexed);
         Ok(())
     }
 

@@ -152,8 +152,10 @@ struct Shared {
     /// append whole and stays usable (unlike after a failed write or
     /// fsync), so the replica may be reopened in place.
     out_of_space: AtomicBool,
-    /// A read for Raft failed (the disk could not read, for a while). A
-    /// read changes nothing, so the replica may be reopened in place.
+    /// A read for Raft failed (the disk could not read, for a while), or
+    /// one an append or a truncation needed, which the partition log does
+    /// before it changes anything. A read changes nothing, so the replica
+    /// may be reopened in place.
     read_failed: AtomicBool,
 }
 
@@ -522,12 +524,7 @@ impl LogStore {
             match entry.payload {
                 EntryPayload::Normal(proposal) => {
                     let batch = proposal.batch.clone();
-                    let appended = log.append_entry(batch, term, entry.log_id.index).map_err(|e| {
-                        if matches!(e, LogError::NoSpace { .. }) {
-                            self.shared.out_of_space.store(true, Ordering::Release);
-                        }
-                        e.to_string()
-                    })?;
+                    let appended = log.append_entry(batch, term, entry.log_id.index).map_err(|e| self.log_failed(e))?;
                     index.slots.push_back(Slot { offset: appended.base_offset, term, control: None });
                     durable.push((proposal, appended.base_offset));
                 }
@@ -545,6 +542,17 @@ impl LogStore {
         Ok(())
     }
 
+    /// Notes a partition log's failure that leaves the log usable, so that
+    /// the replica may be reopened in place (see `Shared`).
+    fn log_failed(&self, error: LogError) -> String {
+        match error {
+            LogError::NoSpace { .. } => self.shared.out_of_space.store(true, Ordering::Release),
+            LogError::Read { .. } => self.shared.read_failed.store(true, Ordering::Release),
+            _ => {}
+        }
+        error.to_string()
+    }
+
     fn truncate_blocking(&self, from: u64) -> Result<(), String> {
         let mut index = self.index();
         if from >= index.next_index() {
@@ -559,7 +567,7 @@ impl LogStore {
         if let Some(offset) = first_batch {
             let mut guard = lock_log(&self.shared.log);
             let log = guard.as_mut().ok_or("partition log is closed")?;
-            log.truncate(offset).map_err(|e| e.to_string())?;
+            log.truncate(offset).map_err(|e| self.log_failed(e))?;
         }
         index.slots.truncate(keep);
         if dropped_control {

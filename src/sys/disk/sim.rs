@@ -40,6 +40,8 @@ pub struct SimDiskFaults {
     /// The next this-many `read_at` calls fail with an I/O error (a disk
     /// that cannot read a sector for a while; maps are not affected).
     pub fail_reads: u32,
+    /// This-many `read_at` calls succeed before the `fail_reads` start.
+    pub reads_before_failing: u32,
     /// Total bytes the disk holds; growth past it fails with `StorageFull`.
     pub capacity_bytes: Option<u64>,
     /// Each write fails with this probability, in parts per million.
@@ -299,7 +301,14 @@ impl SimDisk {
     }
 
     pub fn fail_next_reads(&self, count: u32) {
-        self.lock().faults.fail_reads = count;
+        self.fail_reads_after(0, count);
+    }
+
+    /// Lets `skip` reads succeed, then fails the `count` after them.
+    pub fn fail_reads_after(&self, skip: u32, count: u32) {
+        let faults = &mut self.lock().faults;
+        faults.reads_before_failing = skip;
+        faults.fail_reads = count;
     }
 
     pub fn set_capacity(&self, capacity_bytes: Option<u64>) {
@@ -373,6 +382,7 @@ impl SimDisk {
         state.faults.fail_writes = 0;
         state.faults.fail_syncs = 0;
         state.faults.fail_reads = 0;
+        state.faults.reads_before_failing = 0;
     }
 
     /// XORs one stored byte with `mask`, in what reads see and in what
@@ -454,7 +464,9 @@ impl Drop for SimFile {
 impl DiskFile for SimFile {
     fn read_at(&self, position: u64, buf: &mut [u8]) -> io::Result<usize> {
         let mut state = self.lock()?;
-        if state.faults.fail_reads > 0 {
+        if state.faults.fail_reads > 0 && state.faults.reads_before_failing > 0 {
+            state.faults.reads_before_failing -= 1;
+        } else if state.faults.fail_reads > 0 {
             state.faults.fail_reads -= 1;
             return Err(injected("read"));
         }
@@ -689,13 +701,13 @@ impl Disk for SimDisk {
         if file.len()? < len_min {
             file.set_len(len_min)?;
         }
-        let len = to_usize(file.len()?);
-        let mut buf = vec![0; len];
-        file.read_exact_at(0, &mut buf)?;
         // Reopen as the concrete type: the map flushes through the same inode.
         drop(file);
         let mut state = self.lock();
         let inode = *state.names.get(path).ok_or_else(|| not_found(path))?;
+        // Copied straight from the inode: mapping a real file reads nothing
+        // (its pages fault in later), so injected read errors spare it.
+        let buf = state.inode(inode).data.clone();
         state.inode(inode).handles += 1;
         let file = SimFile { state: self.state.clone(), inode, epoch: state.epoch, path: path.to_path_buf() };
         Ok(Box::new(SimMap { file, buf }))
@@ -895,6 +907,17 @@ mod tests {
         file.write_at(0, b"growing past the capacity fails").unwrap_err();
         file.write_at(0, b"AB").unwrap();
         assert_eq!(contents(&disk, "f").unwrap(), b"ABcdef");
+    }
+
+    #[test]
+    fn injected_read_errors_spare_maps() {
+        let disk = setup(b"abc", b"");
+        let file = disk.open(&path("f"), false).unwrap();
+        disk.fail_next_reads(1);
+        let map = disk.map(&path("f"), 3).unwrap();
+        assert_eq!(map.bytes(), b"abc");
+        assert!(file.read_at(0, &mut [0; 3]).is_err(), "the read error is still pending");
+        assert_eq!(file.read_at(0, &mut [0; 3]).unwrap(), 3);
     }
 
     #[test]
