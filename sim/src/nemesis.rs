@@ -87,6 +87,16 @@ pub enum Fault {
     /// broker restarted when healed (as the simulator does: a write that
     /// failed may have left a torn tail only a restart's recovery cuts).
     FullDisk { host: usize },
+    /// `kill -9` the brokers of `hosts`, then a power loss of each one's
+    /// data filesystem (`weir-lossyfs`, `deploy/lossyfs`): it keeps what
+    /// was fsynced and a seeded prefix of the rest, the next write perhaps
+    /// torn. The brokers start again when healed. Every host: `power-loss`;
+    /// one: `power-loss-one`.
+    PowerLoss { hosts: Vec<usize>, seed: u64 },
+    /// The broker's wall clock stepped by `by_secs` (libfaketime, which the
+    /// broker runs under with `weir_clock_faults`), back when healed. Its
+    /// monotonic clock runs on, as under an NTP step.
+    ClockSkew { host: usize, by_secs: i64 },
 }
 
 impl Fault {
@@ -98,6 +108,9 @@ impl Fault {
             Fault::Drop { .. } => "packet-drop",
             Fault::EtcdKill { .. } => "etcd-kill",
             Fault::FullDisk { .. } => "full-disk",
+            Fault::PowerLoss { hosts, .. } if hosts.len() == 1 => "power-loss-one",
+            Fault::PowerLoss { .. } => "power-loss",
+            Fault::ClockSkew { .. } => "clock-skew",
         }
     }
 }
@@ -107,7 +120,9 @@ impl Fault {
     pub fn hit(&self, hosts: usize) -> Hit {
         let broker = |host: &usize| *host as u64 + 1;
         match self {
-            Fault::Kill { host } | Fault::Pause { host } | Fault::FullDisk { host } => Hit::Brokers(vec![broker(host)]),
+            Fault::Kill { host } | Fault::Pause { host } | Fault::FullDisk { host } | Fault::ClockSkew { host, .. } => {
+                Hit::Brokers(vec![broker(host)])
+            }
             // The hosts cut from some other: the lone side of halves, the
             // leader cut off, both halves of a bridge (not the bridge).
             Fault::Partition { cuts, .. } => {
@@ -121,6 +136,7 @@ impl Fault {
                     _ => Hit::Brokers(cut),
                 }
             }
+            Fault::PowerLoss { hosts, .. } => Hit::Brokers(hosts.iter().map(broker).collect()),
             Fault::Drop { .. } | Fault::EtcdKill { .. } => Hit::All,
         }
     }
@@ -148,6 +164,11 @@ impl fmt::Display for Fault {
                 write!(f, "{name} {}", cuts.join(" "))
             }
             Fault::Drop { percent } => write!(f, "packet-drop {percent}%"),
+            Fault::PowerLoss { hosts, seed } => {
+                let hosts: Vec<String> = hosts.iter().map(|host| format!("h{}", host + 1)).collect();
+                write!(f, "{} {} seed={seed}", self.kind(), hosts.join(","))
+            }
+            Fault::ClockSkew { host, by_secs } => write!(f, "clock-skew h{} by {by_secs:+} s", host + 1),
         }
     }
 }
@@ -250,6 +271,31 @@ impl Ssh {
                 tracing::info!(host, left = left.trim(), "the disk is full");
                 Ok(())
             }
+            Fault::PowerLoss { hosts, seed } => {
+                for host in hosts {
+                    self.kill_and_wait(*host, "weir").await?;
+                }
+                for host in hosts {
+                    // A data directory that is not a weir-lossyfs mount has
+                    // no control socket: the fault fails, and with it the run.
+                    let root = self.root(*host);
+                    let lost = self
+                        .run(*host, &format!("{root}/bin/weir-lossyfs ctl {root}/lossyfs.sock crash {seed}"))
+                        .await?;
+                    tracing::info!(host, lost = lost.trim(), "power loss");
+                }
+                Ok(())
+            }
+            Fault::ClockSkew { host, by_secs } => {
+                // Only a broker running under libfaketime can be skewed.
+                let root = self.root(*host);
+                let command = format!(
+                    "tr '\\0' '\\n' </proc/$(cat {root}/weir.pid)/environ | grep -q '^FAKETIME_TIMESTAMP_FILE={root}/faketime$' \
+                     || {{ echo 'the broker does not run under libfaketime (weir_clock_faults)' >&2; exit 1; }}; \
+                     echo '{by_secs:+}' >{root}/faketime"
+                );
+                self.run(*host, &command).await.map(drop)
+            }
         }
     }
 
@@ -273,6 +319,15 @@ impl Ssh {
                 let started = self.start(*host, "weir").await;
                 freed.map(drop).and(killed).and(started)
             }
+            Fault::PowerLoss { hosts, .. } => {
+                for host in hosts {
+                    self.start(*host, "weir").await?;
+                }
+                Ok(())
+            }
+            Fault::ClockSkew { host, .. } => {
+                self.run(*host, &format!("echo +0 >{}/faketime", self.root(*host))).await.map(drop)
+            }
         }
     }
 
@@ -283,6 +338,7 @@ impl Ssh {
             let root = self.root(host);
             let command = format!(
                 "iptables -F {CHAIN} 2>/dev/null; rm -f {root}/data/ballast {root}/data/ballast-tail; \
+                 [ -f {root}/faketime ] && echo +0 >{root}/faketime; \
                  for p in weir etcd; do [ -f {root}/$p.pid ] && kill -CONT $(cat {root}/$p.pid) 2>/dev/null; \
                  {root}/bin/$p.sh start >/dev/null || exit 1; done; true"
             );
@@ -323,7 +379,7 @@ impl Ssh {
 }
 
 /// Every kind of fault, as [`Fault::kind`] names them.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 11] = [
     "kill",
     "pause",
     "partition-halves",
@@ -332,6 +388,9 @@ pub const KINDS: [&str; 8] = [
     "packet-drop",
     "etcd-kill",
     "full-disk",
+    "power-loss",
+    "power-loss-one",
+    "clock-skew",
 ];
 
 /// A fault of `kind` (one of [`KINDS`]). `leader` is the host leading some
@@ -359,6 +418,18 @@ pub fn fault_of(kind: &str, rng: &mut SeededRng, hosts: usize, leader: Option<us
         "packet-drop" => Fault::Drop { percent: 5 + rng.below(26) as u32 },
         "etcd-kill" => Fault::EtcdKill { host },
         "full-disk" => Fault::FullDisk { host },
+        "power-loss" => Fault::PowerLoss { hosts: (0..hosts).collect(), seed: rng.next_u64() },
+        "power-loss-one" => Fault::PowerLoss { hosts: vec![host], seed: rng.next_u64() },
+        "clock-skew" => {
+            // An NTP step (seconds), a misset clock (hours) or a day off,
+            // either way.
+            let by_secs = match rng.below(3) {
+                0 => 1 + rng.below(120),
+                1 => 600 + rng.below(7_200),
+                _ => 86_400,
+            } as i64;
+            Fault::ClockSkew { host, by_secs: if rng.below(2) == 0 { by_secs } else { -by_secs } }
+        }
         other => unreachable!("no fault kind {other}: the options are checked against KINDS"),
     }
 }
@@ -655,6 +726,11 @@ mod tests {
         assert!(!bridge.is_leader_loss());
         assert_eq!(Fault::Drop { percent: 5 }.hit(3), Hit::All);
         assert!(!Fault::FullDisk { host: 0 }.is_leader_loss());
+        let all = fault_of("power-loss", &mut rng, 3, None);
+        assert_eq!(all.hit(3), Hit::Brokers(vec![1, 2, 3]), "{all}");
+        let one = fault_of("power-loss-one", &mut rng, 3, None);
+        assert!(matches!(one.hit(3), Hit::Brokers(ref b) if b.len() == 1), "{one}");
+        assert!(!all.is_leader_loss() && !one.is_leader_loss(), "not bounded by one election");
     }
 
     #[test]

@@ -209,6 +209,12 @@ mod harness {
                 weir_sim::availability::summary(from_heal)
             );
         }
+        let not_injected = report.nemesis_errors.iter().filter(|error| error.starts_with("inject ")).count();
+        if not_injected > 0 {
+            // The run did not test what it says it did.
+            println!("verdict: INVALID RUN, {not_injected} fault(s) failed to inject (the nemesis errors above)");
+            return 1;
+        }
         if report.anomalies.is_empty() {
             println!("verdict: valid (no anomaly)");
             0
