@@ -8,7 +8,10 @@
 //! [`History`]. The faults are real ones, injected over SSH: `kill -9` and
 //! restart, SIGSTOP/SIGCONT, iptables partitions (one host against the rest,
 //! an isolated partition leader, a bridge), random packet drop, an etcd
-//! member killed, and a broker's disk filled to the last byte. After the
+//! member killed, a broker's disk filled to the last byte, power losses on
+//! `weir-lossyfs` disks, wall-clock steps under libfaketime, and membership
+//! changes: a broker decommissioned and recommissioned, or decommissioned and
+//! replaced by a broker with a new id and an empty disk. After the
 //! safety phase every fault is healed, the first group must read everything
 //! acknowledged, every partition is read in full, and the simulator's
 //! checker gives the verdict.
@@ -46,7 +49,57 @@ pub struct Host {
     /// Where SSH and the broker reach it.
     pub address: String,
     pub root: PathBuf,
+    /// Whether it runs an etcd member (the inventory's `hosts` group) or a
+    /// broker alone (the `brokers` group).
+    pub etcd: bool,
 }
+
+/// Which broker each host runs and where etcd runs: what faults are drawn
+/// against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Each host's broker id (from its `weir.toml`; `replace-broker`
+    /// changes it).
+    pub ids: Vec<u64>,
+    /// The hosts that run an etcd member.
+    pub etcd: Vec<usize>,
+    /// The id the next new broker takes: above every id used so far.
+    pub next_id: u64,
+}
+
+impl Layout {
+    pub fn new(ids: Vec<u64>, etcd: Vec<usize>) -> Self {
+        let next_id = ids.iter().max().copied().unwrap_or(0) + 1;
+        Self { ids, etcd, next_id }
+    }
+
+    /// The host running broker `id` now.
+    pub fn host_of(&self, id: u64) -> Option<usize> {
+        self.ids.iter().position(|&known| known == id)
+    }
+
+    fn hosts(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Each host's address (`addresses`, by host) at its broker's id less
+    /// one, empty for ids no host runs: how the workload's helpers take
+    /// brokers.
+    pub fn by_id(&self, addresses: &[String]) -> Vec<String> {
+        let mut out = vec![String::new(); self.ids.iter().max().copied().unwrap_or(0) as usize];
+        for (host, &id) in self.ids.iter().enumerate() {
+            out[id as usize - 1] = addresses[host].clone();
+        }
+        out
+    }
+}
+
+/// Brokers a membership fault needs: with replication factor 3, a
+/// decommissioned broker's replicas need three others to move to.
+pub const MEMBERSHIP_BROKERS: usize = 4;
+
+/// The kinds that change the cluster's membership.
+pub const MEMBERSHIP_KINDS: [&str; 2] = ["decommission", "replace-broker"];
 
 /// What the harness is told.
 #[derive(Debug, Clone)]
@@ -97,6 +150,15 @@ pub enum Fault {
     /// broker runs under with `weir_clock_faults`), back when healed. Its
     /// monotonic clock runs on, as under an NTP step.
     ClockSkew { host: usize, by_secs: i64 },
+    /// Broker `id` marked decommissioned (`weir cluster decommission
+    /// --no-wait`): the controller moves its replicas off it, live, each a
+    /// Raft membership change. Recommissioned when healed, and auto-balance
+    /// moves replicas back onto it.
+    Decommission { host: usize, id: u64 },
+    /// Scale in, then out: broker `old` decommissioned; when healed, waited
+    /// for until drained, stopped, and replaced on its host by broker `new`
+    /// on an empty disk, which joins and receives replicas by auto-balance.
+    Replace { host: usize, old: u64, new: u64 },
 }
 
 impl Fault {
@@ -111,15 +173,20 @@ impl Fault {
             Fault::PowerLoss { hosts, .. } if hosts.len() == 1 => "power-loss-one",
             Fault::PowerLoss { .. } => "power-loss",
             Fault::ClockSkew { .. } => "clock-skew",
+            Fault::Decommission { .. } => "decommission",
+            Fault::Replace { .. } => "replace-broker",
         }
     }
 }
 
 impl Fault {
-    /// What the fault hits, for availability (brokers are hosts + 1).
-    pub fn hit(&self, hosts: usize) -> Hit {
-        let broker = |host: &usize| *host as u64 + 1;
+    /// What the fault hits, for availability, with `layout` as it was
+    /// when the fault began.
+    pub fn hit(&self, layout: &Layout) -> Hit {
+        let hosts = layout.hosts();
+        let broker = |host: &usize| layout.ids[*host];
         match self {
+            Fault::Decommission { id, .. } | Fault::Replace { old: id, .. } => Hit::Brokers(vec![*id]),
             Fault::Kill { host } | Fault::Pause { host } | Fault::FullDisk { host } | Fault::ClockSkew { host, .. } => {
                 Hit::Brokers(vec![broker(host)])
             }
@@ -169,6 +236,8 @@ impl fmt::Display for Fault {
                 write!(f, "{} {} seed={seed}", self.kind(), hosts.join(","))
             }
             Fault::ClockSkew { host, by_secs } => write!(f, "clock-skew h{} by {by_secs:+} s", host + 1),
+            Fault::Decommission { host, id } => write!(f, "decommission broker {id} (h{})", host + 1),
+            Fault::Replace { host, old, new } => write!(f, "replace-broker {old} by {new} (h{})", host + 1),
         }
     }
 }
@@ -181,15 +250,27 @@ const CHAIN: &str = "WEIR-NEMESIS";
 pub struct Ssh {
     hosts: Vec<Host>,
     key: PathBuf,
+    broker_port: u16,
 }
 
+/// How long a command over SSH may take, unless said otherwise.
+const SSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a decommissioned broker may take to drain before it is
+/// replaced (a heal that takes longer fails, and says so).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl Ssh {
-    pub fn new(hosts: Vec<Host>, key: PathBuf) -> Self {
-        Self { hosts, key }
+    pub fn new(hosts: Vec<Host>, key: PathBuf, broker_port: u16) -> Self {
+        Self { hosts, key, broker_port }
     }
 
     /// Runs `command` on host `host` with a shell; its stdout, or why not.
     pub async fn run(&self, host: usize, command: &str) -> Result<String, String> {
+        self.run_within(host, command, SSH_TIMEOUT).await
+    }
+
+    async fn run_within(&self, host: usize, command: &str, timeout: Duration) -> Result<String, String> {
         let target = &self.hosts[host];
         let mut child = tokio::process::Command::new("ssh");
         child
@@ -202,9 +283,9 @@ impl Ssh {
             .arg(command)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        let output = tokio::time::timeout(Duration::from_secs(30), child.output())
+        let output = tokio::time::timeout(timeout, child.output())
             .await
-            .map_err(|_| format!("{}: `{command}` took over 30 s", target.name))?
+            .map_err(|_| format!("{}: `{command}` took over {} s", target.name, timeout.as_secs()))?
             .map_err(|error| format!("{}: ssh: {error}", target.name))?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
@@ -220,6 +301,18 @@ impl Ssh {
 
     fn root(&self, host: usize) -> String {
         self.hosts[host].root.display().to_string()
+    }
+
+    /// The broker id in the host's `weir.toml`.
+    pub async fn broker_id(&self, host: usize) -> Result<u64, String> {
+        let out = self.run(host, &format!("sed -n 's/^broker_id *= *//p' {}/weir.toml", self.root(host))).await?;
+        out.trim().parse().map_err(|_| format!("{}: no broker_id in weir.toml: {out:?}", self.hosts[host].name))
+    }
+
+    /// The weir CLI installed on `host`, talking to that host's broker.
+    fn cli(&self, host: usize, args: &str) -> String {
+        let target = &self.hosts[host];
+        format!("{}/bin/weir {args} --broker http://{}:{}", self.root(host), target.address, self.broker_port)
     }
 
     /// The chain, hooked into INPUT, exists and is empty.
@@ -296,6 +389,18 @@ impl Ssh {
                 );
                 self.run(*host, &command).await.map(drop)
             }
+            Fault::Decommission { host, id } | Fault::Replace { host, old: id, .. } => {
+                // Refused while the others could not hold its replicas
+                // (a broker restarted by the last heal may not have
+                // registered yet): an operator would try again shortly.
+                let root = self.root(*host);
+                let command = format!(
+                    "for _ in $(seq 1 20); do {} >/dev/null 2>{root}/nemesis.err && exit 0; sleep 1; done; \
+                     cat {root}/nemesis.err >&2; exit 1",
+                    self.cli(*host, &format!("cluster decommission {id} --no-wait"))
+                );
+                self.run(*host, &command).await.map(drop)
+            }
         }
     }
 
@@ -328,6 +433,32 @@ impl Ssh {
             Fault::ClockSkew { host, .. } => {
                 self.run(*host, &format!("echo +0 >{}/faketime", self.root(*host))).await.map(drop)
             }
+            Fault::Decommission { host, id } => {
+                self.run(*host, &self.cli(*host, &format!("cluster recommission {id}"))).await.map(drop)
+            }
+            Fault::Replace { host, old, new } => {
+                // Drained first: stopping it earlier would stop replicas
+                // the controller still counts on. The old data goes, made
+                // durable (`sync` fsyncs the directory: on weir-lossyfs an
+                // unsynced unlink would come back at a power loss), so the
+                // new broker starts on an empty disk.
+                let root = self.root(*host);
+                let drain = DRAIN_TIMEOUT.as_secs();
+                // The launcher's stop waits 10 s at most: a broker slower
+                // to exit is killed, so none writes to the emptied disk.
+                let command = format!(
+                    "{} >/dev/null && pid=$(cat {root}/weir.pid) && {root}/bin/weir.sh stop >/dev/null && \
+                     for _ in $(seq 1 50); do [ -d /proc/$pid ] || break; \
+                     grep -q '^State:.*Z' /proc/$pid/status 2>/dev/null && break; \
+                     kill -KILL $pid 2>/dev/null; sleep 0.1; done && \
+                     {{ [ ! -d /proc/$pid ] || grep -q '^State:.*Z' /proc/$pid/status; }} && \
+                     rm -rf {root}/data/* && sync {root}/data && \
+                     sed -i 's/^broker_id *=.*/broker_id = {new}/' {root}/weir.toml && \
+                     {root}/bin/weir.sh start >/dev/null",
+                    self.cli(*host, &format!("cluster decommission {old} --timeout {drain}"))
+                );
+                self.run_within(*host, &command, DRAIN_TIMEOUT + SSH_TIMEOUT).await.map(drop)
+            }
         }
     }
 
@@ -336,10 +467,11 @@ impl Ssh {
         let mut errors = Vec::new();
         for host in 0..self.hosts.len() {
             let root = self.root(host);
+            let processes = if self.hosts[host].etcd { "weir etcd" } else { "weir" };
             let command = format!(
                 "iptables -F {CHAIN} 2>/dev/null; rm -f {root}/data/ballast {root}/data/ballast-tail; \
                  [ -f {root}/faketime ] && echo +0 >{root}/faketime; \
-                 for p in weir etcd; do [ -f {root}/$p.pid ] && kill -CONT $(cat {root}/$p.pid) 2>/dev/null; \
+                 for p in {processes}; do [ -f {root}/$p.pid ] && kill -CONT $(cat {root}/$p.pid) 2>/dev/null; \
                  {root}/bin/$p.sh start >/dev/null || exit 1; done; true"
             );
             if let Err(error) = self.run(host, &command).await {
@@ -379,7 +511,7 @@ impl Ssh {
 }
 
 /// Every kind of fault, as [`Fault::kind`] names them.
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 13] = [
     "kill",
     "pause",
     "partition-halves",
@@ -391,11 +523,15 @@ pub const KINDS: [&str; 11] = [
     "power-loss",
     "power-loss-one",
     "clock-skew",
+    "decommission",
+    "replace-broker",
 ];
 
-/// A fault of `kind` (one of [`KINDS`]). `leader` is the host leading some
-/// partition, when one is known.
-pub fn fault_of(kind: &str, rng: &mut SeededRng, hosts: usize, leader: Option<usize>) -> Fault {
+/// A fault of `kind` (one of [`KINDS`]) against `layout`. `leader` is the
+/// host leading some partition, when one is known. A `replace-broker` takes
+/// `layout.next_id` and moves it on.
+pub fn fault_of(kind: &str, rng: &mut SeededRng, layout: &mut Layout, leader: Option<usize>) -> Fault {
+    let hosts = layout.hosts();
     let host = rng.below(hosts as u64) as usize;
     let cut_off = |lone: usize| (0..hosts).filter(|&other| other != lone).map(|other| (lone, other)).collect();
     match kind {
@@ -416,7 +552,10 @@ pub fn fault_of(kind: &str, rng: &mut SeededRng, hosts: usize, leader: Option<us
             Fault::Partition { name: "partition-bridge", cuts }
         }
         "packet-drop" => Fault::Drop { percent: 5 + rng.below(26) as u32 },
-        "etcd-kill" => Fault::EtcdKill { host },
+        "etcd-kill" => match layout.etcd.len() {
+            0 => Fault::EtcdKill { host },
+            members => Fault::EtcdKill { host: layout.etcd[rng.below(members as u64) as usize] },
+        },
         "full-disk" => Fault::FullDisk { host },
         "power-loss" => Fault::PowerLoss { hosts: (0..hosts).collect(), seed: rng.next_u64() },
         "power-loss-one" => Fault::PowerLoss { hosts: vec![host], seed: rng.next_u64() },
@@ -429,6 +568,12 @@ pub fn fault_of(kind: &str, rng: &mut SeededRng, hosts: usize, leader: Option<us
                 _ => 86_400,
             } as i64;
             Fault::ClockSkew { host, by_secs: if rng.below(2) == 0 { by_secs } else { -by_secs } }
+        }
+        "decommission" => Fault::Decommission { host, id: layout.ids[host] },
+        "replace-broker" => {
+            let new = layout.next_id;
+            layout.next_id += 1;
+            Fault::Replace { host, old: layout.ids[host], new }
         }
         other => unreachable!("no fault kind {other}: the options are checked against KINDS"),
     }
@@ -463,10 +608,14 @@ pub async fn run(options: Options) -> Result<Report, String> {
     let addresses: Vec<String> =
         options.hosts.iter().map(|h| format!("http://{}:{}", h.address, options.broker_port)).collect();
     let bootstrap = addresses.join(",");
-    let ssh = Ssh::new(options.hosts.clone(), options.ssh_key.clone());
+    let ssh = Ssh::new(options.hosts.clone(), options.ssh_key.clone(), options.broker_port);
+    let mut ids = Vec::new();
     for host in 0..hosts {
         ssh.prepare(host).await?;
+        ids.push(ssh.broker_id(host).await?);
     }
+    let etcd = (0..hosts).filter(|&host| options.hosts[host].etcd).collect();
+    let mut layout = Layout::new(ids, etcd);
 
     let client = Client::connect(&bootstrap).await.map_err(|e| format!("connecting to {bootstrap}: {e}"))?;
     let config = proto::TopicConfig {
@@ -476,7 +625,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
         ..Default::default()
     };
     client.create_topic(TOPIC, config).await.map_err(|e| format!("creating topic {TOPIC}: {e}"))?;
-    wait_for_leaders(&client, options.partitions).await?;
+    wait_for_leaders(&layout.by_id(&addresses), options.partitions).await?;
 
     let history = History::new();
     let stop_producing = Arc::new(AtomicBool::new(false));
@@ -526,16 +675,17 @@ pub async fn run(options: Options) -> Result<Report, String> {
             break;
         }
         tokio::time::sleep(quiet).await;
-        let leader = some_leader(&client, &mut rng, options.partitions).await;
         // Who leads what, just before: which partitions the fault touches
-        // (availability).
-        let views = views(&addresses, tokio::time::Instant::now() + Duration::from_secs(1)).await;
+        // (availability), and a leader for partition-leader to cut off.
+        let views = views(&layout.by_id(&addresses), tokio::time::Instant::now() + Duration::from_secs(1)).await;
+        let leader = some_leader(&views, &mut rng, options.partitions).and_then(|id| layout.host_of(id));
         let kind = if options.cycle {
             options.kinds[faults.len() % options.kinds.len()]
         } else {
             options.kinds[rng.below(options.kinds.len() as u64) as usize]
         };
-        let fault = fault_of(kind, &mut rng, hosts, leader);
+        let fault = fault_of(kind, &mut rng, &mut layout, leader);
+        let hit = fault.hit(&layout);
         let began = start.elapsed();
         tracing::info!(at = ?began, %fault, ?lasting, "nemesis: inject");
         eprintln!("nemesis {:>7.1} s  {fault} for {:.1} s", began.as_secs_f64(), lasting.as_secs_f64());
@@ -546,10 +696,15 @@ pub async fn run(options: Options) -> Result<Report, String> {
         // time (sends acknowledged meanwhile say nothing of the fault).
         let at = history.now();
         tokio::time::sleep(lasting).await;
-        if let Err(error) = ssh.heal(&fault).await {
-            nemesis_errors.push(format!("heal {fault}: {error}"));
+        match ssh.heal(&fault).await {
+            Ok(()) => {
+                if let Fault::Replace { host, new, .. } = fault {
+                    layout.ids[host] = new;
+                }
+            }
+            Err(error) => nemesis_errors.push(format!("heal {fault}: {error}")),
         }
-        let (touched, healthy) = availability::touched(&fault.hit(hosts), options.partitions, &views);
+        let (touched, healthy) = availability::touched(&hit, options.partitions, &views);
         windows.push(Window {
             kind: fault.kind(),
             start: at,
@@ -568,6 +723,13 @@ pub async fn run(options: Options) -> Result<Report, String> {
     // retrying stays unknown) and the first group must read everything
     // acknowledged.
     nemesis_errors.extend(ssh.heal_all().await.into_iter().map(|e| format!("heal all: {e}")));
+    // Whatever a failed heal left in weir.toml is what the brokers run now.
+    for host in 0..hosts {
+        match ssh.broker_id(host).await {
+            Ok(id) => layout.ids[host] = id,
+            Err(error) => nemesis_errors.push(format!("after healing: {error}")),
+        }
+    }
     stop_producing.store(true, Ordering::Relaxed);
     for producer in producers {
         if tokio::time::timeout(SETTLE, producer).await.is_err() {
@@ -584,11 +746,11 @@ pub async fn run(options: Options) -> Result<Report, String> {
     }
 
     let final_log = read_all(bootstrap.clone(), options.partitions).await?;
-    let (mut replicas, silent) = describe_replicas(addresses, Duration::from_secs(60)).await;
+    let (mut replicas, silent) = describe_replicas(layout.by_id(&addresses), Duration::from_secs(60)).await;
     let mut unchecked: Vec<String> =
         silent.into_iter().map(|(broker, e)| format!("broker {broker} did not describe its replicas: {e}")).collect();
     nemesis_errors.extend(unchecked.iter().cloned());
-    let mut replicas_described: BTreeMap<u64, usize> = (1..=hosts as u64).map(|b| (b, 0)).collect();
+    let mut replicas_described: BTreeMap<u64, usize> = layout.ids.iter().map(|&b| (b, 0)).collect();
     for replica in &replicas {
         *replicas_described.entry(replica.broker).or_default() += 1;
     }
@@ -598,7 +760,11 @@ pub async fn run(options: Options) -> Result<Report, String> {
         }
         let disk = weir::sys::disk::real_disk();
         replicas.retain_mut(|replica| {
-            let topics = options.hosts[replica.broker as usize - 1].root.join("data").join("topics");
+            let Some(host) = layout.host_of(replica.broker) else {
+                unchecked.push(format!("broker {} described a replica but runs on no host", replica.broker));
+                return false;
+            };
+            let topics = options.hosts[host].root.join("data").join("topics");
             match read_replica(disk.clone(), &topics, replica.broker, replica.partition) {
                 Some(records) => {
                     replica.records = records;
@@ -643,28 +809,29 @@ pub async fn run(options: Options) -> Result<Report, String> {
     })
 }
 
-/// Every partition has a leader (bounded: a minute).
-async fn wait_for_leaders(client: &Client, partitions: u32) -> Result<(), String> {
+/// Every partition has a leader, as its replicas say (bounded: a minute).
+/// A broker knows the leaders of the partitions it holds only: with more
+/// brokers than replicas, one broker's description has gaps.
+async fn wait_for_leaders(by_id: &[String], partitions: u32) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(topic) = client.describe_topic(TOPIC).await {
-            if topic.partitions.len() == partitions as usize && topic.partitions.iter().all(|p| p.leader != 0) {
-                return Ok(());
-            }
+        let views = views(by_id, tokio::time::Instant::now() + Duration::from_secs(2)).await;
+        let led: BTreeSet<u32> = views.iter().filter(|v| v.leader != 0).map(|v| v.partition).collect();
+        if led.len() == partitions as usize {
+            return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("topic {TOPIC} still has partitions without a leader after 60 s"));
+            return Err(format!("topic {TOPIC}: {} of {partitions} partitions have a leader after 60 s", led.len()));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// The host leading a partition chosen at random, if the cluster says.
-async fn some_leader(client: &Client, rng: &mut SeededRng, partitions: u32) -> Option<usize> {
+/// The broker leading a partition chosen at random, if one of its
+/// replicas says.
+fn some_leader(views: &[availability::View], rng: &mut SeededRng, partitions: u32) -> Option<u64> {
     let partition = rng.below(u64::from(partitions)) as u32;
-    let described = tokio::time::timeout(Duration::from_secs(5), client.describe_topic(TOPIC)).await.ok()?.ok()?;
-    let leader = described.partitions.iter().find(|p| p.partition == partition)?.leader;
-    (leader != 0).then(|| leader as usize - 1)
+    views.iter().find(|v| v.partition == partition && v.leader != 0).map(|v| v.leader)
 }
 
 /// Counts of the history's operations, by function and outcome.
@@ -681,12 +848,18 @@ mod tests {
     use super::*;
     use crate::history::{Kind, Value};
 
+    /// `hosts` hosts running brokers 1, 2, …, etcd on the first three.
+    fn layout(hosts: usize) -> Layout {
+        Layout::new((1..=hosts as u64).collect(), (0..hosts.min(3)).collect())
+    }
+
     #[test]
     fn every_kind_makes_its_fault_and_partitions_cut_real_pairs() {
         let mut rng = SeededRng::new(7);
+        let mut three = layout(3);
         for _ in 0..200 {
             for kind in KINDS {
-                let fault = fault_of(kind, &mut rng, 3, Some(2));
+                let fault = fault_of(kind, &mut rng, &mut three, Some(2));
                 assert_eq!(fault.kind(), kind);
                 if let Fault::Partition { name, cuts } = &fault {
                     assert!(!cuts.is_empty(), "{name} cuts nothing");
@@ -705,7 +878,7 @@ mod tests {
             }
         }
         // Five hosts: a bridge splits the other four two and two.
-        let bridge = fault_of("partition-bridge", &mut rng, 5, None);
+        let bridge = fault_of("partition-bridge", &mut rng, &mut layout(5), None);
         let Fault::Partition { cuts, .. } = bridge else { panic!("{bridge:?}") };
         assert_eq!(cuts.len(), 4, "{cuts:?}");
     }
@@ -713,24 +886,65 @@ mod tests {
     #[test]
     fn a_fault_hits_the_brokers_it_stops_or_cuts_off() {
         let mut rng = SeededRng::new(1);
-        assert_eq!(Fault::Kill { host: 1 }.hit(3), Hit::Brokers(vec![2]));
-        let cut_off = fault_of("partition-leader", &mut rng, 3, Some(0));
-        assert_eq!(cut_off.hit(3), Hit::Brokers(vec![1]), "{cut_off}");
+        let (mut three, mut five) = (layout(3), layout(5));
+        assert_eq!(Fault::Kill { host: 1 }.hit(&three), Hit::Brokers(vec![2]));
+        let cut_off = fault_of("partition-leader", &mut rng, &mut three, Some(0));
+        assert_eq!(cut_off.hit(&three), Hit::Brokers(vec![1]), "{cut_off}");
         assert!(!cut_off.is_leader_loss(), "reported, not judged yet");
         assert!(Fault::Pause { host: 2 }.is_leader_loss());
-        let bridge = fault_of("partition-bridge", &mut rng, 5, None);
-        match bridge.hit(5) {
+        let bridge = fault_of("partition-bridge", &mut rng, &mut five, None);
+        match bridge.hit(&five) {
             Hit::Brokers(brokers) => assert_eq!(brokers.len(), 4, "both halves, not the bridge: {bridge}"),
             other => panic!("{bridge}: {other:?}"),
         }
         assert!(!bridge.is_leader_loss());
-        assert_eq!(Fault::Drop { percent: 5 }.hit(3), Hit::All);
+        assert_eq!(Fault::Drop { percent: 5 }.hit(&three), Hit::All);
         assert!(!Fault::FullDisk { host: 0 }.is_leader_loss());
-        let all = fault_of("power-loss", &mut rng, 3, None);
-        assert_eq!(all.hit(3), Hit::Brokers(vec![1, 2, 3]), "{all}");
-        let one = fault_of("power-loss-one", &mut rng, 3, None);
-        assert!(matches!(one.hit(3), Hit::Brokers(ref b) if b.len() == 1), "{one}");
+        let all = fault_of("power-loss", &mut rng, &mut three, None);
+        assert_eq!(all.hit(&three), Hit::Brokers(vec![1, 2, 3]), "{all}");
+        let one = fault_of("power-loss-one", &mut rng, &mut three, None);
+        assert!(matches!(one.hit(&three), Hit::Brokers(ref b) if b.len() == 1), "{one}");
         assert!(!all.is_leader_loss() && !one.is_leader_loss(), "not bounded by one election");
+    }
+
+    #[test]
+    fn membership_faults_name_the_brokers_hosts_run_now_and_new_ids_are_fresh() {
+        let mut rng = SeededRng::new(3);
+        // Host 1 already runs broker 6 (replaced once); ids 1..=6 are used.
+        let mut four = Layout::new(vec![1, 6, 3, 4], vec![0, 1, 2]);
+        assert_eq!(four.next_id, 7);
+        assert_eq!(four.host_of(6), Some(1));
+        assert_eq!(four.host_of(2), None, "broker 2 runs nowhere now");
+        let addresses: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        assert_eq!(four.by_id(&addresses), ["a", "", "c", "d", "", "b"], "by id less one, gaps empty");
+        let mut seen_new = BTreeSet::new();
+        for _ in 0..50 {
+            match fault_of("replace-broker", &mut rng, &mut four, None) {
+                Fault::Replace { host, old, new } => {
+                    assert_eq!(old, four.ids[host], "the broker the host runs");
+                    assert!(new >= 7 && seen_new.insert(new), "a new id is never one used before: {new}");
+                    assert_eq!(Fault::Replace { host, old, new }.hit(&four), Hit::Brokers(vec![old]));
+                    four.ids[host] = new;
+                }
+                other => panic!("{other}"),
+            }
+            match fault_of("decommission", &mut rng, &mut four, None) {
+                Fault::Decommission { host, id } => {
+                    assert_eq!(id, four.ids[host]);
+                    assert!(!Fault::Decommission { host, id }.is_leader_loss());
+                }
+                other => panic!("{other}"),
+            }
+        }
+        // etcd-kill only where etcd runs; a kill may hit any broker.
+        let etcd_hosts: BTreeSet<usize> = (0..200)
+            .map(|_| match fault_of("etcd-kill", &mut rng, &mut four, None) {
+                Fault::EtcdKill { host } => host,
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(etcd_hosts, BTreeSet::from([0, 1, 2]));
+        assert_eq!(Fault::Kill { host: 1 }.hit(&four), Hit::Brokers(vec![four.ids[1]]));
     }
 
     #[test]

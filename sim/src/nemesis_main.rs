@@ -54,9 +54,9 @@ mod harness {
         /// read every replica from its disk after the run.
         #[arg(long)]
         local_disks: bool,
-        /// The kinds of fault to inject, comma-separated (default: all of
-        /// kill, pause, partition-halves, partition-leader,
-        /// partition-bridge, packet-drop, etcd-kill, full-disk).
+        /// The kinds of fault to inject, comma-separated (default: every
+        /// kind; decommission and replace-broker only with 4 brokers or
+        /// more).
         #[arg(long, value_delimiter = ',')]
         faults: Vec<String>,
         /// Each kind of fault in turn instead of one at random each time.
@@ -67,12 +67,19 @@ mod harness {
         history: PathBuf,
     }
 
-    /// The hosts and the SSH key an inventory names.
+    /// The hosts and the SSH key an inventory names: the `hosts` group
+    /// (each an etcd member and a broker), then the `brokers` group (a
+    /// broker alone), in the order `deploy/group_vars/all.yml` numbers them.
     fn read_inventory(text: &str) -> Result<(Vec<Host>, PathBuf), String> {
-        let mut hosts = Vec::new();
+        let (mut members, mut brokers) = (Vec::new(), Vec::new());
         let mut key = None;
+        let mut group = String::from("hosts");
         for line in text.lines().map(str::trim) {
-            if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                group = name.to_owned();
+                continue;
+            }
+            if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             if let Some(value) = line.strip_prefix("ansible_ssh_private_key_file=") {
@@ -91,8 +98,14 @@ mod harness {
             }
             let address = address.ok_or_else(|| format!("host {name} has no ansible_host"))?;
             let root = root.ok_or_else(|| format!("host {name} has no weir_root"))?;
-            hosts.push(Host { name: name.to_owned(), address, root });
+            match group.as_str() {
+                "hosts" => members.push(Host { name: name.to_owned(), address, root, etcd: true }),
+                "brokers" => brokers.push(Host { name: name.to_owned(), address, root, etcd: false }),
+                other => return Err(format!("host {name} is in group {other}, neither hosts nor brokers")),
+            }
         }
+        let mut hosts = members;
+        hosts.append(&mut brokers);
         if hosts.is_empty() {
             return Err("the inventory names no host".into());
         }
@@ -132,8 +145,27 @@ mod harness {
                 }
             }
         }
+        let too_few = hosts.len() < nemesis::MEMBERSHIP_BROKERS;
         if kinds.is_empty() {
             kinds = nemesis::KINDS.to_vec();
+            if too_few {
+                kinds.retain(|kind| !nemesis::MEMBERSHIP_KINDS.contains(kind));
+                println!(
+                    "weir-nemesis: {} broker(s): no membership faults ({} need {})",
+                    hosts.len(),
+                    nemesis::MEMBERSHIP_KINDS.join(", "),
+                    nemesis::MEMBERSHIP_BROKERS
+                );
+            }
+        } else if too_few {
+            if let Some(kind) = kinds.iter().find(|kind| nemesis::MEMBERSHIP_KINDS.contains(kind)) {
+                eprintln!(
+                    "weir-nemesis: {kind} needs {} brokers, the inventory names {}",
+                    nemesis::MEMBERSHIP_BROKERS,
+                    hosts.len()
+                );
+                return 2;
+            }
         }
         let options = Options {
             kinds,
@@ -240,7 +272,27 @@ mod harness {
             assert_eq!(hosts.len(), 2);
             assert_eq!(hosts[1].address, "10.77.0.12");
             assert_eq!(hosts[1].root, PathBuf::from("/r/h2"));
+            assert!(hosts.iter().all(|h| h.etcd));
             assert_eq!(key, PathBuf::from("/r/id_ed25519"));
+        }
+
+        #[test]
+        fn brokers_without_etcd_come_after_the_hosts_group_whatever_the_order_of_sections() {
+            let text = "[brokers]
+weir-h4 ansible_host=10.77.0.14 weir_root=/r/h4
+[hosts]
+                        weir-h1 ansible_host=10.77.0.11 weir_root=/r/h1
+[all:vars]
+                        ansible_ssh_private_key_file=/r/k
+";
+            let (hosts, _) = read_inventory(text).unwrap();
+            let names: Vec<(&str, bool)> = hosts.iter().map(|h| (h.name.as_str(), h.etcd)).collect();
+            assert_eq!(names, [("weir-h1", true), ("weir-h4", false)]);
+            let odd = "[others]
+weir-h9 ansible_host=10.77.0.19 weir_root=/r/h9
+ansible_ssh_private_key_file=/k
+";
+            assert!(read_inventory(odd).unwrap_err().contains("neither hosts nor brokers"));
         }
 
         #[test]
