@@ -44,7 +44,7 @@
     :default "../target/release/weir"]
    [nil "--rate HZ" "Operations per second, across all clients."
     :default 100 :parse-fn parse-double]
-   [nil "--nemesis FAULTS" "Comma-separated faults: partition, kill, pause, clock."
+   [nil "--nemesis FAULTS" "Comma-separated faults: partition, kill, pause, clock (the node's), broker-clock (the broker's alone, libfaketime)."
     :default #{:partition :kill :pause}
     :parse-fn (fn [s] (set (map keyword (str/split s #","))))]
    [nil "--nemesis-interval SECONDS" "Seconds between faults."

@@ -2,7 +2,9 @@
   "Installs and runs weir on Jepsen's nodes: an etcd member and a broker on
   each, from artifacts built on the control node (the weir binary; etcd
   from the nodes' Debian packages). Kill, pause and, with lazyfs, losing
-  writes that were never fsynced."
+  writes that were never fsynced. With the :broker-clock fault, each broker
+  runs under libfaketime, its wall clock offset by what `faketime-file`
+  says (weir.clock)."
   (:require [clojure.string :as str]
             [clojure.tools.logging :refer [info warn]]
             [jepsen [control :as c]
@@ -12,7 +14,8 @@
                     [util :as util]]
             [jepsen.control.net :as cn]
             [jepsen.control.util :as cu]
-            [jepsen.os.debian :as debian]))
+            [jepsen.os.debian :as debian]
+            [weir.clock :as clock]))
 
 (def dir "/opt/weir")
 (def bin (str dir "/bin/weir"))
@@ -23,6 +26,19 @@
 (def etcd-dir (str dir "/etcd"))
 (def etcd-log (str dir "/etcd.log"))
 (def etcd-pid (str dir "/etcd.pid"))
+(def faketime-file (str dir "/faketime"))
+(def faketime-lib "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+
+(defn broker-clock?
+  "Whether the test steps brokers' clocks (the :broker-clock fault)."
+  [opts]
+  (contains? (set (:nemesis opts)) :broker-clock))
+
+(defn set-broker-clock!
+  "Offsets this node's broker's wall clock by `secs` seconds (0: the true
+  time). libfaketime re-reads the file within a second."
+  [secs]
+  (c/su (c/exec :echo (clock/faketime-line secs) :> faketime-file)))
 
 (defn broker-id [test node] (inc (.indexOf ^java.util.List (:nodes test) node)))
 
@@ -53,8 +69,13 @@
                       :--initial-cluster-state :new)))
 
 (defn- start-weir!
-  []
-  (cu/start-daemon! {:logfile log-file :pidfile pid-file :chdir dir}
+  [opts]
+  (cu/start-daemon! (cond-> {:logfile log-file :pidfile pid-file :chdir dir}
+                      (broker-clock? opts)
+                      (assoc :env {:LD_PRELOAD              faketime-lib
+                                   :FAKETIME_TIMESTAMP_FILE faketime-file
+                                   :FAKETIME_CACHE_DURATION "1"
+                                   :DONT_FAKE_MONOTONIC     "1"}))
                     bin :server :--config config-file))
 
 (defrecord DB [opts lazyfs]
@@ -68,9 +89,12 @@
       (c/exec :chmod :+x bin)
       (when lazyfs (db/setup! lazyfs test node))
       (c/exec :echo (config test node) :> config-file)
+      (when (broker-clock? opts)
+        (debian/install [:faketime])
+        (set-broker-clock! 0))
       (start-etcd! test node)
       (jepsen/synchronize test)
-      (start-weir!)
+      (start-weir! opts)
       (cu/await-tcp-port 8080 {:timeout 60000})))
 
   (teardown! [this test node]
@@ -86,7 +110,7 @@
 
   db/Process
   (start! [this test node]
-    (c/su (start-weir!)))
+    (c/su (start-weir! opts)))
   (kill! [this test node]
     (c/su
       (cu/grepkill! :kill "weir server")
