@@ -253,6 +253,12 @@ pub struct Ssh {
     broker_port: u16,
 }
 
+/// What `full-disk` writes into a broker's data directory, and healing
+/// removes (`data`: the directory).
+fn ballast(data: &str) -> String {
+    format!("{data}/ballast {data}/ballast-mib {data}/ballast-tail")
+}
+
 /// How long a command over SSH may take, unless said otherwise.
 const SSH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -307,6 +313,11 @@ impl Ssh {
     pub async fn broker_id(&self, host: usize) -> Result<u64, String> {
         let out = self.run(host, &format!("sed -n 's/^broker_id *= *//p' {}/weir.toml", self.root(host))).await?;
         out.trim().parse().map_err(|_| format!("{}: no broker_id in weir.toml: {out:?}", self.hosts[host].name))
+    }
+
+    /// Lifts broker `id`'s decommissioned mark, through `host`'s broker.
+    async fn recommission(&self, host: usize, id: u64) -> Result<(), String> {
+        self.run(host, &self.cli(host, &format!("cluster recommission {id}"))).await.map(drop)
     }
 
     /// The weir CLI installed on `host`, talking to that host's broker.
@@ -422,8 +433,7 @@ impl Ssh {
             }
             Fault::FullDisk { host } => {
                 let data = format!("{}/data", self.root(*host));
-                let freed =
-                    self.run(*host, &format!("rm -f {data}/ballast {data}/ballast-mib {data}/ballast-tail")).await;
+                let freed = self.run(*host, &format!("rm -f {}", ballast(&data))).await;
                 // Whatever the broker did meanwhile, it comes back.
                 let killed = self.kill_and_wait(*host, "weir").await;
                 let started = self.start(*host, "weir").await;
@@ -438,9 +448,7 @@ impl Ssh {
             Fault::ClockSkew { host, .. } => {
                 self.run(*host, &format!("echo +0 >{}/faketime", self.root(*host))).await.map(drop)
             }
-            Fault::Decommission { host, id } => {
-                self.run(*host, &self.cli(*host, &format!("cluster recommission {id}"))).await.map(drop)
-            }
+            Fault::Decommission { host, id } => self.recommission(*host, *id).await,
             Fault::Replace { host, old, new } => {
                 // Drained first: stopping it earlier would stop replicas
                 // the controller still counts on. The old data goes, made
@@ -468,7 +476,7 @@ impl Ssh {
                     // on with as many brokers as before (the error is
                     // reported; a 30-minute run met one partition that did
                     // not move off in 120 s).
-                    let _ = self.run(*host, &self.cli(*host, &format!("cluster recommission {old}"))).await;
+                    let _ = self.recommission(*host, *old).await;
                 }
                 replaced
             }
@@ -482,10 +490,11 @@ impl Ssh {
             let root = self.root(host);
             let processes = if self.hosts[host].etcd { "weir etcd" } else { "weir" };
             let command = format!(
-                "iptables -F {CHAIN} 2>/dev/null; rm -f {root}/data/ballast {root}/data/ballast-mib {root}/data/ballast-tail; \
+                "iptables -F {CHAIN} 2>/dev/null; rm -f {}; \
                  [ -f {root}/faketime ] && echo +0 >{root}/faketime; \
                  for p in {processes}; do [ -f {root}/$p.pid ] && kill -CONT $(cat {root}/$p.pid) 2>/dev/null; \
-                 {root}/bin/$p.sh start >/dev/null || exit 1; done; true"
+                 {root}/bin/$p.sh start >/dev/null || exit 1; done; true",
+                ballast(&format!("{root}/data"))
             );
             if let Err(error) = self.run(host, &command).await {
                 errors.push(error);
