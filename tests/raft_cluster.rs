@@ -405,6 +405,38 @@ async fn a_single_replica_group_commits_and_recovers() {
 /// Heartbeats of idle groups travel together: a peer receives a few calls
 /// per heartbeat interval however many groups there are, not one per group.
 #[tokio::test]
+async fn a_learner_copies_a_long_log_in_few_messages() {
+    // Small batches, as a busy partition's log holds: tens of thousands of
+    // them on real hosts after half an hour.
+    const ENTRIES: u64 = 1000;
+    with_deadline(async {
+        let mut cluster = Cluster::start(1).await;
+        let mut last = None;
+        for i in 0..ENTRIES {
+            last = cluster.write(&format!("m{i}"), Acks::All).await;
+        }
+        let end = last.expect("acks=all reports the offset").next_offset;
+        let mut joining = Host::start(2).await;
+        joining.open().await;
+        cluster.hosts.push(joining);
+        let target: BTreeMap<u64, String> = cluster.hosts.iter().map(|h| (h.id, h.address.clone())).collect();
+        let (calls_before, messages_before) = cluster.hosts[0].env.connections.traffic();
+        cluster.hosts[0].replica().change_voters(&target, STEP).await.expect("the learner joins and becomes a voter");
+        let (calls_after, messages_after) = cluster.hosts[0].env.connections.traffic();
+        let (calls, messages) = (calls_after - calls_before, messages_after - messages_before);
+        tracing::info!(ENTRIES, calls, messages, "a learner copied the log");
+        // Each message a round trip and an fsync on the learner: four small
+        // entries a message (as replication once sent) would take 250.
+        assert!(messages <= 60, "copying {ENTRIES} small entries took {messages} messages in {calls} calls");
+        cluster.wait_committed_everywhere(end).await;
+        let logs: Vec<Vec<(u64, String)>> = cluster.hosts.iter().map(|h| committed_messages(h.replica())).collect();
+        assert_eq!(logs[0].len() as u64, ENTRIES);
+        assert_eq!(logs[0], logs[1], "the learner holds the leader's log");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn idle_groups_share_their_heartbeat_calls() {
     // Enough groups that one call per group would be obvious, few enough
     // that eight seeds of this test stay quick in the debug simulator.

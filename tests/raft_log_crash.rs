@@ -640,3 +640,43 @@ fn interrupted_snapshot_install_recovers() {
     }
     assert!(failed > INSTALL_RUNS / 4, "only {failed} of {INSTALL_RUNS} installs failed");
 }
+
+/// A batch of one record whose value is `len` bytes.
+fn batch_of(len: usize) -> Batch {
+    let mut builder = BatchBuilder::new();
+    builder.push(&Record { timestamp_ms: NOW_MS, value: Some(Bytes::from(vec![7u8; len])), ..Record::default() });
+    builder.build().expect("batch")
+}
+
+#[test]
+fn replication_reads_stop_at_the_byte_budget() {
+    block_on(async {
+        let disk = SimDisk::new(5);
+        let mut store = open(&disk, &LogConfig { flush: FlushPolicy::Explicit, ..LogConfig::default() });
+        // Six batches of 300 KiB, one of 1.5 MiB (over the budget alone),
+        // three small ones.
+        let sizes = [300 << 10, 300 << 10, 300 << 10, 300 << 10, 300 << 10, 300 << 10, 1536 << 10, 100, 100, 100];
+        let entries: Vec<Entry> = (0..)
+            .zip(sizes)
+            .map(|(index, len)| Entry {
+                log_id: log_id(1, index),
+                payload: EntryPayload::Normal(Proposal::new(batch_of(len))),
+            })
+            .collect();
+        store.blocking_append(entries).await.expect("append");
+        let read = |start: u64| {
+            let mut store = store.clone();
+            async move {
+                let entries = store.limited_get_log_entries(start, 10).await.expect("read");
+                entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>()
+            }
+        };
+        // Three 300 KiB batches fit in 1 MiB, a fourth would not.
+        assert_eq!(read(0).await, [0, 1, 2]);
+        assert_eq!(read(3).await, [3, 4, 5]);
+        assert_eq!(read(6).await, [6], "an entry bigger than the budget comes alone");
+        assert_eq!(read(7).await, [7, 8, 9]);
+        let all = store.try_get_log_entries(0..10).await.expect("read");
+        assert_eq!(all.len(), 10, "only replication's reads are bounded");
+    });
+}

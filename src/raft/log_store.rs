@@ -36,6 +36,13 @@ const HARD_STATE_FILE: &str = "raft-state";
 /// Bytes read from the log per step when serving entries.
 const READ_CHUNK_BYTES: usize = 1 << 20;
 
+/// The batch bytes one replication message carries at most (or one entry,
+/// if that alone is bigger): with the entry count (`max_payload_entries`,
+/// see `raft_config`), what bounds a message. A follower far behind (a
+/// learner joining with a partition's whole log to copy) catches up in
+/// steps of this size, one fsync each, not in steps of a few small batches.
+pub const REPLICATION_BYTES_MAX: usize = 1 << 20;
+
 /// The partition log, shared by Raft (which writes it) and the broker (which
 /// reads it up to the high watermark). `None` once closed.
 pub type SharedLog = Arc<Mutex<Option<PartitionLog>>>;
@@ -603,8 +610,10 @@ impl LogStore {
     /// purge point or past the end yields the part that exists. openraft
     /// never reads purged entries it needs (a leader postpones purging
     /// while a replication still uses them); callers that need the whole
-    /// range (`get_log_entries`) check it.
-    fn read_blocking(&self, start: u64, end: u64) -> Result<Vec<Entry>, String> {
+    /// range (`get_log_entries`) check it. With a `budget`, the entries stop
+    /// before the first batch that would take their bytes past it (the
+    /// first entry always comes).
+    fn read_blocking(&self, start: u64, end: u64, budget: Option<usize>) -> Result<Vec<Entry>, String> {
         let (start, slots): (u64, Vec<Slot>) = {
             let index = self.index();
             let start = start.max(index.first);
@@ -619,6 +628,7 @@ impl LogStore {
         let log = guard.as_ref().ok_or("partition log is closed")?;
         let mut out = Vec::with_capacity(slots.len());
         let mut read_ahead: VecDeque<Batch> = VecDeque::new();
+        let mut bytes = 0;
         for (raft_index, slot) in (start..).zip(slots) {
             let id = log_id(slot.term, raft_index);
             if let Some(control) = slot.control {
@@ -632,6 +642,10 @@ impl LogStore {
                 read_ahead = log.read(slot.offset, READ_CHUNK_BYTES, u64::MAX).map_err(|e| e.to_string())?.into();
             }
             let batch = read_ahead.pop_front().ok_or_else(|| format!("no batch at offset {}", slot.offset))?;
+            bytes += batch.len();
+            if budget.is_some_and(|budget| bytes > budget) && !out.is_empty() {
+                break;
+            }
             if batch.base_offset() != slot.offset || batch.raft_index() != raft_index {
                 return Err(format!(
                     "Raft entry {raft_index} should be the batch at offset {}, found entry {} at {}",
@@ -667,7 +681,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = index_range(&range);
         let store = self.clone();
-        let read = blocking(move || store.read_blocking(start, end)).await;
+        let read = blocking(move || store.read_blocking(start, end, None)).await;
+        if read.is_err() {
+            self.shared.read_failed.store(true, Ordering::Release);
+        }
+        read.map_err(read_err)
+    }
+
+    /// What replication sends next: at most [`REPLICATION_BYTES_MAX`] of
+    /// batches (at least one entry).
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let store = self.clone();
+        let read = blocking(move || store.read_blocking(start, end, Some(REPLICATION_BYTES_MAX))).await;
         if read.is_err() {
             self.shared.read_failed.store(true, Ordering::Release);
         }
