@@ -291,20 +291,28 @@ fn a_sealed_segment_cut_at_a_batch_boundary_is_damage_found_at_open() {
     assert_eq!(read[..], all[..(next - 2) as usize], "nothing past the hole is served");
 }
 
-/// Appends two more records to a reopened log: flushed, and marked
-/// durable only if `mark`. Returns them.
-fn append_after_reopen(disk: &SimDisk, mark: bool) -> Vec<Record> {
-    let mut log = open(disk).unwrap();
+/// A log on `disk` that flushes every batch if `flush`, else only when told.
+fn open_flushing(disk: &SimDisk, flush: bool) -> PartitionLog {
+    let clock: Arc<dyn Clock> = ManualClock::new(1_000_000);
+    let flush = if flush { FlushPolicy::EveryBatch } else { FlushPolicy::Explicit };
+    PartitionLog::open(Arc::new(disk.clone()), Path::new(DIR), LogConfig { flush, ..config() }, clock).unwrap()
+}
+
+/// Appends two more records to a reopened log: flushed (which raises the
+/// durable-end mark over them) only if `flush`. Returns them.
+fn append_after_reopen(disk: &SimDisk, flush: bool) -> Vec<Record> {
+    let mut log = open_flushing(disk, flush);
     let records = vec![record(1_000), record(1_001)];
     let mut builder = BatchBuilder::new();
     records.iter().for_each(|r| {
         builder.push(r);
     });
     let appended = log.append_entry(builder.build().unwrap(), 2, BATCHES + 1).unwrap();
-    assert_eq!(log.flushed_offset(), appended.next_offset);
-    if mark {
-        assert!(log.mark_durable().unwrap(), "the mark lagged the flushed offset");
-        assert_eq!(log.durable_mark(), appended.next_offset);
+    if flush {
+        assert_eq!(log.flushed_offset(), appended.next_offset);
+        assert_eq!(log.durable_mark(), appended.next_offset, "the flush raised the mark");
+    } else {
+        assert!(log.durable_mark() < appended.next_offset, "nothing flushed, nothing marked");
     }
     // Never closed: the checkpoint no longer says clean.
     drop(log);
@@ -365,6 +373,57 @@ fn truncated_active_segment_below_the_mark_is_a_loss_with_its_offsets() {
     drop(log);
     disk.crash(2);
     assert!(open(&disk).unwrap().recovery_report().damage.is_none(), "the same loss reported twice");
+}
+
+/// Two batches appended to the active segment after `filled_disk`, flushed
+/// if `flush`; then the first one's bytes read as zeroes while the second
+/// is intact, as when a crash kept the later of two writes and lost the
+/// earlier, or a sector was lost at rest. Returns the first batch's base
+/// offset and the log reopened.
+fn first_of_two_batches_lost(flush: bool) -> (Vec<Record>, u64, PartitionLog) {
+    let (disk, all) = filled_disk();
+    let mut log = open_flushing(&disk, flush);
+    let active = files(&disk, ".log").pop().unwrap();
+    let at = disk.file_len(&active).unwrap();
+    let mut append = |i: u64, entry: u64| {
+        let mut builder = BatchBuilder::new();
+        builder.push(&record(i));
+        log.append_entry(builder.build().unwrap(), 2, entry).unwrap().base_offset
+    };
+    let first = append(1_000, BATCHES + 1);
+    let first_len = disk.file_len(&active).unwrap() - at;
+    append(1_001, BATCHES + 2);
+    assert_eq!(files(&disk, ".log").pop().unwrap(), active, "both batches in the active segment");
+    drop(log);
+    let file = disk.open(&active, false).unwrap();
+    file.write_at(at, &vec![0; first_len as usize]).unwrap();
+    drop(file);
+    (all, first, open(&disk).unwrap())
+}
+
+/// Writes between two fsyncs reach the disk in any order: past the exact
+/// durable-end mark a lost batch before an intact one is a lost write,
+/// never acknowledged, and recovery cuts there without reporting damage.
+#[test]
+fn a_lost_batch_before_an_intact_one_past_the_mark_is_a_lost_write() {
+    let (all, first, log) = first_of_two_batches_lost(false);
+    let report = log.recovery_report();
+    assert!(report.cut.is_some(), "the lost batch is cut: {report:?}");
+    assert!(report.damage.is_none(), "a reordered crash is not damage: {report:?}");
+    assert_eq!(log.log_end_offset(), first);
+    assert_eq!(read_until_error(&log).0, all);
+}
+
+/// The same bytes below the mark were acknowledged: damage, with the Raft
+/// index the log reached (the intact batch after it).
+#[test]
+fn a_lost_batch_before_an_intact_one_below_the_mark_is_damage() {
+    let (all, first, log) = first_of_two_batches_lost(true);
+    let damage = log.recovery_report().damage.clone().expect("a loss below the mark is reported");
+    assert_eq!(damage.offset, first);
+    assert_eq!(damage.raft_index_lost, Some(BATCHES + 2), "the intact batch after it tells how far the log reached");
+    assert_eq!(damage.offsets_lost(), Some(2));
+    assert_eq!(read_until_error(&log).0, all);
 }
 
 /// Whole batches gone at a batch boundary leave nothing to cut: only the

@@ -70,11 +70,6 @@ pub struct BrokerConfig {
     pub scrub_bytes_per_sec: u64,
     /// A replica's scrub pass starts at most this often.
     pub scrub_interval_ms: i64,
-    /// How often each replica's durable-end mark is raised to what its log
-    /// has fsynced (one small fsync per replica with new data), so that a
-    /// restart tells records lost at rest from a torn write. A loss of
-    /// records younger than this still looks like a torn write.
-    pub durable_mark_interval_ms: i64,
     /// Committed offsets are snapshotted and older segments dropped once
     /// their partition outgrows this.
     pub offsets_bytes_max: u64,
@@ -128,7 +123,6 @@ impl Default for BrokerConfig {
             retention_initial_delay_ms: 30_000,
             scrub_bytes_per_sec: 8 << 20,
             scrub_interval_ms: 6 * 3_600_000,
-            durable_mark_interval_ms: 1_000,
             offsets_bytes_max: 64 << 20,
             offsets_segment_bytes: 16 << 20,
         }

@@ -1226,25 +1226,6 @@ impl Broker {
         lock(&self.losses).get(&group).copied().unwrap_or_default()
     }
 
-    /// Raises every hosted replica's durable-end mark to what its log has
-    /// fsynced, every `durable_mark_interval_ms`, until the broker is
-    /// dropped (see [`crate::log::durable_mark`]).
-    pub async fn run_durable_marks(self: Arc<Self>) {
-        let interval = Duration::from_millis(self.config.durable_mark_interval_ms.max(1) as u64);
-        loop {
-            tokio::time::sleep(interval).await;
-            let partitions = self.partitions();
-            blocking(move || {
-                for partition in partitions {
-                    if let Err(error) = partition.mark_durable() {
-                        tracing::debug!(topic = partition.topic(), partition = partition.index(), %error, "durable mark not raised");
-                    }
-                }
-            })
-            .await;
-        }
-    }
-
     /// Scrub passes completed since the broker started.
     pub fn scrub_passes(&self) -> u64 {
         self.scrub_passes.load(std::sync::atomic::Ordering::Relaxed)

@@ -94,12 +94,6 @@ impl Partition {
         self.replica.stopped_in_place()
     }
 
-    /// Raises the log's durable-end mark to what it has fsynced (see
-    /// [`PartitionLog::mark_durable`]); whether it wrote.
-    pub fn mark_durable(&self) -> BrokerResult<bool> {
-        self.with_log(|log| log.mark_durable())
-    }
-
     /// What recovery found lost of this replica's durable records when it
     /// was opened: `(first offset lost, offsets lost)`, where known.
     pub fn loss_at_open(&self) -> Option<(u64, u64)> {

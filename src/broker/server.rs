@@ -220,7 +220,6 @@ pub async fn serve_on(
     let maintenance = AbortOnDrop(tokio::spawn(broker.clone().run_maintenance()));
     let reconciler = AbortOnDrop(tokio::spawn(broker.clone().run_reconciler()));
     let scrubber = AbortOnDrop(tokio::spawn(broker.clone().run_scrubber()));
-    let durable_marks = AbortOnDrop(tokio::spawn(broker.clone().run_durable_marks()));
     let controller = AbortOnDrop(tokio::spawn(broker.clone().run_controller()));
     let group_ticks = AbortOnDrop(tokio::spawn(run_groups(broker.clone(), groups_tx)));
     tracing::info!(%listen, "weir broker serving");
@@ -280,7 +279,7 @@ pub async fn serve_on(
             Ok(())
         }
     };
-    drop((maintenance, reconciler, scrubber, durable_marks, controller, group_ticks, metrics_server, gateway));
+    drop((maintenance, reconciler, scrubber, controller, group_ticks, metrics_server, gateway));
     let closing = tokio::time::Instant::now();
     broker.shutdown().await?;
     tracing::info!(closed_in = ?closing.elapsed(), "weir broker stopped");

@@ -8,15 +8,25 @@
 //! was durable once, so a log that recovers to an end below the mark lost
 //! data, whatever the bytes look like.
 //!
-//! The mark lags the log: the log's owner raises it now and then
-//! ([`crate::log::PartitionLog::mark_durable`]), not on every flush, so it
-//! costs one small fsync per interval instead of one per batch. A loss of
-//! data flushed after the last raise still looks like a torn tail.
+//! The mark is exact: every flush of the log raises it before it returns
+//! ([`crate::log::PartitionLog::flush`]), so nothing the log acknowledged
+//! as durable lies past it. One small write and fsync more per flush buys
+//! two things. Damage anywhere below the mark is known for damage, however
+//! the bytes look. And anything past the mark was never durable, so a bad
+//! batch there is cut as a torn write even with intact batches after it:
+//! writes between two fsyncs reach the disk in any order, and a crash may
+//! keep a later batch and lose an earlier one.
+//!
+//! Version 1 marks lagged the log (raised about once a second): a log
+//! whose mark is of version 1, or has none, is recovered as they were (a
+//! bad batch with intact batches after it is damage, see
+//! [`super::recovery`]) until its first flush writes a version 2 slot.
 //!
 //! ```text
 //! two slots of 32 bytes, at 0 and 32:
-//! 0 u32 magic "WDUR"  4 u8 version  5 [u8; 3] reserved  8 u64 sequence
-//! 16 u64 end  24 u32 crc32c of [0..24)  28 u32 reserved
+//! 0 u32 magic "WDUR"  4 u8 version (1: lagging, 2: exact)
+//! 5 [u8; 3] reserved  8 u64 sequence  16 u64 end
+//! 24 u32 crc32c of [0..24)  28 u32 reserved
 //! ```
 //!
 //! Written in place, one slot at a time, each write fsynced. The newest
@@ -35,7 +45,10 @@ use crate::sys::disk::{Disk, DiskFile};
 
 pub const DURABLE_MARK_FILE: &str = "durable-end";
 const MAGIC: u32 = u32::from_le_bytes(*b"WDUR");
-const VERSION: u8 = 1;
+/// The version written: the mark is raised at every flush.
+const VERSION: u8 = 2;
+/// The version of marks raised now and then, read still.
+const VERSION_LAGGING: u8 = 1;
 const SLOT_BYTES: usize = 32;
 const SLOTS: usize = 2;
 const FILE_BYTES: usize = SLOT_BYTES * SLOTS;
@@ -44,13 +57,15 @@ const FILE_BYTES: usize = SLOT_BYTES * SLOTS;
 struct Slot {
     sequence: u64,
     end: u64,
+    /// Written at every flush (version 2), not now and then (version 1).
+    exact: bool,
 }
 
 impl Slot {
     fn encode(&self) -> [u8; SLOT_BYTES] {
         let mut out = [0u8; SLOT_BYTES];
         out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        out[4] = VERSION;
+        out[4] = if self.exact { VERSION } else { VERSION_LAGGING };
         out[8..16].copy_from_slice(&self.sequence.to_le_bytes());
         out[16..24].copy_from_slice(&self.end.to_le_bytes());
         let crc = crc32c::crc32c(&out[..24]);
@@ -62,12 +77,17 @@ impl Slot {
     fn decode(bytes: &[u8]) -> Option<Self> {
         let bytes: &[u8; SLOT_BYTES] = bytes.try_into().ok()?;
         let crc = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes"));
-        if crc32c::crc32c(&bytes[..24]) != crc || bytes[0..4] != MAGIC.to_le_bytes() || bytes[4] != VERSION {
+        let version = bytes[4];
+        if crc32c::crc32c(&bytes[..24]) != crc
+            || bytes[0..4] != MAGIC.to_le_bytes()
+            || (version != VERSION && version != VERSION_LAGGING)
+        {
             return None;
         }
         Some(Slot {
             sequence: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
             end: u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")),
+            exact: version == VERSION,
         })
     }
 }
@@ -117,18 +137,26 @@ impl DurableMark {
         self.newest.map_or(0, |(_, slot)| slot.end)
     }
 
+    /// Whether the mark is exact: raised at every flush, so that nothing
+    /// past it was ever acknowledged (see the module docs).
+    pub fn exact(&self) -> bool {
+        self.newest.is_some_and(|(_, slot)| slot.exact)
+    }
+
     /// Why the file on disk was not used, if it was not.
     pub fn ignored(&self) -> Option<&str> {
         self.ignored.as_deref()
     }
 
-    /// Moves the mark to `end` (which must be durable in the log), raising
-    /// or lowering it as needed; nothing to do if it is there already.
+    /// Moves the mark to `end` (which must be durable in the log, and its
+    /// end), raising or lowering it as needed, and makes it exact: a
+    /// missing or lagging mark is written even if it says `end` already.
     pub fn set(&mut self, disk: &dyn Disk, end: u64) -> LogResult<()> {
         match end.cmp(&self.end()) {
             std::cmp::Ordering::Greater => self.raise(disk, end),
             std::cmp::Ordering::Less => self.lower(disk, end),
-            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Equal if self.exact() => Ok(()),
+            std::cmp::Ordering::Equal => self.raise(disk, end),
         }
     }
 
@@ -159,7 +187,7 @@ impl DurableMark {
             self.file = Some(file);
         }
         let sequence = self.newest.map_or(1, |(_, slot)| slot.sequence + 1);
-        let slot = Slot { sequence, end };
+        let slot = Slot { sequence, end, exact: true };
         let file = self.file.as_ref().expect("opened above");
         file.write_at((index * SLOT_BYTES) as u64, &slot.encode()).map_err(io)?;
         file.sync().map_err(io)?;
@@ -182,15 +210,33 @@ mod tests {
 
     #[test]
     fn slots_round_trip_and_reject_damage() {
-        let slot = Slot { sequence: 9, end: 1234 };
+        let slot = Slot { sequence: 9, end: 1234, exact: true };
         let bytes = slot.encode();
         assert_eq!(Slot::decode(&bytes), Some(slot));
+        let lagging = Slot { exact: false, ..slot };
+        assert_eq!(Slot::decode(&lagging.encode()), Some(lagging), "version 1 slots are still read");
         for i in 0..28 {
             let mut damaged = bytes;
             damaged[i] ^= 0x04;
             assert_eq!(Slot::decode(&damaged), None, "a flip at byte {i} went unnoticed");
         }
         assert_eq!(Slot::decode(&[0u8; SLOT_BYTES]), None, "a slot never written is not valid");
+    }
+
+    #[test]
+    fn a_lagging_mark_is_not_exact_until_raised() {
+        let disk = SimDisk::new(2);
+        disk.create_dir_all(Path::new(DIR)).unwrap();
+        let file = disk.open(&Path::new(DIR).join(DURABLE_MARK_FILE), true).unwrap();
+        file.write_at(0, &Slot { sequence: 4, end: 70, exact: false }.encode()).unwrap();
+        file.sync().unwrap();
+        disk.sync_dir(Path::new(DIR)).unwrap();
+        let mut mark = reopened(&disk);
+        assert_eq!((mark.end(), mark.exact()), (70, false), "a version 1 mark lags");
+        mark.raise(&disk, 90).unwrap();
+        let mark = reopened(&disk);
+        assert_eq!((mark.end(), mark.exact()), (90, true), "raised, it is exact");
+        assert!(!reopened(&SimDisk::new(3)).exact(), "no mark is not exact");
     }
 
     #[test]
@@ -209,7 +255,7 @@ mod tests {
     fn write_unsynced(disk: &SimDisk, mark: &DurableMark, index: usize, end: u64) {
         let sequence = mark.newest.map_or(1, |(_, slot)| slot.sequence + 1);
         let file = disk.open(&Path::new(DIR).join(DURABLE_MARK_FILE), false).unwrap();
-        file.write_at((index * SLOT_BYTES) as u64, &Slot { sequence, end }.encode()).unwrap();
+        file.write_at((index * SLOT_BYTES) as u64, &Slot { sequence, end, exact: true }.encode()).unwrap();
     }
 
     /// Whatever a crash does to the write in flight, the mark read back is

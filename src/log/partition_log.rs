@@ -68,8 +68,8 @@ pub struct PartitionLog {
     /// clock backwards must not hold flushes off.
     last_flush: Duration,
     failed: Option<String>,
-    /// How far the log is known durable across crashes; at most
-    /// `flushed_offset`, raised by [`PartitionLog::mark_durable`].
+    /// How far the log is known durable across crashes: raised by every
+    /// flush before the flushed offset moves (see [`PartitionLog::flush`]).
     mark: DurableMark,
     /// A read met a damaged batch (reads take `&self`).
     damage_seen: AtomicBool,
@@ -107,7 +107,7 @@ impl PartitionLog {
         let (now_ms, last_flush) = (clock.now_ms(), clock.monotonic());
         disk.create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
         let mark = DurableMark::open(disk.as_ref(), dir)?;
-        let recovered = recover(disk.as_ref(), dir, &config, now_ms, trust_checkpoint, mark.end())?;
+        let recovered = recover(disk.as_ref(), dir, &config, now_ms, trust_checkpoint, mark.end(), mark.exact())?;
         let mut log = Self {
             dir: dir.to_path_buf(),
             disk,
@@ -325,32 +325,25 @@ impl PartitionLog {
     }
 
     /// Makes everything appended so far durable; returns the flushed offset.
+    /// The durable-end mark is raised to it before anyone learns it is
+    /// flushed (one small write and fsync more), so nothing acknowledged
+    /// as durable ever lies past the mark ([`super::durable_mark`]).
     pub fn flush(&mut self) -> LogResult<u64> {
         self.check_usable()?;
         let end = self.log_end_offset();
+        if self.flushed_offset < end && !planted::on(Bug::SkipFsync) {
+            self.active().sync().map_err(|e| self.fail(e))?;
+        }
+        // A roll may have made offsets durable (sealing the segment) that
+        // the mark does not cover yet.
+        if self.mark.end() < end {
+            self.mark.raise(self.disk.as_ref(), end).map_err(|e| self.fail(e))?;
+        }
         if self.flushed_offset < end {
-            if !planted::on(Bug::SkipFsync) {
-                self.active().sync().map_err(|e| self.fail(e))?;
-            }
             self.set_flushed(end);
         }
         self.last_flush = self.clock.monotonic();
         Ok(end)
-    }
-
-    /// Raises the durable-end mark to the flushed offset, if it lags: one
-    /// small write and fsync. The owner calls it now and then (about once a
-    /// second), so that recovery can tell a loss of data that had been
-    /// durable from a torn tail ([`super::durable_mark`]). Returns whether
-    /// it wrote.
-    pub fn mark_durable(&mut self) -> LogResult<bool> {
-        self.check_usable()?;
-        let flushed = self.flushed_offset;
-        if flushed <= self.mark.end() {
-            return Ok(false);
-        }
-        self.mark.raise(self.disk.as_ref(), flushed).map_err(|e| self.fail(e))?;
-        Ok(true)
     }
 
     /// The durable-end mark: every offset below it was durable when it was

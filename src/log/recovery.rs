@@ -32,10 +32,11 @@ pub struct RecoveryReport {
     pub segments_dropped: usize,
     /// The cut removed data that had been durable: damage at rest, not a
     /// torn tail. Set when the bad batch lay in a sealed segment (fsynced
-    /// before the next one began), had intact batches after it, or was in a
-    /// log closed cleanly, or when the log now ends below its durable-end
-    /// mark ([`super::durable_mark`]). A bad last batch after a crash, past
-    /// the mark, cannot be told from a torn write and is not reported here.
+    /// before the next one began) or in a log closed cleanly, or when the
+    /// log now ends below its durable-end mark ([`super::durable_mark`]);
+    /// with a lagging mark (version 1, or none), also when intact batches
+    /// followed the bad one. A bad batch past an exact mark was never
+    /// durable: a torn or lost write, not reported here.
     pub damage: Option<Damage>,
     /// The durable-end mark recovery found (0: none).
     pub durable_mark: u64,
@@ -99,7 +100,10 @@ fn segment_bases(disk: &dyn Disk, dir: &Path) -> LogResult<Vec<u64>> {
 /// scanned, whatever the checkpoint vouches for (after a read met damage in a
 /// segment recovery had trusted). `durable_mark`: every offset below it had
 /// been durable ([`super::durable_mark`]); a log that ends below it lost
-/// data, which the report names as damage.
+/// data, which the report names as damage. `exact_mark`: nothing past the
+/// mark was ever durable, so a bad batch there is a torn or lost write even
+/// with intact batches after it (writes between fsyncs land in any order);
+/// with a lagging mark (or none) such a batch is damage.
 pub(super) fn recover(
     disk: &dyn Disk,
     dir: &Path,
@@ -107,8 +111,10 @@ pub(super) fn recover(
     now_ms: i64,
     trust_checkpoint: bool,
     durable_mark: u64,
+    exact_mark: bool,
 ) -> LogResult<Recovered> {
-    let mut recovered = recover_segments(disk, dir, config, now_ms, trust_checkpoint)?;
+    let mut recovered =
+        recover_segments(disk, dir, config, now_ms, trust_checkpoint, exact_mark.then_some(durable_mark))?;
     recovered.report.durable_mark = durable_mark;
     let end = recovered.segments.values().next_back().expect("at least one segment").next_offset();
     if end < durable_mark {
@@ -136,6 +142,7 @@ fn recover_segments(
     config: &LogConfig,
     now_ms: i64,
     trust_checkpoint: bool,
+    exact_mark: Option<u64>,
 ) -> LogResult<Recovered> {
     let mut report = RecoveryReport::default();
     let checkpoint = match Checkpoint::read(disk, dir)? {
@@ -192,7 +199,12 @@ fn recover_segments(
         if let Some((position, reason)) = outcome.cut.clone() {
             // Sealed segments and a cleanly closed log were durable whole.
             let durable = next_base.is_some() || checkpoint.clean;
-            if durable || outcome.intact_after_cut {
+            // Intact batches after a bad one show it was damaged at rest,
+            // unless writes may have landed out of order: past an exact
+            // mark. (Below it every cut is a loss, which `recover` reports
+            // in any case; here it also learns the Raft index reached.)
+            let reordered = exact_mark.is_some_and(|mark| segment.next_offset() >= mark);
+            if durable || (outcome.intact_after_cut && !reordered) {
                 report.damage = Some(Damage {
                     offset: segment.next_offset(),
                     reason: format!("{}: {reason}", segment.path().display()),

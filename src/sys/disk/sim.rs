@@ -7,10 +7,12 @@
 //!
 //! [`SimDisk::crash`] keeps exactly the durable state, then, chosen by a seed:
 //! a prefix of the unsynced namespace operations, and for each file a prefix
-//! of its unsynced writes in order, the last of which may be torn (only part
-//! of its bytes arrived, the rest of the range zeroes or garbage). Writes
-//! within one file are assumed to reach the platter in order; reordering
-//! between syncs is not modelled.
+//! of its unsynced operations in order, the write after which may be torn
+//! (only part of its bytes arrived, the rest of the range zeroes or
+//! garbage). In half the files the writes after that, up to the next length
+//! change, then each arrive or not: writes between two syncs reach the
+//! platter in any order, so a later one may survive an earlier one (a gap
+//! it leaves past the file's old end reads as zeroes).
 //!
 //! A map's bytes are durable after `flush`; unflushed changes reach the file
 //! (as an unsynced write) when the map is dropped, as dirty pages would.
@@ -322,7 +324,8 @@ impl SimDisk {
 
     /// Simulates power loss: every handle dies, and what remains is the
     /// durable state plus a seed-chosen prefix of the unsynced operations,
-    /// possibly with a torn last write per file. One-shot faults are cleared.
+    /// possibly with a torn write after it per file and some later writes
+    /// that overtook it (see the module docs). One-shot faults are cleared.
     pub fn crash(&self, seed: u64) {
         self.crash_keeping(Some(SeededRng::new(seed)));
     }
@@ -358,6 +361,15 @@ impl SimDisk {
             if let (Some(FileOp::Write { position, bytes }), Some(rng)) = (inode.pending.get(kept), rng.as_mut()) {
                 if !bytes.is_empty() && rng.chance(1, 2) {
                     tear(&mut data, *position, bytes, rng);
+                }
+                // Reordered: later writes that reached the disk before it.
+                if rng.chance(1, 2) {
+                    let later = inode.pending[kept + 1..].iter().take_while(|op| matches!(op, FileOp::Write { .. }));
+                    for op in later {
+                        if rng.chance(1, 2) {
+                            apply_op(&mut data, op);
+                        }
+                    }
                 }
             }
             inode.durable = data.clone();
@@ -783,6 +795,31 @@ mod tests {
         assert!(outcomes.contains(&(pending.len(), true)), "some crash keeps all of it");
         assert!(outcomes.iter().any(|&(len, _)| len > 0 && len < pending.len()), "some crash tears it");
         assert!(outcomes.contains(&(pending.len(), false)), "some tear leaves junk in the range");
+    }
+
+    #[test]
+    fn a_crash_may_keep_a_later_unsynced_write_and_lose_an_earlier_one() {
+        let mut outcomes = BTreeSet::new();
+        for seed in 0..400 {
+            let disk = setup(b"durable|", b"first|");
+            let file = disk.open(&path("f"), false).unwrap();
+            file.write_at(14, b"second|").unwrap();
+            file.write_at(21, b"third").unwrap();
+            // A length change orders what comes after it.
+            file.set_len(30).unwrap();
+            file.write_at(30, b"after").unwrap();
+            disk.crash(seed);
+            let got = contents(&disk, "f").expect("the file survives");
+            assert_eq!(&got[..8], b"durable|", "seed {seed} lost synced bytes");
+            let has = |at: usize, what: &[u8]| got.get(at..at + what.len()) == Some(what);
+            if has(30, b"after") {
+                assert!(got.len() >= 30 && has(8, b"first|"), "seed {seed}: a write overtook a length change");
+            }
+            outcomes.insert((has(8, b"first|"), has(14, b"second|"), has(21, b"third")));
+        }
+        assert!(outcomes.contains(&(false, true, false)), "the second write alone survives: {outcomes:?}");
+        assert!(outcomes.contains(&(false, false, true)), "the third write alone survives: {outcomes:?}");
+        assert!(outcomes.contains(&(true, false, true)), "the second is lost between two kept: {outcomes:?}");
     }
 
     #[test]
