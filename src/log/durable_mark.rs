@@ -103,6 +103,10 @@ pub struct DurableMark {
     newest: Option<(usize, Slot)>,
     /// Why an existing file was not used.
     ignored: Option<String>,
+    /// Slots written once that do not decode (damaged, or torn by a crash
+    /// while being written): the newest valid slot may then claim less than
+    /// was flushed, so the mark is not exact until every slot is good.
+    damaged: [bool; SLOTS],
 }
 
 impl DurableMark {
@@ -111,7 +115,14 @@ impl DurableMark {
     /// [`DurableMark::ignored`].
     pub fn open(disk: &dyn Disk, dir: &Path) -> LogResult<Self> {
         let path = dir.join(DURABLE_MARK_FILE);
-        let mut mark = Self { path: path.clone(), dir: dir.to_path_buf(), file: None, newest: None, ignored: None };
+        let mut mark = Self {
+            path: path.clone(),
+            dir: dir.to_path_buf(),
+            file: None,
+            newest: None,
+            ignored: None,
+            damaged: [false; SLOTS],
+        };
         let file = match disk.open(&path, false) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(mark),
@@ -125,6 +136,9 @@ impl DurableMark {
             .enumerate()
             .filter_map(|(i, bytes)| Slot::decode(bytes).map(|slot| (i, slot)))
             .max_by_key(|(_, slot)| slot.sequence);
+        for (damaged, slot) in mark.damaged.iter_mut().zip(bytes.chunks(SLOT_BYTES)) {
+            *damaged = slot.iter().any(|&b| b != 0) && Slot::decode(slot).is_none();
+        }
         if mark.newest.is_none() {
             mark.ignored = Some(format!("{} holds no valid slot ({len} bytes)", path.display()));
         }
@@ -140,7 +154,7 @@ impl DurableMark {
     /// Whether the mark is exact: raised at every flush, so that nothing
     /// past it was ever acknowledged (see the module docs).
     pub fn exact(&self) -> bool {
-        self.newest.is_some_and(|(_, slot)| slot.exact)
+        !self.damaged.contains(&true) && self.newest.is_some_and(|(_, slot)| slot.exact)
     }
 
     /// Why the file on disk was not used, if it was not.
@@ -191,6 +205,7 @@ impl DurableMark {
         let file = self.file.as_ref().expect("opened above");
         file.write_at((index * SLOT_BYTES) as u64, &slot.encode()).map_err(io)?;
         file.sync().map_err(io)?;
+        self.damaged[index] = false;
         self.newest = Some((index, slot));
         self.ignored = None;
         Ok(())
@@ -237,6 +252,24 @@ mod tests {
         let mark = reopened(&disk);
         assert_eq!((mark.end(), mark.exact()), (90, true), "raised, it is exact");
         assert!(!reopened(&SimDisk::new(3)).exact(), "no mark is not exact");
+    }
+
+    #[test]
+    fn a_damaged_slot_makes_the_mark_inexact_until_it_is_rewritten() {
+        let disk = SimDisk::new(4);
+        disk.create_dir_all(Path::new(DIR)).unwrap();
+        let mut mark = reopened(&disk);
+        mark.set(&disk, 10).unwrap();
+        mark.set(&disk, 20).unwrap();
+        assert!(reopened(&disk).exact());
+        // The newest slot (20, in slot 1) rots: slot 0 says 10, less than
+        // was flushed, so past 10 is not known never durable.
+        disk.corrupt_byte(&Path::new(DIR).join(DURABLE_MARK_FILE), (SLOT_BYTES + 17) as u64, 0x08).unwrap();
+        let mut mark = reopened(&disk);
+        assert_eq!((mark.end(), mark.exact()), (10, false));
+        mark.raise(&disk, 30).unwrap();
+        assert!(mark.exact(), "the damaged slot was the one rewritten");
+        assert_eq!((reopened(&disk).end(), reopened(&disk).exact()), (30, true));
     }
 
     #[test]
