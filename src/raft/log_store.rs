@@ -680,19 +680,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = index_range(&range);
-        let store = self.clone();
-        let read = blocking(move || store.read_blocking(start, end, None)).await;
-        if read.is_err() {
-            self.shared.read_failed.store(true, Ordering::Release);
-        }
-        read.map_err(read_err)
+        self.read_entries(start, end, None).await
     }
 
     /// What replication sends next: at most [`REPLICATION_BYTES_MAX`] of
     /// batches (at least one entry).
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(start, end, Some(REPLICATION_BYTES_MAX)).await
+    }
+}
+
+impl LogStore {
+    /// `read_blocking` on the blocking pool; a failed read is remembered
+    /// (the replica is reopened).
+    async fn read_entries(&self, start: u64, end: u64, budget: Option<usize>) -> Result<Vec<Entry>, StorageError> {
         let store = self.clone();
-        let read = blocking(move || store.read_blocking(start, end, Some(REPLICATION_BYTES_MAX))).await;
+        let read = blocking(move || store.read_blocking(start, end, budget)).await;
         if read.is_err() {
             self.shared.read_failed.store(true, Ordering::Release);
         }
